@@ -1,0 +1,89 @@
+"""PostgreSQL (psycopg 3): COPY for bulk samples, advisory locks for migrations, LISTEN/NOTIFY for pushes."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Table, create_engine, func
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import ColumnElement
+
+from kvpilot.storage.backends.base import Backend, Listener
+
+_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
+
+
+def _finite(value: Any) -> Any:
+    # PostgreSQL keeps NaN, which would poison AVG() in every dashboard query; store NULL as SQLite does.
+    if value.__class__ is float and not math.isfinite(value):
+        return None
+    return value
+
+
+class PostgresBackend(Backend):
+    name = "postgresql"
+
+    def create_engine(self, url: URL, *, busy_timeout_s: float, connect_timeout_s: float) -> Engine:
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=10,
+            connect_args={"connect_timeout": max(1, int(connect_timeout_s))},
+        )
+
+    def bulk_insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
+        dbapi = conn.connection.driver_connection
+        with dbapi.cursor() as cur:
+            with cur.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(tuple(map(_finite, row)))
+
+    def time_bucket(self, column: ColumnElement[Any], width_s: float) -> ColumnElement[Any]:
+        return func.floor(column / width_s) * width_s
+
+    def is_transient(self, exc: BaseException) -> bool:
+        orig = exc.orig if isinstance(exc, DBAPIError) else exc
+        return getattr(orig, "sqlstate", None) in _TRANSIENT_SQLSTATES
+
+    def notify(self, conn: Connection, channel: str, payload: str) -> None:
+        conn.exec_driver_sql("SELECT pg_notify(%s, %s)", (channel, payload))
+
+    def listener(self, engine: Engine, channel: str) -> Listener | None:
+        return _PgListener(engine, channel)
+
+    def migration_lock(self, conn: Connection) -> None:
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(b"kvpilot-migrations"),))
+
+
+class _PgListener(Listener):
+    """A dedicated autocommit connection that LISTENs on one channel."""
+
+    def __init__(self, engine: Engine, channel: str):
+        import psycopg
+
+        url = engine.url
+        self._conn = psycopg.connect(
+            host=url.host,
+            port=url.port,
+            user=url.username,
+            password=url.password,
+            dbname=url.database,
+            autocommit=True,
+            connect_timeout=5,
+            **{k: v for k, v in url.query.items() if isinstance(v, str)},
+        )
+        self._conn.execute(f'LISTEN "{channel}"')
+
+    def wait(self, timeout: float) -> bool:
+        got = False
+        for _ in self._conn.notifies(timeout=max(0.0, timeout), stop_after=1):
+            got = True
+        return got
+
+    def close(self) -> None:
+        self._conn.close()
