@@ -1,11 +1,85 @@
-"""Attention kernels that return statistics as a by-product (torch reference; Triton on CUDA)."""
+"""Attention kernels that return statistics as a by-product (torch reference; Triton on CUDA).
+
+``attention_stats`` picks the backend: the Triton kernel for CUDA tensors when ``triton`` imports,
+the chunked torch reference otherwise. ``KVPILOT_KERNEL=reference|triton`` forces one (``triton``
+on CPU tensors works only under ``TRITON_INTERPRET=1``, which is how the tests run it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+import torch
 
 from kvpilot.kernels.reference import AttentionStats, attention_bias, attention_stats_reference
 
+_log = logging.getLogger(__name__)
+_BACKENDS = ("auto", "reference", "triton")
+_triton_fn: Callable[..., AttentionStats] | None = None
+_triton_error: str | None = None  # why Triton is unavailable (import failure or a failed launch)
+
+
+def _load_triton() -> Callable[..., AttentionStats] | None:
+    """Import the Triton kernel once; remember why it failed so the fallback is not silent."""
+    global _triton_fn, _triton_error
+    if _triton_fn is None and _triton_error is None:
+        try:
+            from kvpilot.kernels.triton_stats import attention_stats_triton
+        except Exception as exc:  # ImportError, or a triton build that cannot initialise
+            _triton_error = f"{type(exc).__name__}: {exc}"
+        else:
+            _triton_fn = attention_stats_triton
+    return _triton_fn
+
+
+def kernel_backend(query: torch.Tensor | None = None) -> str:
+    """Name of the backend ``attention_stats`` will use for ``query`` ("reference" or "triton")."""
+    forced = os.environ.get("KVPILOT_KERNEL", "auto").strip().lower() or "auto"
+    if forced not in _BACKENDS:
+        raise ValueError(f"KVPILOT_KERNEL must be one of {_BACKENDS}, got {forced!r}")
+    if forced != "auto":
+        return forced
+    on_cuda = query is None or query.is_cuda
+    return "triton" if on_cuda and _triton_error is None and _load_triton() is not None else "reference"
+
+
+def triton_unavailable_reason() -> str | None:
+    """Why the Triton backend is not used in auto mode (None when it is available)."""
+    _load_triton()
+    return _triton_error
+
 
 def attention_stats(query, key, value=None, **kwargs) -> AttentionStats:
-    """Attention statistics on the best available backend (see `attention_stats_reference` for args)."""
-    return attention_stats_reference(query, key, value, **kwargs)
+    """Attention statistics on the best available backend (see `attention_stats_reference` for args).
+
+    In auto mode a Triton failure (e.g. an unsupported GPU) is logged once and the call and all
+    later ones fall back to the reference; a forced ``KVPILOT_KERNEL=triton`` raises instead.
+    """
+    global _triton_error
+    backend = kernel_backend(query)
+    if backend == "reference":
+        return attention_stats_reference(query, key, value, **kwargs)
+    fn = _load_triton()
+    if fn is None:
+        raise RuntimeError(f"KVPILOT_KERNEL=triton but triton is unavailable: {_triton_error}")
+    forced = os.environ.get("KVPILOT_KERNEL", "auto").strip().lower() == "triton"
+    try:
+        return fn(query, key, value, **kwargs)
+    except Exception as exc:
+        if forced or isinstance(exc, (ValueError, TypeError)):  # caller errors are not backend failures
+            raise
+        _triton_error = f"{type(exc).__name__}: {exc}"
+        _log.warning("Triton attention-stats kernel failed, using the torch reference from now on: %s", exc)
+        return attention_stats_reference(query, key, value, **kwargs)
 
 
-__all__ = ["AttentionStats", "attention_bias", "attention_stats", "attention_stats_reference"]
+__all__ = [
+    "AttentionStats",
+    "attention_bias",
+    "attention_stats",
+    "attention_stats_reference",
+    "kernel_backend",
+    "triton_unavailable_reason",
+]

@@ -1,0 +1,124 @@
+"""The chunked torch reference against a float64 materialised softmax, SDPA, and the dispatcher."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kvpilot.kernels import attention_stats, attention_stats_reference, kernel_backend
+
+
+def _load_cases():
+    name = "kvpilot_tests_kernels_stats_cases"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("stats_cases.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+sc = _load_cases()
+Case = sc.Case
+
+REFERENCE_CASES = [
+    Case("smollm_gqa9_3_causal_chunk7", 1, 9, 3, 64, 300, 64, query_chunk=7),
+    Case("smollm_gqa9_3_noncausal_pad_chunk5", 2, 9, 3, 33, 200, 64, causal=False, pad=True, query_chunk=5),
+    Case("gqa8_2_prefill_pad", 2, 8, 2, 48, 48, 32, pad=True),
+    Case("gqa8_2_causal_pad_chunk13", 2, 8, 2, 70, 190, 64, pad=True, query_chunk=13),
+    Case("gqa8_2_decode_row", 1, 8, 2, 1, 129, 16, query_chunk=3),
+    Case("mha_noncausal_chunk1", 1, 8, 8, 20, 50, 16, causal=False, query_chunk=1),
+    Case("sharp_logits", 1, 9, 3, 32, 160, 64, logit_scale=8.0, query_chunk=11),
+    Case("noncontiguous", 2, 8, 2, 24, 60, 32, noncontig=True, query_chunk=9),
+]
+TOL = 1e-4
+
+
+@pytest.mark.parametrize("case", REFERENCE_CASES, ids=lambda c: c.name)
+def test_reference_matches_float64(case):
+    inputs = sc.make_inputs(case)
+    stats = attention_stats_reference(**inputs, query_chunk=case.query_chunk)
+    truth = sc.naive64(**inputs)
+    errs = sc.rel_errors(stats, truth)
+    assert max(errs.values()) < TOL, errs
+    assert stats.head_mass.dtype == stats.key_mass.dtype == stats.row_entropy.dtype == torch.float32
+    assert stats.num_queries == case.q
+
+
+@pytest.mark.parametrize("case", REFERENCE_CASES, ids=lambda c: c.name)
+def test_reference_mass_sums_and_masks(case):
+    inputs = sc.make_inputs(case)
+    stats = attention_stats_reference(**inputs, query_chunk=case.query_chunk)
+    group = case.h // case.h_kv
+    # Each attention row sums to 1: a query head hands out q units of mass, a KV head group * q.
+    torch.testing.assert_close(stats.head_mass.sum(-1), torch.full((case.b, case.h), float(case.q)))
+    torch.testing.assert_close(stats.key_mass.sum(-1), torch.full((case.b, case.h_kv), float(group * case.q)))
+    grouped = stats.head_mass.view(case.b, case.h_kv, group, case.n).sum(2)
+    torch.testing.assert_close(stats.key_mass, grouped)
+    if inputs["key_valid"] is not None:
+        assert (stats.key_mass[~inputs["key_valid"]] == 0).all()
+    if case.causal:  # bottom-right aligned: only the last q keys can be invisible to early rows
+        visible_to_all = case.n - case.q
+        assert (
+            stats.head_mass[..., visible_to_all + 1 :]
+            .le(torch.arange(case.q - 1, 0, -1, dtype=torch.float32) + 1e-4)
+            .all()
+        )
+    assert (stats.row_entropy >= 0).all() and (stats.row_entropy <= math.log(case.n) + 1e-5).all()
+
+
+@pytest.mark.parametrize("case", REFERENCE_CASES, ids=lambda c: c.name)
+def test_reference_output_equals_sdpa(case):
+    inputs = sc.make_inputs(case)
+    stats = attention_stats_reference(**inputs, query_chunk=case.query_chunk)
+    group = case.h // case.h_kv
+    allowed = sc.naive64(**inputs)["allowed"]
+    expected = F.scaled_dot_product_attention(
+        inputs["query"],
+        inputs["key"].repeat_interleave(group, 1),
+        inputs["value"].repeat_interleave(group, 1),
+        attn_mask=allowed,
+        scale=inputs["scaling"],
+    )
+    torch.testing.assert_close(stats.output, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_reference_chunking_does_not_change_results():
+    case = Case("chunks", 2, 9, 3, 45, 120, 64, pad=True)
+    inputs = sc.make_inputs(case)
+    base = attention_stats_reference(**inputs, query_chunk=256)
+    for chunk in (1, 4, 17, 44, 45):
+        other = attention_stats_reference(**inputs, query_chunk=chunk)
+        torch.testing.assert_close(other.head_mass, base.head_mass, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(other.row_entropy, base.row_entropy, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(other.output, base.output, atol=1e-5, rtol=1e-4)
+
+
+def test_reference_bf16_inputs_accumulate_in_fp32():
+    case = Case("bf16", 1, 8, 2, 64, 512, 64, dtype="bfloat16")
+    inputs = sc.make_inputs(case)
+    stats = attention_stats_reference(**inputs, query_chunk=16)
+    assert stats.head_mass.dtype == torch.float32 and stats.output.dtype == torch.bfloat16
+    # Exact bf16 values, fp32 softmax: the mass is as good as fp32 and still sums to q.
+    torch.testing.assert_close(stats.head_mass.sum(-1), torch.full((1, 8), 64.0))
+    assert max(sc.rel_errors(stats, sc.naive64(**inputs))[k] for k in ("head_mass", "row_entropy")) < TOL
+
+
+def test_dispatcher_uses_reference_on_cpu(monkeypatch):
+    monkeypatch.delenv("KVPILOT_KERNEL", raising=False)
+    case = Case("dispatch", 1, 9, 3, 8, 30, 16)
+    inputs = sc.make_inputs(case)
+    assert kernel_backend(inputs["query"]) == "reference"
+    a, b = attention_stats(**inputs), attention_stats_reference(**inputs)
+    torch.testing.assert_close(a.head_mass, b.head_mass)
+    monkeypatch.setenv("KVPILOT_KERNEL", "reference")
+    assert kernel_backend(inputs["query"]) == "reference"
+    monkeypatch.setenv("KVPILOT_KERNEL", "cuda-magic")
+    with pytest.raises(ValueError, match="KVPILOT_KERNEL"):
+        attention_stats(**inputs)
