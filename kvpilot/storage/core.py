@@ -1,0 +1,204 @@
+"""The Store's plumbing: opening a database, schema checks, transactions with retries, error translation.
+
+Every public store method runs its SQL through `_read` or `_write`, so database failures reach callers
+as `StoreError`s with a message that names the fix, and lock contention is retried instead of crashing a
+writer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import DatabaseError as SADatabaseError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session
+
+from kvpilot.storage import migrate
+from kvpilot.storage.backends import Backend, backend_for
+from kvpilot.storage.errors import DatabaseUnavailableError, SchemaOutdatedError, StoreError
+from kvpilot.storage.url import describe, resolve_url
+
+T = TypeVar("T")
+S = TypeVar("S", bound="StoreCore")
+
+RETRIES = 5
+
+
+class StoreCore:
+    """Engine, backend and transaction helpers shared by the store's parts."""
+
+    def __init__(self, engine: Engine, backend: Backend, url: URL, *, busy_timeout_s: float):
+        self._engine = engine
+        self._backend = backend
+        self._url = url
+        self._busy_timeout_s = busy_timeout_s
+
+    # ----- opening ---------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls: type[S],
+        url: str | URL | None = None,
+        *,
+        create: bool = True,
+        upgrade: bool = False,
+        busy_timeout_s: float = 30.0,
+        connect_timeout_s: float = 5.0,
+    ) -> S:
+        """Open the store at `url` (else $KVPILOT_DB, else `$KVPILOT_HOME/kvpilot.db`).
+
+        An empty database gets kvpilot's tables when `create` is true. A database from an older kvpilot
+        raises SchemaOutdatedError (naming `kvpilot db upgrade`) unless `upgrade` is true.
+        """
+        checked = resolve_url(url)
+        backend = backend_for(checked)
+        engine = backend.create_engine(checked, busy_timeout_s=busy_timeout_s, connect_timeout_s=connect_timeout_s)
+        store = cls(engine, backend, checked, busy_timeout_s=busy_timeout_s)
+        try:
+            store._ensure_schema(create=create, upgrade=upgrade)
+        except BaseException:
+            engine.dispose()
+            raise
+        return store
+
+    def _ensure_schema(self, *, create: bool, upgrade: bool) -> None:
+        state, rev = self._read(lambda conn: migrate.schema_state(conn, self.url))
+        if state is migrate.SchemaState.CURRENT:
+            return
+        if state is migrate.SchemaState.OUTDATED and not upgrade:
+            raise SchemaOutdatedError(migrate.outdated_message(self.url, rev))
+        if state is migrate.SchemaState.EMPTY and not create:
+            raise StoreError(f"database {self.url} has no kvpilot tables; create them with `kvpilot db upgrade`")
+        self.upgrade_schema()
+
+    def upgrade_schema(self) -> tuple[str | None, str | None]:
+        """Migrate the database to this kvpilot's schema; returns (revision before, revision after)."""
+        return self._guard(lambda: migrate.upgrade(self._engine, self._backend))
+
+    def schema_revision(self) -> str | None:
+        return self._read(lambda conn: migrate.current_revision(conn))
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self: S) -> S:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def url(self) -> str:
+        """The database URL with any password hidden."""
+        return describe(self._url)
+
+    @property
+    def backend_name(self) -> str:
+        return self._backend.name
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, for tools that need raw SQL (benchmarks, migrations)."""
+        return self._engine
+
+    # ----- transactions ----------------------------------------------------------------------------
+
+    def _read(self, fn: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            with self._engine.connect() as conn:
+                return fn(conn)
+
+        return self._guard(run)
+
+    def _write(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn` in one write transaction, retrying the whole of it on lock timeouts or deadlocks."""
+
+        def run() -> T:
+            with self._engine.connect().execution_options(kvpilot_write=True) as conn:
+                with conn.begin():
+                    return fn(conn)
+
+        return self._guard(run, retry=True)
+
+    def _write_orm(self, fn: Callable[[Session], T]) -> T:
+        """Like `_write`, with an ORM session joined to the transaction (metadata tables)."""
+
+        def body(conn: Connection) -> T:
+            with Session(bind=conn, expire_on_commit=False, autoflush=True) as session:
+                out = fn(session)
+                session.flush()
+                return out
+
+        return self._write(body)
+
+    def _read_orm(self, fn: Callable[[Session], T]) -> T:
+        def body(conn: Connection) -> T:
+            with Session(bind=conn) as session:
+                return fn(session)
+
+        return self._read(body)
+
+    def _guard(self, run: Callable[[], T], *, retry: bool = False) -> T:
+        delay = 0.05
+        for attempt in range(RETRIES):
+            try:
+                return run()
+            except DBAPIError as exc:
+                if retry and attempt < RETRIES - 1 and self._backend.is_transient(exc):
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                raise self._translate(exc) from exc
+        raise AssertionError("unreachable")
+
+    def _translate(self, exc: DBAPIError) -> Exception:
+        """A StoreError naming the fix for failures users can act on; other errors pass unchanged."""
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        if self._backend.is_transient(exc):
+            return StoreError(
+                f"database {self.url} stayed locked for more than {self._busy_timeout_s:g} s ({detail}); another "
+                "process holds a long transaction. Retry, or use PostgreSQL when many processes write"
+            )
+        if isinstance(exc, IntegrityError):
+            return StoreError(f"database {self.url} refused the write: {detail}")
+        if isinstance(exc, (OperationalError, InterfaceError)):
+            return DatabaseUnavailableError(_unavailable_message(self.url, self._backend.name, detail))
+        if isinstance(exc, SADatabaseError) and self._backend.name == "sqlite":
+            return DatabaseUnavailableError(
+                f"cannot use SQLite database {self.url}: {detail}. Is it a kvpilot database? "
+                "Point --db / KVPILOT_DB at another file"
+            )
+        return exc
+
+
+def _unavailable_message(url: str, backend: str, detail: str) -> str:
+    if backend == "sqlite":
+        return f"cannot open SQLite database {url}: {detail}. Check the path and its permissions (--db / KVPILOT_DB)"
+    hint = "check that the PostgreSQL server is running and that the URL given by --db / KVPILOT_DB is right"
+    if "does not exist" in detail and "database" in detail:
+        hint = "create the database (e.g. `createdb NAME`) or fix the name in --db / KVPILOT_DB"
+    elif "authentication" in detail or "password" in detail:
+        hint = "check the user and password in --db / KVPILOT_DB"
+    return f"cannot reach database {url}: {detail}; {hint}"
+
+
+def open_for_migration(url: str | URL | None) -> StoreCore:
+    """A handle that skips schema checks, for `kvpilot db upgrade`."""
+    checked = resolve_url(url)
+    backend = backend_for(checked)
+    engine = backend.create_engine(checked, busy_timeout_s=60.0, connect_timeout_s=5.0)
+    return StoreCore(engine, backend, checked, busy_timeout_s=60.0)
+
+
+def json_safe(value: Any) -> Any:
+    """A copy of `value` that every database's JSON accepts: non-finite floats become None."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
