@@ -96,7 +96,7 @@ def load_model(model: str | os.PathLike | None = None, dtype: str = "float32", d
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kvpilot.cache.attention import ATTN_IMPLEMENTATION, register_attention
+    from kvpilot.engine.attention import ATTN_IMPLEMENTATION, register_attention
 
     register_attention()
     path = resolve_model_dir(model)

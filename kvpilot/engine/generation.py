@@ -1,0 +1,113 @@
+"""kvpilot's own generation loop: block-wise prefill, scoring prompts, greedy decode at logical positions.
+
+Every forward passes explicit logical ``position_ids`` (tokens seen, not tokens kept), so RoPE stays
+correct after eviction. Block-wise prefill (EpiCache) feeds the prompt in blocks of C tokens and evicts
+after each, so a layer never holds more than its budget plus one block.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from kvpilot.cache.managed import ManagedCache
+
+
+@dataclass
+class DecodeResult:
+    """Tokens produced by a greedy decode and how long it took."""
+
+    token_ids: list[int]
+    first_token_s: float
+    decode_s: float
+    step_logits: list[torch.Tensor] = field(default_factory=list)
+
+
+def forward(model, cache: ManagedCache, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """One forward of ``ids`` at their logical positions; returns logits [len, vocab] (fp32)."""
+    ids_t = torch.as_tensor(ids, dtype=torch.long, device=model.device).view(1, -1)
+    start = cache.seen_tokens
+    pos = torch.arange(start, start + ids_t.shape[1], device=model.device)[None]
+    out = model(input_ids=ids_t, position_ids=pos, past_key_values=cache, use_cache=True)
+    return out.logits[0].float()
+
+
+def prefill(
+    model,
+    cache: ManagedCache,
+    ids: Sequence[int],
+    *,
+    unit_ids: Sequence[int] | None = None,
+    scoring_ids: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Feed a prompt under the cache's config; returns the last position's logits [vocab].
+
+    With ``prefill_block_size`` the prompt goes in blocks with eviction after each; with
+    ``scoring='prompt'`` the scoring prompt runs after each block as queries only (never stored) and its
+    attention decides what is kept.
+    """
+    cfg = cache.config
+    ids = list(ids)
+    if not ids:
+        raise ValueError("cannot prefill an empty prompt")
+    block = cfg.prefill_block_size or len(ids)
+    use_prompt = cfg.scoring == "prompt" and cfg.compresses and scoring_ids
+    logits = None
+    for start in range(0, len(ids), block):
+        chunk = ids[start : start + block]
+        if unit_ids is not None:
+            cache.set_units(cache.seen_tokens, torch.as_tensor(unit_ids[start : start + block]))
+        if use_prompt:
+            with cache.prompt_scoring_driven():
+                logits = forward(model, cache, chunk)
+            with cache.scoring_pass():
+                forward(model, cache, scoring_ids)
+            cache.evict()
+        else:
+            logits = forward(model, cache, chunk)
+    return logits[-1]
+
+
+def extend(model, cache: ManagedCache, ids: Sequence[int]) -> torch.Tensor:
+    """Append tokens (a question after a compressed context) without evicting; returns last logits."""
+    with cache.no_eviction():
+        return forward(model, cache, ids)[-1]
+
+
+def greedy_decode(
+    model,
+    cache: ManagedCache,
+    first_logits: torch.Tensor,
+    max_new_tokens: int,
+    eos_ids: Sequence[int] = (),
+    *,
+    keep_logits: bool = False,
+    forced: Sequence[int] | None = None,
+) -> DecodeResult:
+    """Greedy decoding from ``first_logits``; decode-time eviction follows the cache's config.
+
+    With ``forced`` the given tokens are fed instead of the argmax (teacher forcing) and the logits at
+    each step are kept, which is how fidelity against the full cache is measured.
+    """
+    t0 = time.perf_counter()
+    tokens: list[int] = []
+    step_logits: list[torch.Tensor] = []
+    logits = first_logits
+    first_token_s = 0.0
+    steps = len(forced) if forced is not None else max_new_tokens
+    stop = set(eos_ids)
+    with torch.inference_mode():
+        for i in range(steps):
+            if keep_logits or forced is not None:
+                step_logits.append(logits)
+            tok = int(forced[i]) if forced is not None else int(torch.argmax(logits))
+            tokens.append(tok)
+            if i == 0:
+                first_token_s = time.perf_counter() - t0
+            if (forced is None and tok in stop) or i == steps - 1:
+                break
+            logits = forward(model, cache, [tok])[-1]
+    return DecodeResult(tokens, first_token_s, time.perf_counter() - t0, step_logits)
