@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from kvpilot.config import KVConfig
+from kvpilot.storage.backends import Listener
 from kvpilot.storage.entities import EntityStore
 from kvpilot.storage.errors import NotFoundError, RegistryError, StoreError
 from kvpilot.storage.schema import (
@@ -203,6 +204,10 @@ class RegistryStore(EntityStore):
                 )
 
         self._write_orm(run)
+
+    def config_listener(self) -> Listener | None:
+        """A Listener woken by pushes, activations and rollbacks (PostgreSQL), or None (SQLite: poll)."""
+        return self._backend.listener(self._engine, CHANNEL)
 
     # ----- reads -------------------------------------------------------------------------------------
 

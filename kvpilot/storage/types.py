@@ -308,12 +308,16 @@ class ConfigVersionInfo:
             raise CorruptConfigError(self.deployment, self.version, "; ".join(exc.problems)) from None
 
     def config_dict(self) -> dict[str, Any]:
+        """The stored JSON object as is (for diffs); CorruptConfigError if it is not a JSON object."""
+        from kvpilot.storage.errors import CorruptConfigError
+
         try:
             data = json.loads(self.config_json)
-        except json.JSONDecodeError:
-            self.config()  # raises CorruptConfigError with the parser's words
-            raise
-        return data if isinstance(data, dict) else {}
+        except json.JSONDecodeError as exc:
+            raise CorruptConfigError(self.deployment, self.version, f"not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise CorruptConfigError(self.deployment, self.version, f"expected a JSON object, got {type(data).__name__}")
+        return data
 
 
 @dataclass(frozen=True)

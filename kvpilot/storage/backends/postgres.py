@@ -37,11 +37,17 @@ class PostgresBackend(Backend):
         )
 
     def bulk_insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
+        import psycopg
+
+        statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
         dbapi = conn.connection.driver_connection
-        with dbapi.cursor() as cur:
-            with cur.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(tuple(map(_finite, row)))
+        try:
+            with dbapi.cursor() as cur:
+                with cur.copy(statement) as copy:
+                    for row in rows:
+                        copy.write_row(tuple(map(_finite, row)))
+        except psycopg.Error as exc:  # the raw cursor bypasses SQLAlchemy: wrap like SQLAlchemy would
+            raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
 
     def time_bucket(self, column: ColumnElement[Any], width_s: float) -> ColumnElement[Any]:
         return func.floor(column / width_s) * width_s

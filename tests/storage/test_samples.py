@@ -1,0 +1,170 @@
+"""Sample writers and the dashboard's readers, with values checked against hand-computed aggregates."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kvpilot.storage import NotFoundError, StoreError
+
+T0 = 1_800_000_000.0  # a fixed epoch so buckets are predictable
+
+
+@pytest.fixture
+def inst(store):
+    return store.register_instance("chat", "engine-0", model="bundled")
+
+
+def _layer_rows(n_steps: int, layers: int = 3, heads: int = 2, t0: float = T0):
+    rows = []
+    for step in range(n_steps):
+        for layer in range(layers):
+            for head in (-1, *range(heads)):
+                rows.append(
+                    {
+                        "ts": t0 + step,
+                        "step": step,
+                        "layer": layer,
+                        "head": head,
+                        "entropy": float(layer + step),
+                        "kv_bytes": 1000 * (layer + 1),
+                        "kept_tokens": 10 + step,
+                    }
+                )
+    return rows
+
+
+def test_register_is_idempotent_and_heartbeat(store, inst):
+    again = store.register_instance("chat", "engine-0")
+    assert again.id == inst.id
+    store.heartbeat(inst.id, config_version=3, ts=T0)
+    [got] = store.instances("chat", now=T0 + 5, stale_after_s=30)
+    assert got.alive and got.config_version == 3
+    [stale] = store.instances("chat", now=T0 + 100, stale_after_s=30)
+    assert not stale.alive
+    assert store.instances("chat", alive_only=True, now=T0 + 100) == []
+    assert [d.name for d in store.deployments()] == ["chat"]
+    with pytest.raises(NotFoundError):
+        store.heartbeat(999)
+
+
+def test_layer_stats_latest_window_and_series(store, inst):
+    assert store.add_layer_stats(_layer_rows(10), instance_id=inst.id) == 10 * 3 * 3
+    latest = store.layer_stats_latest(instance_id=inst.id)
+    assert [(r.layer, r.head, r.step) for r in latest] == [(0, -1, 9), (1, -1, 9), (2, -1, 9)]
+    per_head = store.layer_stats_latest(deployment="chat", level="head")
+    assert len(per_head) == 6 and {r.head for r in per_head} == {0, 1}
+
+    window = store.layer_stats_window(instance_id=inst.id, since=T0 + 2, until=T0 + 4, layers=[1])
+    assert [(r.step, r.layer, r.head) for r in window] == [(2, 1, -1), (3, 1, -1)]
+
+    series = store.layer_stats_series(deployment="chat", since=T0, until=T0 + 10, bucket_s=5)
+    assert len(series) == 2 * 3
+    first = series[0]
+    assert (first.ts, first.layer, first.head, first.samples) == (T0, 0, -1, 5)
+    assert first.entropy == pytest.approx(sum(range(5)) / 5)
+    assert first.kv_bytes == pytest.approx(1000)
+    assert store.layer_stats_series(instance_id=inst.id + 99, since=T0, bucket_s=5) == []
+
+
+def test_latest_uses_lookback(store, inst):
+    store.add_layer_stats([{"ts": T0, "layer": 0}, {"ts": T0 + 1000, "layer": 1}], instance_id=inst.id)
+    assert [r.layer for r in store.layer_stats_latest(instance_id=inst.id, lookback_s=60)] == [1]
+    assert [r.layer for r in store.layer_stats_latest(instance_id=inst.id, lookback_s=2000)] == [0, 1]
+
+
+def test_requests_memory_events(store, inst):
+    store.add_requests(
+        [
+            {"ts": T0 + i, "prompt_tokens": 100, "output_tokens": 10, "ttft_s": 0.1 * (i + 1), "tpot_s": 0.01}
+            for i in range(4)
+        ]
+        + [{"ts": T0 + 5, "error": "oom"}],
+        instance_id=inst.id,
+    )
+    buckets = store.requests_series(instance_id=inst.id, since=T0, bucket_s=10)
+    [b] = buckets
+    assert (b.requests, b.errors, b.prompt_tokens, b.output_tokens) == (5, 1, 400, 40)
+    assert b.ttft_mean == pytest.approx(0.25) and b.ttft_max == pytest.approx(0.4)
+    assert [r.ts for r in store.requests_window(deployment="chat", limit=2)] == [T0 + 5, T0 + 3]
+
+    store.add_memory_samples(
+        [{"ts": T0 + i, "kv_bytes_physical": 100 * i, "kv_bytes_peak": 100 * i, "nvml_util": 50.0} for i in range(6)],
+        instance_id=inst.id,
+    )
+    mem = store.memory_window(instance_id=inst.id, since=T0, until=T0 + 6, bucket_s=3)
+    assert [(m.ts, m.samples) for m in mem] == [(T0, 3), (T0 + 3, 3)]
+    assert mem[1].kv_bytes_physical == pytest.approx(400) and mem[1].kv_bytes_peak == 500
+
+    store.add_events(
+        [
+            {"ts": T0, "kind": "evict", "layer": 3, "count": 7, "bytes": 700, "detail": {"policy": "snapkv"}},
+            {"ts": T0 + 1, "kind": "hit"},
+            {"ts": T0 + 2, "kind": "evict", "count": 3, "bytes": 300},
+        ],
+        instance_id=inst.id,
+    )
+    evs = store.events(deployment="chat", kinds=["evict"])
+    assert [e.count for e in evs] == [3, 7] and evs[1].detail == {"policy": "snapkv"}
+    series = store.event_series(instance_id=inst.id, since=T0, bucket_s=60)
+    assert {(e.kind, e.events, e.count, e.bytes) for e in series} == {("evict", 2, 10, 1000), ("hit", 1, 1, 0)}
+
+
+def test_bad_rows_are_refused_and_nothing_stored(store, inst):
+    with pytest.raises(StoreError, match="unknown field"):
+        store.add_layer_stats([{"layer": 0, "entropyy": 1.0}], instance_id=inst.id)
+    with pytest.raises(StoreError, match="missing 'layer'"):
+        store.add_layer_stats([{"entropy": 1.0}], instance_id=inst.id)
+    with pytest.raises(StoreError, match="kind 'boom' unknown"):
+        store.add_events([{"kind": "boom"}], instance_id=inst.id)
+    with pytest.raises(StoreError, match="refused"):
+        store.add_layer_stats([{"layer": 0}], instance_id=inst.id + 1000)  # unknown instance (foreign key)
+    assert store.counts() == {"layer_stats": 0, "requests": 0, "memory_samples": 0, "cache_events": 0}
+    assert store.add_layer_stats([]) == 0
+
+
+def test_non_finite_floats_become_null(store, inst):
+    store.add_layer_stats([{"ts": T0, "layer": 0, "entropy": math.nan, "gini": math.inf}], instance_id=inst.id)
+    store.add_layer_stats([{"ts": T0, "layer": 0, "entropy": 2.0}], instance_id=inst.id)
+    [b] = store.layer_stats_series(instance_id=inst.id, since=T0, bucket_s=10)
+    assert b.entropy == pytest.approx(2.0)  # a NaN never poisons the average
+
+
+def test_runs_and_summary(store, inst):
+    run = store.start_run(
+        "tuning_trial", deployment="chat", instance_id=inst.id, study_name="st", trial_number=4,
+        config={"policy": "h2o"}, params={"ratio": 0.5},
+    )
+    store.add_layer_stats(_layer_rows(4), instance_id=inst.id, run_id=run)
+    store.add_requests([{"ts": T0, "prompt_tokens": 5, "output_tokens": 2, "ttft_s": 0.2}], run_id=run)
+    store.add_memory_samples([{"ts": T0, "kv_bytes_peak": 4096, "device_peak": 8192}], run_id=run)
+    store.add_events([{"ts": T0 + 9, "kind": "evict", "count": 5}], run_id=run)
+    store.finish_run(run, metrics={"accuracy": 0.8, "bad": math.nan})
+    s = store.run_summary(run)
+    assert s.run.status == "completed" and s.run.metrics == {"accuracy": 0.8, "bad": None}
+    assert s.run.study_name == "st" and s.run.trial_number == 4 and s.run.deployment == "chat"
+    assert (s.requests, s.prompt_tokens, s.output_tokens) == (1, 5, 2)
+    assert s.kv_bytes_peak == 4096 and s.device_peak == 8192 and s.events == {"evict": 5}
+    assert (s.first_ts, s.last_ts) == (T0, T0 + 9)
+    assert [lay.layer for lay in s.layers] == [0, 1, 2] and s.layers[0].samples == 4
+    assert [r.id for r in store.runs(study_name="st")] == [run]
+    with pytest.raises(StoreError, match="run kind"):
+        store.start_run("nope")
+
+
+def test_profiles(store):
+    first = store.save_profile("bundled", "kl", [0.1, 0.2])
+    second = store.save_profile("bundled", "kl", [0.3, 0.4], meta={"prompts": 8})
+    assert store.latest_profile("bundled").id == second
+    assert [p.id for p in store.profiles("bundled")] == [second, first]
+    assert store.latest_profile("other") is None
+
+
+def test_prune(store, inst):
+    store.add_layer_stats(_layer_rows(10), instance_id=inst.id)
+    store.add_events([{"ts": T0 + i, "kind": "hit"} for i in range(10)], instance_id=inst.id)
+    deleted = store.prune(5, now=T0 + 10, batch_rows=7)  # keeps ts >= T0 + 5, in several batches
+    assert deleted["layer_stats"] == 5 * 9 and deleted["cache_events"] == 5
+    assert store.counts(instance_id=inst.id)["layer_stats"] == 5 * 9
+    assert len(store.instances()) == 1  # metadata stays

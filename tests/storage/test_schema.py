@@ -1,0 +1,75 @@
+"""Migrations: fresh databases are created, older ones refused until `kvpilot db upgrade`, Optuna can share."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import inspect
+
+from kvpilot.storage import SchemaError, SchemaOutdatedError, SchemaTooNewError, Store, StoreError, migrate
+from kvpilot.storage.core import open_for_migration
+from kvpilot.storage.schema import Base
+
+
+def test_fresh_database_gets_every_table(store):
+    tables = set(inspect(store.engine).get_table_names())
+    assert set(Base.metadata.tables) <= tables
+    assert migrate.VERSION_TABLE in tables
+    assert store.schema_revision() == migrate.head_revision()
+
+
+def test_sqlite_pragmas(tmp_path):
+    with Store.open(str(tmp_path / "p.db")) as s:
+        with s.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
+
+
+def test_older_schema_is_refused_with_the_fix(db_url):
+    old = open_for_migration(db_url)
+    migrate.upgrade(old.engine, old._backend, "0001")
+    old.close()
+    with pytest.raises(SchemaOutdatedError) as err:
+        Store.open(db_url)
+    assert "kvpilot db upgrade" in str(err.value) and "0001" in str(err.value)
+    with Store.open(db_url, upgrade=True) as s:
+        assert s.schema_revision() == migrate.head_revision()
+        s.push("d", {"policy": "h2o", "budget": 64})  # 0002's tables work
+
+
+def test_newer_schema_is_refused(db_url):
+    Store.open(db_url).close()
+    handle = open_for_migration(db_url)
+    with handle.engine.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE {migrate.VERSION_TABLE} SET version_num = '9999_future'")
+    handle.close()
+    with pytest.raises(SchemaTooNewError, match="newer kvpilot"):
+        Store.open(db_url)
+
+
+def test_tables_without_version_table_are_refused(db_url):
+    Store.open(db_url).close()
+    handle = open_for_migration(db_url)
+    with handle.engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP TABLE {migrate.VERSION_TABLE}")
+    handle.close()
+    with pytest.raises(SchemaError, match="schema version is unknown"):
+        Store.open(db_url)
+
+
+def test_create_false_on_empty_database(db_url):
+    with pytest.raises(StoreError, match="kvpilot db upgrade"):
+        Store.open(db_url, create=False)
+
+
+def test_optuna_shares_the_database(db_url):
+    optuna = pytest.importorskip("optuna")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=db_url, study_name="s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    with Store.open(db_url) as s:  # kvpilot's migrations ignore Optuna's tables and alembic_version
+        run = s.start_run("tuning_trial", study_name="s", trial_number=1)
+        assert s.get_run(run).study_name == "s"
+        tables = set(inspect(s.engine).get_table_names())
+    assert {"alembic_version", migrate.VERSION_TABLE, "trials", "layer_stats"} <= tables
+    assert len(optuna.load_study(study_name="s", storage=db_url).trials) == 2
