@@ -9,6 +9,8 @@ import sys
 # One line per command module; each adds its own subcommands and sets `func` on its parser.
 COMMAND_MODULES = [
     "kvpilot.commands.demo",
+    "kvpilot.commands.db",
+    "kvpilot.commands.configs",
 ]
 
 

@@ -1,0 +1,100 @@
+"""`kvpilot db ...`: create or migrate the store's schema, show where it stands, prune old samples."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from kvpilot.errors import KVPilotError
+
+DB_HELP = (
+    "database URL: sqlite:///PATH, a plain file path, or postgresql+psycopg://USER@HOST:PORT/DBNAME "
+    "(default: $KVPILOT_DB, else $KVPILOT_HOME/kvpilot.db)"
+)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def add_db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", metavar="URL", default=None, help=DB_HELP)
+
+
+def parse_duration(text: str) -> float:
+    """'7d', '12h', '30m', '90s', '2w' or plain seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
+    if not m:
+        raise KVPilotError(f"cannot read duration {text!r}: use a number with s, m, h, d or w (e.g. 7d, 12h)")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    db = subparsers.add_parser(
+        "db",
+        help="create, migrate, inspect or prune the kvpilot database",
+        description="Manage kvpilot's database (SQLite file or PostgreSQL). Optuna's tables may share it.",
+    )
+    sub = db.add_subparsers(dest="db_command", metavar="ACTION")
+    db.set_defaults(func=lambda args: db.print_help() or 2)
+
+    up = sub.add_parser(
+        "upgrade",
+        help="create the tables or migrate them to this kvpilot's schema",
+        description="Create kvpilot's tables in an empty database, or migrate a database written by an older "
+        "kvpilot. Stop engines writing to it first. Safe to run twice.",
+    )
+    add_db_option(up)
+    up.set_defaults(func=_upgrade)
+
+    st = sub.add_parser("status", help="schema revision, row counts and deployments")
+    add_db_option(st)
+    st.set_defaults(func=_status)
+
+    pr = sub.add_parser(
+        "prune",
+        help="delete samples older than a given age",
+        description="Delete layer stats, requests, memory samples and cache events older than --older-than. "
+        "Deployments, runs, profiles and config versions are kept.",
+    )
+    pr.add_argument("--older-than", required=True, metavar="AGE", help="age such as 7d, 12h, 30m or 3600 (seconds)")
+    add_db_option(pr)
+    pr.set_defaults(func=_prune)
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    from kvpilot.storage.core import open_for_migration
+
+    handle = open_for_migration(args.db)
+    try:
+        before, after = handle.upgrade_schema()
+    finally:
+        handle.close()
+    if before == after:
+        print(f"{handle.url}: already at schema revision {after}")
+    else:
+        print(f"{handle.url}: schema revision {before or '(empty)'} -> {after}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from kvpilot.storage import Store
+    from kvpilot.storage.migrate import head_revision
+
+    with Store.open(args.db, create=False) as store:
+        print(f"database: {store.url} ({store.backend_name})")
+        print(f"schema:   revision {store.schema_revision()} (this kvpilot: {head_revision()})")
+        for table, n in store.counts().items():
+            print(f"  {table:15} {n:>12,} rows")
+        for dep in store.deployments():
+            alive = sum(i.alive for i in store.instances(dep.name))
+            print(f"deployment {dep.name}: active config version {dep.active_version}, {alive} engine(s) alive")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from kvpilot.storage import Store
+
+    age = parse_duration(args.older_than)
+    with Store.open(args.db) as store:
+        deleted = store.prune(age)
+    total = sum(deleted.values())
+    print(f"deleted {total:,} samples older than {args.older_than}: " + ", ".join(f"{k} {v:,}" for k, v in deleted.items()))
+    return 0
