@@ -72,29 +72,46 @@ def attention_stats_reference(
     """Attention statistics for ``query`` [b, H, q, d] over ``key``/``value`` [b, H_kv, n, d].
 
     ``key_valid`` [b, H_kv, n] bool excludes padding slots. Every query row must see at least one key.
+    Per chunk of ``query_chunk`` queries it holds one [H, chunk, n] fp32 block (and a few
+    temporaries of that size). Keys are never repeated for GQA: the query heads of a group are
+    stacked as extra rows against their KV head. With ``causal`` a chunk only reads the keys its
+    last row can see.
     """
     b, h, q_len, d = query.shape
     h_kv, n = key.shape[1], key.shape[2]
     group = h // h_kv
-    head_mass = torch.zeros(b, h, n, dtype=torch.float32, device=query.device)
-    entropy = torch.zeros(b, h, dtype=torch.float32, device=query.device)
-    out = torch.empty(b, h, q_len, value.shape[-1], dtype=query.dtype, device=query.device) if need_output else None
-    k32 = key.float().repeat_interleave(group, dim=1)
-    v32 = value.float().repeat_interleave(group, dim=1) if need_output else None
-    valid = key_valid.repeat_interleave(group, dim=1) if key_valid is not None else None
+    dev = query.device
+    head_mass = torch.zeros(b, h, n, dtype=torch.float32, device=dev)
+    entropy = torch.zeros(b, h, dtype=torch.float32, device=dev)
+    out = None
+    if need_output:
+        out = torch.empty(b, h, q_len, value.shape[-1], dtype=query.dtype, device=dev)
+        v32 = value.float()
+    k32 = key.float()
+    valid = key_valid[:, :, None, None, :] if key_valid is not None else None  # [b, H_kv, 1, 1, n]
     for start in range(0, q_len, query_chunk):
         stop = min(q_len, start + query_chunk)
-        logits = torch.matmul(query[:, :, start:stop].float(), k32.transpose(-1, -2)) * scaling
-        allowed = attention_bias(
-            q_len, n, causal=causal, key_valid=valid, device=query.device, q_start=start, q_stop=stop
-        )
-        if allowed is not None:
-            logits = logits.masked_fill(~allowed, float("-inf"))
-        logp = torch.log_softmax(logits, dim=-1)
-        p = logp.exp()
-        head_mass += p.sum(dim=2)
-        entropy -= torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(dim=(-1, -2))
+        rows = stop - start
+        # Keys after the chunk's last visible key get no mass from any of its rows: skip them.
+        n_vis = min(n, n - q_len + stop) if causal else n
+        # Scale the (small) queries rather than the [rows, n] logits: one full pass fewer.
+        q_c = (query[:, :, start:stop].float() * scaling).reshape(b, h_kv, group * rows, d)
+        logits = torch.matmul(q_c, k32[:, :, :n_vis].transpose(-1, -2)).view(b, h_kv, group, rows, n_vis)
+        if causal and n_vis >= rows:  # only the trailing [rows, rows] block has keys some rows cannot see
+            future = torch.ones(rows, rows, dtype=torch.bool, device=dev).triu_(1)
+            logits[..., n_vis - rows :].masked_fill_(future, float("-inf"))
+        elif causal:  # more queries than keys: the first rows see nothing (their mass is NaN)
+            mask = attention_bias(
+                q_len, n, causal=True, key_valid=None, device=dev, q_start=start, q_stop=stop
+            )
+            logits.masked_fill_(~mask[..., :n_vis], float("-inf"))
+        if valid is not None:
+            logits.masked_fill_(~valid[..., :n_vis], float("-inf"))
+        p = torch.softmax(logits, dim=-1)
+        head_mass[..., :n_vis] += p.sum(dim=3).view(b, h, n_vis)
+        entropy += torch.special.entr(p).sum(dim=(-1, -2)).view(b, h)  # entr(p) = -p log p, 0 at p = 0
         if need_output:
-            out[:, :, start:stop] = torch.matmul(p, v32).to(query.dtype)
+            o = torch.matmul(p.view(b, h_kv, group * rows, n_vis), v32[:, :, :n_vis])
+            out[:, :, start:stop] = o.view(b, h, rows, -1).to(query.dtype)
     key_mass = head_mass.view(b, h_kv, group, n).sum(dim=2)
     return AttentionStats(head_mass, key_mass, entropy / max(q_len, 1), out, q_len)

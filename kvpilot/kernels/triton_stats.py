@@ -173,7 +173,7 @@ def _mass_kernel(
         allowed = col_ok[None, :] & row_ok[:, None]
         if CAUSAL:
             allowed = allowed & (offs_n[None, :] <= offs_m[:, None] + offset)
-        p = tl.where(allowed, tl.exp2(s - lse[:, None]), 0.0)
+        p = tl.exp2(tl.where(allowed, s - lse[:, None], float("-inf")))  # masked: exactly 0, no overflow
         mass += tl.sum(p, 0)
         ent += tl.sum(p * tl.where(allowed, lse[:, None] - s, 0.0), 1)  # -p*log(p), in log2 units
 

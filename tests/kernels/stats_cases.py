@@ -128,4 +128,11 @@ TRITON_CASES = [
     Case("noncontiguous", 2, 8, 2, 24, 60, 32, noncontig=True),
     Case("sharp_logits", 1, 8, 2, 32, 120, 64, logit_scale=8.0),
     Case("mha_noncausal", 1, 4, 4, 17, 45, 64, causal=False),
+    # The 16-bit path (p cast to the value dtype for P@V). fp16, not bf16: the interpreter's bf16
+    # tl.dot multiplies raw bit patterns (triton-lang/triton#11584, unsupported upstream).
+    Case("fp16_inputs", 1, 9, 3, 40, 150, 64, pad=True, dtype="float16"),
+    Case("fp16_d128_splits", 1, 8, 2, 24, 200, 128, dtype="float16", extra=(("num_splits", 2),)),
 ]
+
+# Output tolerance (max-norm relative) by input dtype: 16-bit runs cast p to 16 bits for P@V.
+OUTPUT_TOL = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 2e-2}
