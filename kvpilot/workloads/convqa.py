@@ -122,8 +122,7 @@ def make_builder(
         facts.append(
             Fact(kind, owner, value, statement, reaction, position=(k + rng.uniform(0.1, 0.9)) / n_facts)
         )
-    rng.shuffle(facts)  # which fact comes when; positions stay stratified
-    facts.sort(key=lambda f: f.position)
+    # facts were drawn in random order, so fact k (said in the k-th stratum of the history) is a random one
     asked = rng.sample(range(n_facts), n_questions)
     dates = _session_dates(rng, n_sessions, answers)
     weights = [rng.uniform(0.7, 1.3) for _ in range(n_sessions)]
@@ -210,6 +209,12 @@ def make_builder(
             for j, t in enumerate(goodbye):
                 say((first + j + 1) % 2, address(t, names[(first + j) % 2]))
         context = out.text()
+        low = context.lower()
+        for f in facts:  # a safety net: generation guarantees this by construction
+            if low.count(f.value.lower()) != 1:
+                raise RuntimeError(
+                    f"convqa bug: answer {f.value!r} occurs {low.count(f.value.lower())} times"
+                )
         qa = []
         for k in asked:
             q = facts[k].question(names)

@@ -201,8 +201,3 @@ def sentence_stream(kind: str, seed: str) -> LazyStream[str]:
     if kind == "essay":
         return LazyStream(essay_sentence, seed)
     raise ValueError(f"unknown haystack {kind!r}; expected 'noise' or 'essay'")
-
-
-def insertion_points(fractions: list[float], n_units: int) -> list[int]:
-    """Map depth fractions in [0, 1] to insertion indices in 0..n_units (before unit i; n_units = at the end)."""
-    return [min(n_units, int(round(f * n_units))) for f in fractions]
