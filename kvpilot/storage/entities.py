@@ -340,20 +340,31 @@ class EntityStore(StoreCore):
     ) -> dict[str, int]:
         """Delete samples older than `older_than` (seconds or a timedelta); metadata and configs stay.
 
-        Deletes in batches of `batch_rows`, each its own short transaction, so engines writing to a SQLite
-        file wait at most one batch for the lock. Returns rows deleted per table.
+        Deletes per owner (instance or run) through the (owner, ts) indexes, in batches of `batch_rows`,
+        each its own short transaction, so engines writing to a SQLite file wait at most one batch for the
+        lock. Returns rows deleted per table.
         """
-        cutoff = (time.time() if now is None else now) - _seconds(older_than)
-        if _seconds(older_than) < 0:
+        age = _seconds(older_than)
+        if age < 0:
             raise StoreError("prune: older_than must be positive")
+        cutoff = (time.time() if now is None else now) - age
+
+        def owners(conn: Connection) -> list[tuple[str, int]]:
+            inst = conn.execute(select(EngineInstance.id)).scalars().all()
+            runs = conn.execute(select(Run.id)).scalars().all()
+            return [("instance_id", i) for i in inst] + [("run_id", r) for r in runs]
+
         deleted: dict[str, int] = {}
         for name, table in SAMPLE_TABLES.items():
             total = 0
-            while True:
-                ids = select(table.c.id).where(table.c.ts < cutoff).limit(batch_rows).scalar_subquery()
-                n = self._write(lambda conn, t=table, i=ids: conn.execute(delete(t).where(t.c.id.in_(i))).rowcount)
-                total += n
-                if n < batch_rows:
-                    break
+            for column, owner in self._read(owners):
+                col = table.c[column]
+                while True:
+                    ids = select(table.c.id).where(col == owner, table.c.ts < cutoff).limit(batch_rows)
+                    stmt = delete(table).where(table.c.id.in_(ids.scalar_subquery()))
+                    n = self._write(lambda conn, s=stmt: conn.execute(s).rowcount)
+                    total += n
+                    if n < batch_rows:
+                        break
             deleted[name] = total
         return deleted

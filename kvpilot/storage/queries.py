@@ -114,7 +114,7 @@ class QueryStore(StoreCore):
         deployment: str | None = None,
         run_id: int | None = None,
         level: Level = "layer",
-        lookback_s: float = 300.0,
+        lookback_s: float = 120.0,
     ) -> list[LayerStat]:
         """The newest sample of each (instance, layer, head), among samples at most `lookback_s` older than
         the owner's newest one; ordered by instance, layer, head."""

@@ -47,6 +47,10 @@ class _Spec:
                     f"{self.table.name} row has unknown field(s) {unknown}; allowed: {', '.join(self.columns)}"
                 )
             merged = {**base, **row}
+            if merged["instance_id"] is None and merged["run_id"] is None:
+                raise StoreError(
+                    f"{self.table.name} row belongs to no engine instance and no run: pass instance_id= or run_id="
+                )
             for name in required:
                 if merged[name] is None:
                     raise StoreError(f"{self.table.name} row is missing {name!r}: {dict(row)}")

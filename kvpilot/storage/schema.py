@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -175,11 +176,18 @@ class ConfigAck(Base):
 
 
 def _sample_indexes(table: str) -> tuple[Index, ...]:
-    # Dashboards read one instance or one run over a time window; prune deletes by time alone.
-    return (
-        Index(f"ix_{table}_instance_ts", "instance_id", "ts"),
-        Index(f"ix_{table}_run_ts", "run_id", "ts"),
-        Index(f"ix_{table}_ts", "ts"),
+    # Dashboards read one instance or one run over a time window, and prune deletes per owner by time.
+    # The indexes are partial (owner NOT NULL): engine rows without a run skip the run index entirely,
+    # which is a third of the insert cost. Every sample row has an instance or a run (samples.py checks).
+    return tuple(
+        Index(
+            f"ix_{table}_{owner.removesuffix('_id')}_ts",
+            owner,
+            "ts",
+            sqlite_where=text(f"{owner} IS NOT NULL"),
+            postgresql_where=text(f"{owner} IS NOT NULL"),
+        )
+        for owner in ("instance_id", "run_id")
     )
 
 

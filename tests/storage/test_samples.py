@@ -118,6 +118,8 @@ def test_bad_rows_are_refused_and_nothing_stored(store, inst):
         store.add_layer_stats([{"entropy": 1.0}], instance_id=inst.id)
     with pytest.raises(StoreError, match="kind 'boom' unknown"):
         store.add_events([{"kind": "boom"}], instance_id=inst.id)
+    with pytest.raises(StoreError, match="no engine instance and no run"):
+        store.add_requests([{"ttft_s": 0.1}])
     with pytest.raises(StoreError, match="refused"):
         store.add_layer_stats([{"layer": 0}], instance_id=inst.id + 1000)  # unknown instance (foreign key)
     assert store.counts() == {"layer_stats": 0, "requests": 0, "memory_samples": 0, "cache_events": 0}

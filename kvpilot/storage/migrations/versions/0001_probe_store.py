@@ -38,9 +38,13 @@ def _owner_columns(table: str) -> list:
 
 
 def _sample_indexes(table: str) -> None:
-    op.create_index(f"ix_{table}_instance_ts", table, ["instance_id", "ts"])
-    op.create_index(f"ix_{table}_run_ts", table, ["run_id", "ts"])
-    op.create_index(f"ix_{table}_ts", table, ["ts"])
+    """Partial (owner IS NOT NULL) indexes: rows without a run never touch the run index."""
+    for owner in ("instance_id", "run_id"):
+        where = sa.text(f"{owner} IS NOT NULL")
+        op.create_index(
+            f"ix_{table}_{owner.removesuffix('_id')}_ts", table, [owner, "ts"], sqlite_where=where,
+            postgresql_where=where,
+        )
 
 
 def upgrade() -> None:

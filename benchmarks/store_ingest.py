@@ -1,0 +1,333 @@
+"""Store benchmark: sustained layer-stat ingest (rows/s) and dashboard query latency on 10M sample rows.
+
+    python benchmarks/store_ingest.py                       # SQLite in /tmp, plus PostgreSQL if reachable
+    python benchmarks/store_ingest.py --pg postgresql+psycopg://postgres@127.0.0.1:5432/test
+    python benchmarks/store_ingest.py --rows 1000000 --ingest-seconds 5 --skip-pg   # quick look
+
+Ingest goes through the public API (`Store.add_layer_stats` with dict rows, 4 engine instances, batches of
+120 rows per decode step x 100 steps); the time to build the dicts is not counted. The 10M-row store is
+filled with INSERT ... SELECT (recursive CTE on SQLite, generate_series on PostgreSQL), then each dashboard
+query runs 5 times (median and max reported). Writes benchmarks/results/store_ingest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import sqlalchemy  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+
+from kvpilot.storage import Store  # noqa: E402
+
+LAYERS, HEADS = 30, 3  # the bundled model: 30 layers, 3 KV heads (+ the layer aggregate, head = -1)
+ROWS_PER_STEP = LAYERS * (HEADS + 1)
+INSTANCES = 4
+RESULTS = Path(__file__).resolve().parent / "results" / "store_ingest.json"
+
+
+def machine() -> dict:
+    import sqlite3
+
+    import psycopg
+
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "sqlalchemy": sqlalchemy.__version__,
+        "psycopg": psycopg.__version__,
+    }
+    try:
+        info["loadavg_at_start"] = os.getloadavg()
+    except OSError:
+        pass
+    return info
+
+
+# ----- ingest -------------------------------------------------------------------------------------------
+
+
+def ingest(store: Store, seconds: float, steps_per_call: int) -> dict:
+    ids = [store.register_instance("bench", f"engine-{i}").id for i in range(INSTANCES)]
+    rnd = random.Random(0)
+    rows_total, busy, calls, rates = 0, 0.0, 0, []
+    step = 0
+    wall0 = time.perf_counter()
+    while time.perf_counter() - wall0 < seconds:
+        inst = ids[calls % INSTANCES]
+        now = time.time()
+        rows = [
+            {
+                "ts": now,
+                "step": step + s,
+                "layer": layer,
+                "head": head,
+                "entropy": rnd.random() * 5,
+                "retained_mass": rnd.random(),
+                "tokens_90": rnd.random() * 500,
+                "sink_mass": rnd.random() * 0.3,
+                "recent_mass": rnd.random() * 0.3,
+                "gini": rnd.random(),
+                "kv_bytes": 4096 * (layer + 1),
+                "kept_tokens": 256,
+                "seen_tokens": 1024 + step,
+            }
+            for s in range(steps_per_call)
+            for layer in range(LAYERS)
+            for head in (-1, *range(HEADS))
+        ]
+        t = time.perf_counter()
+        n = store.add_layer_stats(rows, instance_id=inst)
+        dt = time.perf_counter() - t
+        busy += dt
+        rows_total += n
+        rates.append(n / dt)
+        calls += 1
+        step += steps_per_call
+    assert store.counts()["layer_stats"] == rows_total
+    return {
+        "rows": rows_total,
+        "calls": calls,
+        "rows_per_call": steps_per_call * ROWS_PER_STEP,
+        "seconds_in_add_layer_stats": round(busy, 3),
+        "rows_per_s": round(rows_total / busy),
+        "rows_per_s_p10_call": round(statistics.quantiles(rates, n=10)[0]) if len(rates) >= 10 else None,
+        "rows_per_s_min_call": round(min(rates)),
+    }
+
+
+# ----- the 10M-row store --------------------------------------------------------------------------------
+
+FILL_COLUMNS = (
+    "ts, instance_id, run_id, step, layer, head, entropy, retained_mass, tokens_90, sink_mass, recent_mass, gini, "
+    "kv_bytes, kept_tokens, seen_tokens"
+)
+
+
+def _fill_select(backend: str, t0: float, run_from_step: int) -> str:
+    """SELECT producing layer-stat rows from an integer series `i` (one step per second per instance)."""
+    per_step = ROWS_PER_STEP * INSTANCES
+    rnd = "(abs(random() % 1000) / 1000.0)" if backend == "sqlite" else "random()"
+
+    def idiv(a: str, b: int) -> str:  # integer operands: integer division on both databases
+        return f"({a} / {b})"
+
+    step = idiv("i", per_step)
+    inst = f"(1 + {idiv('i', ROWS_PER_STEP)} % {INSTANCES})"
+    return (
+        f"SELECT {t0} + {step}, {inst}, "
+        f"CASE WHEN {inst} = 1 AND {step} >= {run_from_step} THEN 1 ELSE NULL END, "
+        f"{step}, {idiv(f'(i % {ROWS_PER_STEP})', HEADS + 1)}, (i % {HEADS + 1}) - 1, "
+        f"{rnd} * 5, {rnd}, {rnd} * 500, {rnd} * 0.3, {rnd} * 0.3, {rnd}, 4096, 256, 1024"
+    )
+
+
+def fill(store: Store, rows: int, chunk: int = 1_000_000) -> dict:
+    """Fill layer_stats to `rows` rows ending now, plus memory samples, requests and events."""
+    backend = store.backend_name
+    per_step = ROWS_PER_STEP * INSTANCES
+    steps = rows // per_step
+    t0 = float(int(time.time()) - steps)
+    ids = [store.register_instance("dash", f"engine-{i}").id for i in range(INSTANCES)]
+    assert ids == [1, 2, 3, 4], "the fill expects a fresh database"
+    run = store.start_run("serving", deployment="dash", instance_id=1, started_at=t0)
+    run_from_step = steps - 1800  # the run covers the last 30 minutes of engine-0
+    started = time.perf_counter()
+    with store.engine.begin() as conn:
+        if backend == "postgresql":
+            conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+    done = 0
+    while done < rows:
+        n = min(chunk, rows - done)
+        sel = _fill_select(backend, t0, run_from_step)
+        if backend == "sqlite":
+            sql = (
+                f"WITH RECURSIVE s(i) AS (SELECT {done} UNION ALL SELECT i + 1 FROM s WHERE i < {done + n - 1}) "
+                f"INSERT INTO layer_stats ({FILL_COLUMNS}) {sel} FROM s"
+            )
+        else:
+            sql = f"INSERT INTO layer_stats ({FILL_COLUMNS}) {sel} FROM generate_series({done}, {done + n - 1}) AS i"
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql(sql)
+        done += n
+        print(f"  filled {done:,}/{rows:,} layer-stat rows ({time.perf_counter() - started:.0f} s)", flush=True)
+    # one memory sample, request and two events per instance per second
+    other = steps * INSTANCES
+    series = (
+        f"WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i < {other - 1}) "
+        if backend == "sqlite"
+        else ""
+    )
+    src = "FROM s" if backend == "sqlite" else f"FROM generate_series(0, {other - 1}) AS i"
+    rnd = "(abs(random() % 1000) / 1000.0)" if backend == "sqlite" else "random()"
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"{series}INSERT INTO memory_samples (ts, instance_id, kv_bytes_physical, kv_bytes_logical, kv_bytes_peak, "
+            f"device_allocated, rss_bytes) SELECT {t0} + i / {INSTANCES}, 1 + i % {INSTANCES}, "
+            f"CAST({rnd} * 1e8 AS INTEGER), 200000000, 150000000, 300000000, 900000000 {src}"
+        )
+        conn.exec_driver_sql(
+            f"{series}INSERT INTO requests (ts, instance_id, prompt_tokens, output_tokens, ttft_s, tpot_s, kv_bytes, "
+            f"compression_ratio) SELECT {t0} + i / {INSTANCES}, 1 + i % {INSTANCES}, 1000, 64, {rnd}, {rnd} / 50, "
+            f"50000000, 0.5 {src}"
+        )
+        for kind in ("evict", "hit"):
+            conn.exec_driver_sql(
+                f"{series}INSERT INTO cache_events (ts, instance_id, kind, layer, count, bytes) "
+                f"SELECT {t0} + i / {INSTANCES}, 1 + i % {INSTANCES}, '{kind}', i % {LAYERS}, 3, 12288 {src}"
+            )
+    if backend == "postgresql":
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")
+    else:
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")
+    counts = store.counts()
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "rows": counts,
+        "total_rows": sum(counts.values()),
+        "hours_of_data": round(steps / 3600, 2),
+        "run_id": run,
+        "t_start": t0,
+        "t_end": t0 + steps,
+    }
+
+
+def queries(store: Store, run_id: int, repeat: int = 5) -> dict:
+    """Latency of the dashboard's main queries (ms): median and max of `repeat` runs after one warm-up."""
+    cases = {
+        "layer_heatmap_deployment_last_10min_10s_buckets": lambda: store.layer_stats_series(
+            deployment="dash", last_s=600, bucket_s=10
+        ),
+        "layer_heatmap_instance_last_1h_60s_buckets": lambda: store.layer_stats_series(
+            instance_id=2, last_s=3600, bucket_s=60
+        ),
+        "head_heatmap_instance_last_10min": lambda: store.layer_stats_series(
+            instance_id=2, last_s=600, bucket_s=10, level="head"
+        ),
+        "layer_latest_deployment": lambda: store.layer_stats_latest(deployment="dash"),
+        "head_latest_instance": lambda: store.layer_stats_latest(instance_id=3, level="head"),
+        "layer_raw_window_instance_last_1min": lambda: store.layer_stats_window(instance_id=1, last_s=60),
+        "memory_deployment_last_1h_auto_buckets": lambda: store.memory_window(deployment="dash", last_s=3600),
+        "requests_deployment_last_1h_auto_buckets": lambda: store.requests_series(deployment="dash", last_s=3600),
+        "events_deployment_last_1h_by_kind": lambda: store.event_series(deployment="dash", last_s=3600),
+        "events_latest_100_evictions": lambda: store.events(deployment="dash", kinds=["evict"], limit=100),
+        "run_summary_30min_run": lambda: store.run_summary(run_id),
+        "instances_alive": lambda: store.instances("dash"),
+        "layer_heatmap_whole_store_auto_buckets": lambda: store.layer_stats_series(deployment="dash", last_s=10**6),
+        "row_counts_whole_store": lambda: store.counts(),
+    }
+    out = {}
+    for name, fn in cases.items():
+        result = fn()
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1000)
+        size = len(result) if isinstance(result, list) else 1
+        out[name] = {"median_ms": round(statistics.median(times), 2), "max_ms": round(max(times), 2), "result_rows": size}
+        print(f"  {name:52} median {out[name]['median_ms']:9.2f} ms  max {out[name]['max_ms']:9.2f} ms  ({size} rows)")
+    return out
+
+
+def prune_cost(store: Store, t_start: float, t_end: float) -> dict:
+    """Delete the oldest tenth of the samples by time (batched deletes through the time index)."""
+    before = store.counts()["layer_stats"]
+    cutoff = t_start + (t_end - t_start) / 10
+    t = time.perf_counter()
+    deleted = store.prune(time.time() - cutoff)
+    return {"seconds": round(time.perf_counter() - t, 2), "deleted": deleted, "layer_stats_before": before}
+
+
+# ----- driver -------------------------------------------------------------------------------------------
+
+
+def _fresh_sqlite(path: Path) -> str:
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _fresh_pg(url: str, schema: str) -> str:
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url).set(drivername="postgresql+psycopg")
+    eng = create_engine(base)
+    with eng.begin() as conn:
+        conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    eng.dispose()
+    return base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+
+
+def bench_backend(name: str, make_url, args) -> dict:
+    print(f"[{name}] ingest for {args.ingest_seconds} s", flush=True)
+    with Store.open(make_url("ingest")) as store:
+        result = {"ingest": ingest(store, args.ingest_seconds, args.steps_per_call)}
+        if name == "postgresql":
+            with store.engine.connect() as conn:
+                result["server_version"] = conn.execute(text("SHOW server_version")).scalar()
+    print(f"[{name}] ingest: {result['ingest']['rows_per_s']:,} rows/s", flush=True)
+    if args.rows:
+        print(f"[{name}] filling a store with {args.rows:,} layer-stat rows", flush=True)
+        with Store.open(make_url("dash")) as store:
+            result["fill"] = fill(store, args.rows)
+            print(f"[{name}] dashboard queries", flush=True)
+            result["queries"] = queries(store, result["fill"]["run_id"])
+            result["prune_oldest_tenth"] = prune_cost(store, result["fill"]["t_start"], result["fill"]["t_end"])
+            print(f"[{name}] prune: {result['prune_oldest_tenth']}", flush=True)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sqlite-dir", default="/tmp", help="where the SQLite benchmark files go")
+    ap.add_argument("--pg", default=os.environ.get("KVPILOT_TEST_DATABASE_URL"), help="PostgreSQL URL")
+    ap.add_argument("--skip-pg", action="store_true")
+    ap.add_argument("--rows", type=int, default=10_000_000, help="layer-stat rows for the query benchmark (0: skip)")
+    ap.add_argument("--ingest-seconds", type=float, default=20.0)
+    ap.add_argument("--steps-per-call", type=int, default=100, help="decode steps per add_layer_stats call")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args()
+
+    report = {
+        "command": "python " + " ".join(sys.argv),
+        "machine": machine(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "rows_per_decode_step": ROWS_PER_STEP,
+        "results": {},
+    }
+    sqlite_dir = Path(args.sqlite_dir)
+    report["results"]["sqlite"] = bench_backend(
+        "sqlite", lambda tag: _fresh_sqlite(sqlite_dir / f"kvpilot_bench_{tag}.db"), args
+    )
+    if args.pg and not args.skip_pg:
+        report["results"]["postgresql"] = bench_backend(
+            "postgresql", lambda tag: _fresh_pg(args.pg, f"kvbench_{tag}"), args
+        )
+    try:
+        report["machine"]["loadavg_at_end"] = os.getloadavg()
+    except OSError:
+        pass
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
