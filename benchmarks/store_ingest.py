@@ -134,6 +134,11 @@ def _fill_select(backend: str, t0: float, run_from_step: int) -> str:
     )
 
 
+def _escape(backend: str, sql: str) -> str:
+    """psycopg reads % as a placeholder; double it for PostgreSQL."""
+    return sql.replace("%", "%%") if backend == "postgresql" else sql
+
+
 def fill(store: Store, rows: int, chunk: int = 1_000_000) -> dict:
     """Fill layer_stats to `rows` rows ending now, plus memory samples, requests and events."""
     backend = store.backend_name
@@ -160,7 +165,7 @@ def fill(store: Store, rows: int, chunk: int = 1_000_000) -> dict:
         else:
             sql = f"INSERT INTO layer_stats ({FILL_COLUMNS}) {sel} FROM generate_series({done}, {done + n - 1}) AS i"
         with store.engine.begin() as conn:
-            conn.exec_driver_sql(sql)
+            conn.exec_driver_sql(_escape(backend, sql))
         done += n
         print(f"  filled {done:,}/{rows:,} layer-stat rows ({time.perf_counter() - started:.0f} s)", flush=True)
     # one memory sample, request and two events per instance per second
@@ -173,27 +178,26 @@ def fill(store: Store, rows: int, chunk: int = 1_000_000) -> dict:
     src = "FROM s" if backend == "sqlite" else f"FROM generate_series(0, {other - 1}) AS i"
     rnd = "(abs(random() % 1000) / 1000.0)" if backend == "sqlite" else "random()"
     with store.engine.begin() as conn:
-        conn.exec_driver_sql(
+        def execute(sql: str) -> None:
+            conn.exec_driver_sql(_escape(backend, sql))
+
+        execute(
             f"{series}INSERT INTO memory_samples (ts, instance_id, kv_bytes_physical, kv_bytes_logical, kv_bytes_peak, "
             f"device_allocated, rss_bytes) SELECT {t0} + i / {INSTANCES}, 1 + i % {INSTANCES}, "
             f"CAST({rnd} * 1e8 AS INTEGER), 200000000, 150000000, 300000000, 900000000 {src}"
         )
-        conn.exec_driver_sql(
+        execute(
             f"{series}INSERT INTO requests (ts, instance_id, prompt_tokens, output_tokens, ttft_s, tpot_s, kv_bytes, "
             f"compression_ratio) SELECT {t0} + i / {INSTANCES}, 1 + i % {INSTANCES}, 1000, 64, {rnd}, {rnd} / 50, "
             f"50000000, 0.5 {src}"
         )
         for kind in ("evict", "hit"):
-            conn.exec_driver_sql(
+            execute(
                 f"{series}INSERT INTO cache_events (ts, instance_id, kind, layer, count, bytes) "
                 f"SELECT {t0} + i / {INSTANCES}, 1 + i % {INSTANCES}, '{kind}', i % {LAYERS}, 3, 12288 {src}"
             )
-    if backend == "postgresql":
-        with store.engine.begin() as conn:
-            conn.exec_driver_sql("ANALYZE")
-    else:
-        with store.engine.begin() as conn:
-            conn.exec_driver_sql("ANALYZE")
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")
     counts = store.counts()
     return {
         "seconds": round(time.perf_counter() - started, 1),
@@ -316,17 +320,22 @@ def main() -> None:
     report["results"]["sqlite"] = bench_backend(
         "sqlite", lambda tag: _fresh_sqlite(sqlite_dir / f"kvpilot_bench_{tag}.db"), args
     )
+    _write(report, args.out)
     if args.pg and not args.skip_pg:
         report["results"]["postgresql"] = bench_backend(
             "postgresql", lambda tag: _fresh_pg(args.pg, f"kvbench_{tag}"), args
         )
+        _write(report, args.out)
+
+
+def _write(report: dict, out: str) -> None:
     try:
         report["machine"]["loadavg_at_end"] = os.getloadavg()
     except OSError:
         pass
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}", flush=True)
 
 
 if __name__ == "__main__":

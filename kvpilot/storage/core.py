@@ -166,7 +166,11 @@ class StoreCore:
             return StoreError(f"database {self.url} refused the write: {detail}")
         if isinstance(exc, (OperationalError, InterfaceError)):
             return DatabaseUnavailableError(_unavailable_message(self.url, self._backend.name, detail))
-        if isinstance(exc, SADatabaseError) and self._backend.name == "sqlite":
+        if (
+            isinstance(exc, SADatabaseError)
+            and self._backend.name == "sqlite"
+            and any(w in detail for w in ("not a database", "malformed", "disk image"))
+        ):
             return DatabaseUnavailableError(
                 f"cannot use SQLite database {self.url}: {detail}. Is it a kvpilot database? "
                 "Point --db / KVPILOT_DB at another file"

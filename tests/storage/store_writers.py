@@ -83,3 +83,33 @@ def tuner_writer(url: str, deployment: str, start_at: float, duration_s: float, 
         counts["error"] = traceback.format_exc()
     with open(out_path, "w") as fh:
         json.dump(counts, fh)
+
+
+def engine_server(url: str, deployment: str, commands, replies) -> None:
+    """A real engine (the bundled model) with a config watcher, serving prompts sent through `commands`.
+
+    Before each request it checks for a new config (the request boundary); each reply carries the config
+    the request actually ran with. The background watcher thread polls too.
+    """
+    try:
+        from kvpilot.engine import Engine
+        from kvpilot.engine.watcher import ConfigWatcher
+        from kvpilot.storage import Store
+
+        store = Store.open(url)
+        engine = Engine.load()
+        watcher = ConfigWatcher(
+            store, deployment, "engine-0", engine.apply_config, poll_s=0.2, initial=engine.config, model="bundled"
+        ).start()
+        replies.put(("ready", None))
+        while True:
+            prompt = commands.get()
+            if prompt is None:
+                break
+            watcher.check_once()
+            result = engine.generate(prompt, max_new_tokens=4)
+            replies.put(("result", {"config": result.config.to_dict(), "text": result.text, "version": watcher.version}))
+        watcher.stop()
+        store.close()
+    except BaseException:
+        replies.put(("error", traceback.format_exc()))
