@@ -153,7 +153,9 @@ class KVConfig(BaseModel):
         """False when the config can never evict anything (full cache)."""
         if self.policy == "full":
             return False
-        return not (self.budget is None and not self.compression_ratio)
+        if self.layer_allocation == "explicit" and self.layer_budgets:
+            return True
+        return self.budget is not None or bool(self.compression_ratio)
 
     def validate_for_model(self, num_layers: int, num_kv_heads: int, num_heads: int | None = None) -> None:
         """Check the fields that depend on the model's shape; raise KVConfigError if any is wrong."""

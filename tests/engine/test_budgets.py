@@ -1,0 +1,106 @@
+"""Kept tokens match budgets exactly; protected tokens survive; order is kept; units stay whole."""
+
+import pytest
+import torch
+
+from kvpilot.cache.managed import ManagedCache
+from kvpilot.cache.policies import POLICY_REGISTRY
+from kvpilot.config import KVConfig
+from kvpilot.engine.generation import prefill
+
+N = 120
+
+
+def run(model, **cfg) -> ManagedCache:
+    cache = ManagedCache.for_model(model, KVConfig(**cfg))
+    ids = torch.randint(3, 128, (N,), generator=torch.Generator().manual_seed(3)).tolist()
+    with torch.inference_mode():
+        prefill(model, cache, ids, scoring_ids=[4, 5, 6] if cfg.get("scoring") == "prompt" else None)
+    return cache
+
+
+def kept_positions(layer, head):
+    return layer.positions[head][layer.valid_mask()[head]].tolist()
+
+
+@pytest.mark.parametrize("policy", sorted(set(POLICY_REGISTRY) - {"full"}))
+def test_uniform_budget_exact_with_sinks_window_and_order(tiny_model, policy):
+    cache = run(tiny_model, policy=policy, budget=40, sink_tokens=4, window=8)
+    for layer in cache.layers:
+        for h in range(layer.keys.shape[1]):
+            pos = kept_positions(layer, h)
+            assert len(pos) == 40
+            assert pos == sorted(pos)
+            assert set(range(4)) <= set(pos) and set(range(N - 8, N)) <= set(pos)
+    assert cache.kept_tokens() == [[40, 40]] * 4
+    assert cache.seen_tokens == N
+
+
+def test_full_policy_keeps_everything(tiny_model):
+    cache = run(tiny_model, policy="full", budget=10)
+    assert cache.kept_tokens() == [[N, N]] * 4
+
+
+def test_ratio_budget(tiny_model):
+    cache = run(tiny_model, policy="snapkv", compression_ratio=0.75)
+    assert cache.kept_tokens() == [[30, 30]] * 4
+    assert abs(cache.compression_ratio() - 0.75) < 1e-9
+
+
+def test_adaptive_heads_sum_to_layer_budget_and_save_memory_honestly(tiny_model):
+    cache = run(tiny_model, policy="snapkv", budget=40, head_allocation="adaptive", adaptive_alpha=0.2)
+    per_head_floor = 4 + 8 + int(0.2 * (40 - 12))
+    for layer, kept in zip(cache.layers, cache.kept_tokens(), strict=True):
+        assert sum(kept) == 80
+        assert min(kept) >= per_head_floor - 1
+        # physical storage is padded to the longest head, and that padding is counted
+        assert layer.physical_length == max(kept)
+        assert layer.nbytes == 2 * 2 * max(kept) * 16 * 4
+
+
+@pytest.mark.parametrize("allocation", ["pyramid", "sensitivity", "explicit"])
+def test_layer_allocations_are_enforced(tiny_model, allocation):
+    extra = {
+        "pyramid": {"pyramid_beta": 4.0},
+        "sensitivity": {"sensitivity_profile": [0.1, 0.5, 0.2, 0.9]},
+        "explicit": {"layer_budgets": [50, 30, 20, 10]},
+    }[allocation]
+    budget = {} if allocation == "explicit" else {"budget": 30}
+    cache = run(tiny_model, policy="snapkv", layer_allocation=allocation, **budget, **extra)
+    expected = cache.budgets()
+    assert [k[0] for k in cache.kept_tokens()] == expected
+    assert len(set(expected)) > 1
+    if allocation == "pyramid":
+        assert expected == sorted(expected, reverse=True) and sum(expected) == 120
+    if allocation == "explicit":
+        assert expected == [50, 30, 20, 10]
+
+
+def test_unit_selection_keeps_whole_units_within_budget(tiny_model):
+    cache = run(tiny_model, policy="snapkv", budget=40, granularity="chunk", chunk_size=7, sink_tokens=2, window=4)
+    for layer in cache.layers:
+        for h in range(2):
+            pos = set(kept_positions(layer, h))
+            assert len(pos) <= 40
+            protected = set(range(2)) | set(range(N - 4, N))
+            for unit in range(0, N, 7):
+                members = set(range(unit, min(unit + 7, N))) - protected
+                assert members <= pos or not (members & pos), f"unit {unit} split"
+
+
+def test_scoring_prompt_leaves_no_trace(tiny_model):
+    cache = run(tiny_model, policy="snapkv", budget=40, scoring="prompt", scoring_prompt="x")
+    assert cache.seen_tokens == N
+    for layer in cache.layers:
+        assert int(layer.positions.max()) < N
+        assert layer.physical_length == 40
+
+
+def test_block_prefill_peak_within_budget_plus_block(tiny_model):
+    budget, block = 32, 24
+    cache = run(tiny_model, policy="h2o", budget=budget, prefill_block_size=block)
+    per_token = 2 * 2 * 16 * 4  # K and V, 2 KV heads, head_dim 16, fp32
+    for peak in cache.layer_peak_bytes:
+        assert peak <= (budget + block) * per_token
+    one_shot = run(tiny_model, policy="h2o", budget=budget)
+    assert max(one_shot.layer_peak_bytes) == N * per_token
