@@ -15,8 +15,11 @@ INSTRUCTION = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
     "I will quiz you about the important information there."
 )
-QUESTION = "What is the pass key?"
-ANSWER_PREFIX = "The pass key is"
+# Measured on the bundled 135M model with the full cache: "What is the pass key?" + "The pass key is"
+# answered 3 of 6 samples (it drifts into prose); asking for the number and ending the prefix with a
+# space answered 6 of 6.
+QUESTION = "What is the pass key? Answer with the number only."
+ANSWER_PREFIX = "The pass key is "
 _NOISE_SENTENCES = [s.strip() + "." for s in NOISE_LINE.split(".") if s.strip()]
 
 
