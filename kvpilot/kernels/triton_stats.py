@@ -39,30 +39,49 @@ def _lse_fwd_kernel(
     s_mb, s_mh, s_mn,
     s_ob, s_oh, s_os, s_om, s_od,
     s_lb, s_lh, s_ls, s_lm,
-    H, GROUP, Q_LEN, N_KEYS, D, DV, SPLIT_LEN, scale_log2,
+    H_KV, GROUP, Q_LEN, N_KEYS, D, DV, SPLIT_LEN, scale_log2,
     CAUSAL: tl.constexpr, HAS_VALID: tl.constexpr, NEED_OUTPUT: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, STACKED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):  # fmt: skip
+    # STACKED (short query blocks: decode, small windows): the rows are the GROUP * Q_LEN queries
+    # of all query heads sharing a KV head (row r = head g * Q_LEN + query i), so a K/V tile is
+    # loaded once for the group and the rows fill BLOCK_M. Otherwise one program per query head,
+    # where row offsets stay affine in the row index (cheaper for the compiler: no spills).
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_b = tl.program_id(1)
     pid_s = tl.program_id(2)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    hk = h // GROUP
-    offset = N_KEYS - Q_LEN  # bottom-right causal alignment: row i sees keys <= i + offset
+    offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    if STACKED:
+        b = (pid_b // H_KV).to(tl.int64)
+        hk = (pid_b % H_KV).to(tl.int64)
+        h0 = hk * GROUP
+        n_rows = GROUP * Q_LEN
+        g = offs_r // Q_LEN
+        i = offs_r % Q_LEN
+        q_rows = g * s_qh + i * s_qm
+        l_rows = g * s_lh + i * s_lm
+        o_rows = g * s_oh + i * s_om
+    else:
+        b = (pid_b // (H_KV * GROUP)).to(tl.int64)
+        h0 = (pid_b % (H_KV * GROUP)).to(tl.int64)
+        hk = h0 // GROUP
+        n_rows = Q_LEN
+        i = offs_r
+        q_rows = i * s_qm
+        l_rows = i * s_lm
+        o_rows = i * s_om
+    row_ok = offs_r < n_rows
+    offset = N_KEYS - Q_LEN  # bottom-right causal alignment: query i sees keys <= i + offset
     # 64-bit scalar bases, 32-bit offsets inside the tile (keeps the tile's index math cheap).
-    q_base = Q + b * s_qb + h * s_qh
+    q_base = Q + b * s_qb + h0 * s_qh
     k_base = K + b * s_kb + hk * s_kh
     v_base = V + b * s_vb + hk * s_vh
     valid_base = VALID + b * s_mb + hk * s_mh
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    row_ok = offs_m < Q_LEN
     q = tl.load(
-        q_base + (offs_m[:, None] * s_qm + offs_d[None, :] * s_qd),
+        q_base + (q_rows[:, None] + offs_d[None, :] * s_qd),
         mask=row_ok[:, None] & (offs_d[None, :] < D),
         other=0.0,
     )
@@ -70,7 +89,13 @@ def _lse_fwd_kernel(
     lo = pid_s * SPLIT_LEN
     hi = tl.minimum(lo + SPLIT_LEN, N_KEYS)
     if CAUSAL:
-        hi = tl.minimum(hi, (pid_m + 1) * BLOCK_M + offset)
+        first = pid_m * BLOCK_M
+        last = tl.minimum(first + BLOCK_M, n_rows) - 1
+        if STACKED:  # largest query index in the block (Q_LEN - 1 when it spans two heads)
+            max_i = tl.where(first // Q_LEN == last // Q_LEN, last % Q_LEN, Q_LEN - 1)
+        else:
+            max_i = last
+        hi = tl.minimum(hi, max_i + offset + 1)
 
     # m starts finite so a block whose keys are all masked gives exp2(-inf - m) = 0, not NaN.
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - 1.0e30
@@ -90,7 +115,7 @@ def _lse_fwd_kernel(
             valid = tl.load(valid_base + offs_n * s_mn, mask=col_ok, other=0)
             allowed = allowed & (valid != 0)[None, :]
         if CAUSAL:
-            allowed = allowed & (offs_n[None, :] <= offs_m[:, None] + offset)
+            allowed = allowed & (offs_n[None, :] <= i[:, None] + offset)
         s = tl.where(allowed, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
@@ -107,11 +132,11 @@ def _lse_fwd_kernel(
 
     has_keys = l_i > 0.0
     lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
-    tl.store(LSE + b * s_lb + h * s_lh + pid_s * s_ls + (offs_m * s_lm), lse, mask=row_ok)
+    tl.store(LSE + b * s_lb + h0 * s_lh + pid_s * s_ls + l_rows, lse, mask=row_ok)
     if NEED_OUTPUT:
         out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
         tl.store(
-            OUT + b * s_ob + h * s_oh + pid_s * s_os + (offs_m[:, None] * s_om + offs_dv[None, :] * s_od),
+            OUT + b * s_ob + h0 * s_oh + pid_s * s_os + (o_rows[:, None] + offs_dv[None, :] * s_od),
             out.to(OUT.dtype.element_ty),
             mask=row_ok[:, None] & (offs_dv[None, :] < DV),
         )
@@ -126,20 +151,19 @@ def _mass_kernel(
     s_lb, s_lh, s_lm,
     s_ab, s_ah, s_an,
     s_eb, s_eh, s_en,
-    H, GROUP, Q_LEN, N_KEYS, D, scale_log2,
+    H_KV, GROUP, Q_LEN, N_KEYS, D, scale_log2,
     CAUSAL: tl.constexpr, HAS_VALID: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
+    # One program owns BLOCK_N keys of one KV head and walks every query head of its group, so
+    # the K tile is loaded once and each key's mass is written once (no atomics).
     pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    hk = h // GROUP
+    pid_bk = tl.program_id(1)
+    b = (pid_bk // H_KV).to(tl.int64)
+    hk = (pid_bk % H_KV).to(tl.int64)
     offset = N_KEYS - Q_LEN
-    q_base = Q + b * s_qb + h * s_qh
     k_base = K + b * s_kb + hk * s_kh
     valid_base = VALID + b * s_mb + hk * s_mh
-    lse_base = LSE + b * s_lb + h * s_lh
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -155,55 +179,79 @@ def _mass_kernel(
 
     start_m = 0
     if CAUSAL:
-        # First query row that can see key pid_n * BLOCK_N, rounded down to a block.
+        # First query that can see key pid_n * BLOCK_N, rounded down to a block.
         start_m = (tl.maximum(pid_n * BLOCK_N - offset, 0) // BLOCK_M) * BLOCK_M
-    mass = tl.zeros([BLOCK_N], dtype=tl.float32)
-    ent = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for m0 in range(start_m, Q_LEN, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < Q_LEN
-        q = tl.load(
-            q_base + (offs_m[:, None] * s_qm + offs_d[None, :] * s_qd),
-            mask=row_ok[:, None] & (offs_d[None, :] < D),
-            other=0.0,
-        )
-        lse = tl.load(lse_base + offs_m * s_lm, mask=row_ok, other=float("inf"))
-        lse = tl.where(lse == float("-inf"), float("inf"), lse)  # rows that saw no key: p = 0
-        s = tl.dot(q, kt, input_precision=PRECISION) * scale_log2
-        allowed = col_ok[None, :] & row_ok[:, None]
-        if CAUSAL:
-            allowed = allowed & (offs_n[None, :] <= offs_m[:, None] + offset)
-        p = tl.exp2(tl.where(allowed, s - lse[:, None], float("-inf")))  # masked: exactly 0, no overflow
-        mass += tl.sum(p, 0)
-        ent += tl.sum(p * tl.where(allowed, lse[:, None] - s, 0.0), 1)  # -p*log(p), in log2 units
-
-    tl.store(MASS + b * s_ab + h * s_ah + (offs_n * s_an), mass, mask=offs_n < N_KEYS)
-    tl.store(ENT + b * s_eb + h * s_eh + pid_n * s_en, tl.sum(ent, 0) * 0.6931471805599453)
+    for g in range(GROUP):
+        h = hk * GROUP + g
+        q_base = Q + b * s_qb + h * s_qh
+        lse_base = LSE + b * s_lb + h * s_lh
+        mass = tl.zeros([BLOCK_N], dtype=tl.float32)
+        ent = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for m0 in range(start_m, Q_LEN, BLOCK_M):
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            row_ok = offs_m < Q_LEN
+            q = tl.load(
+                q_base + (offs_m[:, None] * s_qm + offs_d[None, :] * s_qd),
+                mask=row_ok[:, None] & (offs_d[None, :] < D),
+                other=0.0,
+            )
+            lse = tl.load(lse_base + offs_m * s_lm, mask=row_ok, other=float("inf"))
+            lse = tl.where(lse == float("-inf"), float("inf"), lse)  # rows that saw no key: p = 0
+            s = tl.dot(q, kt, input_precision=PRECISION) * scale_log2
+            allowed = col_ok[None, :] & row_ok[:, None]
+            if CAUSAL:
+                allowed = allowed & (offs_n[None, :] <= offs_m[:, None] + offset)
+            p = tl.exp2(tl.where(allowed, s - lse[:, None], float("-inf")))  # masked: exactly 0, no overflow
+            mass += tl.sum(p, 0)
+            ent += tl.sum(p * tl.where(allowed, lse[:, None] - s, 0.0), 1)  # -p*log(p), in log2 units
+        tl.store(MASS + b * s_ab + h * s_ah + (offs_n * s_an), mass, mask=offs_n < N_KEYS)
+        tl.store(ENT + b * s_eb + h * s_eh + pid_n * s_en, tl.sum(ent, 0) * 0.6931471805599453)
 
 
 def _pow2(x: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(x))
 
 
-def tiles(elem_size: int, block_d: int, q_len: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+def tiles(
+    elem_size: int, block_d: int, q_len: int, stacked_rows: int | None = None
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """(BLOCK_M, BLOCK_N, num_warps) for pass 1 and pass 2.
 
-    Chosen by compiling for sm_80/sm_90 offline and keeping register use under 255 without spills
-    (see tests/kernels/test_triton_compile.py); not yet timed on a GPU. fp32 uses IEEE (FMA) dots,
-    so its tiles are small; fp32 is for accuracy checks, bf16/fp16 is the fast path.
+    ``stacked_rows``: rows per pass-1 program when the heads of a group are stacked (None: one
+    head per program). Chosen by compiling for sm_80/sm_90 offline and keeping register use
+    within 255 without spills (tests/kernels/test_triton_compile.py); not yet timed on a GPU.
+    fp32 uses IEEE (FMA) dots, so its tiles are small: fp32 is for accuracy, 16-bit for speed.
     """
     pq = _pow2(q_len)
     if elem_size <= 2:
         if block_d <= 64:
-            return (min(64, pq), 64, 4), (min(64, pq), 64, 4)
+            second = (min(64, pq), 64, 4)
+        elif block_d <= 128:
+            second = (min(64, pq), 128, 8)
+        else:
+            second = (min(32, pq), 64, 8)
+    else:
+        second = (min(32, pq), 32, 4) if block_d <= 64 else (min(32, pq), 64, 8)
+    if stacked_rows is not None:
+        pr = _pow2(stacked_rows)
+        if elem_size > 2:
+            return (min(32, pr) if block_d <= 128 else 16, 32, 4 if block_d <= 64 else 8), second
+        if pr <= 16:
+            return (16, 64 if block_d <= 128 else 32, 4), second
+        if block_d <= 64:
+            return (min(64, pr), 64, 8), second
+        return (min(64, pr), 32, 8), second
+    if elem_size <= 2:
+        if block_d <= 64:
+            return (min(64, pq), 64, 4), second
         if block_d <= 128:
-            return (min(128, pq), 64, 8), (min(64, pq), 128, 8)
-        return (min(64, pq), 32, 8), (min(32, pq), 64, 8)
+            return (min(128, pq), 64, 8), second
+        return (min(64, pq), 32, 8), second
     if block_d <= 64:
-        return (min(32, pq), 32, 4), (min(32, pq), 32, 4)
+        return (min(32, pq), 32, 4), second
     if block_d <= 128:
-        return (min(32, pq), 32, 8), (min(32, pq), 64, 4)
-    return (16, 32, 8), (min(32, pq), 32, 8)
+        return (min(32, pq), 32, 8), second
+    return (16, 32, 8), second
 
 
 def _default_num_splits(device: torch.device, programs: int, n_keys: int, block_n: int) -> int:
@@ -256,7 +304,12 @@ def attention_stats_triton(
     precision = "ieee" if query.dtype == torch.float32 else "tf32"
     scale_log2 = float(scaling) * _LOG2E
     block_d, block_dv = _pow2(d), _pow2(dv)
-    (bm, bn, warps), (bm2, bn2, warps2) = tiles(query.element_size(), max(block_d, block_dv), q_len)
+    # Stack the query heads of a KV group as rows when one head's queries cannot fill a block.
+    stacked = q_len < 64
+    rows_per_program = group * q_len if stacked else q_len
+    (bm, bn, warps), (bm2, bn2, warps2) = tiles(
+        query.element_size(), max(block_d, block_dv), q_len, rows_per_program if stacked else None
+    )
     bm, bm2 = block_m or bm, block_m or bm2
     bn, bn2 = block_n or bn, block_n or bn2
 
@@ -273,8 +326,9 @@ def attention_stats_triton(
         valid, vs = query, (0, 0, 0)  # dummy pointer, never read
 
     # Pass 1: row log-sum-exp (log2 units) and the output.
-    m_blocks = triton.cdiv(q_len, bm)
-    splits = num_splits or _default_num_splits(dev, m_blocks * b * h, n, bn)
+    m_blocks = triton.cdiv(rows_per_program, bm)
+    heads_axis = b * h_kv if stacked else b * h
+    splits = num_splits or _default_num_splits(dev, m_blocks * heads_axis, n, bn)
     splits = max(1, min(splits, triton.cdiv(n, bn)))
     split_len = triton.cdiv(triton.cdiv(n, splits), bn) * bn
     splits = triton.cdiv(n, split_len)
@@ -291,13 +345,14 @@ def attention_stats_triton(
     else:
         o_buf, os_ = lse, (0, 0, 0, 0, 0)
         v_arg, v_s = key, (0, 0, 0, 0)
-    _lse_fwd_kernel[(m_blocks, b * h, splits)](
+    _lse_fwd_kernel[(m_blocks, heads_axis, splits)](
         query, key, v_arg, valid, o_buf, lse,
         *query.stride(), *key.stride(), *v_s, *vs, *os_, *lse.stride(),
-        h, group, q_len, n, d, dv, split_len, scale_log2,
+        h_kv, group, q_len, n, d, dv, split_len, scale_log2,
         CAUSAL=causal, HAS_VALID=key_valid is not None, NEED_OUTPUT=need_output, PRECISION=precision,
+        STACKED=stacked,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, BLOCK_DV=block_dv,
-        num_warps=warps, num_stages=2,
+        num_warps=warps, num_stages=2, enable_fp_fusion=True,
     )  # fmt: skip
     if splits > 1:
         lse_nat = lse * _LN2
@@ -313,13 +368,13 @@ def attention_stats_triton(
     n_blocks = triton.cdiv(n, bn2)
     head_mass = torch.empty(b, h, n, dtype=torch.float32, device=dev)
     ent_part = torch.empty(b, h, n_blocks, dtype=torch.float32, device=dev)
-    _mass_kernel[(n_blocks, b * h)](
+    _mass_kernel[(n_blocks, b * h_kv)](
         query, key, valid, lse, head_mass, ent_part,
         *query.stride(), *key.stride(), *vs, *lse.stride(), *head_mass.stride(), *ent_part.stride(),
-        h, group, q_len, n, d, scale_log2,
+        h_kv, group, q_len, n, d, scale_log2,
         CAUSAL=causal, HAS_VALID=key_valid is not None, PRECISION=precision,
         BLOCK_M=bm2, BLOCK_N=bn2, BLOCK_D=block_d,
-        num_warps=warps2, num_stages=2,
+        num_warps=warps2, num_stages=2, enable_fp_fusion=True,
     )  # fmt: skip
     key_mass = head_mass.view(b, h_kv, group, n).sum(dim=2)
     row_entropy = ent_part.sum(dim=2) / max(q_len, 1)

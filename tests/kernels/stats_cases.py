@@ -128,6 +128,7 @@ TRITON_CASES = [
     Case("noncontiguous", 2, 8, 2, 24, 60, 32, noncontig=True),
     Case("sharp_logits", 1, 8, 2, 32, 120, 64, logit_scale=8.0),
     Case("mha_noncausal", 1, 4, 4, 17, 45, 64, causal=False),
+    Case("per_head_rows_q70", 2, 8, 2, 70, 150, 32, pad=True),  # q >= 64: one program per head
     # The 16-bit path (p cast to the value dtype for P@V). fp16, not bf16: the interpreter's bf16
     # tl.dot multiplies raw bit patterns (triton-lang/triton#11584, unsupported upstream).
     Case("fp16_inputs", 1, 9, 3, 40, 150, 64, pad=True, dtype="float16"),

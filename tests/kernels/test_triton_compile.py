@@ -30,7 +30,9 @@ def _compile(fn, ptr_types: dict[str, str], constexprs: dict, arch: int, num_war
         fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}
     )
     return triton.compile(
-        src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": 2}
+        src,
+        target=GPUTarget("cuda", arch, 32),
+        options={"num_warps": num_warps, "num_stages": 2, "enable_fp_fusion": True},
     )
 
 
@@ -50,14 +52,20 @@ def test_kernels_compile_for_gpu(arch, dtype, d):
 
     elem = 2 if dtype == "bf16" else 4
     precision = "ieee" if dtype == "fp32" else "tf32"
-    (bm, bn, w), (bm2, bn2, w2) = ts.tiles(elem, d, 4096)
-    for causal, valid, need_out in ((True, True, True), (False, False, False)):
+    # (stacked, q_len): decode-sized blocks stack the 4 heads of a group; prefill-sized do not.
+    for stacked, q_len, causal, valid, need_out in (
+        (True, 16, True, True, True),
+        (True, 1, True, False, True),
+        (False, 4096, False, False, False),
+        (False, 4096, True, False, True),
+    ):
+        (bm, bn, w), (bm2, bn2, w2) = ts.tiles(elem, d, q_len, 4 * q_len if stacked else None)
         k1 = _compile(
             ts._lse_fwd_kernel,
             {"Q": f"*{dtype}", "K": f"*{dtype}", "V": f"*{dtype}", "OUT": f"*{dtype}", "VALID": "*u8",
              "LSE": "*fp32", "scale_log2": "fp32"},
             {"CAUSAL": causal, "HAS_VALID": valid, "NEED_OUTPUT": need_out, "PRECISION": precision,
-             "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": d, "BLOCK_DV": d},
+             "STACKED": stacked, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": d, "BLOCK_DV": d},
             arch,
             w,
         )  # fmt: skip
