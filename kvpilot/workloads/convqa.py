@@ -56,12 +56,22 @@ def default_sessions(target_tokens: int) -> int:
     return max(2, min(10, round(target_tokens / 700)))
 
 
-def _draw_facts(rng: random.Random, n_facts: int, kinds: list[FactKind]) -> list[tuple[FactKind, int, str]]:
-    """Distinct (kind, owner) pairs with values that are unique and not substrings of one another."""
-    pairs = [(k, owner) for k in kinds for owner in (0, 1)]
+def _draw_facts(
+    rng: random.Random, n_facts: int, kinds: list[FactKind], share_kinds: bool
+) -> list[tuple[FactKind, int, str]]:
+    """Facts as (kind, owner, value), values unique and not substrings of one another.
+
+    Without `share_kinds` every fact is of a different kind, so a question can only be answered from one
+    statement; with it both people may have, say, a dog, which also tests who said what.
+    """
+    if share_kinds:
+        pairs = [(k, owner) for k in kinds for owner in (0, 1)]
+        rng.shuffle(pairs)
+    else:
+        pairs = [(k, rng.randrange(2)) for k in rng.sample(kinds, min(n_facts, len(kinds)))]
     if n_facts > len(pairs):
-        raise ValueError(f"at most {len(pairs)} facts are available (two people, {len(kinds)} kinds)")
-    rng.shuffle(pairs)
+        hint = "" if share_kinds else "; pass share_kinds=True to let both people have facts of the same kind"
+        raise ValueError(f"at most {len(pairs)} facts are available ({len(kinds)} kinds){hint}")
     chosen: list[tuple[FactKind, int, str]] = []
     for kind, owner in pairs[:n_facts]:
         for _ in range(1000):
@@ -103,8 +113,9 @@ def make_builder(
     n_facts: int = 8,
     n_questions: int = 4,
     kinds: list[str] | None = None,
+    share_kinds: bool = False,
 ) -> Builder:
-    """`kinds` restricts the fact kinds (names from convqa_facts.KINDS)."""
+    """`kinds` restricts the fact kinds (names from convqa_facts.KINDS); see `_draw_facts` for `share_kinds`."""
     rng = sctx.rng("conversation")
     n_sessions = n_sessions or default_sessions(sctx.target_tokens)
     if n_sessions < 1 or n_facts < 1 or not 1 <= n_questions <= n_facts:
@@ -113,7 +124,7 @@ def make_builder(
     if kinds is not None and len(pool) != len(set(kinds)):
         raise ValueError(f"unknown fact kinds in {kinds}; known: {[k.name for k in KINDS]}")
     names = rng.sample(SPEAKERS, 2)
-    drawn = _draw_facts(rng, n_facts, pool)
+    drawn = _draw_facts(rng, n_facts, pool, share_kinds)
     answers = [v.lower() for _, _, v in drawn]
     facts = []
     for k, (kind, owner, value) in enumerate(drawn):

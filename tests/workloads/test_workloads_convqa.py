@@ -100,8 +100,18 @@ def test_options_are_honoured(tokenizer):
     (s,) = generate("convqa", 1, 3000, 5, tokenizer, n_sessions=6, n_facts=12, n_questions=7)
     assert s.meta["n_sessions"] == 6 and len(s.meta["facts"]) == 12 and len(s.qa) == 7
     assert s.context.count("--- Session") == 6
-    (s,) = generate("convqa", 1, 1500, 5, tokenizer, kinds=["dog", "cat"], n_facts=4, n_questions=4)
+    (s,) = generate(
+        "convqa", 1, 1500, 5, tokenizer, kinds=["dog", "cat"], n_facts=4, n_questions=4, share_kinds=True
+    )
     assert {f["kind"] for f in s.meta["facts"]} == {"dog", "cat"}
+
+
+def test_kinds_are_distinct_unless_shared(conversations, tokenizer):
+    for s in conversations:
+        kinds = [f["kind"] for f in s.meta["facts"]]
+        assert len(kinds) == len(set(kinds))
+    (s,) = generate("convqa", 1, 4000, 0, tokenizer, n_facts=2 * len(KINDS), n_questions=3, share_kinds=True)
+    assert len(s.meta["facts"]) == 2 * len(KINDS)
 
 
 def test_bad_options_are_rejected(tokenizer):
@@ -109,8 +119,10 @@ def test_bad_options_are_rejected(tokenizer):
         generate("convqa", 1, 1000, 0, tokenizer, n_facts=2, n_questions=3)
     with pytest.raises(ValueError, match="kinds"):
         generate("convqa", 1, 1000, 0, tokenizer, kinds=["dragon"])
+    with pytest.raises(ValueError, match="share_kinds"):
+        generate("convqa", 1, 1000, 0, tokenizer, n_facts=len(KINDS) + 1, n_questions=1)
     with pytest.raises(ValueError, match="at most"):
-        generate("convqa", 1, 1000, 0, tokenizer, n_facts=2 * len(KINDS) + 1, n_questions=1)
+        generate("convqa", 1, 1000, 0, tokenizer, n_facts=2 * len(KINDS) + 1, n_questions=1, share_kinds=True)
 
 
 def test_speakers_and_values_pools_are_disjoint():
