@@ -49,6 +49,8 @@ def _lse_fwd_kernel(
     # loaded once for the group and the rows fill BLOCK_M. Otherwise one program per query head,
     # where row offsets stay affine in the row index (cheaper for the compiler: no spills).
     pid_m = tl.program_id(0)
+    if CAUSAL:  # the last query blocks see the most keys: launch them first (shorter tail)
+        pid_m = tl.num_programs(0) - 1 - pid_m
     pid_b = tl.program_id(1)
     pid_s = tl.program_id(2)
     offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)

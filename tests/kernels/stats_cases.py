@@ -118,17 +118,17 @@ def rel_errors(stats, truth: dict) -> dict[str, float]:
 # Shapes for the Triton interpreter (small: the interpreter runs each program in numpy).
 TRITON_CASES = [
     Case("smollm_gqa_causal", 1, 9, 3, 16, 40, 64),
-    Case("gqa4_pad_d16", 2, 8, 2, 33, 130, 16, pad=True),
+    Case("gqa4_pad_d16", 2, 8, 2, 33, 90, 16, pad=True),
     Case("noncausal_pad_splits3", 1, 8, 2, 64, 200, 64, causal=False, pad=True, extra=(("num_splits", 3),)),
     Case("d48_splits2", 1, 4, 1, 20, 150, 48, extra=(("num_splits", 2),)),
     Case("prefill_q_eq_n", 2, 9, 3, 64, 64, 64, pad=True),
     Case("decode_one_query", 1, 8, 2, 1, 77, 32, extra=(("num_splits", 4),)),
     Case("stats_only", 1, 9, 3, 40, 100, 64, need_output=False),
-    Case("odd_tiles", 1, 8, 2, 50, 90, 16, pad=True, extra=(("block_m", 16), ("block_n", 16))),
+    Case("odd_tiles", 1, 4, 2, 50, 75, 16, pad=True, extra=(("block_m", 16), ("block_n", 16))),
     Case("noncontiguous", 2, 8, 2, 24, 60, 32, noncontig=True),
     Case("sharp_logits", 1, 8, 2, 32, 120, 64, logit_scale=8.0),
     Case("mha_noncausal", 1, 4, 4, 17, 45, 64, causal=False),
-    Case("per_head_rows_q70", 2, 8, 2, 70, 150, 32, pad=True),  # q >= 64: one program per head
+    Case("per_head_rows_q70", 1, 8, 2, 70, 110, 32, pad=True),  # q >= 64: one program per head
     # The 16-bit path (p cast to the value dtype for P@V). fp16, not bf16: the interpreter's bf16
     # tl.dot multiplies raw bit patterns (triton-lang/triton#11584, unsupported upstream).
     Case("fp16_inputs", 1, 9, 3, 40, 150, 64, pad=True, dtype="float16"),
