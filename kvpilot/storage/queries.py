@@ -70,14 +70,12 @@ class QueryStore(StoreCore):
         if instance_id is not None:
             conds.append(table.c.instance_id == instance_id)
         if deployment is not None:
-            ids = (
-                select(EngineInstance.id)
-                .join(Deployment, EngineInstance.deployment_id == Deployment.id)
-                .where(Deployment.name == deployment)
-            )
-            conds.append(table.c.instance_id.in_(ids.scalar_subquery()))
+            # Resolved to literal ids first: a semi-join hides the index from PostgreSQL's planner.
+            conds.append(table.c.instance_id.in_(self._deployment_instance_ids(deployment)))
+        if instance_id is not None or deployment is not None:
+            conds.append(table.c.instance_id.is_not(None))  # lets the planners use the partial index
         if run_id is not None:
-            conds.append(table.c.run_id == run_id)
+            conds += [table.c.run_id == run_id, table.c.run_id.is_not(None)]
         if last_s is not None:
             since = max(since or 0.0, time.time() - last_s)
         if since is not None:
@@ -85,6 +83,14 @@ class QueryStore(StoreCore):
         if until is not None:
             conds.append(table.c.ts < until)
         return conds
+
+    def _deployment_instance_ids(self, deployment: str) -> list[int]:
+        q = (
+            select(EngineInstance.id)
+            .join(Deployment, EngineInstance.deployment_id == Deployment.id)
+            .where(Deployment.name == deployment)
+        )
+        return self._read(lambda conn: list(conn.execute(q).scalars()))
 
     @staticmethod
     def _level(level: Level) -> list[ColumnElement[bool]]:
@@ -128,12 +134,7 @@ class QueryStore(StoreCore):
             elif instance_id is not None:
                 owners = [LS.c.instance_id == instance_id]
             else:
-                ids = conn.execute(
-                    select(EngineInstance.id)
-                    .join(Deployment, EngineInstance.deployment_id == Deployment.id)
-                    .where(Deployment.name == deployment)
-                ).scalars()
-                owners = [LS.c.instance_id == i for i in ids]
+                owners = [LS.c.instance_id == i for i in self._deployment_instance_ids(deployment)]
             out: list[LayerStat] = []
             for owner in owners:
                 newest = conn.execute(select(func.max(LS.c.ts)).where(owner)).scalar()

@@ -5,14 +5,20 @@ The processes also open the empty database at the same moment, so the first-time
 
 from __future__ import annotations
 
+import importlib
 import json
 import multiprocessing as mp
+import sys
 import time
+from pathlib import Path
 
 import pytest
-import store_writers
 
 from kvpilot.storage import Store
+
+# The writer processes are spawned, so their code lives in an importable helper module next to this file.
+sys.path.insert(0, str(Path(__file__).parent))
+store_writers = importlib.import_module("store_writers")
 
 ENGINES = 4
 
