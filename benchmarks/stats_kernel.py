@@ -349,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, suite["dtype"])
     h, h_kv, d = suite["h"], suite["h_kv"], suite["d"]
 
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     results = []
     for n in suite["lengths"]:
         for case, n_q in (("prefill", n), ("window", min(suite["window"], n))):
@@ -368,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         "device_name": device_name,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        # Other processes on the machine inflate CPU timings; ms_min is the least disturbed figure.
+        "load_average_1_5_15": {"before": load_before, "after": os.getloadavg() if load_before else None},
         "versions": _versions(),
         "env": {k: os.environ[k] for k in ("KVPILOT_KERNEL", "TRITON_INTERPRET") if k in os.environ},
         "suite": suite_name,

@@ -34,15 +34,38 @@ def _load_triton() -> Callable[..., AttentionStats] | None:
     return _triton_fn
 
 
-def kernel_backend(query: torch.Tensor | None = None) -> str:
-    """Name of the backend ``attention_stats`` will use for ``query`` ("reference" or "triton")."""
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _triton_fits(query: torch.Tensor | None, key: torch.Tensor | None, value: torch.Tensor | None) -> bool:
+    """Inputs the kernel is built for: one 16/32-bit float dtype, head dim <= 256."""
+    if query is None:
+        return True
+    tensors = [t for t in (query, key, value) if t is not None]
+    return (
+        query.dtype in _TRITON_DTYPES
+        and all(t.dtype == query.dtype for t in tensors)
+        and all(t.shape[-1] <= 256 for t in tensors)
+    )
+
+
+def kernel_backend(
+    query: torch.Tensor | None = None, key: torch.Tensor | None = None, value: torch.Tensor | None = None
+) -> str:
+    """Name of the backend ``attention_stats`` will use for these inputs ("reference" or "triton").
+
+    Auto mode picks Triton for CUDA tensors it supports (one float dtype, head dim <= 256) when
+    triton imports; everything else goes to the reference.
+    """
     forced = os.environ.get("KVPILOT_KERNEL", "auto").strip().lower() or "auto"
     if forced not in _BACKENDS:
         raise ValueError(f"KVPILOT_KERNEL must be one of {_BACKENDS}, got {forced!r}")
     if forced != "auto":
         return forced
     on_cuda = query is None or query.is_cuda
-    return "triton" if on_cuda and _triton_error is None and _load_triton() is not None else "reference"
+    if not (on_cuda and _triton_fits(query, key, value)):
+        return "reference"
+    return "triton" if _triton_error is None and _load_triton() is not None else "reference"
 
 
 def triton_unavailable_reason() -> str | None:
@@ -58,7 +81,7 @@ def attention_stats(query, key, value=None, **kwargs) -> AttentionStats:
     later ones fall back to the reference; a forced ``KVPILOT_KERNEL=triton`` raises instead.
     """
     global _triton_error
-    backend = kernel_backend(query)
+    backend = kernel_backend(query, key, value if kwargs.get("need_output") else None)
     if backend == "reference":
         return attention_stats_reference(query, key, value, **kwargs)
     fn = _load_triton()

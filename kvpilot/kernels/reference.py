@@ -22,6 +22,7 @@ class AttentionStats:
     row_entropy: [b, H] fp32, mean over queries of the entropy (nats) of each attention row.
     output: [b, H, q, d] in the query dtype, or None when not requested.
     num_queries: number of queries that contributed (each row sums to 1, so head_mass sums to this).
+    backend: the implementation that computed them, for probes that record where numbers came from.
     """
 
     head_mass: torch.Tensor
@@ -29,6 +30,7 @@ class AttentionStats:
     row_entropy: torch.Tensor
     output: torch.Tensor | None
     num_queries: int
+    backend: str = "reference"  # which implementation produced these numbers ("reference" | "triton")
 
 
 def attention_bias(

@@ -301,7 +301,9 @@ def attention_stats_triton(
     if q_len == 0 or n == 0:  # nothing to launch; the same zeros the reference gives
         zeros = torch.zeros(b, h, n, dtype=torch.float32, device=dev)
         out = query.new_zeros(b, h, q_len, value.shape[-1]) if need_output else None
-        return AttentionStats(zeros, zeros.view(b, h_kv, group, n).sum(2), zeros.new_zeros(b, h), out, q_len)
+        return AttentionStats(
+            zeros, zeros.view(b, h_kv, group, n).sum(2), zeros.new_zeros(b, h), out, q_len, backend="triton"
+        )
     dv = value.shape[-1] if need_output else d
     precision = "ieee" if query.dtype == torch.float32 else "tf32"
     scale_log2 = float(scaling) * _LOG2E
@@ -380,7 +382,7 @@ def attention_stats_triton(
     )  # fmt: skip
     key_mass = head_mass.view(b, h_kv, group, n).sum(dim=2)
     row_entropy = ent_part.sum(dim=2) / max(q_len, 1)
-    return AttentionStats(head_mass, key_mass, row_entropy, out, q_len)
+    return AttentionStats(head_mass, key_mass, row_entropy, out, q_len, backend="triton")
 
 
 __all__ = ["attention_stats_triton"]

@@ -49,6 +49,7 @@ def test_reference_matches_float64(case):
     assert max(errs.values()) < TOL, errs
     assert stats.head_mass.dtype == stats.key_mass.dtype == stats.row_entropy.dtype == torch.float32
     assert stats.num_queries == case.q
+    assert stats.backend == "reference"
 
 
 @pytest.mark.parametrize("case", REFERENCE_CASES, ids=lambda c: c.name)
@@ -122,3 +123,33 @@ def test_dispatcher_uses_reference_on_cpu(monkeypatch):
     monkeypatch.setenv("KVPILOT_KERNEL", "cuda-magic")
     with pytest.raises(ValueError, match="KVPILOT_KERNEL"):
         attention_stats(**inputs)
+
+
+def test_dispatcher_falls_back_once_when_the_kernel_fails(monkeypatch, caplog):
+    """Auto mode: a kernel that breaks (e.g. unsupported GPU) is reported once, then bypassed."""
+    import kvpilot.kernels as kernels
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.delenv("KVPILOT_KERNEL", raising=False)
+    monkeypatch.setattr(kernels, "_triton_fn", broken)
+    monkeypatch.setattr(kernels, "_triton_error", None)
+    monkeypatch.setattr(kernels, "_triton_fits", lambda *a: True)
+    inputs = sc.make_inputs(Case("fallback", 1, 4, 2, 8, 30, 16))
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # pretend: route to Triton
+    assert kernel_backend(inputs["query"]) == "triton"
+    with caplog.at_level("WARNING", logger="kvpilot.kernels"):
+        stats = attention_stats(**inputs)
+    assert stats.backend == "reference" and "no kernel image" in caplog.text
+    assert kernels.triton_unavailable_reason().startswith("RuntimeError")
+    assert kernel_backend(inputs["query"]) == "reference"  # later calls skip the broken kernel
+    monkeypatch.setenv("KVPILOT_KERNEL", "triton")  # forced: failures surface
+    with pytest.raises(RuntimeError):
+        attention_stats(**inputs)
+
+
+def test_dispatcher_sends_unsupported_inputs_to_reference(monkeypatch):
+    monkeypatch.delenv("KVPILOT_KERNEL", raising=False)
+    q = torch.randn(1, 4, 8, 16, dtype=torch.float64)
+    assert kernel_backend(q, torch.randn(1, 2, 30, 16, dtype=torch.float64)) == "reference"

@@ -89,7 +89,7 @@ def test_triton_interpreter_rows_without_keys_are_zero(interp_results):
 def test_dispatcher_forced_triton(interp_results):
     row = interp_results["dispatcher"]
     assert row["ok"], row.get("error")
-    assert row["backend"] == "triton"
+    assert row["backend"] == row["stats_backend"] == "triton"
     assert row["mass_sum"] == pytest.approx([8.0] * 4, abs=1e-5)
 
 

@@ -73,7 +73,11 @@ def _check_dispatcher() -> dict:
     backend = kernel_backend(q)
     s = attention_stats(q, k, k, scaling=0.25, need_output=True, query_chunk=3)
     os.environ.pop("KVPILOT_KERNEL")
-    return {"backend": backend, "mass_sum": s.head_mass.sum(-1).flatten().tolist()}
+    return {
+        "backend": backend,
+        "stats_backend": s.backend,
+        "mass_sum": s.head_mass.sum(-1).flatten().tolist(),
+    }
 
 
 def main() -> int:
