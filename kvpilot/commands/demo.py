@@ -1,0 +1,88 @@
+"""`kvpilot demo`: the main job on the bundled model and the embedded SQLite store.
+
+It compares KV policies on passkey retrieval (question-agnostic: the context is compressed before the
+question is asked), records every run and request in the store, and pushes the best compressed config
+to the `demo` deployment so the dashboard and `kvpilot configs` have something to show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+DEFAULT_CONFIGS = (
+    ("full", None),
+    ("streaming", 0.75),
+    ("snapkv", 0.75),
+    ("h2o", 0.75),
+    ("knorm", 0.75),
+    ("expected_attention", 0.75),
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="compare KV policies on the bundled model and record the results",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--db", help="store URL (default: $KVPILOT_DB or the SQLite file in $KVPILOT_HOME)")
+    p.add_argument("--samples", type=int, default=6, help="passkey samples (default 6)")
+    p.add_argument("--tokens", type=int, default=1500, help="context length in tokens (default 1500)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--deployment", default="demo", help="deployment the best config is pushed to")
+    p.add_argument("--model", default=None, help="local HF model directory (default: the bundled model)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from kvpilot.config import KVConfig
+    from kvpilot.engine import Engine
+    from kvpilot.storage import Store
+    from kvpilot.workloads import generate, passkey_match
+
+    store = Store.open(args.db)
+    print(f"store: {store.url}")
+    engine = Engine.load(args.model)
+    samples = generate("passkey", args.samples, args.tokens, seed=args.seed, tokenizer=engine.tokenizer)
+    instance = store.register_instance(args.deployment, "demo-engine", model=args.model or "bundled")
+    rows = []
+    for policy, ratio in tqdm(DEFAULT_CONFIGS, desc="policies"):
+        config = KVConfig(policy=policy, compression_ratio=ratio)
+        engine.apply_config(config)
+        run_id = store.start_run("eval", deployment=args.deployment, instance_id=instance.id,
+                                 name=f"passkey {policy} {ratio or 0:.2f}", config=config)
+        correct, requests, kv, peak, comp = 0, [], 0, 0, 0.0
+        for s in samples:
+            qa = s.qa[0]
+            r = engine.answer(s.context, [(qa.question, qa.answer_prefix)], max_new_tokens=8)[0]
+            correct += int(passkey_match(r.text, qa.answers))
+            kv, peak, comp = kv + r.kv_bytes, peak + r.peak_kv_bytes, comp + r.compression_ratio
+            requests.append({
+                "ts": time.time(), "prompt_tokens": r.prompt_tokens, "output_tokens": len(r.token_ids),
+                "ttft_s": r.ttft_s, "tpot_s": r.tpot_s, "kv_bytes": r.kv_bytes,
+                "compression_ratio": r.compression_ratio,
+            })
+        store.add_requests(requests, instance_id=instance.id, run_id=run_id)
+        n = len(samples)
+        metrics = {"accuracy": correct / n, "kv_bytes": kv / n, "peak_kv_bytes": peak / n,
+                   "compression_ratio": comp / n}
+        store.finish_run(run_id, metrics=metrics)
+        rows.append((config, metrics))
+        store.heartbeat(instance.id)
+
+    print(f"\npasskey retrieval, {args.samples} samples of ~{args.tokens} tokens, bundled model")
+    print(f"{'policy':<20}{'ratio':>7}{'accuracy':>10}{'KV MiB':>9}{'peak MiB':>10}")
+    for config, m in rows:
+        print(f"{config.policy:<20}{config.compression_ratio or 0:>7.2f}{m['accuracy']:>10.0%}"
+              f"{m['kv_bytes'] / 2**20:>9.1f}{m['peak_kv_bytes'] / 2**20:>10.1f}")
+    compressed = [(c, m) for c, m in rows if c.compresses]
+    best_config, best = max(compressed, key=lambda cm: (cm[1]["accuracy"], -cm[1]["kv_bytes"]))
+    version = store.push(args.deployment, best_config, pushed_by="kvpilot demo", source="demo")
+    print(f"\npushed {best_config.policy} at ratio {best_config.compression_ratio} "
+          f"(accuracy {best['accuracy']:.0%}) to deployment '{args.deployment}' as version {version.version}")
+    print("next: `kvpilot configs --deployment demo`, `kvpilot dashboard`")
+    return 0
