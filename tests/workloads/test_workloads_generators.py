@@ -50,7 +50,7 @@ def test_context_and_question_split_cleanly(task, tokenizer):
         assert s.max_new_tokens > 0 and s.task and s.id
         for qa in s.qa:
             assert qa.question and qa.question == qa.question.strip()
-            assert qa.answer_prefix == qa.answer_prefix.strip()
+            assert qa.answer_prefix == qa.answer_prefix.lstrip()  # a trailing space may be deliberate
             for answer in qa.answers:
                 assert answer not in qa.question
 
@@ -87,7 +87,7 @@ def test_passkey_depth_spreads_across_samples(tokenizer):
     assert positions == sorted(positions) and positions[0] < 0.1 and positions[-1] > 0.9
     for s in samples:
         key = s.qa[0].answers[0]
-        assert len(key) == 5 and key.isdigit() and s.qa[0].answer_prefix == "The pass key is"
+        assert len(key) == 5 and key.isdigit() and s.qa[0].answer_prefix.startswith("The pass key is")
 
 
 def test_passkey_explicit_depths(tokenizer):
@@ -143,7 +143,7 @@ def test_cwe_common_words_are_the_most_common(tokenizer):
 
 def test_target_too_small_is_explained(tokenizer):
     with pytest.raises(TargetTooSmallError, match="target"):
-        generate("convqa", 1, 200, 0, tokenizer, n_facts=20, n_questions=2)
+        generate("convqa", 1, 200, 0, tokenizer, n_facts=12, n_questions=2)
 
 
 def test_unknown_workload_lists_the_choices(tokenizer):
