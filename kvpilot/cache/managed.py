@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ class ManagedCache(Cache):
         self.peak_bytes = 0
         self.layer_peak_bytes = [0] * shape.num_layers
         self.eviction_count = 0
-        self.observer = None  # optional probe: wants_stats(layer, phase) / observe(layer, phase, stats)
+        self.observer = None  # optional probe (kvpilot.probes): on_attention(...) and on_evict(...)
         self._warned_prompt_fallback = False
 
     @classmethod
@@ -281,6 +282,17 @@ class ManagedCache(Cache):
         return sum(self.evict_layer(i) for i in range(len(self.layers)))
 
     def evict_layer(self, layer_idx: int) -> int:
+        """Evict one layer down to its budget; an attached observer is told what it cost."""
+        observer = self.observer
+        if observer is None:
+            return self._evict_layer(layer_idx)
+        t0 = time.perf_counter()
+        evicted = self._evict_layer(layer_idx)
+        if evicted:
+            observer.on_evict(self, layer_idx, evicted, time.perf_counter() - t0)
+        return evicted
+
+    def _evict_layer(self, layer_idx: int) -> int:
         layer = self.layers[layer_idx]
         if layer.positions is None or not self._config.compresses:
             return 0
