@@ -1,0 +1,215 @@
+"""Streamlit glue shared by every page: settings, the cached store, the sidebar scope, cached queries,
+error display and confirmed actions.
+
+The store and Optuna's storage are process-wide singletons (`st.cache_resource`); query results are cached
+for a couple of seconds (`st.cache_data`) so several viewers and auto-refreshing fragments share one
+database round trip. The sidebar widgets live in `app.py`'s run, so their values survive page switches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import streamlit as st
+from sqlalchemy.exc import DBAPIError
+
+from kvpilot.config import KVConfigError
+from kvpilot.dashboard import READ_ONLY_ENV, queries
+from kvpilot.dashboard.queries import Scope
+from kvpilot.storage import Store, StoreError
+
+WINDOWS = {"5m": 300, "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800}
+WINDOW_LABELS = {"5m": "last 5 min", "15m": "last 15 min", "1h": "last hour", "6h": "last 6 hours",
+                 "24h": "last 24 hours", "7d": "last 7 days"}
+REFRESH = {"off": None, "2s": 2, "5s": 5, "10s": 10, "30s": 30}
+CACHE_TTL_S = 2
+FILL_HINT = "`kvpilot demo` (runs the bundled model under the probes and records into this store)"
+
+
+@dataclass(frozen=True)
+class Settings:
+    url: str | None
+    read_only: bool
+
+
+def settings() -> Settings:
+    """What `kvpilot dashboard` passed through the environment."""
+    flag = os.environ.get(READ_ONLY_ENV, "").strip().lower()
+    return Settings(url=os.environ.get("KVPILOT_DB") or None, read_only=flag in ("1", "true", "yes", "on"))
+
+
+@st.cache_resource(show_spinner=False, on_release=lambda s: s.close())
+def _open_store(url: str | None, create: bool) -> Store:
+    return Store.open(url, create=create)
+
+
+def store() -> Store:
+    """The process-wide store. A read-only view never creates tables in an empty database."""
+    s = settings()
+    return _open_store(s.url, not s.read_only)
+
+
+@st.cache_resource(show_spinner=False)
+def optuna_storage(url: str | None) -> Any:
+    from kvpilot.dashboard import tuning
+
+    return tuning.open_storage(url)
+
+
+_LOCAL_QUERIES = frozenset(
+    {"is_empty", "request_totals", "latency_histogram", "head_means", "layer_means", "layer_shape",
+     "event_totals", "pool_series"}
+)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False, max_entries=1000)
+def _cached(url: str | None, name: str, args: tuple, kwargs: tuple) -> Any:
+    s = store()
+    if name in _LOCAL_QUERIES:
+        return getattr(queries, name)(s, *args, **dict(kwargs))
+    return getattr(s, name)(*args, **dict(kwargs))
+
+
+def query(name: str, *args: Any, **kwargs: Any) -> Any:
+    """Run `queries.<name>(store, ...)` or `store.<name>(...)`, cached for a couple of seconds."""
+    return _cached(settings().url, name, args, tuple(sorted(kwargs.items())))
+
+
+# ----- the sidebar scope ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """What every page needs: the scope chosen in the sidebar, refresh interval and mode."""
+
+    scope: Scope
+    refresh_s: int | None
+    read_only: bool
+    empty: bool
+    url: str
+
+    @property
+    def deployment(self) -> str | None:
+        return self.scope.deployment
+
+
+def sidebar() -> None:
+    """Scope widgets (deployment, instance, window, refresh), drawn once per run by app.py."""
+    s = settings()
+    st.sidebar.caption(f"Store: `{store().url}`")
+    if s.read_only:
+        st.sidebar.info("Read-only view: push, rollback and promote are hidden.")
+    deployments = [d.name for d in query("deployments")]
+    if deployments:
+        st.sidebar.selectbox("Deployment", deployments, key="deployment", bind="query-params")
+        dep = st.session_state.get("deployment")
+        insts = query("instances", dep) if dep else []
+        labels = {i.id: f"{i.name} ({'alive' if i.alive else 'stale'})" for i in insts}
+        st.sidebar.selectbox(
+            "Instance", [None, *labels], format_func=lambda i: "all instances" if i is None else labels.get(i, i),
+            key="instance",
+        )
+    st.sidebar.selectbox("Time window", list(WINDOWS), index=2, format_func=WINDOW_LABELS.get, key="window",
+                         bind="query-params")
+    st.sidebar.selectbox("Auto-refresh", list(REFRESH), index=2, key="refresh",
+                         help="how often live panels re-query the store, without reloading the page")
+
+
+def current() -> Ctx:
+    """The page's context, from the sidebar's widget state."""
+    s = settings()
+    deployments = [d.name for d in query("deployments")]
+    dep = st.session_state.get("deployment")
+    if dep not in deployments:
+        dep = deployments[0] if deployments else None
+    inst = st.session_state.get("instance")
+    if inst is not None and (dep is None or inst not in {i.id for i in query("instances", dep)}):
+        inst = None
+    window = WINDOWS.get(st.session_state.get("window") or "1h", 3600)
+    refresh = REFRESH.get(st.session_state.get("refresh") or "5s", 5)
+    return Ctx(Scope(dep, inst, float(window)), refresh, s.read_only, bool(query("is_empty")), store().url)
+
+
+def fragment(refresh_s: int | None) -> Callable[[Callable[[], None]], Callable[[], None]]:
+    """`st.fragment` re-running every `refresh_s` seconds (never when auto-refresh is off)."""
+    return st.fragment(run_every=refresh_s)
+
+
+# ----- messages, errors and confirmed actions -------------------------------------------------------
+
+
+def empty_notice(ctx: Ctx, what: str, command: str = FILL_HINT) -> bool:
+    """Guidance when the whole store is empty; returns True so the page can stop."""
+    if ctx.empty:
+        st.info(f"The store `{ctx.url}` is empty: no deployments and no samples yet, so there are no {what}. "
+                f"Fill it with {command}, or point the dashboard at another database with "
+                "`kvpilot dashboard --db URL`.")
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def guard() -> Iterator[None]:
+    """Show store, database and config errors on the page instead of a traceback."""
+    try:
+        yield
+    except (StoreError, KVConfigError) as exc:
+        st.error(str(exc))
+    except DBAPIError as exc:
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        st.error(f"database error on `{store().url}`: {detail}")
+
+
+def flash() -> None:
+    """Show the outcome of the last confirmed action once."""
+    msg = st.session_state.pop("_flash", None)
+    if msg:
+        (st.success if msg[0] == "ok" else st.error)(msg[1])
+
+
+def confirm(key: str, label: str, question: str, action: Callable[[], str], *, disabled: bool = False) -> None:
+    """A button that asks before acting: the first click shows `question` with Confirm / Cancel."""
+    pending = f"_pending:{key}"
+    if st.session_state.get(pending):
+        st.warning(question)
+        yes, no = st.columns(2)
+        if yes.button("Confirm", key=f"{key}:yes", type="primary"):
+            st.session_state[pending] = False
+            try:
+                st.session_state["_flash"] = ("ok", action())
+            except (StoreError, KVConfigError, DBAPIError) as exc:
+                st.session_state["_flash"] = ("error", str(exc))
+            st.cache_data.clear()
+            st.rerun()
+        if no.button("Cancel", key=f"{key}:no"):
+            st.session_state[pending] = False
+            st.rerun()
+    elif st.button(label, key=key, disabled=disabled):
+        st.session_state[pending] = True
+        st.rerun()
+
+
+def when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def ago(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    s = max(0.0, time.time() - ts)
+    return f"{s:.0f} s ago" if s < 120 else f"{s / 60:.0f} min ago" if s < 7200 else f"{s / 3600:.1f} h ago"
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -1,0 +1,289 @@
+"""Aggregate queries the dashboard needs beyond the store's readers, all computed in the database.
+
+Every function takes a `Scope` (deployment, optional instance, time window) and returns a few hundred
+rows at most: sums, means and histograms are GROUP BY queries filtered through the (instance_id, ts)
+indexes, so a page costs the same on a store of ten thousand samples or ten million. Nothing here imports
+streamlit, so the queries are tested and benchmarked on their own.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import Integer, Table, cast, exists, func, select
+from sqlalchemy.sql import ColumnElement
+
+from kvpilot.storage import Store
+from kvpilot.storage.schema import SAMPLE_TABLES, Deployment
+
+LS = SAMPLE_TABLES["layer_stats"]
+RQ = SAMPLE_TABLES["requests"]
+MEM = SAMPLE_TABLES["memory_samples"]
+EV = SAMPLE_TABLES["cache_events"]
+
+LAYER_METRICS = ("entropy", "retained_mass", "tokens_90", "sink_mass", "recent_mass", "gini", "kept_tokens")
+SESSION_KINDS = ("ttl_pin", "hit", "miss", "expire", "offload")
+# What a session-pool event may carry in `detail` so the Sessions page can draw occupancy over time.
+POOL_DETAIL_KEYS = ("pool_sessions", "pool_bytes", "pinned_bytes")
+LatencyColumn = Literal["ttft_s", "tpot_s", "e2e_s"]
+_NICE_WIDTHS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a page looks at: one deployment (optionally one of its instances) over the last `window_s`."""
+
+    deployment: str | None
+    instance_id: int | None = None
+    window_s: float = 3600.0
+
+    def owner(self) -> dict[str, Any]:
+        """Keyword arguments selecting this scope in the store's readers."""
+        if self.instance_id is not None:
+            return {"instance_id": self.instance_id}
+        return {"deployment": self.deployment}
+
+    @property
+    def since(self) -> float:
+        return time.time() - self.window_s
+
+
+def bucket_width(window_s: float, points: int = 150) -> float:
+    """A round bucket width giving about `points` buckets, so buckets stay put between refreshes."""
+    raw = window_s / points
+    return float(next((w for w in _NICE_WIDTHS if w >= raw), _NICE_WIDTHS[-1]))
+
+
+def _owner_conds(store: Store, table: Table, scope: Scope) -> list[ColumnElement[bool]] | None:
+    """Index-friendly filters for the scope, or None when it holds no instance (nothing to read)."""
+    if scope.instance_id is not None:
+        ids = [scope.instance_id]
+    elif scope.deployment is not None:
+        ids = [i.id for i in store.instances(scope.deployment)]
+    else:
+        return None
+    if not ids:
+        return None
+    # Literal ids plus IS NOT NULL let both planners use the partial (instance_id, ts) index.
+    return [table.c.instance_id.in_(ids), table.c.instance_id.is_not(None), table.c.ts >= scope.since]
+
+
+def _floor_div(store: Store, column: ColumnElement[Any], width: float) -> ColumnElement[Any]:
+    """floor(column / width) for non-negative values (SQLite may lack floor(); truncation is floor here)."""
+    if store.backend_name == "sqlite":
+        return cast(column / width, Integer)
+    return func.floor(column / width)
+
+
+def _f(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+# ----- whole store ------------------------------------------------------------------------------------
+
+
+def is_empty(store: Store) -> bool:
+    """True when the store has no deployment and no sample at all (the 'run kvpilot demo' case)."""
+
+    tables = [Deployment.__table__, *SAMPLE_TABLES.values()]
+    with store.engine.connect() as conn:
+        return not any(conn.execute(select(exists().select_from(t))).scalar() for t in tables)
+
+
+# ----- requests ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestTotals:
+    """Requests in the window, aggregated in SQL."""
+
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    ttft_mean: float | None = None
+    tpot_mean: float | None = None
+    e2e_mean: float | None = None
+    kv_bytes_mean: float | None = None
+    compression_ratio_mean: float | None = None
+    first_ts: float | None = None
+    last_ts: float | None = None
+
+    @property
+    def rate_per_s(self) -> float | None:
+        """Requests per second over the span that actually has requests."""
+        if not self.requests or self.first_ts is None or self.last_ts is None:
+            return None
+        return self.requests / max(self.last_ts - self.first_ts, 1.0)
+
+
+def request_totals(store: Store, scope: Scope) -> RequestTotals:
+    conds = _owner_conds(store, RQ, scope)
+    if conds is None:
+        return RequestTotals()
+    c = RQ.c
+    q = select(
+        func.count(), func.count(c.error), func.coalesce(func.sum(c.prompt_tokens), 0),
+        func.coalesce(func.sum(c.output_tokens), 0), func.avg(c.ttft_s), func.avg(c.tpot_s), func.avg(c.e2e_s),
+        func.avg(c.kv_bytes), func.avg(c.compression_ratio), func.min(c.ts), func.max(c.ts),
+    ).where(*conds)
+    with store.engine.connect() as conn:
+        r = conn.execute(q).one()
+    return RequestTotals(int(r[0]), int(r[1]), int(r[2]), int(r[3]), *(_f(v) for v in r[4:]))
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts per equal-width bin from 0 to the window's maximum; quantiles are read off the bins."""
+
+    column: str
+    width: float = 0.0
+    counts: list[int] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile, interpolated inside its bin (error at most one bin width)."""
+        n = self.total
+        if not n:
+            return None
+        target, cum = q * n, 0
+        for i, c in enumerate(self.counts):
+            if c and cum + c >= target:
+                return (i + (target - cum) / c) * self.width
+            cum += c
+        return len(self.counts) * self.width
+
+
+def latency_histogram(store: Store, scope: Scope, column: LatencyColumn, bins: int = 40) -> Histogram:
+    """Distribution of one latency column: one MAX query, then one GROUP BY bin query."""
+    conds = _owner_conds(store, RQ, scope)
+    if conds is None:
+        return Histogram(column)
+    col = RQ.c[column]
+    conds = [*conds, col.is_not(None)]
+    with store.engine.connect() as conn:
+        top = conn.execute(select(func.max(col)).where(*conds)).scalar()
+        if top is None:
+            return Histogram(column)
+        width = max(float(top), 1e-9) / bins
+        b = _floor_div(store, col, width).label("bin")
+        rows = conn.execute(select(b, func.count()).where(*conds).group_by(b)).all()
+    counts = [0] * bins
+    for i, n in rows:
+        counts[min(int(i), bins - 1)] += int(n)  # the maximum itself lands in the last bin
+    return Histogram(column, width, counts)
+
+
+# ----- layers -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CellMean:
+    layer: int
+    head: int
+    samples: int
+    value: float | None
+
+
+def head_means(store: Store, scope: Scope, metric: str) -> list[CellMean]:
+    """Mean of `metric` per (layer, KV head) over the window: the layer x head heatmap."""
+    return _cell_means(store, scope, metric, LS.c.head >= 0)
+
+
+def layer_means(store: Store, scope: Scope, metric: str) -> list[CellMean]:
+    """Mean of `metric` per layer (head = -1 rows) over the window."""
+    return _cell_means(store, scope, metric, LS.c.head == -1)
+
+
+def _cell_means(store: Store, scope: Scope, metric: str, level: ColumnElement[bool]) -> list[CellMean]:
+    if metric not in LAYER_METRICS and metric not in ("kv_bytes", "seen_tokens"):
+        raise ValueError(f"unknown layer metric {metric!r}; use one of {', '.join(LAYER_METRICS)}")
+    conds = _owner_conds(store, LS, scope)
+    if conds is None:
+        return []
+    q = (
+        select(LS.c.layer, LS.c.head, func.count(), func.avg(LS.c[metric]))
+        .where(*conds, level)
+        .group_by(LS.c.layer, LS.c.head)
+        .order_by(LS.c.layer, LS.c.head)
+    )
+    with store.engine.connect() as conn:
+        return [CellMean(int(r[0]), int(r[1]), int(r[2]), _f(r[3])) for r in conn.execute(q)]
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """How many layers the engines report and how many tokens their caches have seen (window mean)."""
+
+    num_layers: int | None
+    seen_tokens: float | None
+
+
+def layer_shape(store: Store, scope: Scope) -> LayerShape:
+    conds = _owner_conds(store, LS, scope)
+    if conds is None:
+        return LayerShape(None, None)
+    q = select(func.max(LS.c.layer), func.avg(LS.c.seen_tokens)).where(*conds, LS.c.head == -1)
+    with store.engine.connect() as conn:
+        top, seen = conn.execute(q).one()
+    return LayerShape(None if top is None else int(top) + 1, _f(seen))
+
+
+# ----- events and sessions ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KindTotal:
+    kind: str
+    events: int
+    count: int
+    bytes: int
+
+
+def event_totals(store: Store, scope: Scope, kinds: tuple[str, ...] | None = None) -> dict[str, KindTotal]:
+    """Rows, summed counts and bytes per event kind over the window."""
+    conds = _owner_conds(store, EV, scope)
+    if conds is None:
+        return {}
+    if kinds is not None:
+        conds.append(EV.c.kind.in_(list(kinds)))
+    q = (
+        select(EV.c.kind, func.count(), func.coalesce(func.sum(EV.c.count), 0), func.coalesce(func.sum(EV.c.bytes), 0))
+        .where(*conds)
+        .group_by(EV.c.kind)
+    )
+    with store.engine.connect() as conn:
+        return {r[0]: KindTotal(r[0], int(r[1]), int(r[2]), int(r[3])) for r in conn.execute(q)}
+
+
+@dataclass(frozen=True)
+class PoolBucket:
+    """Session-pool occupancy in one time bucket, read from session events' `detail` (maxima)."""
+
+    ts: float
+    pool_sessions: float | None
+    pool_bytes: float | None
+    pinned_bytes: float | None
+
+
+def pool_series(store: Store, scope: Scope, bucket_s: float) -> list[PoolBucket]:
+    """Occupancy over time from the `pool_sessions`, `pool_bytes`, `pinned_bytes` keys of session events."""
+    conds = _owner_conds(store, EV, scope)
+    if conds is None:
+        return []
+    b = (_floor_div(store, EV.c.ts, bucket_s) * bucket_s).label("bucket")
+    fields = [func.max(EV.c.detail[k].as_float()) for k in POOL_DETAIL_KEYS]
+    q = (
+        select(b, *fields)
+        .where(*conds, EV.c.kind.in_(list(SESSION_KINDS)), EV.c.detail.is_not(None))
+        .group_by(b)
+        .order_by(b)
+    )
+    with store.engine.connect() as conn:
+        rows = [PoolBucket(float(r[0]), *(_f(v) for v in r[1:])) for r in conn.execute(q)]
+    return [r for r in rows if any(v is not None for v in (r.pool_sessions, r.pool_bytes, r.pinned_bytes))]

@@ -1,0 +1,124 @@
+"""Reading Optuna studies for the Tuning page, and promoting a trial's config to a deployment.
+
+Studies live in the store's database, in Optuna's own tables, and are read through Optuna's public API
+(summaries, `load_study`, `best_trials`, importances), never its tables. A trial's KVConfig is the
+`config` user attribute the tuner sets; a trial without one falls back to its params that are KVConfig
+fields. Nothing here imports streamlit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from sqlalchemy import inspect
+
+from kvpilot.config import KVConfig
+from kvpilot.storage import ConfigVersionInfo, RunSummary, Store, resolve_url
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+CONFIG_ATTR = "config"
+
+
+def storage_url(url: str | None) -> str:
+    """The full SQLAlchemy URL (password kept) Optuna needs for the store at `url`."""
+    return resolve_url(url).render_as_string(hide_password=False)
+
+
+def has_studies_tables(store: Store) -> bool:
+    """True when Optuna's tables exist, so opening its storage creates nothing in the database."""
+    return inspect(store.engine).has_table("studies")
+
+
+def open_storage(url: str | None) -> optuna.storages.RDBStorage:
+    """Optuna's storage on the store's database (check `has_studies_tables` first)."""
+    full = storage_url(url)
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": 20}} if full.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(full, engine_kwargs=kwargs, skip_table_creation=True)
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    name: str
+    directions: tuple[str, ...]
+    trials: int
+    started: float | None
+
+
+def list_studies(storage: optuna.storages.BaseStorage) -> list[StudyRow]:
+    """Every study in the storage, newest first."""
+    rows = []
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        start = s.datetime_start.timestamp() if s.datetime_start else None
+        rows.append(StudyRow(s.study_name, tuple(d.name.lower() for d in s.directions), s.n_trials, start))
+    return sorted(rows, key=lambda r: (r.started or 0.0, r.name), reverse=True)
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    names = study.metric_names
+    return list(names) if names else [f"objective {i}" for i in range(len(study.directions))]
+
+
+def pareto_numbers(study: optuna.Study) -> set[int]:
+    """Trial numbers on the Pareto front (the best trial for one objective); empty before any completes."""
+    try:
+        return {t.number for t in study.best_trials}
+    except ValueError:
+        return set()
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One flat dict per trial: number, state, objective values, params, duration, front membership."""
+    names = objective_names(study)
+    front = pareto_numbers(study)
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        row: dict[str, Any] = {"trial": t.number, "state": t.state.name, "pareto": t.number in front}
+        for name, v in zip(names, t.values or [None] * len(names), strict=False):
+            row[name] = v
+        for k, v in t.params.items():
+            row[f"param: {k}"] = v
+        end = t.datetime_complete
+        row["duration_s"] = (end - t.datetime_start).total_seconds() if end and t.datetime_start else None
+        row["has_config"] = CONFIG_ATTR in t.user_attrs
+        rows.append(row)
+    return rows
+
+
+def importances(study: optuna.Study, objective: int = 0) -> dict[str, float]:
+    """Parameter importances (fANOVA) for one objective; ValueError/RuntimeError when too few trials."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 2:
+        raise ValueError("importances need at least 2 completed trials")
+    values = optuna.importance.get_param_importances(
+        study, target=lambda t: t.values[objective], normalize=True
+    )
+    return {k: float(v) for k, v in values.items() if not math.isnan(v)}
+
+
+def trial_config(trial: optuna.trial.FrozenTrial) -> KVConfig:
+    """The KVConfig a trial evaluated (user attr `config`, else its KVConfig-named params); KVConfigError if
+    neither makes a valid config."""
+    raw = trial.user_attrs.get(CONFIG_ATTR)
+    if raw is not None:
+        return KVConfig.parse(raw)
+    fields = {k: v for k, v in trial.params.items() if k in KVConfig.model_fields}
+    return KVConfig.parse(fields)
+
+
+def trial_telemetry(store: Store, study: str, number: int) -> RunSummary | None:
+    """What the store recorded while the trial ran (its `tuning_trial` run), if anything."""
+    for run in store.runs(study_name=study):
+        if run.trial_number == number:
+            return store.run_summary(run.id)
+    return None
+
+
+def promote(store: Store, deployment: str, study: str, trial: optuna.trial.FrozenTrial) -> ConfigVersionInfo:
+    """Push the trial's config to `deployment` as its next active version, recording where it came from."""
+    return store.push(
+        deployment, trial_config(trial), pushed_by="dashboard", source=f"tuner:{study}/{trial.number}"
+    )

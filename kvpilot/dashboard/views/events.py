@@ -1,0 +1,93 @@
+"""Events page: evictions, config changes, recorder drops and errors, filterable by kind and instance."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from kvpilot.dashboard import charts
+from kvpilot.dashboard import context as C
+from kvpilot.dashboard.queries import bucket_width
+from kvpilot.storage import EVENT_KINDS
+
+LIMITS = (100, 500, 2000)
+
+
+def render() -> None:
+    st.title("Events")
+    ctx = C.current()
+    with C.guard():
+        if C.empty_notice(ctx, "events"):
+            return
+        if ctx.deployment is None:
+            st.info(f"No deployment yet; run {C.FILL_HINT}.")
+            return
+        left, right = st.columns([3, 1])
+        kinds = left.multiselect("Kinds", EVENT_KINDS, default=list(EVENT_KINDS), key="event_kinds")
+        limit = right.selectbox("Latest events shown", LIMITS, key="event_limit")
+
+        @C.fragment(ctx.refresh_s)
+        def live() -> None:
+            with C.guard():
+                _events(ctx, tuple(kinds), limit)
+                _config_changes(ctx)
+
+        live()
+
+
+def _events(ctx: C.Ctx, kinds: tuple[str, ...], limit: int) -> None:
+    if not kinds:
+        st.info("Pick at least one kind.")
+        return
+    totals = C.query("event_totals", ctx.scope, kinds)
+    if not totals:
+        st.info(f"No events of these kinds for {ctx.deployment} in this window. Engines record evictions, config "
+                f"applications and rejections, recorder drops and errors as they happen; or run {C.FILL_HINT}.")
+        return
+    df = pd.DataFrame({"kind": t.kind, "events": t.events, "count": t.count, "bytes": t.bytes}
+                      for t in sorted(totals.values(), key=lambda t: EVENT_KINDS.index(t.kind)))
+    st.dataframe(df, hide_index=True, key="event_totals")
+    width = bucket_width(ctx.scope.window_s, points=60)
+    series = C.query("event_series", **ctx.scope.owner(), kinds=list(kinds), last_s=ctx.scope.window_s, bucket_s=width)
+    chart_df = pd.DataFrame({"time": pd.to_datetime(e.ts, unit="s", utc=True), "kind": e.kind, "count": e.count}
+                            for e in series)
+    st.altair_chart(charts.bars(chart_df, "time", "count", x_type="T", color="kind", title="Events over time"))
+
+    names = {i.id: i.name for i in C.query("instances", ctx.deployment)}
+    latest = C.query("events", **ctx.scope.owner(), kinds=list(kinds), last_s=ctx.scope.window_s, limit=limit)
+    st.subheader(f"Latest {len(latest)} events")
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "time": C.when(e.ts), "instance": names.get(e.instance_id, e.instance_id), "kind": e.kind,
+                "layer": e.layer, "count": e.count, "bytes": e.bytes,
+                "detail": json.dumps(e.detail, sort_keys=True) if e.detail else "",
+            }
+            for e in latest
+        ),
+        hide_index=True,
+        key="latest_events",
+    )
+
+
+def _config_changes(ctx: C.Ctx) -> None:
+    st.subheader("Config changes")
+    since = ctx.scope.since
+    activations = [a for a in C.query("activations", ctx.deployment) if a.ts >= since]
+    acks = [a for a in C.query("acks", ctx.deployment, limit=500) if a.ts >= since]
+    if not activations and not acks:
+        st.caption(f"No pushes, activations, rollbacks or engine acknowledgements for {ctx.deployment} in this window.")
+        return
+    rows = [{"time": a.ts, "what": a.action, "version": a.version, "by / instance": a.by or "", "reason": ""}
+            for a in activations]
+    rows += [{"time": a.ts, "what": a.status, "version": a.version, "by / instance": a.instance, "reason": a.reason or ""}
+             for a in acks]
+    df = pd.DataFrame(sorted(rows, key=lambda r: r["time"], reverse=True))
+    df["time"] = df["time"].map(C.when)
+    st.dataframe(df, hide_index=True, key="config_changes")
+
+
+if __name__ == "__main__":
+    render()

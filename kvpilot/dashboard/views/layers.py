@@ -1,0 +1,110 @@
+"""Layers page: attention skew per layer and KV head, the sensitivity profile, and per-layer budgets under the
+active config."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from kvpilot.dashboard import charts
+from kvpilot.dashboard import context as C
+from kvpilot.dashboard.queries import LAYER_METRICS, bucket_width
+
+METRIC_HELP = {
+    "entropy": "attention entropy (nats): high = attention spread over many tokens, hard to compress",
+    "retained_mass": "attention mass on the tokens the cache keeps: 1.0 = eviction lost nothing",
+    "tokens_90": "tokens holding 90 % of the attention mass",
+    "sink_mass": "attention on the first (sink) tokens",
+    "recent_mass": "attention on the protected recent window",
+    "gini": "Gini coefficient of attention: high = a few tokens take most of it",
+    "kept_tokens": "tokens kept in the cache",
+}
+
+
+def render() -> None:
+    st.title("Layers")
+    ctx = C.current()
+    with C.guard():
+        if C.empty_notice(ctx, "layer statistics"):
+            return
+        if ctx.deployment is None:
+            st.info(f"No deployment yet; run {C.FILL_HINT}.")
+            return
+        metric = st.selectbox("Metric", LAYER_METRICS, key="layer_metric", help="\n".join(
+            f"- **{k}**: {v}" for k, v in METRIC_HELP.items()))
+
+        @C.fragment(ctx.refresh_s)
+        def live() -> None:
+            with C.guard():
+                _skew(ctx, metric)
+
+        live()
+        _profile(ctx)
+        _budgets(ctx)
+
+
+def _skew(ctx: C.Ctx, metric: str) -> None:
+    cells = C.query("head_means", ctx.scope, metric)
+    layers = C.query("layer_means", ctx.scope, metric)
+    if not cells and not layers:
+        st.info(f"No layer statistics for {ctx.deployment} in this window. The probes record them while an engine "
+                f"serves (`kvpilot.attach(model, store=..., deployment=...)`); try a longer window, or run {C.FILL_HINT}.")
+        return
+    st.caption(METRIC_HELP.get(metric, ""))
+    left, right = st.columns(2)
+    if cells:
+        df = pd.DataFrame({"layer": c.layer, "KV head": c.head, metric: c.value} for c in cells)
+        left.altair_chart(charts.heatmap(df, "KV head", "layer", metric, title=f"{metric}: layer x KV head (window mean)"))
+    if layers:
+        df = pd.DataFrame({"layer": c.layer, metric: c.value} for c in layers)
+        right.altair_chart(charts.bars(df, "layer", metric, title=f"{metric} per layer (window mean)"))
+    width = bucket_width(ctx.scope.window_s, points=60)
+    series = C.query("layer_stats_series", **ctx.scope.owner(), last_s=ctx.scope.window_s, level="layer",
+                     bucket_s=width)
+    if series:
+        df = pd.DataFrame({"time": pd.to_datetime(b.ts, unit="s", utc=True), "layer": b.layer,
+                           metric: getattr(b, metric)} for b in series)
+        st.altair_chart(charts.heatmap(df, "time", "layer", metric, x_type="T", title=f"{metric}: layer over time"))
+
+
+def _profile(ctx: C.Ctx) -> None:
+    st.subheader("Sensitivity profile")
+    model = next((d.model for d in C.query("deployments") if d.name == ctx.deployment), None)
+    profiles = C.query("profiles", model) if model else []
+    profiles = profiles or C.query("profiles")
+    if not profiles:
+        st.info("No sensitivity profile in the store yet. Measure one with `kvpilot profile`; a "
+                "`layer_allocation='sensitivity'` config gives each layer a budget from it.")
+        return
+    labels = {p.id: f"#{p.id} {p.model} / {p.method} ({C.when(p.created_at)})" for p in profiles}
+    pid = st.selectbox("Profile", list(labels), format_func=labels.get, key="profile")
+    prof = next(p for p in profiles if p.id == pid)
+    df = pd.DataFrame({"layer": range(len(prof.values)), "sensitivity": prof.values})
+    st.altair_chart(charts.bars(df, "layer", "sensitivity", title=f"{prof.method} sensitivity of {prof.model}"))
+
+
+def _budgets(ctx: C.Ctx) -> None:
+    st.subheader("Budgets per layer under the active config")
+    active = C.query("active_version", ctx.deployment)
+    if active is None:
+        st.info(f"No config pushed to {ctx.deployment} yet: `kvpilot push -d {ctx.deployment} -c config.json`.")
+        return
+    cfg = active.config()
+    shape = C.query("layer_shape", ctx.scope)
+    num_layers = shape.num_layers or len(cfg.layer_budgets or cfg.sensitivity_profile or []) or None
+    if num_layers is None:
+        st.info("The number of layers is unknown until the probes record layer statistics for this deployment.")
+        return
+    seen = st.number_input("Tokens seen", min_value=1, value=int(shape.seen_tokens or 4096), step=256,
+                           key="budget_seen", help="cache length to allocate for (default: the window's mean)")
+    from kvpilot.cache.budgets import layer_budgets  # imports torch: only when this panel is shown
+
+    budgets = layer_budgets(cfg, num_layers, int(seen))
+    st.caption(f"v{active.version}: policy `{cfg.policy}`, layer allocation `{cfg.layer_allocation}`; "
+               f"mean {sum(budgets) / len(budgets):.0f} tokens per KV head per layer, total {sum(budgets):,}.")
+    df = pd.DataFrame({"layer": range(num_layers), "tokens kept": budgets})
+    st.altair_chart(charts.bars(df, "layer", "tokens kept", title=f"budget per layer at {int(seen):,} tokens seen"))
+
+
+if __name__ == "__main__":
+    render()

@@ -1,0 +1,161 @@
+"""Overview page: engines alive or stale, the config in force, memory pressure, latency and request rate."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from kvpilot.dashboard import charts
+from kvpilot.dashboard import context as C
+from kvpilot.dashboard.queries import Histogram, bucket_width
+
+
+def render() -> None:
+    st.title("Overview")
+    C.flash()
+    ctx = C.current()
+    with C.guard():
+        if C.empty_notice(ctx, "engines, configs or measurements"):
+            return
+
+        @C.fragment(ctx.refresh_s)
+        def live() -> None:
+            with C.guard():
+                _live(ctx)
+
+        live()
+
+
+def _live(ctx: C.Ctx) -> None:
+    _engines(ctx)
+    if ctx.deployment is None:
+        st.info("No deployment yet. Engines create one when they register (`kvpilot.attach(model, store=..., "
+                f"deployment=...)`), and `kvpilot push` creates one with its first config; or run {C.FILL_HINT}.")
+        return
+    _config_in_force(ctx)
+    _traffic(ctx)
+    _memory(ctx)
+    _latency(ctx)
+
+
+def _engines(ctx: C.Ctx) -> None:
+    deployments = C.query("deployments")
+    insts = C.query("instances")
+    alive = sum(i.alive for i in insts)
+    a, b, c = st.columns(3)
+    a.metric("Deployments", len(deployments))
+    b.metric("Engines alive", f"{alive} / {len(insts)}", help="alive: heartbeat within the last 30 s")
+    active = next((d.active_version for d in deployments if d.name == ctx.deployment), None)
+    c.metric(f"Active config of {ctx.deployment}" if ctx.deployment else "Active config",
+             "-" if active is None else f"v{active}")
+    if insts:
+        st.subheader("Engine instances")
+        versions = {d.name: d.active_version for d in deployments}
+        df = pd.DataFrame(
+            {
+                "deployment": i.deployment,
+                "instance": i.name,
+                "status": "alive" if i.alive else "stale",
+                "last heartbeat": C.ago(i.last_heartbeat),
+                "config in force": "-" if i.config_version is None else f"v{i.config_version}",
+                "up to date": i.config_version is not None and i.config_version == versions.get(i.deployment),
+                "host": i.host,
+                "pid": i.pid,
+            }
+            for i in insts
+        )
+        st.dataframe(df, hide_index=True, key="instances_table")
+
+
+def _config_in_force(ctx: C.Ctx) -> None:
+    active = C.query("active_version", ctx.deployment)
+    if active is None:
+        st.info(f"No config pushed to {ctx.deployment} yet: `kvpilot push -d {ctx.deployment} -c config.json`, "
+                "or promote a trial on the Tuning page.")
+        return
+    cfg = active.config()
+    size = (f"budget {cfg.budget} tokens" if cfg.budget is not None
+            else f"compression {cfg.compression_ratio:.0%}" if cfg.compression_ratio is not None else "no eviction")
+    st.markdown(
+        f"**Config in force on {ctx.deployment}: v{active.version}**: policy `{cfg.policy}`, {size}, "
+        f"layers `{cfg.layer_allocation}`, heads `{cfg.head_allocation}` "
+        f"(pushed by {active.pushed_by or '?'} from {active.source or '?'}, {C.ago(active.created_at)})."
+    )
+
+
+def _traffic(ctx: C.Ctx) -> None:
+    t = C.query("request_totals", ctx.scope)
+    cols = st.columns(5)
+    cols[0].metric("Requests", f"{t.requests:,}")
+    cols[1].metric("Request rate", "-" if t.rate_per_s is None else f"{t.rate_per_s:.2f}/s")
+    cols[2].metric("Mean TTFT", _ms(t.ttft_mean))
+    cols[3].metric("Mean TPOT", _ms(t.tpot_mean))
+    cols[4].metric("Errors", f"{t.errors:,}")
+    if not t.requests:
+        st.caption(f"No requests recorded for {ctx.deployment} in this window.")
+        return
+    width = bucket_width(ctx.scope.window_s)
+    series = C.query("requests_series", **ctx.scope.owner(), last_s=ctx.scope.window_s, bucket_s=width)
+    rows = []
+    for b in series:
+        time = pd.to_datetime(b.ts, unit="s", utc=True)
+        rows.append({"time": time, "series": "requests/s", "value": b.requests / width, "panel": "rate"})
+        for name, v in (("TTFT mean", b.ttft_mean), ("TTFT max", b.ttft_max), ("TPOT mean", b.tpot_mean)):
+            if v is not None:
+                rows.append({"time": time, "series": name, "value": v, "panel": "latency"})
+    df = pd.DataFrame(rows)
+    left, right = st.columns(2)
+    left.altair_chart(charts.lines(df[df.panel == "rate"], "requests/s", fmt=".3~f", title="Request rate"))
+    lat = df[df.panel == "latency"]
+    if len(lat):
+        right.altair_chart(charts.lines(lat, "seconds", fmt=".3~f", title="Latency over time"))
+
+
+def _memory(ctx: C.Ctx) -> None:
+    width = bucket_width(ctx.scope.window_s)
+    buckets = C.query("memory_window", **ctx.scope.owner(), last_s=ctx.scope.window_s, bucket_s=width)
+    if not buckets:
+        st.caption("No memory samples in this window.")
+        return
+    names = {i.id: i.name for i in C.query("instances", ctx.deployment)}
+    rows = []
+    for b in buckets:
+        time = pd.to_datetime(b.ts, unit="s", utc=True)
+        who = names.get(b.instance_id, str(b.instance_id))
+        for name, v in (("KV physical", b.kv_bytes_physical), ("KV logical", b.kv_bytes_logical),
+                        ("device allocated", b.device_allocated), ("NVML used", b.nvml_used_max)):
+            if v is not None:
+                rows.append({"time": time, "series": f"{who}: {name}", "value": float(v)})
+    last = buckets[-1]
+    cols = st.columns(3)
+    cols[0].metric("KV cache (latest)", C.human_bytes(last.kv_bytes_physical),
+                   help="physical bytes held by the managed cache, mean over the newest bucket")
+    cols[1].metric("KV logical (latest)", C.human_bytes(last.kv_bytes_logical),
+                   help="what the cache would hold without eviction")
+    device = last.nvml_used_max if last.nvml_used_max is not None else last.device_reserved_max
+    cols[2].metric("Device memory (latest)", C.human_bytes(device),
+                   help="NVML used, else the torch allocator's reserved bytes; '-' without a GPU")
+    st.altair_chart(charts.lines(pd.DataFrame(rows), "bytes", fmt="~s", title="Memory pressure"))
+
+
+def _latency(ctx: C.Ctx) -> None:
+    cols = st.columns(2)
+    for col, name in zip(cols, ("ttft_s", "tpot_s"), strict=True):
+        h: Histogram = C.query("latency_histogram", ctx.scope, name)
+        label = "TTFT" if name == "ttft_s" else "TPOT"
+        if not h.total:
+            col.caption(f"No {label} values in this window.")
+            continue
+        df = pd.DataFrame({"start": [i * h.width for i in range(len(h.counts))],
+                           "end": [(i + 1) * h.width for i in range(len(h.counts))], "requests": h.counts})
+        q = " · ".join(f"p{int(p * 100)} ≈ {_ms(h.quantile(p))}" for p in (0.5, 0.9, 0.99))
+        col.altair_chart(charts.histogram(df, "seconds", title=f"{label} distribution"))
+        col.caption(f"{label}: {q} ({h.total:,} requests; quantiles read off {len(h.counts)} bins)")
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+if __name__ == "__main__":
+    render()
