@@ -9,6 +9,7 @@ fields. Nothing here imports streamlit.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,13 +90,19 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
 
 
 def importances(study: optuna.Study, objective: int = 0) -> dict[str, float]:
-    """Parameter importances (fANOVA) for one objective; ValueError/RuntimeError when too few trials."""
+    """Parameter importances for one objective with Optuna's default evaluator (PED-ANOVA in Optuna 5).
+
+    PED-ANOVA scores what makes the target *low*, so a maximised objective is negated first. Raises
+    ValueError with fewer than 2 completed trials."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(complete) < 2:
         raise ValueError("importances need at least 2 completed trials")
-    values = optuna.importance.get_param_importances(
-        study, target=lambda t: t.values[objective], normalize=True
-    )
+    sign = -1.0 if study.directions[objective] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    with warnings.catch_warnings():  # PED-ANOVA warns that it minimises; the sign above handles that
+        warnings.simplefilter("ignore", UserWarning)
+        values = optuna.importance.get_param_importances(
+            study, target=lambda t: sign * t.values[objective], normalize=True
+        )
     return {k: float(v) for k, v in values.items() if not math.isnan(v)}
 
 

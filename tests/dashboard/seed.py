@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
 import optuna
@@ -149,7 +150,9 @@ def seed_study(url: str) -> None:
     """A two-objective study (minimise KV MiB, maximise accuracy) with known trials and Pareto front."""
     storage = optuna.storages.RDBStorage(url)
     study = optuna.create_study(study_name=STUDY, storage=storage, directions=["minimize", "maximize"])
-    study.set_metric_names(["kv_mib", "accuracy"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["kv_mib", "accuracy"])
     dists = {
         "compression_ratio": optuna.distributions.FloatDistribution(0.0, 0.95),
         "policy": optuna.distributions.CategoricalDistribution(["snapkv", "h2o", "streaming"]),

@@ -118,6 +118,8 @@ def _telemetry(study: str, number: int) -> None:
 
 def _importances(study: optuna.Study, objectives: list[str]) -> None:
     st.subheader("Parameter importances")
+    st.caption("Optuna's default evaluator (PED-ANOVA in Optuna 5): how much each parameter decides whether a "
+               "trial lands among the best for the chosen objective.")
     which = 0
     if len(objectives) > 1:
         which = objectives.index(st.selectbox("Objective", objectives, key="importance_objective"))
@@ -130,7 +132,7 @@ def _importances(study: optuna.Study, objectives: list[str]) -> None:
         st.caption("Importances unavailable: no parameter varies across completed trials.")
         return
     df = pd.DataFrame({"parameter": list(values), "importance": list(values.values())})
-    st.altair_chart(charts.bars(df, "parameter", "importance", title=f"fANOVA importance for {objectives[which]}"))
+    st.altair_chart(charts.bars(df, "parameter", "importance", title=f"importance for {objectives[which]}"))
 
 
 @st.cache_data(ttl=60, show_spinner="Computing importances...")

@@ -1,0 +1,176 @@
+"""Every dashboard page under Streamlit's AppTest, on an empty and on a seeded store (SQLite, and PostgreSQL
+when KVPILOT_TEST_DATABASE_URL is set): no exception, guidance when empty, and numbers that match the store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kvpilot.config import KVConfig
+from tests.dashboard import seed as S
+from tests.dashboard.helpers import PAGES, button_labels, charts, frame, metrics, open_page, texts
+
+EMPTY_GUIDANCE = {
+    "overview": "kvpilot demo",
+    "layers": "kvpilot demo",
+    "sessions": "kvpilot demo",
+    "events": "kvpilot demo",
+    "tuning": "No Optuna studies",
+    "configs": "kvpilot push",
+}
+
+
+def test_empty_store_every_page_guides(app, store, db_url):
+    at = app(db_url)
+    for page in PAGES:
+        open_page(at, page)
+        shown = texts(at)
+        assert EMPTY_GUIDANCE[page] in shown, (page, shown)
+        assert not at.error, (page, [e.value for e in at.error])
+
+
+def test_overview_matches_store(app, store, seeded, db_url):
+    at = app(db_url)
+    assert not at.exception
+    m = metrics(at)
+    insts = store.instances()
+    assert m["Deployments"] == str(len(store.deployments())) == "2"
+    assert m["Engines alive"] == f"{sum(i.alive for i in insts)} / {len(insts)}" == "2 / 3"
+    assert m[f"Active config of {S.DEPLOYMENT}"] == f"v{store.active_version(S.DEPLOYMENT).version}" == "v2"
+    buckets = store.requests_series(deployment=S.DEPLOYMENT, last_s=3600)
+    assert m["Requests"] == str(sum(b.requests for b in buckets)) == str(S.REQUESTS)
+    assert m["Errors"] == str(sum(b.errors for b in buckets)) == str(S.REQUEST_ERRORS)
+    ttft = [0.05 + 0.001 * i for i in range(S.REQUESTS)]
+    assert m["Mean TTFT"] == f"{sum(ttft) / len(ttft) * 1000:.1f} ms"
+    table = frame(at, "instance", "status")
+    assert dict(zip(table["instance"], table["status"], strict=True)) == {
+        "engine-0": "alive", "engine-1": "stale", "engine-s": "alive"}
+    assert "Config in force on chat: v2" in texts(at)
+    drawn = charts(at)
+    assert {"Request rate", "Latency over time", "Memory pressure", "TTFT distribution", "TPOT distribution"} <= set(drawn)
+    assert drawn["TTFT distribution"]["requests"].sum() == S.REQUESTS
+
+
+def test_overview_scope_follows_sidebar(app, seeded, db_url):
+    at = app(db_url)
+    at.selectbox(key="instance").set_value(seeded.engine1).run()
+    assert metrics(at)["Requests"] == "0"  # all requests were served by engine-0
+    at.selectbox(key="instance").set_value(None).run()
+    at.selectbox(key="window").set_value("5m").run()
+    assert 0 < int(metrics(at)["Requests"]) < S.REQUESTS
+    at.selectbox(key="deployment").set_value(S.OTHER_DEPLOYMENT).run()
+    assert "No config pushed to staging yet" in texts(at)
+
+
+def test_layers_heatmap_profile_and_budgets(app, store, seeded, db_url):
+    at = open_page(app(db_url), "layers")
+    drawn = charts(at)
+    cells = drawn["entropy: layer x KV head (window mean)"]
+    assert len(cells) == S.LAYERS * S.HEADS
+    for row in cells.itertuples():
+        assert row.entropy == pytest.approx(S.entropy(row.layer, row[2]))
+    latest = {(s.layer, s.head): s.entropy for s in store.layer_stats_latest(deployment=S.DEPLOYMENT, level="head")}
+    assert latest[(7, 2)] == pytest.approx(cells.query("layer == 7")["entropy"].iloc[2])
+    profile = store.latest_profile(S.MODEL)
+    assert drawn[f"kl sensitivity of {S.MODEL}"]["sensitivity"].tolist() == pytest.approx(profile.values)
+    from kvpilot.cache.budgets import layer_budgets
+
+    expected = layer_budgets(store.active_version(S.DEPLOYMENT).config(), S.LAYERS, 2048)
+    assert drawn["budget per layer at 2,048 tokens seen"]["tokens kept"].tolist() == expected
+    at.selectbox(key="layer_metric").set_value("gini").run()
+    assert "gini: layer x KV head (window mean)" in charts(at)
+
+
+def test_sessions_counts_match_events(app, store, seeded, db_url):
+    at = open_page(app(db_url), "sessions")
+    m = metrics(at)
+    totals = {}
+    for b in store.event_series(deployment=S.DEPLOYMENT, last_s=3600, kinds=["ttl_pin", "hit", "miss", "expire"]):
+        totals[b.kind] = totals.get(b.kind, 0) + b.count
+    assert m["Pinned"] == str(totals["ttl_pin"]) == "10"
+    assert m["TTL hits"] == str(totals["hit"]) and m["TTL misses"] == str(totals["miss"])
+    assert m["Hit ratio"] == f"{totals['hit'] / (totals['hit'] + totals['miss']):.1%}" == "75.0%"
+    assert m["Expiries"] == "4"
+    assert m["Pinned bytes"] == "20.0 MiB"
+    assert "Pool occupancy (bytes)" in charts(at)
+
+
+def test_events_filter_and_config_changes(app, seeded, db_url):
+    at = open_page(app(db_url), "events")
+    totals = frame(at, "kind", "events", "count")
+    assert dict(zip(totals["kind"], totals["count"], strict=True)) == {k: n * c for k, (n, c, _) in S.EVENTS.items()}
+    assert len(frame(at, "kind", "detail")) == 100  # newest 100 of 102
+    changes = frame(at, "what", "version")
+    assert {"push", "rollback", "applied", "rejected"} <= set(changes["what"])
+    assert S.REJECT_REASON in set(changes["reason"])
+    at.multiselect(key="event_kinds").set_value(["evict", "error"]).run()
+    totals = frame(at, "kind", "events", "count")
+    assert set(totals["kind"]) == {"evict", "error"}
+    latest = frame(at, "kind", "detail")
+    assert len(latest) == S.EVENTS["evict"][0] + 1
+    assert "CUDA out of memory" in " ".join(latest["detail"])
+
+
+def test_tuning_front_trials_and_promote(app, store, seeded, db_url):
+    at = open_page(app(db_url), "tuning")
+    m = metrics(at)
+    assert m["Trials"] == str(len(S.TRIALS)) and m["Pareto front"] == str(len(S.PARETO))
+    trials = frame(at, "trial", "state", "pareto")
+    assert set(trials[trials["pareto"]]["trial"]) == S.PARETO
+    front = charts(at)
+    assert any("trial" in df.columns and len(df) == len(S.TRIALS) for df in front.values())
+    assert "importance for kv_mib" in charts(at)
+    at.selectbox(key="trial").set_value(1).run()  # trial 1 has a tuning_trial run with 5 requests
+    assert metrics(at)["Requests"] == "5"
+    at.selectbox(key="trial").set_value(2).run()
+    at.button(key="promote:chat-tune:2").click().run()
+    assert "replacing v2" in at.warning[0].value and "compression_ratio" not in at.warning[0].value.split("Changes")[0]
+    at.button(key="promote:chat-tune:2:yes").click().run()
+    assert not at.exception
+    v = store.active_version(S.DEPLOYMENT)
+    assert v.version == 4 and v.source == "tuner:chat-tune/2" and v.pushed_by == "dashboard"
+    assert v.config() == KVConfig.parse({"policy": "snapkv", "compression_ratio": 0.7})
+    assert "pushed v4" in at.success[0].value
+
+
+def test_configs_history_diff_rollback_push(app, store, seeded, db_url):
+    at = open_page(app(db_url), "configs")
+    versions = frame(at, "version", "active", "applied", "rejected")
+    assert versions["version"].tolist() == [3, 2, 1]
+    assert versions.set_index("version")["active"].to_dict() == {3: False, 2: True, 1: False}
+    assert versions.set_index("version")["rejected"][3] == 1
+    assert any(S.REJECT_REASON in e.value for e in at.error)
+    diff = frame(at, "field", "v1", "v2")
+    assert set(diff["field"]) == {c.field for c in store.diff(S.DEPLOYMENT, 1, 2)}
+    at.button(key="rollback").click().run()
+    assert "from v2 to v1" in at.warning[0].value
+    at.button(key="rollback:no").click().run()
+    assert store.active_version(S.DEPLOYMENT).version == 2  # cancel changes nothing
+    at.button(key="rollback").click().run()
+    at.button(key="rollback:yes").click().run()
+    assert store.active_version(S.DEPLOYMENT).version == 1
+    new = {"policy": "tova", "compression_ratio": 0.6}
+    at.text_area(key="push_text:chat").set_value(json.dumps(new)).run()
+    at.button(key="push:chat").click().run()
+    at.button(key="push:chat:yes").click().run()
+    v = store.active_version(S.DEPLOYMENT)
+    assert (v.version, v.pushed_by, v.config()) == (4, "dashboard", KVConfig.parse(new))
+    at.text_area(key="push_text:chat").set_value('{"policy": "nope"}').run()
+    assert any("policy" in e.value for e in at.error) and "push:chat" not in [b.key for b in at.button]
+
+
+def test_read_only_hides_every_action(app, store, seeded, db_url):
+    at = app(db_url, read_only=True)
+    assert "Read-only view" in texts(at) or any("Read-only" in i.value for i in at.sidebar.info)
+    for page in ("configs", "tuning"):
+        open_page(at, page)
+        labels = button_labels(at)
+        assert not [b for b in labels if b.startswith(("Push", "Roll back", "Activate", "Promote"))], labels
+    assert store.active_version(S.DEPLOYMENT).version == 2
+
+
+def test_unreachable_database_is_one_clear_error(app, monkeypatch):
+    at = app("postgresql+psycopg://nobody@127.0.0.1:1/nothing")
+    assert not at.exception
+    assert any("Cannot open the store" in e.value and "cannot reach database" in e.value for e in at.error)
