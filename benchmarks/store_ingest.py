@@ -210,28 +210,36 @@ def fill(store: Store, rows: int, chunk: int = 1_000_000) -> dict:
     }
 
 
-def queries(store: Store, run_id: int, repeat: int = 5) -> dict:
-    """Latency of the dashboard's main queries (ms): median and max of `repeat` runs after one warm-up."""
+def queries(store: Store, run_id: int, t_start: float, t_end: float, repeat: int = 5) -> dict:
+    """Latency of the dashboard's main queries (ms): median and max of `repeat` runs after one warm-up.
+
+    Windows end where the generated data ends (`t_end`), as a live dashboard's end at "now"."""
+
+    def last(seconds: float) -> dict:
+        return {"since": t_end - seconds, "until": t_end}
+
     cases = {
         "layer_heatmap_deployment_last_10min_10s_buckets": lambda: store.layer_stats_series(
-            deployment="dash", last_s=600, bucket_s=10
+            deployment="dash", bucket_s=10, **last(600)
         ),
         "layer_heatmap_instance_last_1h_60s_buckets": lambda: store.layer_stats_series(
-            instance_id=2, last_s=3600, bucket_s=60
+            instance_id=2, bucket_s=60, **last(3600)
         ),
         "head_heatmap_instance_last_10min": lambda: store.layer_stats_series(
-            instance_id=2, last_s=600, bucket_s=10, level="head"
+            instance_id=2, bucket_s=10, level="head", **last(600)
         ),
         "layer_latest_deployment": lambda: store.layer_stats_latest(deployment="dash"),
         "head_latest_instance": lambda: store.layer_stats_latest(instance_id=3, level="head"),
-        "layer_raw_window_instance_last_1min": lambda: store.layer_stats_window(instance_id=1, last_s=60),
-        "memory_deployment_last_1h_auto_buckets": lambda: store.memory_window(deployment="dash", last_s=3600),
-        "requests_deployment_last_1h_auto_buckets": lambda: store.requests_series(deployment="dash", last_s=3600),
-        "events_deployment_last_1h_by_kind": lambda: store.event_series(deployment="dash", last_s=3600),
+        "layer_raw_window_instance_last_1min": lambda: store.layer_stats_window(instance_id=1, **last(60)),
+        "memory_deployment_last_1h_auto_buckets": lambda: store.memory_window(deployment="dash", **last(3600)),
+        "requests_deployment_last_1h_auto_buckets": lambda: store.requests_series(deployment="dash", **last(3600)),
+        "events_deployment_last_1h_by_kind": lambda: store.event_series(deployment="dash", **last(3600)),
         "events_latest_100_evictions": lambda: store.events(deployment="dash", kinds=["evict"], limit=100),
         "run_summary_30min_run": lambda: store.run_summary(run_id),
         "instances_alive": lambda: store.instances("dash"),
-        "layer_heatmap_whole_store_auto_buckets": lambda: store.layer_stats_series(deployment="dash", last_s=10**6),
+        "layer_heatmap_whole_store_auto_buckets": lambda: store.layer_stats_series(
+            deployment="dash", since=t_start, until=t_end
+        ),
         "row_counts_whole_store": lambda: store.counts(),
     }
     out = {}
@@ -292,7 +300,9 @@ def bench_backend(name: str, make_url, args) -> dict:
         with Store.open(make_url("dash")) as store:
             result["fill"] = fill(store, args.rows)
             print(f"[{name}] dashboard queries", flush=True)
-            result["queries"] = queries(store, result["fill"]["run_id"])
+            result["queries"] = queries(
+                store, result["fill"]["run_id"], result["fill"]["t_start"], result["fill"]["t_end"]
+            )
             result["prune_oldest_tenth"] = prune_cost(store, result["fill"]["t_start"], result["fill"]["t_end"])
             print(f"[{name}] prune: {result['prune_oldest_tenth']}", flush=True)
     return result

@@ -153,7 +153,7 @@ class QueryStore(StoreCore):
                     .where(inner.c.rank == 1)
                     .order_by(inner.c.instance_id, inner.c.layer, inner.c.head)
                 )
-                out.extend(LayerStat(**row._mapping) for row in conn.execute(q))
+                out.extend(LayerStat(*row) for row in conn.execute(q))
             return out
 
         return self._read(run)
@@ -179,7 +179,7 @@ class QueryStore(StoreCore):
         if layers is not None:
             conds.append(LS.c.layer.in_(list(layers)))
         q = select(*LS.c).where(*conds).order_by(LS.c.ts, LS.c.id).limit(limit)
-        return self._read(lambda conn: [LayerStat(**r._mapping) for r in conn.execute(q)])
+        return self._read(lambda conn: [LayerStat(*r) for r in conn.execute(q)])
 
     def layer_stats_series(
         self,
@@ -238,7 +238,7 @@ class QueryStore(StoreCore):
             RQ, instance_id=instance_id, deployment=deployment, run_id=run_id, since=since, until=until, last_s=last_s
         )
         q = select(*RQ.c).where(*conds).order_by(RQ.c.ts.desc(), RQ.c.id.desc()).limit(limit)
-        return self._read(lambda conn: [Request(**r._mapping) for r in conn.execute(q)])
+        return self._read(lambda conn: [Request(*r) for r in conn.execute(q)])
 
     def requests_series(
         self,
@@ -359,7 +359,7 @@ class QueryStore(StoreCore):
             _check_kinds(kinds)
             conds.append(EV.c.kind.in_(list(kinds)))
         q = select(*EV.c).where(*conds).order_by(EV.c.ts.desc(), EV.c.id.desc()).limit(limit)
-        return self._read(lambda conn: [Event(**r._mapping) for r in conn.execute(q)])
+        return self._read(lambda conn: [Event(*r) for r in conn.execute(q)])
 
     def event_series(
         self,

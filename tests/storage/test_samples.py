@@ -170,3 +170,14 @@ def test_prune(store, inst):
     assert deleted["layer_stats"] == 5 * 9 and deleted["cache_events"] == 5
     assert store.counts(instance_id=inst.id)["layer_stats"] == 5 * 9
     assert len(store.instances()) == 1  # metadata stays
+
+
+def test_reader_dataclasses_follow_column_order():
+    # Readers build rows positionally (fast); this keeps the dataclasses and the tables in step.
+    from dataclasses import fields
+
+    from kvpilot.storage.schema import SAMPLE_TABLES
+    from kvpilot.storage.types import Event, LayerStat, Request
+
+    for cls, table in ((LayerStat, "layer_stats"), (Request, "requests"), (Event, "cache_events")):
+        assert [f.name for f in fields(cls)] == [c.name for c in SAMPLE_TABLES[table].columns]
