@@ -1,0 +1,112 @@
+"""The dashboard's own SQL aggregates and Optuna helpers, checked against the seed's known values and the
+store's readers, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from kvpilot.config import KVConfig, KVConfigError
+from kvpilot.dashboard import queries as Q
+from kvpilot.dashboard import tuning
+from tests.dashboard import seed as S
+
+
+def scope(**kw) -> Q.Scope:
+    return Q.Scope(S.DEPLOYMENT, **kw)
+
+
+def test_is_empty(store, db_url):
+    assert Q.is_empty(store)
+    store.ensure_deployment("x")
+    assert not Q.is_empty(store)
+
+
+def test_request_totals_and_histogram(store, seeded):
+    t = Q.request_totals(store, scope())
+    assert (t.requests, t.errors, t.prompt_tokens) == (S.REQUESTS, S.REQUEST_ERRORS, 1000 * S.REQUESTS)
+    ttft = sorted(0.05 + 0.001 * i for i in range(S.REQUESTS))
+    assert t.ttft_mean == pytest.approx(sum(ttft) / len(ttft))
+    h = Q.latency_histogram(store, scope(), "ttft_s", bins=40)
+    assert h.total == S.REQUESTS and len(h.counts) == 40
+    assert h.width == pytest.approx(max(ttft) / 40)
+    for q in (0.5, 0.9, 0.99):
+        exact = ttft[min(len(ttft) - 1, int(q * len(ttft)))]
+        assert abs(h.quantile(q) - exact) <= h.width + 1e-9
+    assert Q.request_totals(store, scope(instance_id=seeded.engine1)).requests == 0
+    assert Q.latency_histogram(store, Q.Scope(None), "tpot_s").total == 0
+
+
+def test_layer_means_match_seed_and_store(store, seeded):
+    cells = Q.head_means(store, scope(), "entropy")
+    assert len(cells) == S.LAYERS * S.HEADS
+    assert all(c.value == pytest.approx(S.entropy(c.layer, c.head)) for c in cells)
+    assert all(c.samples == 2 * S.STEPS for c in cells)  # two engines, one sample per step
+    layers = Q.layer_means(store, scope(), "gini")
+    series = store.layer_stats_series(deployment=S.DEPLOYMENT, last_s=3600, bucket_s=3600 * 24)
+    by_layer = {b.layer: b.gini for b in series}
+    assert [c.value for c in layers] == pytest.approx([by_layer[c.layer] for c in layers])
+    shape = Q.layer_shape(store, scope())
+    assert (shape.num_layers, shape.seen_tokens) == (S.LAYERS, 2048)
+    with pytest.raises(ValueError, match="unknown layer metric"):
+        Q.head_means(store, scope(), "id; drop table")
+
+
+def test_event_totals_and_pool(store, seeded):
+    totals = Q.event_totals(store, scope())
+    assert {k: (v.events, v.count, v.bytes) for k, v in totals.items()} == {
+        k: (n, n * c, n * b) for k, (n, c, b) in S.EVENTS.items()
+    }
+    only = Q.event_totals(store, scope(), ("hit", "miss"))
+    assert set(only) == {"hit", "miss"}
+    pool = Q.pool_series(store, scope(), 60.0)
+    assert pool and max(p.pool_sessions for p in pool) == 6
+    assert max(p.pinned_bytes for p in pool) == 3 * 2**21
+
+
+def test_window_excludes_old_rows(store, seeded):
+    assert Q.request_totals(store, scope(window_s=60)).requests < S.REQUESTS
+    assert Q.event_totals(store, scope(window_s=1)) == {}
+
+
+@pytest.mark.parametrize(("window", "width"), [(300, 2), (3600, 30), (86400, 600), (604800, 7200), (1e9, 86400)])
+def test_bucket_width_is_round(window, width):
+    assert Q.bucket_width(window) == width
+
+
+def test_studies_front_importances_and_configs(store, seeded, db_url):
+    storage = tuning.open_storage(db_url)
+    assert tuning.has_studies_tables(store)
+    assert [s.name for s in tuning.list_studies(storage)] == [S.STUDY]
+    study = optuna.load_study(study_name=S.STUDY, storage=storage)
+    assert tuning.pareto_numbers(study) == S.PARETO
+    rows = tuning.trial_rows(study)
+    assert [r["kv_mib"] for r in rows] == [t[2] for t in S.TRIALS]
+    imp = tuning.importances(study, 1)
+    assert set(imp) == {"compression_ratio", "policy"} and sum(imp.values()) == pytest.approx(1.0)
+    assert tuning.trial_config(study.trials[3]) == KVConfig.parse({"policy": "h2o", "compression_ratio": 0.5})
+    summary = tuning.trial_telemetry(store, S.STUDY, 1)
+    assert summary is not None and summary.requests == 5
+    assert tuning.trial_telemetry(store, S.STUDY, 0) is None
+    storage.engine.dispose()
+
+
+def test_trial_config_falls_back_to_params_and_rejects_bad_ones():
+    study = optuna.create_study()
+    dists = {"compression_ratio": optuna.distributions.FloatDistribution(0, 0.9),
+             "policy": optuna.distributions.CategoricalDistribution(["snapkv", "bogus"]),
+             "lr": optuna.distributions.FloatDistribution(0, 1)}
+    ok = optuna.trial.create_trial(params={"compression_ratio": 0.4, "policy": "snapkv", "lr": 0.1},
+                                   distributions=dists, value=1.0)
+    assert tuning.trial_config(ok) == KVConfig.parse({"policy": "snapkv", "compression_ratio": 0.4})
+    bad = optuna.trial.create_trial(params={"compression_ratio": 0.4, "policy": "bogus", "lr": 0.1},
+                                    distributions=dists, value=1.0)
+    with pytest.raises(KVConfigError):
+        tuning.trial_config(bad)
+    study.add_trial(ok)
+    with pytest.raises(ValueError, match="at least 2"):
+        tuning.importances(study)
+
+
+def test_no_studies_tables_in_a_fresh_store(store):
+    assert not tuning.has_studies_tables(store)
