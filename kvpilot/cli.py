@@ -12,6 +12,8 @@ COMMAND_MODULES = [
     "kvpilot.commands.db",
     "kvpilot.commands.configs",
     "kvpilot.commands.dashboard",
+    "kvpilot.commands.probe",
+    "kvpilot.commands.profile",
 ]
 
 

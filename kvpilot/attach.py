@@ -1,0 +1,305 @@
+"""`kvpilot.attach`: put the probes, the recorder and the config watcher on a model or an Engine.
+
+    import kvpilot
+    handle = kvpilot.attach(engine, store="postgresql+psycopg://kv@db/kv", deployment="chat")
+    ...serve with engine.answer(...) / engine.run(...) as usual...
+    handle.detach()
+
+Nothing here may stop inference: an unreachable database at attach time, during serving or at detach
+only means samples are spooled to a local file and replayed later (see `kvpilot.probes.recorder`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from kvpilot.errors import KVPilotError
+from kvpilot.paths import kvpilot_home
+from kvpilot.probes.base import SamplingPolicy
+from kvpilot.probes.observer import DEFAULT_PROBES, ProbeSet, build_probes
+from kvpilot.probes.otel import Telemetry
+from kvpilot.probes.recorder import Recorder
+from kvpilot.probes.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+class LazyStore:
+    """A Store opened on first use and re-tried every ``retry_s`` while the database is unreachable.
+
+    Every call made while it is closed raises DatabaseUnavailableError, which the recorder (spool) and
+    the config watcher (retry) already handle, so an engine can start while its database is down.
+    """
+
+    def __init__(self, url: Any, retry_s: float = 5.0):
+        from kvpilot.storage.url import describe, resolve_url
+
+        self.url = url
+        self.shown = describe(resolve_url(url))  # password hidden
+        self.retry_s = retry_s
+        self._store: Any = None
+        self._next_try = 0.0
+        self._lock = threading.Lock()
+        self.last_error: Exception | None = None
+
+    def _get(self) -> Any:
+        from kvpilot.storage import DatabaseUnavailableError, Store
+
+        with self._lock:
+            if self._store is not None:
+                return self._store
+            if time.monotonic() < self._next_try:
+                raise DatabaseUnavailableError(f"database {self.shown} unreachable ({self.last_error}); will retry")
+            try:
+                self._store = Store.open(self.url)
+            except DatabaseUnavailableError as exc:
+                self.last_error = exc
+                self._next_try = time.monotonic() + self.retry_s
+                raise
+            return self._store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+def _open_store(store: Any) -> tuple[Any, bool]:
+    """(store, owned): a Store passes through; a URL is opened now, or lazily if the database is down."""
+    if store is None or hasattr(type(store), "add_layer_stats"):
+        return store, False
+    from kvpilot.storage import DatabaseUnavailableError, Store
+
+    url = os.fspath(store) if isinstance(store, os.PathLike) else store
+    try:
+        return Store.open(url), True
+    except DatabaseUnavailableError as exc:
+        log.warning("kvpilot: database unreachable at attach (%s); spooling samples until it answers", exc)
+        lazy = LazyStore(url)
+        lazy.last_error = exc
+        lazy._next_try = time.monotonic() + lazy.retry_s
+        return lazy, True
+
+
+def _as_engine(model_or_engine: Any, tokenizer: Any) -> Any:
+    from kvpilot.engine import Engine
+
+    if isinstance(model_or_engine, Engine):
+        return model_or_engine
+    from kvpilot.engine.attention import ATTN_IMPLEMENTATION, register_attention
+
+    register_attention()
+    model = model_or_engine
+    if getattr(model.config, "_attn_implementation", None) != ATTN_IMPLEMENTATION:
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    return Engine(model, tokenizer)
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:120]
+
+
+class ProbeHandle:
+    """What `attach` returns: the running probes, recorder and watcher, and `detach()`."""
+
+    def __init__(
+        self,
+        engine: Any,
+        store: Any,
+        owns_store: bool,
+        probes: ProbeSet,
+        recorder: Recorder,
+        telemetry: Telemetry | None,
+        owns_telemetry: bool,
+        watcher: Any,
+        deployment: str,
+        instance_name: str,
+        model_name: str | None,
+    ):
+        self.engine = engine
+        self.store = store
+        self.probes = probes
+        self.recorder = recorder
+        self.telemetry = telemetry
+        self.watcher = watcher
+        self.deployment = deployment
+        self.instance_name = instance_name
+        self.model_name = model_name
+        self._owns_store = owns_store
+        self._owns_telemetry = owns_telemetry
+        self._last_watch: Any = None
+        self._detached = False
+
+    @property
+    def instance_id(self) -> int | None:
+        return self.recorder.instance_id
+
+    @property
+    def run_id(self) -> int | None:
+        return self.recorder.run_id
+
+    def new_cache(self, config: Any = None) -> Any:
+        """A ManagedCache with the probes on, for callers that run ``model.generate`` themselves.
+
+        Without ``config`` it takes the engine's config, applying a pushed one first (a request boundary).
+        """
+        if config is None:
+            config = self.engine._request_boundary()  # this call is the request boundary
+        return self.engine.new_cache(config)
+
+    def record_request(self, result: Any, cache: Any) -> None:
+        """Record a request served outside `Engine.run` (``result`` shaped like GenerationResult)."""
+        self.probes.on_request(result, cache)
+
+    def event(self, kind: str, **fields: Any) -> bool:
+        """Record a cache event (e.g. ``hit``/``miss`` from a session pool); never blocks."""
+        return self.recorder.event(kind, **fields)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything recorded so far is in the store, the spool, or counted as dropped."""
+        return self.recorder.flush(timeout)
+
+    def stats(self) -> dict[str, int]:
+        out = self.recorder.stats()
+        out["sampled_forwards"] = self.probes.sampled_forwards
+        out["probe_errors"] = self.probes.errors
+        return out
+
+    def _watch_tick(self) -> None:
+        """Count config changes for OpenTelemetry (the watcher itself records them in the store)."""
+        result = self.watcher.last_result if self.watcher is not None else None
+        if result is None or result is self._last_watch or self.telemetry is None:
+            return
+        self._last_watch = result
+        self.telemetry.export("cache_events", [{"kind": f"config_{result.status}", "count": 1}])
+
+    def detach(self, timeout: float = 10.0) -> dict[str, int]:
+        """Stop the watcher, unhook the probes, flush the recorder; returns the final counters."""
+        if self._detached:
+            return self.stats()
+        self._detached = True
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.engine.observer is self.probes:
+            self.engine.observer = None
+        self.engine.request_hooks[:] = [h for h in self.engine.request_hooks if h != self.probes.on_request]
+        self.recorder.stop(timeout)
+        stats = self.stats()
+        if self.store is not None and self.recorder.run_id is not None:
+            try:
+                self.store.finish_run(self.recorder.run_id, metrics={"recorder": stats})
+            except Exception as exc:  # the run stays "running"; the samples are safe in the spool
+                log.warning("kvpilot: cannot close run %s: %s", self.recorder.run_id, exc)
+        self.probes.close()
+        if self.telemetry is not None and self._owns_telemetry:
+            self.telemetry.shutdown()
+        if self._owns_store and self.store is not None:
+            self.store.close()
+        return stats
+
+    def __enter__(self) -> ProbeHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+
+def attach(
+    model_or_engine: Any,
+    store: Any = None,
+    deployment: str = "default",
+    *,
+    sample_rate: float = 1.0,
+    decode_every: int | None = None,
+    sampling: SamplingPolicy | None = None,
+    otel: Any = True,
+    probes: Iterable[str] = DEFAULT_PROBES,
+    instance: str | None = None,
+    model_name: str | None = None,
+    tokenizer: Any = None,
+    watch: bool = True,
+    poll_s: float = 2.0,
+    run_kind: str | None = None,
+    run_name: str | None = None,
+    spool_dir: str | os.PathLike[str] | None = None,
+    flush_interval_s: float = 1.0,
+    proxy_budget: int | None = None,
+) -> ProbeHandle:
+    """Start probes, recorder and config watcher on an Engine (or a transformers model); see module doc.
+
+    store: a Store, a database URL (opened here; spooling until it answers if it is down), or None
+        (OpenTelemetry only, no watcher).
+    sample_rate: fraction of requests whose attention is sampled; ``decode_every``: one decode step in N
+        (default `SamplingPolicy`), or pass a whole ``sampling`` policy.
+    otel: True (the application's global OpenTelemetry providers), False, "console", "otlp", "memory",
+        or a `Telemetry`.
+    run_kind: also open a run ("serving", "eval", "probe", ...) that tags every sample.
+    """
+    engine = _as_engine(model_or_engine, tokenizer)
+    if engine.observer is not None:
+        raise KVPilotError("this engine already has probes attached; detach() the first handle before attaching again")
+    if sampling is None:
+        sampling = SamplingPolicy(request_rate=sample_rate)
+        if decode_every is not None:
+            sampling.decode_every = decode_every
+    if model_name is None:
+        path = str(getattr(engine.model.config, "name_or_path", "") or "")
+        model_name = Path(path).name or None
+    instance_name = instance or f"{socket.gethostname()}-{os.getpid()}"
+    opened, owns_store = _open_store(store)
+    owns_tel = not isinstance(otel, Telemetry)
+    attributes = {"kvpilot.deployment": deployment}
+    if model_name:
+        attributes["gen_ai.request.model"] = model_name
+    telemetry = Telemetry.from_spec(otel, attributes=attributes)
+
+    spool = None
+    if opened is not None:
+        folder = Path(spool_dir) if spool_dir is not None else kvpilot_home() / "spool"
+        spool = Spool(folder / f"{_safe_name(deployment)}.{_safe_name(instance_name)}.jsonl")
+    started_at = time.time()
+
+    def owner() -> tuple[int | None, int | None]:
+        info = opened.register_instance(deployment, instance_name, model=model_name)
+        run_id = None
+        if run_kind is not None:
+            run_id = opened.start_run(run_kind, deployment=deployment, instance_id=info.id, name=run_name,
+                                      config=engine.config, params={"sampling": vars(sampling)},
+                                      started_at=started_at)
+        return info.id, run_id
+
+    recorder = Recorder(opened, telemetry=telemetry, spool=spool, owner=owner if opened is not None else None,
+                        flush_interval_s=flush_interval_s)
+    if telemetry is not None:
+        telemetry.bind_recorder(recorder)
+    device = next(engine.model.parameters()).device
+    probe_set = ProbeSet(build_probes(probes, policy=sampling, model_name=model_name, device=device,
+                                      proxy_budget=proxy_budget), recorder, sampling)
+
+    watcher = None
+    if opened is not None and watch:
+        from kvpilot.engine.watcher import ConfigWatcher
+
+        watcher = ConfigWatcher(opened, deployment, instance_name, engine.apply_config, poll_s=poll_s,
+                                model=model_name, initial=engine.config)
+    handle = ProbeHandle(engine, opened, owns_store, probe_set, recorder, telemetry, owns_tel, watcher,
+                         deployment, instance_name, model_name)
+    recorder.add_tick(handle._watch_tick)
+    for probe_name, reason in probe_set.unavailable().items():
+        recorder.event("error", detail={"probe": probe_name, "unavailable": reason})
+    engine.observer = probe_set
+    engine.request_hooks.append(probe_set.on_request)
+    recorder.start()
+    if watcher is not None:
+        watcher.start()
+    return handle

@@ -1,0 +1,34 @@
+"""Evictions per layer: one ``evict`` event row per layer and request (passes, slots, bytes, seconds).
+
+The managed cache tells the probe set about every eviction (``ManagedCache.evict_layer``); the probe set
+sums them per cache, and this probe turns the sums into rows once per request, so a decode that evicts
+every step still writes one row per layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvpilot.probes.base import Probe, RequestContext
+
+
+class EvictionProbe(Probe):
+    """``evict`` cache events, per layer, after each request."""
+
+    name = "evictions"
+
+    def on_request(self, req: RequestContext, out: Any) -> None:
+        if not req.evictions:
+            return
+        rows = []
+        for layer_idx, (passes, slots, seconds) in sorted(req.evictions.items()):
+            layer = req.cache.layers[layer_idx]
+            per_slot = 0
+            if layer.keys is not None:
+                per_slot = (layer.keys.shape[-1] * layer.keys.element_size()
+                            + layer.values.shape[-1] * layer.values.element_size())
+            rows.append({
+                "ts": req.ts, "kind": "evict", "layer": layer_idx, "count": int(passes),
+                "bytes": int(slots) * per_slot, "detail": {"tokens": int(slots), "seconds": float(seconds)},
+            })
+        out.submit("cache_events", rows)
