@@ -9,10 +9,11 @@ database round trip. The sidebar widgets live in `app.py`'s run, so their values
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import streamlit as st
@@ -62,8 +63,7 @@ def optuna_storage(url: str | None) -> Any:
 
 
 _LOCAL_QUERIES = frozenset(
-    {"is_empty", "request_totals", "latency_histogram", "head_means", "layer_means", "layer_shape",
-     "event_totals", "pool_series"}
+    {"is_empty", "request_totals", "latency_histogram", "layer_view", "layer_shape", "event_totals", "pool_series"}
 )
 
 
@@ -132,12 +132,24 @@ def current() -> Ctx:
         inst = None
     window = WINDOWS.get(st.session_state.get("window") or "1h", 3600)
     refresh = REFRESH.get(st.session_state.get("refresh") or "5s", 5)
-    return Ctx(Scope(dep, inst, float(window)), refresh, s.read_only, bool(query("is_empty")), store().url)
+    return Ctx(Scope(dep, inst, float(window), now()), refresh, s.read_only, bool(query("is_empty")), store().url)
 
 
-def fragment(refresh_s: int | None) -> Callable[[Callable[[], None]], Callable[[], None]]:
-    """`st.fragment` re-running every `refresh_s` seconds (never when auto-refresh is off)."""
-    return st.fragment(run_every=refresh_s)
+def now() -> float:
+    """The current time rounded to the cache TTL, so queries made within one TTL share cached results."""
+    return math.floor(time.time() / CACHE_TTL_S) * CACHE_TTL_S
+
+
+def live(name: str, ctx: Ctx, body: Callable[[Ctx], None]) -> None:
+    """Run `body` in a fragment that re-runs every `ctx.refresh_s` seconds (not at all when auto-refresh is
+    off) with the time window moved up to now, without re-running the rest of the page."""
+
+    @st.fragment(run_every=ctx.refresh_s, key=f"live:{name}")
+    def run() -> None:
+        with guard():
+            body(replace(ctx, scope=replace(ctx.scope, now=now())))
+
+    run()
 
 
 # ----- messages, errors and confirmed actions -------------------------------------------------------

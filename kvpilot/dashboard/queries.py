@@ -8,11 +8,12 @@ streamlit, so the queries are tested and benchmarked on their own.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Integer, Table, cast, exists, func, select
+from sqlalchemy import Integer, Table, cast, exists, func, select, union_all
 from sqlalchemy.sql import ColumnElement
 
 from kvpilot.storage import Store
@@ -33,21 +34,33 @@ _NICE_WIDTHS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 1
 
 @dataclass(frozen=True)
 class Scope:
-    """What a page looks at: one deployment (optionally one of its instances) over the last `window_s`."""
+    """What a page looks at: one deployment (optionally one of its instances) over `window_s` up to `now`.
+
+    `now` is fixed when the scope is made (rounded by the dashboard), so every query of one page run sees the
+    same window and cached results can be shared between fragments and viewers."""
 
     deployment: str | None
     instance_id: int | None = None
     window_s: float = 3600.0
+    now: float | None = None
 
     def owner(self) -> dict[str, Any]:
-        """Keyword arguments selecting this scope in the store's readers."""
+        """Keyword arguments selecting this scope's samples in the store's readers."""
         if self.instance_id is not None:
             return {"instance_id": self.instance_id}
         return {"deployment": self.deployment}
 
+    def window(self) -> dict[str, Any]:
+        """Owner plus time filters for the store's readers."""
+        return {**self.owner(), "since": self.since}
+
+    @property
+    def end(self) -> float:
+        return time.time() if self.now is None else self.now
+
     @property
     def since(self) -> float:
-        return time.time() - self.window_s
+        return self.end - self.window_s
 
 
 def bucket_width(window_s: float, points: int = 150) -> float:
@@ -57,7 +70,12 @@ def bucket_width(window_s: float, points: int = 150) -> float:
 
 
 def _owner_conds(store: Store, table: Table, scope: Scope) -> list[ColumnElement[bool]] | None:
-    """Index-friendly filters for the scope, or None when it holds no instance (nothing to read)."""
+    """Index-friendly filters for the scope and its window, or None when it holds no instance."""
+    owner = _owner_only(store, table, scope)
+    return None if owner is None else [*owner, table.c.ts >= scope.since]
+
+
+def _owner_only(store: Store, table: Table, scope: Scope) -> list[ColumnElement[bool]] | None:
     if scope.instance_id is not None:
         ids = [scope.instance_id]
     elif scope.deployment is not None:
@@ -67,7 +85,7 @@ def _owner_conds(store: Store, table: Table, scope: Scope) -> list[ColumnElement
     if not ids:
         return None
     # Literal ids plus IS NOT NULL let both planners use the partial (instance_id, ts) index.
-    return [table.c.instance_id.in_(ids), table.c.instance_id.is_not(None), table.c.ts >= scope.since]
+    return [table.c.instance_id.in_(ids), table.c.instance_id.is_not(None)]
 
 
 def _floor_div(store: Store, column: ColumnElement[Any], width: float) -> ColumnElement[Any]:
@@ -180,6 +198,14 @@ def latency_histogram(store: Store, scope: Scope, column: LatencyColumn, bins: i
 
 
 # ----- layers -----------------------------------------------------------------------------------------
+#
+# Layer statistics are the big table (layers x heads rows per probe step per engine). A window holding more
+# than ROW_BUDGET of them is read as SAMPLE_SLICES evenly spaced slices adding up to SAMPLE_SPAN_S seconds,
+# each an index range scan, so a Layers page costs about the same for a 5-minute or a 7-day window.
+
+ROW_BUDGET = 200_000
+SAMPLE_SLICES = 60
+SAMPLE_SPAN_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -190,30 +216,91 @@ class CellMean:
     value: float | None
 
 
-def head_means(store: Store, scope: Scope, metric: str) -> list[CellMean]:
-    """Mean of `metric` per (layer, KV head) over the window: the layer x head heatmap."""
-    return _cell_means(store, scope, metric, LS.c.head >= 0)
+@dataclass(frozen=True)
+class SamplePlan:
+    """Which part of the window a layer query reads: all of it, or the start of every bucket."""
+
+    bucket_s: float
+    slices: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def sampled(self) -> bool:
+        return bool(self.slices)
+
+    def describe(self) -> str:
+        if not self.sampled:
+            return "every sample in the window"
+        first = self.slices[-1]
+        return f"sampled: the first {first[1] - first[0]:g} s of every {self.bucket_s:g} s of the window"
 
 
-def layer_means(store: Store, scope: Scope, metric: str) -> list[CellMean]:
-    """Mean of `metric` per layer (head = -1 rows) over the window."""
-    return _cell_means(store, scope, metric, LS.c.head == -1)
+@dataclass(frozen=True)
+class LayerView:
+    """One metric per layer and KV head over the window, and per layer over time (head = -1 rows)."""
+
+    metric: str
+    plan: SamplePlan
+    cells: list[CellMean]  # KV heads (head >= 0)
+    layers: list[CellMean]  # whole layers (head = -1)
+    series: list[tuple[float, int, float]]  # (bucket start, layer, mean) of whole-layer rows
 
 
-def _cell_means(store: Store, scope: Scope, metric: str, level: ColumnElement[bool]) -> list[CellMean]:
+def layer_plan(store: Store, scope: Scope, points: int = SAMPLE_SLICES) -> SamplePlan:
+    """Read everything when the window holds at most ROW_BUDGET layer rows (one capped index-only count),
+    else evenly spaced slices at the start of each bucket."""
+    width = bucket_width(scope.window_s, points)
+    owner = _owner_only(store, LS, scope)
+    if owner is None:
+        return SamplePlan(width)
+    capped = select(LS.c.id).where(*owner, LS.c.ts >= scope.since).limit(ROW_BUDGET + 1).subquery()
+    with store.engine.connect() as conn:
+        n = conn.execute(select(func.count()).select_from(capped)).scalar_one()
+    length = SAMPLE_SPAN_S / points
+    if n <= ROW_BUDGET or length >= width:
+        return SamplePlan(width)
+    first = math.floor(scope.since / width) * width
+    slices = []
+    for k in range(int(scope.window_s // width) + 2):
+        a, b = max(first + k * width, scope.since), min(first + k * width + length, scope.end)
+        if b > a:
+            slices.append((a, b))
+    return SamplePlan(width, tuple(slices))
+
+
+def layer_view(store: Store, scope: Scope, metric: str, points: int = SAMPLE_SLICES) -> LayerView:
+    """Heatmap data for `metric`: one GROUP BY (bucket, layer, head) query over the planned part of the window;
+    per-cell means are weighted from the buckets, so the database does the only pass over rows."""
     if metric not in LAYER_METRICS and metric not in ("kv_bytes", "seen_tokens"):
         raise ValueError(f"unknown layer metric {metric!r}; use one of {', '.join(LAYER_METRICS)}")
-    conds = _owner_conds(store, LS, scope)
-    if conds is None:
-        return []
+    plan = layer_plan(store, scope, points)
+    owner = _owner_only(store, LS, scope)
+    if owner is None:
+        return LayerView(metric, plan, [], [], [])
+    cols = (LS.c.ts, LS.c.layer, LS.c.head, LS.c[metric].label("value"))
+    ranges = plan.slices or ((scope.since, None),)
+    parts = [
+        select(*cols).where(*owner, LS.c.ts >= a, *(() if b is None else (LS.c.ts < b,))) for a, b in ranges
+    ]
+    src = (parts[0] if len(parts) == 1 else union_all(*parts)).subquery()
+    bucket = (_floor_div(store, src.c.ts, plan.bucket_s) * plan.bucket_s).label("bucket")
     q = (
-        select(LS.c.layer, LS.c.head, func.count(), func.avg(LS.c[metric]))
-        .where(*conds, level)
-        .group_by(LS.c.layer, LS.c.head)
-        .order_by(LS.c.layer, LS.c.head)
+        select(bucket, src.c.layer, src.c.head, func.count(src.c.value), func.avg(src.c.value))
+        .group_by(bucket, src.c.layer, src.c.head)
+        .order_by(bucket, src.c.layer, src.c.head)
     )
     with store.engine.connect() as conn:
-        return [CellMean(int(r[0]), int(r[1]), int(r[2]), _f(r[3])) for r in conn.execute(q)]
+        rows = conn.execute(q).all()
+    sums: dict[tuple[int, int], list[float]] = {}
+    series = []
+    for ts, layer, head, n, mean in rows:
+        acc = sums.setdefault((int(layer), int(head)), [0, 0.0])
+        if n:
+            acc[0] += int(n)
+            acc[1] += float(mean) * int(n)
+            if head == -1:
+                series.append((float(ts), int(layer), float(mean)))
+    cells = [CellMean(k[0], k[1], n, total / n if n else None) for k, (n, total) in sorted(sums.items())]
+    return LayerView(metric, plan, [c for c in cells if c.head >= 0], [c for c in cells if c.head == -1], series)
 
 
 @dataclass(frozen=True)
@@ -225,13 +312,14 @@ class LayerShape:
 
 
 def layer_shape(store: Store, scope: Scope) -> LayerShape:
-    conds = _owner_conds(store, LS, scope)
-    if conds is None:
+    """From the newest sample of each layer (an indexed lookup, not a scan of the window)."""
+    if scope.deployment is None and scope.instance_id is None:
         return LayerShape(None, None)
-    q = select(func.max(LS.c.layer), func.avg(LS.c.seen_tokens)).where(*conds, LS.c.head == -1)
-    with store.engine.connect() as conn:
-        top, seen = conn.execute(q).one()
-    return LayerShape(None if top is None else int(top) + 1, _f(seen))
+    latest = store.layer_stats_latest(**scope.owner(), level="layer")
+    if not latest:
+        return LayerShape(None, None)
+    seen = [s.seen_tokens for s in latest if s.seen_tokens is not None]
+    return LayerShape(max(s.layer for s in latest) + 1, sum(seen) / len(seen) if seen else None)
 
 
 # ----- events and sessions ----------------------------------------------------------------------------

@@ -37,19 +37,32 @@ def test_request_totals_and_histogram(store, seeded):
     assert Q.latency_histogram(store, Q.Scope(None), "tpot_s").total == 0
 
 
-def test_layer_means_match_seed_and_store(store, seeded):
-    cells = Q.head_means(store, scope(), "entropy")
-    assert len(cells) == S.LAYERS * S.HEADS
-    assert all(c.value == pytest.approx(S.entropy(c.layer, c.head)) for c in cells)
-    assert all(c.samples == 2 * S.STEPS for c in cells)  # two engines, one sample per step
-    layers = Q.layer_means(store, scope(), "gini")
-    series = store.layer_stats_series(deployment=S.DEPLOYMENT, last_s=3600, bucket_s=3600 * 24)
-    by_layer = {b.layer: b.gini for b in series}
-    assert [c.value for c in layers] == pytest.approx([by_layer[c.layer] for c in layers])
+def test_layer_view_matches_seed_and_store(store, seeded):
+    view = Q.layer_view(store, scope(), "entropy")
+    assert not view.plan.sampled
+    assert len(view.cells) == S.LAYERS * S.HEADS and len(view.layers) == S.LAYERS
+    assert all(c.value == pytest.approx(S.entropy(c.layer, c.head)) for c in view.cells + view.layers)
+    assert all(c.samples == 2 * S.STEPS for c in view.cells)  # two engines, one sample per step
+    gini = Q.layer_view(store, scope(), "gini")
+    series = store.layer_stats_series(deployment=S.DEPLOYMENT, last_s=3600, bucket_s=gini.plan.bucket_s)
+    expected = {(b.ts, b.layer): b.gini for b in series}
+    assert {(ts, layer) for ts, layer, _ in gini.series} == set(expected)
+    assert all(v == pytest.approx(expected[(ts, layer)]) for ts, layer, v in gini.series)
     shape = Q.layer_shape(store, scope())
     assert (shape.num_layers, shape.seen_tokens) == (S.LAYERS, 2048)
     with pytest.raises(ValueError, match="unknown layer metric"):
-        Q.head_means(store, scope(), "id; drop table")
+        Q.layer_view(store, scope(), "id; drop table")
+
+
+def test_big_windows_are_sampled_in_slices(store, seeded, monkeypatch):
+    monkeypatch.setattr(Q, "ROW_BUDGET", 1000)  # the seed holds 28,800 layer rows
+    view = Q.layer_view(store, scope(window_s=3600), "entropy")
+    assert view.plan.sampled and view.plan.bucket_s == 60
+    assert all(b - a <= 5 for a, b in view.plan.slices) and "first 5 s of every 60 s" in view.plan.describe()
+    assert all(c.value == pytest.approx(S.entropy(c.layer, c.head)) for c in view.cells)  # constant per cell
+    assert 0 < sum(c.samples for c in view.cells) < 2 * S.STEPS * S.LAYERS * S.HEADS
+    exact = Q.layer_view(store, scope(window_s=300), "entropy")  # 5 s slices of 5 s buckets: no sampling
+    assert not exact.plan.sampled
 
 
 def test_event_totals_and_pool(store, seeded):

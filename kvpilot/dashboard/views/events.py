@@ -28,13 +28,11 @@ def render() -> None:
         kinds = left.multiselect("Kinds", EVENT_KINDS, default=list(EVENT_KINDS), key="event_kinds")
         limit = right.selectbox("Latest events shown", LIMITS, key="event_limit")
 
-        @C.fragment(ctx.refresh_s)
-        def live() -> None:
-            with C.guard():
-                _events(ctx, tuple(kinds), limit)
-                _config_changes(ctx)
+        def body(c: C.Ctx) -> None:
+            _events(c, tuple(kinds), limit)
+            _config_changes(c)
 
-        live()
+        C.live("events", ctx, body)
 
 
 def _events(ctx: C.Ctx, kinds: tuple[str, ...], limit: int) -> None:
@@ -50,13 +48,13 @@ def _events(ctx: C.Ctx, kinds: tuple[str, ...], limit: int) -> None:
                       for t in sorted(totals.values(), key=lambda t: EVENT_KINDS.index(t.kind)))
     st.dataframe(df, hide_index=True, key="event_totals")
     width = bucket_width(ctx.scope.window_s, points=60)
-    series = C.query("event_series", **ctx.scope.owner(), kinds=list(kinds), last_s=ctx.scope.window_s, bucket_s=width)
+    series = C.query("event_series", **ctx.scope.window(), kinds=list(kinds), bucket_s=width)
     chart_df = pd.DataFrame({"time": pd.to_datetime(e.ts, unit="s", utc=True), "kind": e.kind, "count": e.count}
                             for e in series)
     st.altair_chart(charts.bars(chart_df, "time", "count", x_type="T", color="kind", title="Events over time"))
 
     names = {i.id: i.name for i in C.query("instances", ctx.deployment)}
-    latest = C.query("events", **ctx.scope.owner(), kinds=list(kinds), last_s=ctx.scope.window_s, limit=limit)
+    latest = C.query("events", **ctx.scope.window(), kinds=list(kinds), limit=limit)
     st.subheader(f"Latest {len(latest)} events")
     st.dataframe(
         pd.DataFrame(

@@ -8,7 +8,7 @@ import streamlit as st
 
 from kvpilot.dashboard import charts
 from kvpilot.dashboard import context as C
-from kvpilot.dashboard.queries import LAYER_METRICS, bucket_width
+from kvpilot.dashboard.queries import LAYER_METRICS
 
 METRIC_HELP = {
     "entropy": "attention entropy (nats): high = attention spread over many tokens, hard to compress",
@@ -32,38 +32,28 @@ def render() -> None:
             return
         metric = st.selectbox("Metric", LAYER_METRICS, key="layer_metric", help="\n".join(
             f"- **{k}**: {v}" for k, v in METRIC_HELP.items()))
-
-        @C.fragment(ctx.refresh_s)
-        def live() -> None:
-            with C.guard():
-                _skew(ctx, metric)
-
-        live()
+        C.live("layers", ctx, lambda c: _skew(c, metric))
         _profile(ctx)
         _budgets(ctx)
 
 
 def _skew(ctx: C.Ctx, metric: str) -> None:
-    cells = C.query("head_means", ctx.scope, metric)
-    layers = C.query("layer_means", ctx.scope, metric)
-    if not cells and not layers:
+    view = C.query("layer_view", ctx.scope, metric)
+    if not view.cells and not view.layers:
         st.info(f"No layer statistics for {ctx.deployment} in this window. The probes record them while an engine "
                 f"serves (`kvpilot.attach(model, store=..., deployment=...)`); try a longer window, or run {C.FILL_HINT}.")
         return
-    st.caption(METRIC_HELP.get(metric, ""))
+    st.caption(f"{METRIC_HELP.get(metric, '')}. Means over {view.plan.describe()}.")
     left, right = st.columns(2)
-    if cells:
-        df = pd.DataFrame({"layer": c.layer, "KV head": c.head, metric: c.value} for c in cells)
+    if view.cells:
+        df = pd.DataFrame({"layer": c.layer, "KV head": c.head, metric: c.value} for c in view.cells)
         left.altair_chart(charts.heatmap(df, "KV head", "layer", metric, title=f"{metric}: layer x KV head (window mean)"))
-    if layers:
-        df = pd.DataFrame({"layer": c.layer, metric: c.value} for c in layers)
+    if view.layers:
+        df = pd.DataFrame({"layer": c.layer, metric: c.value} for c in view.layers)
         right.altair_chart(charts.bars(df, "layer", metric, title=f"{metric} per layer (window mean)"))
-    width = bucket_width(ctx.scope.window_s, points=60)
-    series = C.query("layer_stats_series", **ctx.scope.owner(), last_s=ctx.scope.window_s, level="layer",
-                     bucket_s=width)
-    if series:
-        df = pd.DataFrame({"time": pd.to_datetime(b.ts, unit="s", utc=True), "layer": b.layer,
-                           metric: getattr(b, metric)} for b in series)
+    if view.series:
+        df = pd.DataFrame({"time": pd.to_datetime(ts, unit="s", utc=True), "layer": layer, metric: v}
+                          for ts, layer, v in view.series)
         st.altair_chart(charts.heatmap(df, "time", "layer", metric, x_type="T", title=f"{metric}: layer over time"))
 
 

@@ -17,13 +17,7 @@ def render() -> None:
     with C.guard():
         if C.empty_notice(ctx, "engines, configs or measurements"):
             return
-
-        @C.fragment(ctx.refresh_s)
-        def live() -> None:
-            with C.guard():
-                _live(ctx)
-
-        live()
+        C.live("overview", ctx, _live)
 
 
 def _live(ctx: C.Ctx) -> None:
@@ -95,7 +89,7 @@ def _traffic(ctx: C.Ctx) -> None:
         st.caption(f"No requests recorded for {ctx.deployment} in this window.")
         return
     width = bucket_width(ctx.scope.window_s)
-    series = C.query("requests_series", **ctx.scope.owner(), last_s=ctx.scope.window_s, bucket_s=width)
+    series = C.query("requests_series", **ctx.scope.window(), bucket_s=width)
     rows = []
     for b in series:
         time = pd.to_datetime(b.ts, unit="s", utc=True)
@@ -113,7 +107,7 @@ def _traffic(ctx: C.Ctx) -> None:
 
 def _memory(ctx: C.Ctx) -> None:
     width = bucket_width(ctx.scope.window_s)
-    buckets = C.query("memory_window", **ctx.scope.owner(), last_s=ctx.scope.window_s, bucket_s=width)
+    buckets = C.query("memory_window", **ctx.scope.window(), bucket_s=width)
     if not buckets:
         st.caption("No memory samples in this window.")
         return

@@ -23,13 +23,7 @@ def render() -> None:
         if ctx.deployment is None:
             st.info(f"No deployment yet; run {C.FILL_HINT}.")
             return
-
-        @C.fragment(ctx.refresh_s)
-        def live() -> None:
-            with C.guard():
-                _pool(ctx)
-
-        live()
+        C.live("sessions", ctx, _pool)
 
 
 def _pool(ctx: C.Ctx) -> None:
@@ -75,8 +69,7 @@ def _pool(ctx: C.Ctx) -> None:
         st.caption("Pool occupancy appears when session events carry `pool_sessions`, `pool_bytes` and "
                    "`pinned_bytes` in their detail.")
 
-    series = C.query("event_series", **ctx.scope.owner(), kinds=list(SESSION_KINDS), last_s=ctx.scope.window_s,
-                     bucket_s=width)
+    series = C.query("event_series", **ctx.scope.window(), kinds=list(SESSION_KINDS), bucket_s=width)
     if series:
         counts = pd.DataFrame({"time": pd.to_datetime(e.ts, unit="s", utc=True), "series": e.kind, "value": e.count}
                               for e in series)
