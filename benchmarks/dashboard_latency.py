@@ -1,0 +1,191 @@
+"""Dashboard latency on a store of 10 million sample rows: every query a page makes, and every page rendered
+whole by Streamlit's AppTest with cold caches, for several time windows, on SQLite and PostgreSQL.
+
+    python benchmarks/dashboard_latency.py                              # SQLite in /tmp, + PostgreSQL if set
+    python benchmarks/dashboard_latency.py --pg postgresql+psycopg://postgres@127.0.0.1:5432/test
+    python benchmarks/dashboard_latency.py --rows 1000000 --skip-pg     # quick look
+
+The store is filled by `benchmarks/store_ingest.py`'s bulk INSERT ... SELECT (4 engines of one deployment,
+30 layers x (3 KV heads + the layer row) per second each, ending now; plus a memory sample, a request and two
+events per engine per second), then given a config, a sensitivity profile and a 200-trial Optuna study. Page
+times include Streamlit running the page script and serialising its charts, not the browser drawing them.
+Writes benchmarks/results/dashboard_latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import store_ingest  # noqa: E402
+
+from kvpilot.dashboard import queries as Q  # noqa: E402
+from kvpilot.storage import Store  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "dashboard_latency.json"
+DEPLOYMENT = "dash"
+WINDOWS = {"15m": 900, "1h": 3600, "6h": 21600, "24h": 86400}
+PAGES = ("overview", "layers", "sessions", "events", "tuning", "configs")
+
+
+def extras(store: Store, url: str, trials: int) -> None:
+    """What the fill lacks for every panel to have data: a config, a profile, an Optuna study."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store.push(DEPLOYMENT, {"policy": "snapkv", "compression_ratio": 0.5, "layer_allocation": "pyramid"},
+               pushed_by="bench")
+    store.save_profile("bench-model", "kl", [0.5 + 0.01 * i for i in range(store_ingest.LAYERS)])
+    study = optuna.create_study(study_name="bench", storage=url, directions=["minimize", "maximize"])
+    dists = {"compression_ratio": optuna.distributions.FloatDistribution(0.0, 0.95),
+             "policy": optuna.distributions.CategoricalDistribution(["snapkv", "h2o", "tova"])}
+    for i in range(trials):
+        ratio, policy = (i * 37 % 95) / 100, ("snapkv", "h2o", "tova")[i % 3]
+        study.add_trial(optuna.trial.create_trial(
+            params={"compression_ratio": ratio, "policy": policy}, distributions=dists,
+            values=[100 * (1 - ratio), 1 - ratio ** 3 / (1 + i % 3)],
+            user_attrs={"config": {"policy": policy, "compression_ratio": ratio}}))
+
+
+def page_queries(store: Store, scope: Q.Scope) -> dict[str, Callable[[], object]]:
+    """The queries each page makes, with the arguments the views pass."""
+    w = scope.window()
+    width, width60 = Q.bucket_width(scope.window_s), Q.bucket_width(scope.window_s, 60)
+    return {
+        "sidebar: deployments + instances + is_empty": lambda: (
+            store.deployments(), store.instances(DEPLOYMENT), Q.is_empty(store)),
+        "overview: request totals": lambda: Q.request_totals(store, scope),
+        "overview: requests series": lambda: store.requests_series(**w, bucket_s=width),
+        "overview: memory series": lambda: store.memory_window(**w, bucket_s=width),
+        "overview: TTFT + TPOT histograms": lambda: (
+            Q.latency_histogram(store, scope, "ttft_s"), Q.latency_histogram(store, scope, "tpot_s")),
+        "layers: layer x head view (entropy)": lambda: Q.layer_view(store, scope, "entropy"),
+        "layers: shape (latest samples)": lambda: Q.layer_shape(store, scope),
+        "sessions: totals + series + pool": lambda: (
+            Q.event_totals(store, scope, Q.SESSION_KINDS),
+            store.event_series(**w, kinds=list(Q.SESSION_KINDS), bucket_s=width60),
+            Q.pool_series(store, scope, width60)),
+        "events: totals + series + latest 100": lambda: (
+            Q.event_totals(store, scope), store.event_series(**w, bucket_s=width60),
+            store.events(**w, limit=100)),
+    }
+
+
+def time_queries(store: Store, scope: Q.Scope, repeat: int) -> dict:
+    out = {}
+    for name, fn in page_queries(store, scope).items():
+        fn()
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1000)
+        out[name] = {"median_ms": round(statistics.median(times), 1), "max_ms": round(max(times), 1)}
+        print(f"    {name:46} median {out[name]['median_ms']:8.1f} ms  max {out[name]['max_ms']:8.1f} ms", flush=True)
+    view = Q.layer_view(store, scope, "entropy")
+    out["layers: plan"] = view.plan.describe()
+    return out
+
+
+def time_pages(url: str, windows: list[str], repeat: int) -> dict:
+    """Each page rendered by AppTest after clearing Streamlit's caches (a first viewer's wait)."""
+    import logging
+
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from kvpilot.dashboard import APP_PATH
+
+    logging.getLogger("streamlit").setLevel(logging.ERROR)  # "no runtime" notices from clearing caches here
+
+    os.environ["KVPILOT_DB"] = url
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(APP_PATH), default_timeout=300)
+    at.run()
+    for page in PAGES:  # warm-up: imports (torch on Layers, optuna on Tuning), connections
+        at.switch_page(f"views/{page}.py").run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+    out: dict[str, dict] = {}
+    for window in windows:
+        at.selectbox(key="window").set_value(window).run()
+        out[window] = {}
+        for page in PAGES:
+            times = []
+            for _ in range(repeat):
+                st.cache_data.clear()
+                t = time.perf_counter()
+                at.switch_page(f"views/{page}.py").run()
+                times.append((time.perf_counter() - t) * 1000)
+                assert not at.exception, (page, [e.value for e in at.exception])
+            out[window][page] = {"median_ms": round(statistics.median(times)), "max_ms": round(max(times))}
+            print(f"    page {page:10} window {window:4} median {out[window][page]['median_ms']:6} ms  "
+                  f"max {out[window][page]['max_ms']:6} ms", flush=True)
+    st.cache_resource.clear()
+    return out
+
+
+def bench_backend(name: str, url: str, args: argparse.Namespace) -> dict:
+    print(f"[{name}] filling a store with {args.rows:,} layer-stat rows", flush=True)
+    with Store.open(url) as store:
+        fill = store_ingest.fill(store, args.rows)
+        extras(store, url, args.trials)
+        result = {"fill": fill, "queries": {}}
+        for window in args.windows:
+            print(f"  [{name}] queries, window {window}", flush=True)
+            scope = Q.Scope(DEPLOYMENT, window_s=WINDOWS[window])
+            result["queries"][window] = time_queries(store, scope, args.repeat)
+    print(f"  [{name}] whole pages (AppTest, cold caches)", flush=True)
+    result["pages"] = time_pages(url, args.windows, args.page_repeat)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=10_000_000, help="layer-stat rows in the store")
+    ap.add_argument("--sqlite-dir", default="/tmp")
+    ap.add_argument("--pg", default=os.environ.get("KVPILOT_TEST_DATABASE_URL"), help="PostgreSQL URL")
+    ap.add_argument("--skip-pg", action="store_true")
+    ap.add_argument("--windows", default="15m,1h,6h,24h", help=f"comma-separated, from {', '.join(WINDOWS)}")
+    ap.add_argument("--trials", type=int, default=200, help="trials in the Optuna study")
+    ap.add_argument("--repeat", type=int, default=5, help="timed runs per query")
+    ap.add_argument("--page-repeat", type=int, default=3, help="timed renders per page")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args()
+    args.windows = [w for w in args.windows.split(",") if w]
+    unknown = set(args.windows) - set(WINDOWS)
+    if unknown:
+        ap.error(f"unknown window(s) {sorted(unknown)}")
+
+    import altair
+    import optuna
+    import streamlit
+
+    report = {
+        "command": "python " + " ".join(sys.argv),
+        "machine": store_ingest.machine(),
+        "versions": {"streamlit": streamlit.__version__, "altair": altair.__version__, "optuna": optuna.__version__},
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "row_budget_before_sampling": Q.ROW_BUDGET,
+        "results": {},
+    }
+    sqlite_url = store_ingest._fresh_sqlite(Path(args.sqlite_dir) / "kvpilot_bench_dashboard.db")
+    report["results"]["sqlite"] = bench_backend("sqlite", sqlite_url, args)
+    store_ingest._write(report, args.out)
+    if args.pg and not args.skip_pg:
+        pg_url = store_ingest._fresh_pg(args.pg, "kvbench_dashboard")
+        report["results"]["postgresql"] = bench_backend("postgresql", pg_url, args)
+        store_ingest._write(report, args.out)
+
+
+if __name__ == "__main__":
+    main()
