@@ -137,7 +137,6 @@ class ProbeHandle:
         self.model_name = model_name
         self._owns_store = owns_store
         self._owns_telemetry = owns_telemetry
-        self._last_watch: Any = None
         self._detached = False
 
     @property
@@ -175,13 +174,21 @@ class ProbeHandle:
         out["probe_errors"] = self.probes.errors
         return out
 
-    def _watch_tick(self) -> None:
-        """Count config changes for OpenTelemetry (the watcher itself records them in the store)."""
-        result = self.watcher.last_result if self.watcher is not None else None
-        if result is None or result is self._last_watch or self.telemetry is None:
-            return
-        self._last_watch = result
-        self.telemetry.export("cache_events", [{"kind": f"config_{result.status}", "count": 1}])
+    def _apply(self, config: Any) -> None:
+        """The watcher's apply: the engine's, counted for OpenTelemetry (the store gets the watcher's events)."""
+        try:
+            self.engine.apply_config(config)
+        except Exception:
+            self._count_config("rejected")
+            raise
+        self._count_config("applied")
+
+    def _count_config(self, status: str) -> None:
+        if self.telemetry is not None:
+            try:
+                self.telemetry.export("cache_events", [{"kind": f"config_{status}", "count": 1}])
+            except Exception:
+                log.exception("OpenTelemetry export of a config change failed")
 
     def detach(self, timeout: float = 10.0) -> dict[str, int]:
         """Stop the watcher, unhook the probes, flush the recorder; returns the final counters."""
@@ -286,20 +293,17 @@ def attach(
     probe_set = ProbeSet(build_probes(probes, policy=sampling, model_name=model_name, device=device,
                                       proxy_budget=proxy_budget), recorder, sampling)
 
-    watcher = None
-    if opened is not None and watch:
-        from kvpilot.engine.watcher import ConfigWatcher
-
-        watcher = ConfigWatcher(opened, deployment, instance_name, engine.apply_config, poll_s=poll_s,
-                                model=model_name, initial=engine.config)
-    handle = ProbeHandle(engine, opened, owns_store, probe_set, recorder, telemetry, owns_tel, watcher,
+    handle = ProbeHandle(engine, opened, owns_store, probe_set, recorder, telemetry, owns_tel, None,
                          deployment, instance_name, model_name)
-    recorder.add_tick(handle._watch_tick)
     for probe_name, reason in probe_set.unavailable().items():
         recorder.event("error", detail={"probe": probe_name, "unavailable": reason})
     engine.observer = probe_set
     engine.request_hooks.append(probe_set.on_request)
     recorder.start()
-    if watcher is not None:
-        watcher.start()
+    if opened is not None and watch:
+        from kvpilot.engine.watcher import ConfigWatcher
+
+        handle.watcher = ConfigWatcher(opened, deployment, instance_name, handle._apply, poll_s=poll_s,
+                                       model=model_name, initial=engine.config)
+        handle.watcher.start()
     return handle
