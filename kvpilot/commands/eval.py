@@ -1,0 +1,128 @@
+"""`kvpilot eval`: run a workload under a KVConfig and print accuracy, fidelity, memory and speed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from kvpilot.errors import KVPilotError
+
+WORKLOAD_HELP = (
+    "passkey, niah (or niah:<variant>, e.g. niah:multikey_1), vt, cwe, convqa, or jsonl:PATH for your own "
+    "file (see docs/workloads.md)"
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    ev = subparsers.add_parser(
+        "eval",
+        help="evaluate a KV-cache config on a workload (accuracy, fidelity, memory, latency)",
+        description="Generate a workload (or read jsonl:PATH), run it through the engine under a KVConfig and "
+        "report task accuracy, fidelity against the full cache (top-1 agreement and KL of the "
+        "teacher-forced answer tokens), KV bytes, TTFT, TPOT and tokens/s. The context is compressed "
+        "once without the questions (question-agnostic) unless --query-aware. Each run is stored in its "
+        "own folder under --out (config.json, predictions.jsonl, metrics.json); a finished run is loaded, "
+        "not recomputed.",
+    )
+    ev.add_argument("--workload", "-w", required=True, help=WORKLOAD_HELP)
+    group = ev.add_mutually_exclusive_group()
+    group.add_argument("--config", "-c", metavar="FILE", default=None, help="KVConfig JSON file")
+    group.add_argument("--policy", "-p", default=None, help="eviction policy (default: full)")
+    ev.add_argument("--ratio", "-r", type=float, default=None, help="fraction of the context evicted, in [0, 1)")
+    ev.add_argument("--samples", "-n", type=int, default=10, help="number of samples (default 10)")
+    ev.add_argument("--tokens", "-t", type=int, default=1000, help="context length in tokens (default 1000)")
+    ev.add_argument("--seed", "-s", type=int, default=0, help="workload seed (default 0)")
+    ev.add_argument("--query-aware", action="store_true", help="compress the context and question together")
+    ev.add_argument("--no-fidelity", action="store_true", help="skip the full-cache reference (faster)")
+    ev.add_argument("--max-new-tokens", type=int, default=None, help="override the workload's answer budget")
+    ev.add_argument("--recompute", action="store_true", help="recompute even if a finished run exists")
+    ev.add_argument("--out", "-o", default="runs", metavar="DIR", help="results root (default: ./runs)")
+    ev.add_argument("--model", default=None, metavar="PATH", help="local HF model directory (default: bundled)")
+    ev.add_argument("--json", action="store_true", help="print the metrics as one JSON object on stdout")
+    ev.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    ev.set_defaults(func=_eval)
+
+
+def build_config(args: argparse.Namespace):
+    """The KVConfig the flags ask for; every problem becomes one line."""
+    from kvpilot.config import POLICIES, KVConfig, KVConfigError
+
+    try:
+        if args.config:
+            if args.ratio is not None:
+                raise KVPilotError("--ratio goes with --policy; put compression_ratio in the --config file instead")
+            return KVConfig.from_file(args.config)
+        policy = args.policy or "full"
+        if policy not in POLICIES:
+            raise KVPilotError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
+        if policy == "full":
+            if args.ratio:
+                raise KVPilotError("--policy full keeps every token; drop --ratio or choose another policy")
+            return KVConfig()
+        if args.ratio is None:
+            raise KVPilotError(f"--policy {policy} needs --ratio R (the fraction evicted, e.g. 0.5)")
+        return KVConfig.parse({"policy": policy, "compression_ratio": args.ratio})
+    except KVConfigError as exc:
+        raise KVPilotError("bad config: " + "; ".join(exc.problems)) from None
+
+
+def _check_workload_name(workload: str) -> None:
+    """Fail on a bad name before spending seconds loading the model."""
+    import os
+
+    from kvpilot.evaluation.errors import UnknownWorkloadError, WorkloadLoadError
+
+    if workload.startswith("jsonl:"):
+        path = workload[len("jsonl:") :]
+        if not path:
+            raise WorkloadLoadError("jsonl: needs a path, e.g. --workload jsonl:data.jsonl")
+        if not os.path.isfile(path):
+            raise WorkloadLoadError(f"no such JSONL file: {path}")
+        from kvpilot.workloads import load_jsonl
+
+        samples, errors = load_jsonl(path)  # a file with no good line fails before the model loads
+        if not samples:
+            first = errors[0] if errors else "the file is empty"
+            raise WorkloadLoadError(f"{path}: no usable sample ({len(errors)} bad line(s)); first: {first}")
+        return
+    from kvpilot.workloads import resolve
+
+    try:
+        resolve(workload)
+    except ValueError as exc:
+        raise UnknownWorkloadError(str(exc)) from None
+
+
+def _eval(args: argparse.Namespace) -> int:
+    config = build_config(args)
+    _check_workload_name(args.workload)
+    for flag, value in (("--samples", args.samples), ("--tokens", args.tokens)):
+        if value < 1 and not (flag == "--samples" and args.workload.startswith("jsonl:")):
+            raise KVPilotError(f"{flag} must be at least 1, got {value}")
+
+    from kvpilot.engine import Engine
+    from kvpilot.evaluation import Evaluator, format_summary
+
+    t0 = time.perf_counter()
+    engine = Engine.load(args.model)
+    evaluator = Evaluator.for_workload(
+        engine,
+        args.workload,
+        args.samples,
+        args.tokens,
+        args.seed,
+        query_aware=args.query_aware,
+        fidelity=not args.no_fidelity,
+        results_root=args.out,
+        progress=not args.quiet,
+        max_new_tokens=args.max_new_tokens,
+    )
+    result = evaluator.run(config, recompute=args.recompute)
+    if args.json:
+        print(json.dumps(result.as_json(), sort_keys=True, allow_nan=False))
+    else:
+        print(format_summary(result))
+        print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
