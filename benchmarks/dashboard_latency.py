@@ -101,11 +101,12 @@ def time_pages(url: str, windows: list[str], repeat: int) -> dict:
     import logging
 
     import streamlit as st
+    from streamlit.logger import set_log_level
     from streamlit.testing.v1 import AppTest
 
     from kvpilot.dashboard import APP_PATH
 
-    logging.getLogger("streamlit").setLevel(logging.ERROR)  # "no runtime" notices from clearing caches here
+    set_log_level(logging.ERROR)  # quiet the "no runtime" notices from clearing caches outside a server
 
     os.environ["KVPILOT_DB"] = url
     st.cache_data.clear()

@@ -54,8 +54,15 @@ def test_layer_view_matches_seed_and_store(store, seeded):
         Q.layer_view(store, scope(), "id; drop table")
 
 
+def test_row_estimate_keeps_small_windows_exact(store, seeded, monkeypatch):
+    # 10 minutes of seed: 14,400 layer rows, 2 engines x 120 rows every 10 s
+    assert not Q.layer_plan(store, scope(window_s=600)).sampled
+    monkeypatch.setattr(Q, "ROW_BUDGET", 5_000)
+    assert Q.layer_plan(store, scope(window_s=600)).sampled
+
+
 def test_big_windows_are_sampled_in_slices(store, seeded, monkeypatch):
-    monkeypatch.setattr(Q, "ROW_BUDGET", 1000)  # the seed holds 28,800 layer rows
+    monkeypatch.setattr(Q, "ROW_BUDGET", -1)  # any estimate exceeds it
     view = Q.layer_view(store, scope(window_s=3600), "entropy")
     assert view.plan.sampled and view.plan.bucket_s == 60
     assert all(b - a <= 5 for a, b in view.plan.slices) and "first 5 s of every 60 s" in view.plan.describe()
