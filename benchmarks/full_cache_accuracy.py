@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                     "accuracy": m["accuracy"],
                     "n_fully_right": m["n_questions"] - len(wrong),
                     "ttft_s": m["ttft_s"],
+                    "run_wall_s": m["wall_s"],
                     "tpot_s": m["tpot_s"],
                     "run_dir": str(run.path),
                     "loaded_from_previous_run": run.cached,
@@ -113,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         "environment": {**environment(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
         "setup": {"samples": args.samples, "lengths": lengths, "seed": args.seed, "threshold": THRESHOLD},
         "wall_s": time.perf_counter() - started,
+        "note_wall": "wall_s is this invocation; runs_compute_s sums the compute time stored in every run "
+        "folder used (runs loaded from an earlier, interrupted invocation count with their original time)",
+        "runs_compute_s": sum(r.get("run_wall_s") or 0.0 for r in rows),
         "solved_at_every_length": solved,
         "rows": rows,
         "markdown": table,
