@@ -24,7 +24,6 @@ from typing import Any
 from kvpilot.errors import KVPilotError
 from kvpilot.paths import kvpilot_home
 from kvpilot.probes.base import SamplingPolicy
-from kvpilot.probes.observer import DEFAULT_PROBES, ProbeSet, build_probes
 from kvpilot.probes.otel import Telemetry
 from kvpilot.probes.recorder import Recorder
 from kvpilot.probes.spool import Spool
@@ -117,7 +116,7 @@ class ProbeHandle:
         engine: Any,
         store: Any,
         owns_store: bool,
-        probes: ProbeSet,
+        probes: Any,
         recorder: Recorder,
         telemetry: Telemetry | None,
         owns_telemetry: bool,
@@ -230,7 +229,7 @@ def attach(
     decode_every: int | None = None,
     sampling: SamplingPolicy | None = None,
     otel: Any = True,
-    probes: Iterable[str] = DEFAULT_PROBES,
+    probes: Iterable[str] | None = None,
     instance: str | None = None,
     model_name: str | None = None,
     tokenizer: Any = None,
@@ -250,8 +249,11 @@ def attach(
         (default `SamplingPolicy`), or pass a whole ``sampling`` policy.
     otel: True (the application's global OpenTelemetry providers), False, "console", "otlp", "memory",
         or a `Telemetry`.
+    probes: names from `kvpilot.probes.PROBES` (default: all of skew, latency, memory, evictions).
     run_kind: also open a run ("serving", "eval", "probe", ...) that tags every sample.
     """
+    from kvpilot.probes.observer import DEFAULT_PROBES, ProbeSet, build_probes
+
     engine = _as_engine(model_or_engine, tokenizer)
     if engine.observer is not None:
         raise KVPilotError("this engine already has probes attached; detach() the first handle before attaching again")
@@ -290,7 +292,7 @@ def attach(
     if telemetry is not None:
         telemetry.bind_recorder(recorder)
     device = next(engine.model.parameters()).device
-    probe_set = ProbeSet(build_probes(probes, policy=sampling, model_name=model_name, device=device,
+    probe_set = ProbeSet(build_probes(DEFAULT_PROBES if probes is None else probes, policy=sampling, model_name=model_name, device=device,
                                       proxy_budget=proxy_budget), recorder, sampling)
 
     handle = ProbeHandle(engine, opened, owns_store, probe_set, recorder, telemetry, owns_tel, None,

@@ -9,15 +9,26 @@ calls, sampling, registry), `recorder` (bounded queue, background writer, spool)
 instruments), `sensitivity` (offline layer profiler). Metric names: docs/telemetry.md.
 """
 
-from kvpilot.probes.base import CacheState, Probe, RequestContext, SampledForward, SamplingPolicy
-from kvpilot.probes.events import EvictionProbe
-from kvpilot.probes.latency import LatencyProbe
-from kvpilot.probes.memory import DeviceMemoryProbe, MemoryProbe, process_rss
-from kvpilot.probes.observer import DEFAULT_PROBES, PROBES, ProbeSet, build_probes
-from kvpilot.probes.otel import Telemetry
-from kvpilot.probes.recorder import Recorder
-from kvpilot.probes.skew import METRICS, SkewParams, SkewProbe, skew_dict, skew_metrics
-from kvpilot.probes.spool import Part, Spool
+import importlib
+from typing import Any
+
+# Exported names -> submodule. Loaded on first use (PEP 562) so that importing a torch-free part
+# (recorder, spool, OpenTelemetry) or `kvpilot.attach` does not import torch.
+_EXPORTS = {
+    "CacheState": "base", "Probe": "base", "RequestContext": "base", "SampledForward": "base",
+    "SamplingPolicy": "base", "EvictionProbe": "events", "LatencyProbe": "latency",
+    "DeviceMemoryProbe": "memory", "MemoryProbe": "memory", "process_rss": "memory",
+    "DEFAULT_PROBES": "observer", "PROBES": "observer", "ProbeSet": "observer", "build_probes": "observer",
+    "Telemetry": "otel", "Recorder": "recorder", "METRICS": "skew", "SkewParams": "skew", "SkewProbe": "skew",
+    "skew_dict": "skew", "skew_metrics": "skew", "Part": "spool", "Spool": "spool",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"kvpilot.probes.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'kvpilot.probes' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_PROBES",

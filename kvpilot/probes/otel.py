@@ -325,4 +325,6 @@ class Telemetry:
                     child["name"], context=ctx, start_time=child["start_ns"], attributes=child.get("attributes", {})
                 )
                 span.end(end_time=child["end_ns"])
+                if child["name"] == "kvpilot.prefill":
+                    self.prefill.record((child["end_ns"] - child["start_ns"]) / 1e9, self.attributes)
             parent.end(end_time=r["end_ns"])

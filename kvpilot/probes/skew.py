@@ -99,6 +99,10 @@ class SkewProbe(Probe):
     The budget B of ``retained_mass`` is the layer's budget under the cache's config; for a cache that
     never evicts it is ``proxy_budget`` (when given) or the whole cache (then retained mass is 1). Rows
     are taken before the forward's own eviction, so at prefill they say what eviction to B keeps.
+
+    The inference thread pays only for the stats kernel. The metrics (a sort per head) run in the
+    recorder thread on CPU; on CUDA they run on the device after the last layer and one small
+    [L, H, 7] tensor is copied to pinned host memory without a sync.
     """
 
     name = "skew"
@@ -119,42 +123,53 @@ class SkewProbe(Probe):
             query[:, :, q - rows :], key, scaling=scaling, causal=True,
             key_valid=None if valid is None else valid[None],
         )
-        group = query.shape[1] // key.shape[1]
         layer = cache.layers[layer_idx]
-        pos = layer.positions
-        pos = pos.repeat_interleave(group, 0) if pos is not None and pos.shape[-1] == n else None
-        val = valid.repeat_interleave(group, 0) if valid is not None else None
+        pos = layer.positions if layer.positions is not None and layer.positions.shape[-1] == n else None
         cfg = cache.config
-        budget = fwd.budgets[layer_idx] if cfg.compresses else (self.proxy_budget or n)
         params = SkewParams(
-            budget=budget,
+            budget=fwd.budgets[layer_idx] if cfg.compresses else (self.proxy_budget or n),
             sink_tokens=self.sink_tokens if self.sink_tokens is not None else (cfg.sink_tokens or 4),
             recent_window=self.recent_window if self.recent_window is not None else (cfg.window or 16),
         )
-        m = skew_metrics(st.head_mass[0], params, valid=val, positions=pos, seen=layer.seen if pos is not None else n)
-        fwd.per_layer.setdefault(self.name, []).append((layer_idx, layer.seen, m))
+        # Tensors are referenced, not copied: the cache replaces its tensors on eviction, never mutates them.
+        group = query.shape[1] // key.shape[1]
+        item = (layer_idx, layer.seen if pos is not None else n, st.head_mass[0], params, valid, pos, group)
+        fwd.per_layer.setdefault(self.name, []).append(item)
+
+    @staticmethod
+    def _metrics(items: list) -> torch.Tensor:
+        """[L', H, 7] metrics of the stashed layers (runs wherever the caller is)."""
+        out = []
+        for _, seen, mass, params, valid, pos, group in items:
+            val = valid.repeat_interleave(group, 0) if valid is not None else None
+            p = pos.repeat_interleave(group, 0) if pos is not None else None
+            out.append(skew_metrics(mass, params, valid=val, positions=p, seen=seen))
+        return torch.stack(out)
 
     def on_forward_end(self, fwd, out) -> None:
-        done = fwd.per_layer.pop(self.name, None)
-        if not done:
+        items = fwd.per_layer.pop(self.name, None)
+        if not items:
             return
-        layers = [d[0] for d in done]
-        seen = [d[1] for d in done]
-        stacked = torch.stack([d[2] for d in done])  # [L', H, 7], still on the device
-        event = None
-        if stacked.is_cuda:
+        layers = [it[0] for it in items]
+        seen = [it[1] for it in items]
+        ts, step, per_head = fwd.ts, fwd.step, self.per_head
+        event = host = None
+        if items[0][2].is_cuda:
+            stacked = self._metrics(items)
             host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
             host.copy_(stacked, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-        else:
-            host = stacked
-        ts, step, per_head = fwd.ts, fwd.step, self.per_head
+            items = None  # release the device tensors now
 
         def build() -> list[tuple[str, list[dict]]]:
             if event is not None:
                 event.synchronize()
-            return [("layer_stats", layer_rows(host.tolist(), layers, seen, ts=ts, step=step, per_head=per_head))]
+                values = host
+            else:
+                with torch.inference_mode():
+                    values = self._metrics(items)
+            return [("layer_stats", layer_rows(values.tolist(), layers, seen, ts=ts, step=step, per_head=per_head))]
 
         out.submit_deferred(build, rows_hint=len(layers))
 

@@ -159,3 +159,13 @@ def _metric_points(telemetry, name):
                 if m.name == name:
                     return list(m.data.data_points)
     return []
+
+
+def test_import_kvpilot_stays_torch_free_and_attach_is_the_function():
+    import subprocess
+    import sys
+
+    code = ("import sys, kvpilot, kvpilot.attach, kvpilot.probes.recorder; "
+            "assert callable(kvpilot.attach) and kvpilot.attach.__name__ == 'attach'; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
