@@ -12,6 +12,10 @@ from kvpilot.config import KVConfig, KVConfigError
 
 __version__ = "0.1.0"
 
+# Eager on purpose: `kvpilot.attach` is also a submodule, and a lazy name would be shadowed by the module
+# once anything imports it. kvpilot.attach imports no torch at module level (probes load on first call).
+from kvpilot.attach import attach  # noqa: E402
+
 _LAZY = {
     "Engine": "kvpilot.engine",
     "GenerationResult": "kvpilot.engine",
@@ -33,4 +37,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'kvpilot' has no attribute {name!r}")
 
 
-__all__ = ["KVConfig", "KVConfigError", *_LAZY]
+__all__ = ["KVConfig", "KVConfigError", "attach", *_LAZY]
