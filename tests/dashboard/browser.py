@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -82,6 +83,29 @@ def serve(db_url: str, port: int, *, read_only: bool = False, timeout: float = 9
         log.close()
 
 
+@contextlib.contextmanager
+def keep_alive(db_url: str, instance_ids: list[int], every_s: float = 5.0) -> Iterator[None]:
+    """Heartbeat these engines while the browser looks, so 'alive' does not depend on how slow start-up is."""
+    from kvpilot.storage import Store
+
+    stop = threading.Event()
+
+    def beat() -> None:
+        with Store.open(db_url) as store:
+            while not stop.is_set():
+                for i in instance_ids:
+                    store.heartbeat(i)
+                stop.wait(every_s)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+
+
 def shoot(base: str, out_dir: Path, *, timeout_ms: int = 60_000) -> dict[str, Path]:
     """Open every page, wait for its key texts (and charts), save a full-page screenshot of each."""
     from playwright.sync_api import sync_playwright
@@ -127,8 +151,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'kvpilot.db'}"
         with Store.open(url) as store:
-            seed(store, url)
-        with serve(url, free_port()) as base:
+            seeded = seed(store, url)
+        with keep_alive(url, [seeded.engine0, seeded.engine_staging]), serve(url, free_port()) as base:
             shots = shoot(base, Path(args.pages_dir or tmp) / "shots")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shots["overview"], args.out)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kvpilot.storage import Store
-from tests.dashboard.browser import CHROMIUM, PAGES, free_port, serve, shoot
+from tests.dashboard.browser import CHROMIUM, PAGES, free_port, keep_alive, serve, shoot
 from tests.dashboard.seed import seed
 
 pytestmark = pytest.mark.browser
@@ -28,8 +28,8 @@ def browser_ready() -> None:
 def test_every_page_renders_in_chromium(browser_ready, tmp_path):
     url = f"sqlite:///{tmp_path / 'kvpilot.db'}"  # AppTest covers PostgreSQL; one backend is enough here
     with Store.open(url) as store:
-        seed(store, url)
-    with serve(url, free_port()) as base:
+        seeded = seed(store, url)
+    with keep_alive(url, [seeded.engine0, seeded.engine_staging]), serve(url, free_port()) as base:
         shots = shoot(base, tmp_path / "shots")
     assert set(shots) == {p or "overview" for p in PAGES}
     for path in shots.values():
