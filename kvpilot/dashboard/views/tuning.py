@@ -95,7 +95,7 @@ def _trial(ctx: C.Ctx, study: optuna.Study, number: int) -> None:
             cfg = None
             st.error(f"This trial has no valid KVConfig (user attr `config`, or KVConfig-named params): {exc}")
         if cfg is not None:
-            st.json(cfg.to_dict(), expanded=False)
+            st.json(cfg.to_dict(), expanded=True)
     _telemetry(study.study_name, number)
     if cfg is not None and not ctx.read_only:
         _promote(ctx, study.study_name, trial, cfg)
