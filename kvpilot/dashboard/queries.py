@@ -233,7 +233,7 @@ class CellMean:
 
 @dataclass(frozen=True)
 class SamplePlan:
-    """Which part of the window a layer query reads: all of it, or the start of every bucket."""
+    """Which part of the window a layer query reads: all of it, or one short slice inside every bucket."""
 
     bucket_s: float
     slices: tuple[tuple[float, float], ...] = ()
@@ -246,7 +246,7 @@ class SamplePlan:
     def describe(self) -> str:
         if not self.sampled:
             return "every sample in the window"
-        return f"a sample: the first {self.slice_s:g} s of every {self.bucket_s:g} s of the window"
+        return f"a sample: {self.slice_s:g} s (at a staggered offset) of every {self.bucket_s:g} s of the window"
 
 
 @dataclass(frozen=True)
@@ -261,8 +261,8 @@ class LayerView:
 
 
 def layer_plan(store: Store, scope: Scope, points: int = SAMPLE_SLICES) -> SamplePlan:
-    """Read the whole window when it holds about ROW_BUDGET layer rows or fewer, else evenly spaced slices at
-    the start of each bucket.
+    """Read the whole window when it holds about ROW_BUDGET layer rows or fewer, else one short slice inside
+    each bucket.
 
     The row count is estimated from PROBES short probes spread over the window (a few index range scans):
     an exact COUNT would itself read the whole window, and PostgreSQL's bitmap scans ignore a LIMIT."""
@@ -273,7 +273,7 @@ def layer_plan(store: Store, scope: Scope, points: int = SAMPLE_SLICES) -> Sampl
         return SamplePlan(width)
     step = scope.window_s / PROBES
     # golden-ratio offsets inside each step, so probes never all fall between samples taken at a fixed period
-    probes = [scope.since + (k + (k * 0.6180339887 + 0.25) % 1.0) * step for k in range(PROBES)]
+    probes = [scope.since + (k + _golden(k)) * step for k in range(PROBES)]
     parts = [select(LS.c.id).where(*owner, LS.c.ts >= a, LS.c.ts < a + PROBE_S) for a in probes]
     with _connect(store) as conn:
         n = conn.execute(select(func.count()).select_from(union_all(*parts).subquery())).scalar_one()
@@ -282,10 +282,18 @@ def layer_plan(store: Store, scope: Scope, points: int = SAMPLE_SLICES) -> Sampl
     first = math.floor(scope.since / width) * width
     slices = []
     for k in range(int(scope.window_s // width) + 2):
-        a, b = max(first + k * width, scope.since), min(first + k * width + length, scope.end)
+        # each slice sits at a different (golden-ratio) offset inside its bucket, so probes that sample at a
+        # fixed period are caught in proportion to the slice length instead of always or never
+        start = first + k * width + _golden(k) * (width - length)
+        a, b = max(start, scope.since), min(start + length, scope.end)
         if b > a:
             slices.append((a, b))
     return SamplePlan(width, tuple(slices), length)
+
+
+def _golden(k: int) -> float:
+    """A low-discrepancy sequence in [0, 1): evenly spread offsets with no period."""
+    return (k * 0.6180339887 + 0.25) % 1.0
 
 
 def layer_view(store: Store, scope: Scope, metric: str, points: int = SAMPLE_SLICES) -> LayerView:

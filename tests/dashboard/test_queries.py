@@ -63,11 +63,18 @@ def test_row_estimate_keeps_small_windows_exact(store, seeded, monkeypatch):
 
 def test_big_windows_are_sampled_in_slices(store, seeded, monkeypatch):
     monkeypatch.setattr(Q, "ROW_BUDGET", -1)  # any estimate exceeds it
-    view = Q.layer_view(store, scope(window_s=3600), "entropy")
-    assert view.plan.sampled and view.plan.bucket_s == 60
-    assert all(b - a <= 5 for a, b in view.plan.slices) and "first 5 s of every 60 s" in view.plan.describe()
+    sc = scope(window_s=3600, now=seeded.now + 1)
+    view = Q.layer_view(store, sc, "entropy")
+    plan = view.plan
+    assert plan.sampled and plan.bucket_s == 60 and "5 s (at a staggered offset) of every 60 s" in plan.describe()
+    for a, b in plan.slices:  # one slice of at most 5 s inside each bucket
+        assert 0 < b - a <= 5 and (a // 60) == ((b - 1e-9) // 60)
+    assert len({round(a % 60) for a, _ in plan.slices}) > 10  # staggered, not all at the bucket start
+    # exactly the seed samples whose time falls in a slice are averaged
+    steps = [seeded.now - 600 + 10 * s + 5 for s in range(S.STEPS)]
+    hit = sum(any(a <= t < b for a, b in plan.slices) for t in steps)
+    assert all(c.samples == 2 * hit for c in view.cells)
     assert all(c.value == pytest.approx(S.entropy(c.layer, c.head)) for c in view.cells)  # constant per cell
-    assert 0 < sum(c.samples for c in view.cells) < 2 * S.STEPS * S.LAYERS * S.HEADS
     exact = Q.layer_view(store, scope(window_s=300), "entropy")  # 5 s slices of 5 s buckets: no sampling
     assert not exact.plan.sampled
 
