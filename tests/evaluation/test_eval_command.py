@@ -91,3 +91,17 @@ def test_bad_config_file_and_bad_jsonl_lines(tmp_path, capsys):
     assert main(["eval", "-w", f"jsonl:{bad}"]) == 2
     err = capsys.readouterr().err
     assert "no usable sample (2 bad line(s))" in err and "line 1" in err
+
+
+def test_config_file_and_policy_flags_build_the_same_config(tmp_path):
+    import argparse
+
+    from kvpilot.commands.eval import build_config
+    from kvpilot.config import KVConfig
+
+    path = tmp_path / "cfg.json"
+    path.write_text(KVConfig(policy="tova", compression_ratio=0.5).to_json())
+    from_file = build_config(argparse.Namespace(config=str(path), policy=None, ratio=None))
+    from_flags = build_config(argparse.Namespace(config=None, policy="tova", ratio=0.5))
+    assert from_file == from_flags == KVConfig(policy="tova", compression_ratio=0.5)
+    assert build_config(argparse.Namespace(config=None, policy=None, ratio=None)) == KVConfig()
