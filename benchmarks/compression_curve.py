@@ -21,6 +21,8 @@ from kvpilot.engine import Engine  # noqa: E402
 from kvpilot.workloads import generate, passkey_match  # noqa: E402
 
 RATIOS = (0.0, 0.5, 0.75, 0.875)
+# A generic scoring prompt (it never names the question): EpiCache's "patched prompt" idea.
+GENERIC_PROMPT = "\n\nRemember the important information hidden in the text above: numbers, names and keys."
 
 
 def measure(engine: Engine, samples, config: KVConfig, max_new: int) -> dict:
@@ -33,11 +35,12 @@ def measure(engine: Engine, samples, config: KVConfig, max_new: int) -> dict:
     n = len(rows)
     res = [r for _, r in rows]
     return {
-        "policy": config.policy,
+        "policy": config.policy + (" + scoring prompt" if config.scoring == "prompt" else ""),
         "ratio": config.compression_ratio or 0.0,
         "accuracy": sum(ok for ok, _ in rows) / n,
         "kv_bytes": sum(r.kv_bytes for r in res) / n,
         "peak_kv_bytes": sum(r.peak_kv_bytes for r in res) / n,
+        "peak_layer_kv_bytes": sum(r.extra.get("peak_layer_kv_bytes", 0) for r in res) / n,
         "logical_kv_bytes": sum(r.logical_kv_bytes for r in res) / n,
         "measured_compression": sum(r.compression_ratio for r in res) / n,
         "prefill_tok_s": sum(r.prompt_tokens for r in res) / sum(r.prefill_s for r in res),
@@ -56,17 +59,21 @@ def main() -> None:
     engine = Engine.load()
     samples = generate("passkey", args.samples, args.tokens, seed=args.seed, tokenizer=engine.tokenizer)
     policies = [p for p in args.policies.split(",") if p]
-    jobs = [("full", 0.0)] + [(p, r) for p in policies if p != "full" for r in RATIOS if r > 0]
+    jobs = [KVConfig()] + [
+        KVConfig(policy=p, compression_ratio=r) for p in policies if p != "full" for r in RATIOS if r > 0
+    ]
+    jobs += [KVConfig(policy="snapkv", compression_ratio=r, scoring="prompt", scoring_prompt=GENERIC_PROMPT)
+             for r in RATIOS if r > 0]
     results = []
-    for policy, ratio in tqdm(jobs, desc="configs"):
-        cfg = KVConfig(policy=policy, compression_ratio=ratio or None)
+    for cfg in tqdm(jobs, desc="configs"):
         results.append(measure(engine, samples, cfg, args.max_new_tokens))
-    print("| policy | ratio | passkey acc | KV MiB | peak KV MiB | prefill tok/s | decode tok/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| policy | ratio | passkey acc | KV MiB | peak KV MiB | peak layer KiB | prefill tok/s | decode tok/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['policy']} | {r['ratio']:.3f} | {r['accuracy']:.0%} | {r['kv_bytes'] / 2**20:.1f} | "
-            f"{r['peak_kv_bytes'] / 2**20:.1f} | {r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} |"
+            f"{r['peak_kv_bytes'] / 2**20:.1f} | {r['peak_layer_kv_bytes'] / 2**10:.0f} | "
+            f"{r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} |"
         )
     path = save("compression_curve", {"workload": "passkey", "samples": args.samples, "tokens": args.tokens,
                                       "results": results})

@@ -154,6 +154,7 @@ class Engine:
                 logical_kv_bytes=cache.logical_bytes(),
                 compression_ratio=cache.compression_ratio(),
                 config=config,
+                extra={"peak_layer_kv_bytes": max(cache.layer_peak_bytes)},
             )
             for hook in self.request_hooks:
                 hook(result, cache)
