@@ -42,7 +42,34 @@ def layer_budgets(config: KVConfig, num_layers: int, seen: int) -> list[int]:
         )
     else:
         raw = [avg] * num_layers
-    return [max(1, min(seen, b)) for b in raw]
+    return cap_and_redistribute(raw, seen)
+
+
+def cap_and_redistribute(budgets: list[int], cap: int) -> list[int]:
+    """Clamp budgets to ``cap`` (tokens seen) and hand what the clamped layers cannot use to the others.
+
+    A spiky sensitivity profile can give one layer more than it has tokens; without this the excess
+    would simply be lost and the cache would keep less than its total budget.
+    """
+    out = [max(1, min(cap, b)) for b in budgets]
+    excess = sum(max(0, b - cap) for b in budgets)
+    while excess > 0:
+        open_layers = [i for i, b in enumerate(out) if b < cap]
+        if not open_layers:
+            break
+        weight = sum(out[i] for i in open_layers)
+        given = 0
+        for i in open_layers:
+            share = min(cap - out[i], max(1, excess * out[i] // weight))
+            share = min(share, excess - given)
+            out[i] += share
+            given += share
+            if given >= excess:
+                break
+        if given == 0:
+            break
+        excess -= given
+    return out
 
 
 def pyramid_schedule(avg: int, num_layers: int, seen: int, window: int, beta: float) -> list[int]:
@@ -62,7 +89,7 @@ def pyramid_schedule(avg: int, num_layers: int, seen: int, window: int, beta: fl
 
 
 def sensitivity_schedule(avg: int, profile: list[float], alpha: float, floor: float) -> list[int]:
-    """EpiCache (Kim et al., 2025) allocation: w_l = s_hat_l ** alpha, M_l = w_l / sum(w) * L * M.
+    """EpiCache (Kim et al., 2025) allocation: w_l = s_hat_l ** alpha, budgets proportional to w_l.
 
     ``profile`` holds sensitivities (higher = more perturbed by eviction = needs more budget);
     EpiCache's key cosine similarity ``sim`` maps to ``1 - sim``. Each layer gets at least ``floor * M``.
@@ -75,9 +102,11 @@ def sensitivity_schedule(avg: int, profile: list[float], alpha: float, floor: fl
     total = sum(weights)
     if total <= 0:
         return [avg] * n
-    budgets = [int(w / total * avg * n) for w in weights]
+    # EpiCache floors each layer after allocating, which lets the total exceed L*M; here every layer first
+    # gets the floor and the weights share the rest, so the floor holds and the total stays L*M.
     min_budget = max(1, int(avg * floor))
-    return [max(b, min_budget) for b in budgets]
+    spare = max(0, avg * n - min_budget * n)
+    return _round_preserving_total([min_budget + w / total * spare for w in weights], avg * n)
 
 
 def _round_preserving_total(values: list[float], total: int) -> list[int]:

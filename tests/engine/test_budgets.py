@@ -104,3 +104,13 @@ def test_block_prefill_peak_within_budget_plus_block(tiny_model):
         assert peak <= (budget + block) * per_token
     one_shot = run(tiny_model, policy="h2o", budget=budget)
     assert max(one_shot.layer_peak_bytes) == N * per_token
+
+
+def test_spiky_sensitivity_budget_is_not_lost():
+    from kvpilot.cache.budgets import layer_budgets
+
+    cfg = KVConfig(policy="snapkv", budget=50, layer_allocation="sensitivity",
+                   sensitivity_profile=[0.0, 0.0, 1.0, 0.0], sensitivity_alpha=1.0)
+    budgets = layer_budgets(cfg, 4, seen=100)
+    assert max(budgets) == 100  # the sensitive layer is capped at what it has seen
+    assert sum(budgets) == 200  # and the rest of the total goes to the other layers
