@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=5)
     ap.add_argument("--lengths", nargs="+", type=int, default=[1000, 2000])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--convqa-kinds", nargs="+", default=None, help="restrict convqa to these fact kinds (convqa_facts.KINDS)"
+    )
     ap.add_argument("--runs", default="runs/full_cache_accuracy")
     ap.add_argument("--out", default=str(RESULTS / "full_cache_accuracy.json"))
     args = ap.parse_args(argv)
@@ -59,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     for tokens in args.lengths:
         for task in tasks:
             try:
+                opts = {"kinds": args.convqa_kinds} if task == "convqa" and args.convqa_kinds else {}
                 ev = Evaluator.for_workload(
-                    engine, task, args.samples, tokens, args.seed, results_root=args.runs, fidelity=False
+                    engine, task, args.samples, tokens, args.seed, task_opts=opts, results_root=args.runs,
+                    fidelity=False,
                 )
             except WorkloadLoadError as exc:  # e.g. the task's fixed part is longer than the target
                 rows.append({"task": task, "target_tokens": tokens, "accuracy": None, "error": str(exc)})
@@ -108,11 +113,18 @@ def main(argv: list[str] | None = None) -> int:
                 cells.append("too short for the task")
                 continue
             cells.append(f"{100 * r['accuracy']:.0f} % ({r['n_fully_right']}/{r['n_questions']})")
-        lines.append(f"| {task} | " + " | ".join(cells) + f" | {'yes' if task in solved else 'no'} |")
+        label = f"convqa (kinds: {', '.join(args.convqa_kinds)})" if task == "convqa" and args.convqa_kinds else task
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {'yes' if task in solved else 'no'} |")
     table = "\n".join(lines)
     payload = {
         "environment": {**environment(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
-        "setup": {"samples": args.samples, "lengths": lengths, "seed": args.seed, "threshold": THRESHOLD},
+        "setup": {
+            "samples": args.samples,
+            "lengths": lengths,
+            "seed": args.seed,
+            "threshold": THRESHOLD,
+            "convqa_kinds": args.convqa_kinds,
+        },
         "wall_s": time.perf_counter() - started,
         "note_wall": "wall_s is this invocation; runs_compute_s sums the compute time stored in every run "
         "folder used (runs loaded from an earlier, interrupted invocation count with their original time)",
