@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": time.perf_counter() - started,
         "note_wall": "wall_s is this invocation; runs_compute_s sums the compute time stored in every run "
         "folder used (runs loaded from an earlier, interrupted invocation count with their original time)",
-        "runs_compute_s": sum(r.get("run_wall_s") or 0.0 for r in rows),
+        "runs_compute_s": sum({r["run_dir"]: r.get("run_wall_s") or 0.0 for r in rows}.values()),
         "task_wall_s": timings,
         "rows": rows,
         "markdown": table,
