@@ -27,12 +27,16 @@ class DecodeResult:
 
 
 def forward(model, cache: ManagedCache, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    """One forward of ``ids`` at their logical positions; returns logits [len, vocab] (fp32)."""
+    """One forward of ``ids`` at their logical positions; returns the last position's logits [vocab] (fp32).
+
+    Only the last position is projected to the vocabulary (``logits_to_keep=1``): nothing here reads the
+    others, and the LM head over a whole prompt is a large share of prefill compute on a small model.
+    """
     ids_t = torch.as_tensor(ids, dtype=torch.long, device=model.device).view(1, -1)
     start = cache.seen_tokens
     pos = torch.arange(start, start + ids_t.shape[1], device=model.device)[None]
-    out = model(input_ids=ids_t, position_ids=pos, past_key_values=cache, use_cache=True)
-    return out.logits[0].float()
+    out = model(input_ids=ids_t, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[0, -1].float()
 
 
 def prefill(
@@ -68,13 +72,13 @@ def prefill(
             cache.evict()
         else:
             logits = forward(model, cache, chunk)
-    return logits[-1]
+    return logits
 
 
 def extend(model, cache: ManagedCache, ids: Sequence[int]) -> torch.Tensor:
     """Append tokens (a question after a compressed context) without evicting; returns last logits."""
     with cache.no_eviction():
-        return forward(model, cache, ids)[-1]
+        return forward(model, cache, ids)
 
 
 def greedy_decode(
@@ -109,5 +113,5 @@ def greedy_decode(
                 first_token_s = time.perf_counter() - t0
             if (forced is None and tok in stop) or i == steps - 1:
                 break
-            logits = forward(model, cache, [tok])[-1]
+            logits = forward(model, cache, [tok])
     return DecodeResult(tokens, first_token_s, time.perf_counter() - t0, step_logits)
