@@ -152,7 +152,7 @@ class ProbeHandle:
         Without ``config`` it takes the engine's config, applying a pushed one first (a request boundary).
         """
         if config is None:
-            config = self.engine._request_boundary()  # this call is the request boundary
+            config = self.engine.request_boundary()  # this call is the request boundary
         return self.engine.new_cache(config)
 
     def record_request(self, result: Any, cache: Any) -> None:
@@ -298,7 +298,7 @@ def attach(
     handle = ProbeHandle(engine, opened, owns_store, probe_set, recorder, telemetry, owns_tel, None,
                          deployment, instance_name, model_name)
     for probe_name, reason in probe_set.unavailable().items():
-        recorder.event("error", detail={"probe": probe_name, "unavailable": reason})
+        recorder.event("probe_unavailable", detail={"probe": probe_name, "reason": reason})
     engine.observer = probe_set
     engine.request_hooks.append(probe_set.on_request)
     recorder.start()

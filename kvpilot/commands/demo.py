@@ -1,14 +1,14 @@
 """`kvpilot demo`: the main job on the bundled model and the embedded SQLite store.
 
 It compares KV policies on passkey retrieval (question-agnostic: the context is compressed before the
-question is asked), records every run and request in the store, and pushes the best compressed config
-to the `demo` deployment so the dashboard and `kvpilot configs` have something to show.
+question is asked) with the probes attached, so every run, request, per-layer attention-skew and memory
+sample and eviction lands in the store, and pushes the best compressed config to the `demo` deployment so
+the dashboard and `kvpilot configs` have something to show.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 DEFAULT_CONFIGS = (
     ("full", None),
@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from kvpilot.attach import attach
     from kvpilot.config import KVConfig
     from kvpilot.engine import Engine
     from kvpilot.storage import Store
@@ -48,31 +49,30 @@ def run(args: argparse.Namespace) -> int:
     print(f"store: {store.url}")
     engine = Engine.load(args.model)
     samples = generate("passkey", args.samples, args.tokens, seed=args.seed, tokenizer=engine.tokenizer)
-    instance = store.register_instance(args.deployment, "demo-engine", model=args.model or "bundled")
     rows = []
     for policy, ratio in tqdm(DEFAULT_CONFIGS, desc="policies"):
         config = KVConfig(policy=policy, compression_ratio=ratio)
         engine.apply_config(config)
-        run_id = store.start_run("eval", deployment=args.deployment, instance_id=instance.id,
-                                 name=f"passkey {policy} {ratio or 0:.2f}", config=config)
-        correct, requests, kv, peak, comp = 0, [], 0, 0, 0.0
-        for s in samples:
-            qa = s.qa[0]
-            r = engine.answer(s.context, [(qa.question, qa.answer_prefix)], max_new_tokens=8)[0]
-            correct += int(passkey_match(r.text, qa.answers))
-            kv, peak, comp = kv + r.kv_bytes, peak + r.peak_kv_bytes, comp + r.compression_ratio
-            requests.append({
-                "ts": time.time(), "prompt_tokens": r.prompt_tokens, "output_tokens": len(r.token_ids),
-                "ttft_s": r.ttft_s, "tpot_s": r.tpot_s, "kv_bytes": r.kv_bytes,
-                "compression_ratio": r.compression_ratio,
-            })
-        store.add_requests(requests, instance_id=instance.id, run_id=run_id)
+        # probes on every request: skew, memory, latency and evictions land in the store under this run;
+        # no config watcher, so a config pushed meanwhile cannot change what is being compared
+        handle = attach(engine, store=store, deployment=args.deployment, instance="demo-engine",
+                        model_name=args.model or "bundled", otel=False, watch=False,
+                        run_kind="eval", run_name=f"passkey {policy} {ratio or 0:.2f}")
+        correct, kv, peak, comp = 0, 0, 0, 0.0
+        try:
+            for s in samples:
+                qa = s.qa[0]
+                r = engine.answer(s.context, [(qa.question, qa.answer_prefix)], max_new_tokens=8)[0]
+                correct += int(passkey_match(r.text, qa.answers))
+                kv, peak, comp = kv + r.kv_bytes, peak + r.peak_kv_bytes, comp + r.compression_ratio
+        finally:
+            handle.detach()
         n = len(samples)
         metrics = {"accuracy": correct / n, "kv_bytes": kv / n, "peak_kv_bytes": peak / n,
                    "compression_ratio": comp / n}
-        store.finish_run(run_id, metrics=metrics)
+        if handle.run_id is not None:
+            store.finish_run(handle.run_id, metrics=metrics)
         rows.append((config, metrics))
-        store.heartbeat(instance.id)
 
     print(f"\npasskey retrieval, {args.samples} samples of ~{args.tokens} tokens, bundled model")
     print(f"{'policy':<20}{'ratio':>7}{'accuracy':>10}{'KV MiB':>9}{'peak MiB':>10}")

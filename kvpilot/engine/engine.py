@@ -73,7 +73,8 @@ class Engine:
         with self._lock:
             self._pending = config
 
-    def _request_boundary(self) -> KVConfig:
+    def request_boundary(self) -> KVConfig:
+        """Mark the start of a request: a config pushed since the last one takes effect now; returns it."""
         with self._lock:
             if self._pending is not None:
                 self._config, self._pending = self._pending, None
@@ -126,7 +127,7 @@ class Engine:
         self, context_ids: Sequence[int], questions: Sequence[Sequence[int]], max_new_tokens: int
     ) -> list[GenerationResult]:
         """Compress the context, then decode after each question (or once, after the context alone)."""
-        config = self._request_boundary()
+        config = self.request_boundary()
         cache = self.new_cache(config)
         t0 = time.perf_counter()
         logits = self.compress(cache, context_ids)

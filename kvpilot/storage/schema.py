@@ -40,6 +40,7 @@ EVENT_KINDS = (
     "config_applied",
     "config_rejected",
     "recorder_drop",
+    "probe_unavailable",
     "error",
 )
 ACK_STATUSES = ("applied", "rejected")
