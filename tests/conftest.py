@@ -1,9 +1,21 @@
-"""Shared fixtures: a random-init tiny Llama with GQA, and the bundled model loaded once per session."""
+"""Shared fixtures: a random-init tiny Llama with GQA, the bundled model loaded once per session, and an
+empty database of each backend.
+
+Database tests run on a SQLite file and, when KVPILOT_TEST_DATABASE_URL is set, on PostgreSQL. Each
+PostgreSQL test gets its own schema (selected through libpq's search_path option in the URL), so tests are
+isolated and child processes reach the same tables with the same URL.
+"""
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
+
 import pytest
 import torch
+
+PG_ENV = "KVPILOT_TEST_DATABASE_URL"
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +52,40 @@ def bundled_engine():
 @pytest.fixture(scope="session")
 def bundled_model(bundled_engine):
     return bundled_engine.model
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path) -> Iterator[str]:
+    """A URL for an empty database of each backend (PostgreSQL skipped when PG_ENV is not set)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'kvpilot.db'}"
+        return
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"{PG_ENV} is not set")
+    schema = f"kvt_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(make_url(base).set(drivername="postgresql+psycopg"))
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = make_url(base).set(drivername="postgresql+psycopg").update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
+
+
+@pytest.fixture
+def store(db_url):
+    """An open Store on ``db_url``, closed after the test."""
+    from kvpilot.storage import Store
+
+    s = Store.open(db_url)
+    try:
+        yield s
+    finally:
+        s.close()
