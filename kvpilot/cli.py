@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "kvpilot.commands.dashboard",
     "kvpilot.commands.probe",
     "kvpilot.commands.profile",
+    "kvpilot.commands.tune",
 ]
 
 

@@ -26,23 +26,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "own folder under --out (config.json, predictions.jsonl, metrics.json); a finished run is loaded, "
         "not recomputed.",
     )
-    ev.add_argument("--workload", "-w", required=True, help=WORKLOAD_HELP)
     group = ev.add_mutually_exclusive_group()
     group.add_argument("--config", "-c", metavar="FILE", default=None, help="KVConfig JSON file")
     group.add_argument("--policy", "-p", default=None, help="eviction policy (default: full)")
     ev.add_argument("--ratio", "-r", type=float, default=None, help="fraction of the context evicted, in [0, 1)")
-    ev.add_argument("--samples", "-n", type=int, default=10, help="number of samples (default 10)")
-    ev.add_argument("--tokens", "-t", type=int, default=1000, help="context length in tokens (default 1000)")
-    ev.add_argument("--seed", "-s", type=int, default=0, help="workload seed (default 0)")
-    ev.add_argument("--query-aware", action="store_true", help="compress the context and question together")
-    ev.add_argument("--no-fidelity", action="store_true", help="skip the full-cache reference (faster)")
-    ev.add_argument("--max-new-tokens", type=int, default=None, help="override the workload's answer budget")
+    add_workload_arguments(ev, samples=10)
     ev.add_argument("--recompute", action="store_true", help="recompute even if a finished run exists")
-    ev.add_argument("--out", "-o", default="runs", metavar="DIR", help="results root (default: ./runs)")
-    ev.add_argument("--model", default=None, metavar="PATH", help="local HF model directory (default: bundled)")
     ev.add_argument("--json", action="store_true", help="print the metrics as one JSON object on stdout")
-    ev.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     ev.set_defaults(func=_eval)
+
+
+def add_workload_arguments(p: argparse.ArgumentParser, *, samples: int, required: bool = True) -> None:
+    """The flags that choose the samples and how they are run (shared by `eval` and `tune`)."""
+    p.add_argument("--workload", "-w", required=required, help=WORKLOAD_HELP)
+    p.add_argument("--samples", "-n", type=int, default=samples, help=f"number of samples (default {samples})")
+    p.add_argument("--tokens", "-t", type=int, default=1000, help="context length in tokens (default 1000)")
+    p.add_argument("--seed", "-s", type=int, default=0, help="workload seed (default 0)")
+    p.add_argument("--query-aware", action="store_true", help="compress the context and question together")
+    p.add_argument("--no-fidelity", action="store_true", help="skip the full-cache reference (faster)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="override the workload's answer budget")
+    p.add_argument("--out", "-o", default="runs", metavar="DIR", help="results root (default: ./runs)")
+    p.add_argument("--model", default=None, metavar="PATH", help="local HF model directory (default: bundled)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def check_workload_arguments(args: argparse.Namespace) -> None:
+    """Fail on a bad workload name or size before spending seconds loading the model."""
+    check_workload_name(args.workload)
+    for flag, value in (("--samples", args.samples), ("--tokens", args.tokens)):
+        if value < 1 and not (flag == "--samples" and args.workload.startswith("jsonl:")):
+            raise KVPilotError(f"{flag} must be at least 1, got {value}")
+
+
+def evaluator_from_arguments(args: argparse.Namespace):
+    """Load the engine and wrap the samples the flags ask for in an Evaluator."""
+    from kvpilot.engine import Engine
+    from kvpilot.evaluation import Evaluator
+
+    engine = Engine.load(args.model)
+    return Evaluator.for_workload(
+        engine,
+        args.workload,
+        args.samples,
+        args.tokens,
+        args.seed,
+        query_aware=args.query_aware,
+        fidelity=not args.no_fidelity,
+        results_root=args.out,
+        progress=not args.quiet,
+        max_new_tokens=args.max_new_tokens,
+    )
 
 
 def build_config(args: argparse.Namespace):
@@ -68,7 +101,7 @@ def build_config(args: argparse.Namespace):
         raise KVPilotError("bad config: " + "; ".join(exc.problems)) from None
 
 
-def _check_workload_name(workload: str) -> None:
+def check_workload_name(workload: str) -> None:
     """Fail on a bad name before spending seconds loading the model."""
     import os
 
@@ -97,28 +130,11 @@ def _check_workload_name(workload: str) -> None:
 
 def _eval(args: argparse.Namespace) -> int:
     config = build_config(args)
-    _check_workload_name(args.workload)
-    for flag, value in (("--samples", args.samples), ("--tokens", args.tokens)):
-        if value < 1 and not (flag == "--samples" and args.workload.startswith("jsonl:")):
-            raise KVPilotError(f"{flag} must be at least 1, got {value}")
-
-    from kvpilot.engine import Engine
-    from kvpilot.evaluation import Evaluator, format_summary
+    check_workload_arguments(args)
+    from kvpilot.evaluation import format_summary
 
     t0 = time.perf_counter()
-    engine = Engine.load(args.model)
-    evaluator = Evaluator.for_workload(
-        engine,
-        args.workload,
-        args.samples,
-        args.tokens,
-        args.seed,
-        query_aware=args.query_aware,
-        fidelity=not args.no_fidelity,
-        results_root=args.out,
-        progress=not args.quiet,
-        max_new_tokens=args.max_new_tokens,
-    )
+    evaluator = evaluator_from_arguments(args)
     result = evaluator.run(config, recompute=args.recompute)
     if args.json:
         print(json.dumps(result.as_json(), sort_keys=True, allow_nan=False))

@@ -14,31 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from sqlalchemy import inspect
 
-from kvpilot.config import KVConfig
-from kvpilot.storage import ConfigVersionInfo, RunSummary, Store, resolve_url
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-CONFIG_ATTR = "config"
-
-
-def storage_url(url: str | None) -> str:
-    """The full SQLAlchemy URL (password kept) Optuna needs for the store at `url`."""
-    return resolve_url(url).render_as_string(hide_password=False)
-
-
-def has_studies_tables(store: Store) -> bool:
-    """True when Optuna's tables exist, so opening its storage creates nothing in the database."""
-    return inspect(store.engine).has_table("studies")
-
-
-def open_storage(url: str | None) -> optuna.storages.RDBStorage:
-    """Optuna's storage on the store's database (check `has_studies_tables` first)."""
-    full = storage_url(url)
-    kwargs: dict[str, Any] = {"connect_args": {"timeout": 20}} if full.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(full, engine_kwargs=kwargs, skip_table_creation=True)
+from kvpilot.storage import ConfigVersionInfo, RunSummary, Store
+from kvpilot.tuner.storage import has_studies_tables, open_storage, storage_url  # noqa: F401 (used by the pages)
+from kvpilot.tuner.study import CONFIG_ATTR, trial_config
 
 
 @dataclass(frozen=True)
@@ -104,16 +83,6 @@ def importances(study: optuna.Study, objective: int = 0) -> dict[str, float]:
             study, target=lambda t: sign * t.values[objective], normalize=True
         )
     return {k: float(v) for k, v in values.items() if not math.isnan(v)}
-
-
-def trial_config(trial: optuna.trial.FrozenTrial) -> KVConfig:
-    """The KVConfig a trial evaluated (user attr `config`, else its KVConfig-named params); KVConfigError if
-    neither makes a valid config."""
-    raw = trial.user_attrs.get(CONFIG_ATTR)
-    if raw is not None:
-        return KVConfig.parse(raw)
-    fields = {k: v for k, v in trial.params.items() if k in KVConfig.model_fields}
-    return KVConfig.parse(fields)
 
 
 def trial_telemetry(store: Store, study: str, number: int) -> RunSummary | None:

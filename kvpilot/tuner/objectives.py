@@ -1,0 +1,126 @@
+"""What a trial is scored on: objectives and constraints read from an evaluation run's metrics.
+
+Objectives are metrics of `kvpilot.evaluation` runs with a direction. Constraints bound a metric, either
+absolutely (`mean_kl<=0.3`) or against the full-cache baseline of the same samples
+(`accuracy>=full-0.05`: at most five points below the full cache). A trial is feasible when every
+constraint holds; Optuna's samplers learn from the violation amounts (`trial.set_constraint`, <= 0 is met).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from kvpilot.errors import KVPilotError
+
+
+class ObjectiveError(KVPilotError):
+    """An unknown objective or a constraint that cannot be parsed; the message lists what is allowed."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A run metric and whether more of it is better; `needs_fidelity` when it only exists with references."""
+
+    name: str
+    direction: str  # "maximize" | "minimize"
+    description: str
+    needs_fidelity: bool = False
+
+    @property
+    def worst(self) -> float:
+        """The value told to Optuna for a trial whose config cannot run (so samplers move away from it)."""
+        return -1e30 if self.direction == "maximize" else 1e30
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.direction == "maximize" else a < b
+
+
+OBJECTIVES: dict[str, Objective] = {
+    o.name: o
+    for o in (
+        Objective("accuracy", "maximize", "task score of the answers (passkey match, string match)"),
+        Objective("top1_agreement", "maximize", "share of answer tokens whose argmax matches the full cache", True),
+        Objective("mean_kl", "minimize", "mean KL (nats) of the answer tokens against the full cache", True),
+        Objective("kv_bytes", "minimize", "KV bytes held after the context is compressed"),
+        Objective("peak_kv_bytes", "minimize", "peak KV bytes while compressing and answering"),
+        Objective("compression_ratio", "maximize", "measured fraction of the context evicted"),
+        Objective("ttft_s", "minimize", "time to first token (s)"),
+        Objective("tpot_s", "minimize", "time per output token after the first (s)"),
+    )
+}
+
+DEFAULT_OBJECTIVES = ("accuracy", "kv_bytes")
+
+
+def objective(name: str) -> Objective:
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise ObjectiveError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}") from None
+
+
+_CONSTRAINT = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=)\s*(full\s*([+-])\s*)?([0-9.eE+-]+|full)\s*$")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """`metric op bound`, the bound absolute or relative to the full-cache baseline (`full`, `full-0.05`)."""
+
+    metric: str
+    op: str  # "<=" | ">="
+    value: float
+    relative: bool = False
+    text: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Constraint:
+        m = _CONSTRAINT.match(text)
+        if m is None:
+            raise ObjectiveError(
+                f"constraint {text!r} not understood; write METRIC<=VALUE or METRIC>=VALUE, where VALUE is a number, "
+                "`full` or `full-0.05` (relative to the full cache), e.g. accuracy>=full-0.05 or mean_kl<=0.3"
+            )
+        metric, op, rel, sign, number = m.group(1), m.group(2), m.group(3), m.group(4), m.group(5)
+        objective(metric)  # the metric must be one the runs report
+        if number == "full":
+            if rel:
+                raise ObjectiveError(f"constraint {text!r}: write `full` or `full-0.05`, not both")
+            return cls(metric, op, 0.0, True, text.strip())
+        try:
+            value = float(number)
+        except ValueError:
+            raise ObjectiveError(f"constraint {text!r}: {number!r} is not a number") from None
+        if rel:
+            return cls(metric, op, value if sign == "+" else -value, True, text.strip())
+        return cls(metric, op, value, False, text.strip())
+
+    def bound(self, baseline: dict[str, Any] | None) -> float:
+        if not self.relative:
+            return self.value
+        base = (baseline or {}).get(self.metric)
+        if base is None:
+            raise ObjectiveError(f"constraint {self.text!r} is relative to the full cache, which has no {self.metric}")
+        return float(base) + self.value
+
+    def violation(self, metrics: dict[str, Any], baseline: dict[str, Any] | None) -> float:
+        """<= 0 when met; otherwise by how much the metric misses its bound (Optuna's convention)."""
+        value = metrics.get(self.metric)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return 1.0
+        bound = self.bound(baseline)
+        return float(value) - bound if self.op == "<=" else bound - float(value)
+
+
+def objective_values(objectives: list[Objective], metrics: dict[str, Any]) -> list[float]:
+    """The values Optuna is told, in objective order; a missing metric is an error (fidelity was off?)."""
+    out = []
+    for o in objectives:
+        v = metrics.get(o.name)
+        if v is None:
+            hint = " (it needs the full-cache reference: drop --no-fidelity)" if o.needs_fidelity else ""
+            raise ObjectiveError(f"the run reported no {o.name}{hint}")
+        out.append(float(v))
+    return out

@@ -1,0 +1,83 @@
+"""The tuner on the bundled model, with the study in a real store (SQLite, and PostgreSQL when configured).
+
+Slow: every trial is a real evaluation (2 passkey samples of ~500 tokens)."""
+
+from __future__ import annotations
+
+import pytest
+from optuna.trial import TrialState
+
+from kvpilot.cli import main
+from kvpilot.evaluation import Evaluator
+from kvpilot.storage import Store
+from kvpilot.tuner import SearchSpace, Tuner, trial_config
+from kvpilot.tuner.study import BASELINE_ATTR, INVALID_CONSTRAINT
+
+pytestmark = pytest.mark.slow
+
+SPACE = SearchSpace(policy=("snapkv", "knorm", "streaming"), compression_ratio=(0.5, 0.7, 0.1),
+                    layer_allocation=("uniform", "pyramid"), head_allocation=("uniform",), window=(32, 64),
+                    scoring=("window", "prompt"), granularity=("token", "sentence"))
+
+
+def _evaluator(engine, root, seed=0):
+    return Evaluator.for_workload(engine, "passkey", 2, 500, seed, results_root=root, progress=False)
+
+
+def test_tuner_finds_a_smaller_cache_at_full_accuracy_and_pushes_it(bundled_engine, store, tmp_path):
+    tuner = Tuner(_evaluator(bundled_engine, tmp_path / "runs"), study_name="pk", store=store, space=SPACE,
+                  constraints=["accuracy>=full"], deployment="chat", progress=False)
+    result = tuner.optimize(6)
+    base = result.baseline
+    assert base["accuracy"] == 1.0 and base["kv_bytes"] > 0
+    assert len(result.trials) == 6 and result.failed_trials == 0
+    # the winner keeps the full cache's accuracy and holds less KV: a measured improvement, not a given
+    best = result.best
+    assert best is not None and best.feasible
+    assert best.metrics["accuracy"] >= base["accuracy"] and best.metrics["kv_bytes"] < 0.6 * base["kv_bytes"]
+    assert all(best.metrics["kv_bytes"] <= t.metrics["kv_bytes"] for t in result.trials if t.feasible)
+
+    # the study is in the store's database, each trial with its config and a tuning_trial run
+    study = tuner.study
+    assert study.user_attrs[BASELINE_ATTR]["accuracy"] == 1.0
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert trial_config(t).compresses and t.constraints.keys() == {"accuracy>=full"}
+    runs = {r.trial_number: r for r in store.runs(kind="tuning_trial")}
+    assert set(runs) == {t.number for t in result.trials}
+    assert all(r.status == "completed" and r.study_name == "pk" and "accuracy" in r.metrics for r in runs.values())
+
+    version = tuner.push("chat")
+    assert version.version == 1 and version.source == f"tuner:pk/{best.number}"
+    assert store.active_version("chat").config() == best.config
+
+    # resume: a new process (new Evaluator, same run folders) adds trials without recomputing the baseline
+    again = Tuner(_evaluator(bundled_engine, tmp_path / "runs"), study_name="pk", store=store, space=SPACE,
+                  constraints=["accuracy>=full"], progress=False)
+    more = again.optimize(2)
+    assert len(more.trials) == 8 and more.baseline == base
+    assert again.evaluator.computed_runs <= 2  # the full cache is not run again; repeated configs are loaded
+    assert more.best.metrics["kv_bytes"] <= best.metrics["kv_bytes"]
+
+
+def test_configs_the_model_cannot_run_are_infeasible_not_failures(bundled_engine, tmp_path):
+    wrong = SearchSpace(policy=("snapkv",), layer_allocation=("sensitivity",), head_allocation=("uniform",),
+                        scoring=("window",), granularity=("token",), fixed={"sensitivity_profile": [1.0] * 4})
+    tuner = Tuner(_evaluator(bundled_engine, None), study_name="bad", space=wrong, progress=False)
+    result = tuner.optimize(2)
+    assert result.best is None and result.trials == [] and result.failed_trials == 0
+    (t, _) = tuner.study.get_trials(states=(TrialState.COMPLETE,))
+    assert t.constraints[INVALID_CONSTRAINT] == 1.0 and "30 layers" in t.user_attrs["error"]
+
+
+def test_tune_command(tmp_path, capsys):
+    db = tmp_path / "t.db"
+    code = main(["tune", "-w", "passkey", "-n", "1", "-t", "400", "--trials", "3", "--db", str(db), "--out",
+                 str(tmp_path / "runs"), "--quiet", "--push", "d", "--sampler", "random"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "winner: trial" in out and "pushed to deployment 'd' as version 1" in out
+    with Store.open(str(db)) as store:
+        assert len(store.runs(kind="tuning_trial")) == 3
+    assert main(["tune", "-w", "passkey", "--objective", "speed", "--db", str(db)]) == 2
+    assert "unknown objective 'speed'" in capsys.readouterr().err
+    assert main(["tune", "-w", "passkey", "--constraint", "accuracy>0.5", "--db", str(db)]) == 2
