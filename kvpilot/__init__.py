@@ -25,6 +25,9 @@ _LAZY = {
     "ManagedCache": "kvpilot.cache.managed",
     "POLICY_REGISTRY": "kvpilot.cache.policies",
     "Store": "kvpilot.storage",
+    "Evaluator": "kvpilot.evaluation",
+    "Tuner": "kvpilot.tuner",
+    "SearchSpace": "kvpilot.tuner",
 }
 
 
