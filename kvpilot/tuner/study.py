@@ -190,7 +190,7 @@ class Tuner:
             raise TuningError(f"n_trials must be >= 0, got {n_trials}")
         study = self.study
         baseline = self.baseline()
-        self._seed_policies(study)
+        self._seed_policies(study, n_trials)
         computed_before = self.evaluator.computed_runs
         failed = consecutive = 0
         bar = tqdm(range(n_trials), desc=f"tuning {self.study_name}", disable=not self.progress, unit="trial")
@@ -209,11 +209,12 @@ class Tuner:
                           baseline, trials, self.best(), n_trials, failed,
                           self.evaluator.computed_runs - computed_before)
 
-    def _seed_policies(self, study: optuna.Study) -> None:
-        """A new study first tries each policy once: with a few trials, no policy is left unexplored."""
+    def _seed_policies(self, study: optuna.Study, n_trials: int) -> None:
+        """A new study first tries each policy once (as far as `n_trials` goes), so no policy is left
+        unexplored by a short study; no queued trial is left waiting after this call's trials."""
         if study.trials or len(self.space.policy) < 2:
             return
-        for policy in self.space.policy:
+        for policy in self.space.policy[:n_trials]:
             study.enqueue_trial({"policy": policy}, skip_if_exists=True)
 
     def _one_trial(self, study: optuna.Study, baseline: dict[str, Any]) -> bool:

@@ -69,7 +69,7 @@ def test_configs_the_model_cannot_run_are_infeasible_not_failures(bundled_engine
     assert t.constraints[INVALID_CONSTRAINT] == 1.0 and "30 layers" in t.user_attrs["error"]
 
 
-def test_tune_command(tmp_path, capsys):
+def test_tune_command(tmp_path, capsys, monkeypatch):
     db = tmp_path / "t.db"
     code = main(["tune", "-w", "passkey", "-n", "1", "-t", "400", "--trials", "3", "--db", str(db), "--out",
                  str(tmp_path / "runs"), "--quiet", "--push", "d", "--sampler", "random"])
@@ -78,6 +78,27 @@ def test_tune_command(tmp_path, capsys):
     assert "winner: trial" in out and "pushed to deployment 'd' as version 1" in out
     with Store.open(str(db)) as store:
         assert len(store.runs(kind="tuning_trial")) == 3
+    _dashboard_shows_the_study(f"sqlite:///{db}", monkeypatch)
     assert main(["tune", "-w", "passkey", "--objective", "speed", "--db", str(db)]) == 2
     assert "unknown objective 'speed'" in capsys.readouterr().err
     assert main(["tune", "-w", "passkey", "--constraint", "accuracy>0.5", "--db", str(db)]) == 2
+
+
+def _dashboard_shows_the_study(url: str, monkeypatch) -> None:
+    """The dashboard's Tuning page reads what the tuner wrote: the study, its trials and their configs."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from kvpilot.dashboard import APP_PATH
+
+    monkeypatch.setenv("KVPILOT_DB", url)
+    try:
+        at = AppTest.from_file(str(APP_PATH), default_timeout=60)
+        at.run()
+        at.switch_page("views/tuning.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert {m.label: m.value for m in at.metric}["Trials"] == "3"
+        assert not at.error, [e.value for e in at.error]  # every trial has a valid KVConfig
+    finally:
+        st.cache_data.clear()
+        st.cache_resource.clear()
