@@ -59,6 +59,7 @@ def main() -> None:
     t0 = time.perf_counter()
     engine = Engine.load()
     root = Path(args.runs) if args.runs else Path(tempfile.mkdtemp(prefix="kvpilot-tuner-gain-"))
+    root.mkdir(parents=True, exist_ok=True)
 
     def evaluator(seed: int) -> Evaluator:
         return Evaluator.for_workload(engine, args.workload, args.samples, args.tokens, seed, results_root=root)
