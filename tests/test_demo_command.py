@@ -1,4 +1,4 @@
-"""`kvpilot demo` end to end on the bundled model and a fresh SQLite file (slow: it loads the model)."""
+"""`kvpilot demo` end to end (policies compared with probes on, then a short tuning study) on the bundled model and a fresh SQLite file (slow: it loads the model)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ pytestmark = pytest.mark.slow
 
 def test_demo_records_probes_runs_and_pushes_the_best_config(tmp_path, capsys):
     db = tmp_path / "demo.db"
-    assert main(["demo", "--db", str(db), "--samples", "1", "--tokens", "400", "--deployment", "d"]) == 0
+    args = ["--db", str(db), "--samples", "1", "--tokens", "400", "--deployment", "d", "--trials", "2"]
+    assert main(["demo", *args]) == 0
     out = capsys.readouterr().out
     assert "pushed" in out and "version 1" in out
     with Store.open(str(db)) as store:
@@ -29,3 +30,6 @@ def test_demo_records_probes_runs_and_pushes_the_best_config(tmp_path, capsys):
         assert counts["memory_samples"] == len(DEFAULT_CONFIGS)
         active = store.active_version("d")
         assert active is not None and active.version == 1 and active.config().compresses
+        # the short study is in the store for the Tuning page; its trials are runs too
+        assert len(store.runs(kind="tuning_trial")) == 2
+        assert active.source == "demo" or active.source.startswith("tuner:demo-passkey/")
