@@ -76,7 +76,9 @@ def test_store_killed_mid_run_loses_and_duplicates_nothing(tiny_engine, flaky, s
     handle.recorder.retry_now()  # do not wait out the back-off in a test
     stats = handle.detach()
     assert stats.get("dropped_rows", 0) == 0 and stats["spooled_pending_rows"] == 0
-    assert stats["replayed_rows"] == mid["spooled_rows"]
+    # rows recorded just after the database returns may still be spooled while the recorder backs off;
+    # whatever was spooled is replayed
+    assert stats["replayed_rows"] == stats["spooled_rows"] >= mid["spooled_rows"]
     assert stats["written_rows"] + stats["replayed_rows"] == stats["rows"]
     counts = store.counts()
     assert counts["requests"] == n_requests == 7
