@@ -81,6 +81,15 @@ class KVConfig(BaseModel):
     decode_interval: int | None = Field(default=None, ge=1, description="evict every N decode steps")
     seed: int = 0
 
+    session_ttl: Literal["none", "fixed", "cdf"] = Field(
+        default="none", description="keep a session's cache while its agent runs a tool: never, for "
+        "session_ttl_s, or by Continuum's rule over each tool's duration distribution"
+    )
+    session_ttl_s: float = Field(default=0.0, ge=0.0, le=86400.0,
+                                 description="fixed: the TTL (s); cdf: the largest TTL considered (0 = 120 s)")
+    ttl_memory_price: float = Field(default=1e-9, ge=0.0,
+                                    description="cdf: seconds of compute one byte-second of pinned KV is worth")
+
     @model_validator(mode="after")
     def _consistent(self) -> KVConfig:
         problems: list[str] = []
@@ -100,6 +109,8 @@ class KVConfig(BaseModel):
                 "layer_allocation='sensitivity': sensitivity_profile must list one value per layer "
                 "(run `kvpilot profile` to measure one)"
             )
+        if self.session_ttl == "fixed" and self.session_ttl_s <= 0:
+            problems.append("session_ttl='fixed': session_ttl_s must be > 0 (seconds a pinned cache is kept)")
         if self.scoring == "prompt" and not self.scoring_prompt.strip():
             problems.append("scoring='prompt': scoring_prompt must not be empty")
         if problems:

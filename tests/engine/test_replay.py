@@ -1,0 +1,60 @@
+"""Agent-trace replay through the bundled model and the session pool (simulated tool time, real compute)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvpilot.config import KVConfig
+from kvpilot.engine.replay import Replay
+from kvpilot.workloads.trace import TraceEvent
+
+pytestmark = pytest.mark.slow
+
+
+def _trace() -> list[TraceEvent]:
+    """Three programs of three turns; program b's first tool takes 30 s, every other tool under 2 s."""
+    out = []
+    for pid, arrival, durations in (("a", 0.0, (1.0, 0.5)), ("b", 0.2, (30.0, 1.5)), ("c", 0.4, (0.8, 1.2))):
+        t, prompt = arrival, 120
+        for turn in range(3):
+            last = turn == 2
+            out.append(TraceEvent(pid, turn, 3, t, prompt, prompt if turn == 0 else 60, 4,
+                                  None if last else ("search" if turn == 0 else "file_read"),
+                                  0.0 if last else durations[turn]))
+            if not last:
+                t += durations[turn]
+                prompt += 4 + 60
+    return out
+
+
+def _replay(engine, **config):
+    return Replay(engine, KVConfig(**config), max_response_tokens=4).run(_trace())
+
+
+def test_ttl_turns_misses_into_hits_and_costs_pinned_memory(bundled_engine):
+    none = _replay(bundled_engine)
+    assert (none.hits, none.misses, none.turns, none.programs) == (0, 6, 9, 3)
+    assert none.reprefilled_tokens > 0 and none.pinned_byte_seconds == 0
+    forever = _replay(bundled_engine, session_ttl="fixed", session_ttl_s=1000.0)
+    assert (forever.hits, forever.misses, forever.reprefilled_tokens) == (6, 0, 0)
+    assert forever.prefilled_tokens < none.prefilled_tokens and forever.pinned_byte_seconds > 0
+    assert forever.decoded_tokens == none.decoded_tokens == 9 * 4
+    short = _replay(bundled_engine, session_ttl="fixed", session_ttl_s=5.0)
+    assert (short.hits, short.misses) == (5, 1)  # only b's 30 s tool outlives a 5 s TTL
+    assert 0 < short.pinned_byte_seconds < forever.pinned_byte_seconds
+    m = short.metrics()
+    assert m["hit_ratio"] == pytest.approx(5 / 6) and max(short.jct_s) > 31.5 >= m["mean_jct_s"]
+    assert m["makespan_s"] >= max(short.jct_s)
+
+
+def test_compression_shrinks_what_the_pool_pins(bundled_engine):
+    full = _replay(bundled_engine, session_ttl="fixed", session_ttl_s=1000.0)
+    compressed = _replay(bundled_engine, policy="snapkv", compression_ratio=0.5, session_ttl="fixed",
+                         session_ttl_s=1000.0)
+    assert compressed.hits == 6 and compressed.peak_pool_bytes < 0.75 * full.peak_pool_bytes
+
+
+def test_a_pool_too_small_pins_nothing(bundled_engine):
+    tiny = Replay(bundled_engine, KVConfig(session_ttl="fixed", session_ttl_s=1000.0), capacity_bytes=1024,
+                  max_response_tokens=4).run(_trace())
+    assert tiny.hits == 0 and tiny.misses == 6 and tiny.expiries == 6
