@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "kvpilot.commands.probe",
     "kvpilot.commands.profile",
     "kvpilot.commands.tune",
+    "kvpilot.commands.replay",
 ]
 
 

@@ -8,8 +8,9 @@ miss). Tool durations are simulated, compute is measured: the clock advances by 
 time for each turn, so queueing, TTL expiries and memory-time reflect what this engine costs.
 
 Traces give token counts, not text: each program draws its token ids from its own seeded stream, so the
-engine does real prefill and decode work of the trace's sizes. Long traces can be capped with
-`max_prompt_tokens` / `max_response_tokens` (what was replayed is what is reported).
+engine does real prefill and decode work of the trace's sizes. `token_scale` shrinks every prompt and
+tool output by one factor (so a hit and a miss still do proportionate work) and `max_response_tokens`
+caps the answers, for traces too long for the machine; what was replayed is what is reported.
 """
 
 from __future__ import annotations
@@ -102,21 +103,24 @@ class Replay:
         config: KVConfig | None = None,
         *,
         capacity_bytes: int | None = None,
-        max_prompt_tokens: int = 2048,
+        token_scale: float = 1.0,
         max_response_tokens: int = 16,
         on_event: Callable[..., Any] | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
-        if max_prompt_tokens < 1 or max_response_tokens < 1:
-            raise ValueError("max_prompt_tokens and max_response_tokens must be >= 1")
+        if not 0 < token_scale <= 1 or max_response_tokens < 1:
+            raise ValueError("token_scale must be in (0, 1] and max_response_tokens >= 1")
         self.engine = engine
         self.config = config or engine.config
         engine.validate(self.config)
         self.capacity_bytes = capacity_bytes
-        self.max_prompt_tokens = max_prompt_tokens
+        self.token_scale = token_scale
         self.max_response_tokens = max_response_tokens
         self.on_event = on_event
         self.progress = progress
+
+    def _scaled(self, tokens: int) -> int:
+        return max(1, round(tokens * self.token_scale))
 
     def run(self, events: Sequence[TraceEvent]) -> ReplayResult:
         by_program = programs(list(events))
@@ -142,14 +146,14 @@ class Replay:
         def serve(pid: str, turn: int, cache: Any) -> float:
             event = by_program[pid][turn]
             t0 = time.perf_counter()
-            history = min(event.prompt_tokens, self.max_prompt_tokens)
-            if cache is None:  # first turn, or a miss: prefill the whole (capped) history
+            history, new = self._scaled(event.prompt_tokens), self._scaled(event.new_tokens)
+            if cache is None:  # first turn, or a miss: prefill the whole history
                 cache = self.engine.new_cache(cfg)
                 ids = streams[pid].take(history)
                 if turn > 0:
-                    stats["reprefilled"] += max(0, len(ids) - min(event.new_tokens, history))
+                    stats["reprefilled"] += max(0, history - new)
             else:  # a hit: only what the tool returned
-                ids = streams[pid].take(max(1, min(event.new_tokens, history)))
+                ids = streams[pid].take(new)
             with torch.inference_mode():
                 p0 = time.perf_counter()
                 first = prefill(self.engine.model, cache, ids)
@@ -190,8 +194,8 @@ class Replay:
             stats["turns"] += 1
             cache = finished.pop(pid)
             if turn + 1 < event.n_turns:
-                pool.release(pid, cache, tool=event.tool, history_tokens=min(
-                    by_program[pid][turn + 1].prompt_tokens, self.max_prompt_tokens))
+                pool.release(pid, cache, tool=event.tool,
+                             history_tokens=self._scaled(by_program[pid][turn + 1].prompt_tokens))
                 heapq.heappush(agenda, (now + event.tool_duration_s, order, "issue", pid, turn + 1))
                 order += 1
             else:

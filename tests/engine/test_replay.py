@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from kvpilot.cli import main
 from kvpilot.config import KVConfig
 from kvpilot.engine.replay import Replay
+from kvpilot.storage import Store
 from kvpilot.workloads.trace import TraceEvent
 
 pytestmark = pytest.mark.slow
@@ -58,3 +62,20 @@ def test_a_pool_too_small_pins_nothing(bundled_engine):
     tiny = Replay(bundled_engine, KVConfig(session_ttl="fixed", session_ttl_s=1000.0), capacity_bytes=1024,
                   max_response_tokens=4).run(_trace())
     assert tiny.hits == 0 and tiny.misses == 6 and tiny.expiries == 6
+
+
+def test_replay_command_records_pool_events(tmp_path, capsys):
+    db = tmp_path / "r.db"
+    code = main(["replay", "--programs", "2", "--token-scale", "0.05", "--max-response-tokens", "2", "--ttl",
+                 "fixed:1000", "--db", str(db), "--deployment", "agents", "--quiet", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["misses"] == 0 and out["hits"] == out["turns"] - out["programs"] > 0
+    with Store.open(str(db)) as store:
+        (run,) = store.runs(kind="eval")
+        assert run.status == "completed" and run.metrics["hits"] == out["hits"]
+        counts = dict(store.engine.connect().exec_driver_sql(
+            "SELECT kind, COUNT(*) FROM cache_events GROUP BY kind").all())
+        assert counts == {"ttl_pin": out["hits"], "hit": out["hits"]}
+    for bad in (["--ttl", "sometimes"], ["--token-scale", "2"], ["--trace", str(tmp_path / "missing.jsonl")]):
+        assert main(["replay", *bad]) == 2

@@ -1,0 +1,136 @@
+"""`kvpilot replay`: serve an agent-session trace through the engine and the session pool (KV TTL)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from kvpilot.errors import KVPilotError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "replay",
+        help="replay agent sessions through the engine and its KV session pool (time-to-live)",
+        description="Replay an agent-session trace (--trace FILE, see docs/workloads.md) or a generated one "
+        "(--programs N): each turn runs on the real engine, one at a time; the agent's tools run for the "
+        "trace's durations on a simulated clock; between turns the session's cache is pinned for the TTL "
+        "that --ttl chooses. Reports hits, misses, re-prefilled tokens, pinned memory-time and job "
+        "completion times; with --db the pool's events go to the store (the dashboard's Sessions page).",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--trace", metavar="FILE", help="agent trace JSONL")
+    src.add_argument("--programs", type=int, default=8, help="generate a trace of N programs (default 8)")
+    p.add_argument("--rate", type=float, default=0.5, help="generated: program arrivals per second (default 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="generated: trace seed (default 0)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--config", "-c", metavar="FILE", default=None, help="KVConfig JSON file")
+    group.add_argument("--policy", "-p", default=None, help="eviction policy (default: full)")
+    p.add_argument("--ratio", "-r", type=float, default=None, help="fraction of each context evicted")
+    p.add_argument("--ttl", default=None, metavar="SPEC",
+                   help="none, fixed:SECONDS or cdf[:MEMORY_PRICE] (overrides the config's session_ttl)")
+    p.add_argument("--capacity-mib", type=float, default=None, help="session pool limit in MiB (default none)")
+    p.add_argument("--token-scale", type=float, default=None,
+                   help="shrink prompts and tool outputs by this factor (default 1 for --trace, 0.1 generated)")
+    p.add_argument("--max-response-tokens", type=int, default=8, help="cap on a turn's answer (default 8)")
+    p.add_argument("--db", default=None, help="store URL: record the pool's events there")
+    p.add_argument("--deployment", default="replay", help="deployment the events are recorded under")
+    p.add_argument("--model", default=None, metavar="PATH", help="local HF model directory (default: bundled)")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=_replay)
+
+
+def ttl_fields(spec: str) -> dict:
+    """KVConfig fields for a --ttl spec: none, fixed:SECONDS, cdf or cdf:MEMORY_PRICE."""
+    kind, _, value = spec.partition(":")
+    try:
+        if kind == "none" and not value:
+            return {"session_ttl": "none"}
+        if kind == "fixed" and value:
+            return {"session_ttl": "fixed", "session_ttl_s": float(value)}
+        if kind == "cdf":
+            return {"session_ttl": "cdf", **({"ttl_memory_price": float(value)} if value else {})}
+    except ValueError:
+        pass
+    raise KVPilotError(f"--ttl {spec!r} not understood; use none, fixed:SECONDS (e.g. fixed:10) or cdf[:PRICE]")
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from kvpilot.commands.eval import build_config
+    from kvpilot.workloads import AgentWorkload, generate_agent_trace, read_trace
+
+    config = build_config(args)
+    if args.ttl:
+        config = config.replace(**ttl_fields(args.ttl))
+    if args.trace:
+        try:
+            events = read_trace(args.trace)
+        except OSError as exc:
+            raise KVPilotError(f"cannot read trace {args.trace}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise KVPilotError(str(exc)) from None
+        if not events:
+            raise KVPilotError(f"{args.trace} holds no turns")
+    else:
+        if args.programs < 1:
+            raise KVPilotError(f"--programs must be at least 1, got {args.programs}")
+        events = generate_agent_trace(AgentWorkload(n_programs=args.programs, rate=args.rate), seed=args.seed)
+    capacity = None if args.capacity_mib is None else int(args.capacity_mib * 2**20)
+    if args.token_scale is not None and not 0 < args.token_scale <= 1:
+        raise KVPilotError(f"--token-scale must be in (0, 1], got {args.token_scale}")
+    if args.max_response_tokens < 1:
+        raise KVPilotError(f"--max-response-tokens must be at least 1, got {args.max_response_tokens}")
+
+    from tqdm import tqdm
+
+    from kvpilot.engine import Engine
+    from kvpilot.engine.replay import Replay
+
+    engine = Engine.load(args.model)
+    handle = None
+    if args.db:
+        from kvpilot.attach import attach
+
+        handle = attach(engine, store=args.db, deployment=args.deployment, probes=[], otel=False, watch=False,
+                        run_kind="eval", run_name=f"replay {config.policy} ttl={config.session_ttl}")
+    bar = tqdm(total=len(events), desc="turns", unit="turn", disable=args.quiet)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    t0 = time.perf_counter()
+    try:
+        scale = args.token_scale if args.token_scale is not None else (1.0 if args.trace else 0.1)
+        replay = Replay(engine, config, capacity_bytes=capacity, token_scale=scale,
+                        max_response_tokens=args.max_response_tokens,
+                        on_event=handle.event if handle else None, progress=progress)
+        result = replay.run(events)
+        metrics = result.metrics()
+        if handle is not None and handle.flush() and handle.run_id is not None:
+            handle.store.finish_run(handle.run_id, metrics=metrics)
+    finally:
+        bar.close()
+        if handle is not None:
+            handle.detach()
+    if args.json:
+        print(json.dumps({"config": config.to_dict(), **metrics}, sort_keys=True))
+    else:
+        _print(config, metrics)
+        print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _print(config, m: dict) -> None:
+    ratio = "-" if m["hit_ratio"] is None else f"{m['hit_ratio']:.0%}"
+    print(f"{m['programs']} programs, {m['turns']} turns; cache {config.policy}"
+          f"{'' if config.compression_ratio is None else f' at {config.compression_ratio:g}'}, "
+          f"TTL {config.session_ttl}{f' {config.session_ttl_s:g} s' if config.session_ttl == 'fixed' else ''}")
+    print(f"hits {m['hits']}, misses {m['misses']} (hit ratio {ratio}), expiries {m['expiries']}")
+    print(f"prefilled {m['prefilled_tokens']:,} tokens, of which {m['reprefilled_tokens']:,} history again after "
+          f"misses; decoded {m['decoded_tokens']:,}")
+    print(f"pinned memory-time {m['pinned_gib_s']:.3f} GiB*s, peak pool {m['peak_pool_bytes'] / 2**20:.1f} MiB")
+    print(f"job completion mean {m['mean_jct_s']:.1f} s, p95 {m['p95_jct_s']:.1f} s; engine compute "
+          f"{m['compute_s']:.1f} s; makespan {m['makespan_s']:.1f} s (simulated)")
