@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--deployment", default="demo", help="deployment the best config is pushed to")
     p.add_argument("--trials", type=int, default=8,
                    help="tuner trials after the comparison (default 8; 0 skips tuning)")
+    p.add_argument("--sessions", type=int, default=4,
+                   help="agent sessions replayed with the pushed config and a KV time-to-live (default 4; 0 skips)")
     p.add_argument("--model", default=None, help="local HF model directory (default: the bundled model)")
     p.set_defaults(func=run)
 
@@ -93,8 +95,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"\npushed {best_config.policy} at ratio {best_config.compression_ratio} ({source}; accuracy "
           f"{best['accuracy']:.0%}, KV {best['kv_bytes'] / 2**20:.1f} MiB) to deployment '{args.deployment}' "
           f"as version {version.version}")
+    if args.sessions > 0:
+        _sessions(args, engine, store, best_config)
     print("next: `kvpilot configs --deployment demo`, `kvpilot dashboard`")
     return 0
+
+
+def _sessions(args: argparse.Namespace, engine, store, config) -> None:
+    """A few agent sessions through the session pool with Continuum's TTL, so the Sessions page has data."""
+    from kvpilot.commands.replay import print_replay, run_replay
+    from kvpilot.workloads import AgentWorkload, generate_agent_trace
+
+    config = config.replace(session_ttl="cdf")
+    print(f"\nagent sessions: {args.sessions} generated programs replayed with a KV time-to-live (Continuum's rule)")
+    events = generate_agent_trace(AgentWorkload(n_programs=args.sessions), seed=args.seed)
+    metrics = run_replay(engine, config, events, store=store, deployment=args.deployment, token_scale=0.05,
+                         max_response_tokens=4)
+    print_replay(config, metrics)
 
 
 def _tune(args: argparse.Namespace, engine, samples, store):

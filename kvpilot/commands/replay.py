@@ -84,46 +84,51 @@ def _replay(args: argparse.Namespace) -> int:
     if args.max_response_tokens < 1:
         raise KVPilotError(f"--max-response-tokens must be at least 1, got {args.max_response_tokens}")
 
-    from tqdm import tqdm
-
     from kvpilot.engine import Engine
-    from kvpilot.engine.replay import Replay
 
     engine = Engine.load(args.model)
+    t0 = time.perf_counter()
+    scale = args.token_scale if args.token_scale is not None else (1.0 if args.trace else 0.1)
+    metrics = run_replay(engine, config, events, store=args.db, deployment=args.deployment, capacity_bytes=capacity,
+                         token_scale=scale, max_response_tokens=args.max_response_tokens, progress=not args.quiet)
+    if args.json:
+        print(json.dumps({"config": config.to_dict(), **metrics}, sort_keys=True))
+    else:
+        print_replay(config, metrics)
+        print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+def run_replay(engine, config, events, *, store=None, deployment: str = "replay", capacity_bytes: int | None = None,
+               token_scale: float = 1.0, max_response_tokens: int = 8, progress: bool = True) -> dict:
+    """Replay `events` under `config`; with a store (URL or Store) the pool's events and the run's metrics
+    are recorded there under `deployment`. Returns the replay's metrics."""
+    from tqdm import tqdm
+
+    from kvpilot.engine.replay import Replay
+
     handle = None
-    if args.db:
+    if store is not None:
         from kvpilot.attach import attach
 
-        handle = attach(engine, store=args.db, deployment=args.deployment, probes=[], otel=False, watch=False,
+        handle = attach(engine, store=store, deployment=deployment, probes=[], otel=False, watch=False,
                         run_kind="eval", run_name=f"replay {config.policy} ttl={config.session_ttl}")
-    bar = tqdm(total=len(events), desc="turns", unit="turn", disable=args.quiet)
-
-    def progress(done: int, total: int) -> None:
-        bar.update(done - bar.n)
-
-    t0 = time.perf_counter()
+    bar = tqdm(total=len(events), desc="turns", unit="turn", disable=not progress)
     try:
-        scale = args.token_scale if args.token_scale is not None else (1.0 if args.trace else 0.1)
-        replay = Replay(engine, config, capacity_bytes=capacity, token_scale=scale,
-                        max_response_tokens=args.max_response_tokens,
-                        on_event=handle.event if handle else None, progress=progress)
-        result = replay.run(events)
-        metrics = result.metrics()
+        replay = Replay(engine, config, capacity_bytes=capacity_bytes, token_scale=token_scale,
+                        max_response_tokens=max_response_tokens, on_event=handle.event if handle else None,
+                        progress=lambda done, total: bar.update(done - bar.n))
+        metrics = replay.run(events).metrics()
         if handle is not None and handle.flush() and handle.run_id is not None:
             handle.store.finish_run(handle.run_id, metrics=metrics)
     finally:
         bar.close()
         if handle is not None:
             handle.detach()
-    if args.json:
-        print(json.dumps({"config": config.to_dict(), **metrics}, sort_keys=True))
-    else:
-        _print(config, metrics)
-        print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    return 0
+    return metrics
 
 
-def _print(config, m: dict) -> None:
+def print_replay(config, m: dict) -> None:
     ratio = "-" if m["hit_ratio"] is None else f"{m['hit_ratio']:.0%}"
     print(f"{m['programs']} programs, {m['turns']} turns; cache {config.policy}"
           f"{'' if config.compression_ratio is None else f' at {config.compression_ratio:g}'}, "

@@ -28,7 +28,7 @@ import torch
 from kvpilot.cache.sessions import SessionPool
 from kvpilot.cache.ttl import make_ttl_policy
 from kvpilot.config import KVConfig
-from kvpilot.engine.generation import greedy_decode, prefill
+from kvpilot.engine.generation import greedy_decode
 from kvpilot.workloads.trace import TraceEvent, programs
 
 
@@ -156,7 +156,7 @@ class Replay:
                 ids = streams[pid].take(new)
             with torch.inference_mode():
                 p0 = time.perf_counter()
-                first = prefill(self.engine.model, cache, ids)
+                first = self.engine.compress(cache, ids)  # units and scoring prompt as the config says
                 prefill_s_per_token[0] = (time.perf_counter() - p0) / len(ids)
                 pool.serving(pid, cache)
                 stats["peak"] = max(stats["peak"], pool.pool_bytes)
