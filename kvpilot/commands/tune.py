@@ -6,11 +6,13 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from kvpilot.commands.eval import add_workload_arguments, check_workload_arguments, evaluator_from_arguments
 from kvpilot.errors import KVPilotError
 
 DEFAULT_CONSTRAINT = "accuracy>=full"
+AGENT_OBJECTIVES = ("mean_jct_s", "pinned_gib_s")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,6 +47,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler-seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--push", metavar="DEPLOYMENT", default=None, help="push the winner to this deployment")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+    agents = p.add_argument_group(
+        "agent sessions (--workload agents): tune the session pool's time-to-live on a replayed trace; default "
+        f"objectives {', '.join(AGENT_OBJECTIVES)} (winner: the shortest mean job time), no constraint, space: "
+        "full cache, session_ttl none/fixed/cdf")
+    agents.add_argument("--trace", metavar="FILE", default=None, help="agent trace JSONL (default: generated)")
+    agents.add_argument("--programs", type=int, default=8, help="generated trace: programs (default 8)")
+    agents.add_argument("--token-scale", type=float, default=0.1,
+                        help="shrink prompts and tool outputs by this factor (default 0.1)")
+    agents.add_argument("--capacity-mib", type=float, default=None, help="session pool limit in MiB (default none)")
     p.set_defaults(func=_tune)
 
 
@@ -56,26 +67,35 @@ def _tune(args: argparse.Namespace) -> int:
         print(json.dumps(SearchSpace().to_dict(), indent=2))
         return 0
     if args.workload is None:
-        raise KVPilotError("--workload is required (e.g. --workload passkey)")
-    check_workload_arguments(args)
+        raise KVPilotError("--workload is required (e.g. --workload passkey, or agents)")
+    agents = args.workload == "agents"
+    if not agents:
+        check_workload_arguments(args)
     if args.trials < 0:
         raise KVPilotError(f"--trials must be >= 0, got {args.trials}")
-    objectives = args.objective or list(DEFAULT_OBJECTIVES)
+    objectives = args.objective or list(AGENT_OBJECTIVES if agents else DEFAULT_OBJECTIVES)
     for name in objectives:
         objective(name)
-    texts = args.constraint or [DEFAULT_CONSTRAINT]
+    texts = args.constraint or (["none"] if agents else [DEFAULT_CONSTRAINT])
     constraints = [] if texts == ["none"] else [Constraint.parse(t) for t in texts]
-    space = SearchSpace.from_file(args.space) if args.space else SearchSpace()
+    if args.space:
+        space = SearchSpace.from_file(args.space)
+    else:
+        space = agent_space() if agents else SearchSpace()
 
     from kvpilot.storage import Store
 
     store = Store.open(args.db)
     t0 = time.perf_counter()
-    evaluator = evaluator_from_arguments(args)
-    mode = "qa" if args.query_aware else "agnostic"
-    study_name = args.study or f"{evaluator.label}-{mode}"
+    if agents:
+        evaluator = _replay_target(args)
+        study_name = args.study or f"{evaluator.label}-ttl"
+    else:
+        evaluator = evaluator_from_arguments(args)
+        study_name = args.study or f"{evaluator.label}-{'qa' if args.query_aware else 'agnostic'}"
+    pick = args.pick or ("mean_jct_s" if agents and "mean_jct_s" in objectives else None)
     tuner = Tuner(evaluator, study_name=study_name, store=store, objectives=objectives, constraints=constraints,
-                  space=space, pick=args.pick, sampler=args.sampler, seed=args.sampler_seed,
+                  space=space, pick=pick, sampler=args.sampler, seed=args.sampler_seed,
                   deployment=args.push, progress=not args.quiet)
     result = tuner.optimize(args.trials)
     pushed = tuner.push(args.push, result.best) if args.push and result.best is not None else None
@@ -84,13 +104,46 @@ def _tune(args: argparse.Namespace) -> int:
         print(json.dumps(_as_json(result, pushed, store.url), sort_keys=True, default=str))
     else:
         _print(result, pushed, store.url, constraints)
-        print(f"done in {elapsed:.1f} s ({result.computed_runs} runs computed, the rest read from {args.out})",
-              file=sys.stderr)
+        print(f"done in {elapsed:.1f} s ({result.computed_runs} runs computed, the rest reused)", file=sys.stderr)
     store.close()
     if args.push and pushed is None:
         print(f"nothing pushed to {args.push}: no trial meets the constraints", file=sys.stderr)
         return 1
     return 0
+
+
+def agent_space():
+    """Agent sessions: the cache policy stays the full cache; the TTL policy and its parameter are searched."""
+    from kvpilot.tuner import SearchSpace
+
+    return SearchSpace(policy=("full",), session_ttl=("none", "fixed", "cdf"))
+
+
+def _replay_target(args: argparse.Namespace):
+    from kvpilot.engine import Engine
+    from kvpilot.tuner.replay_target import ReplayTarget
+    from kvpilot.workloads import AgentWorkload, generate_agent_trace, read_trace
+
+    if not 0 < args.token_scale <= 1:
+        raise KVPilotError(f"--token-scale must be in (0, 1], got {args.token_scale}")
+    if args.trace:
+        try:
+            events = read_trace(args.trace)
+        except OSError as exc:
+            raise KVPilotError(f"cannot read trace {args.trace}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise KVPilotError(str(exc)) from None
+        label = f"agents-{Path(args.trace).stem}"
+    else:
+        if args.programs < 1:
+            raise KVPilotError(f"--programs must be at least 1, got {args.programs}")
+        events = generate_agent_trace(AgentWorkload(n_programs=args.programs), seed=args.seed)
+        label = f"agents-{args.programs}p-seed{args.seed}"
+    if not events:
+        raise KVPilotError("the trace holds no turns")
+    capacity = None if args.capacity_mib is None else int(args.capacity_mib * 2**20)
+    return ReplayTarget(Engine.load(args.model), events, label=label, capacity_bytes=capacity,
+                        token_scale=args.token_scale, max_response_tokens=args.max_new_tokens or 8)
 
 
 def _as_json(result, pushed, url: str) -> dict:
@@ -117,19 +170,17 @@ def _print(result, pushed, url: str, constraints) -> None:
                                                                    if result.failed_trials else ""))
     if constraints:
         print("constraints: " + ", ".join(c.text for c in constraints))
-    print(f"full cache: accuracy {_fmt(base.get('accuracy'), '%')}, KV {_mib(base.get('kv_bytes'))}")
-    if result.best is not None:
-        others = [t for t in result.trials if t.feasible and t.number != result.best.number]
-        pick = result.objectives.index(result.pick)
-        others.sort(key=lambda t: t.values[pick], reverse=result.pick_direction == "maximize")
-        print(f"\n{'trial':>5}  {'feasible configs, winner first':<58}{'accuracy':>9}{'top-1':>7}{'KV MiB':>8}")
-        for t in [result.best, *others][:10]:
-            m = t.metrics
-            print(f"{t.number:>5}  {_label(t.config):<58}{_fmt(m.get('accuracy'), '%'):>9}"
-                  f"{_fmt(m.get('top1_agreement')):>7}{_mib(m.get('kv_bytes'), unit=False):>8}")
+    names = result.objectives
+    print("baseline (full cache, no TTL): " + ", ".join(f"{n} {_fmt(base.get(n))}" for n in names))
     if result.best is None:
         print("\nno feasible trial yet: loosen the constraints, widen the space or run more trials")
         return
+    others = [t for t in result.trials if t.feasible and t.number != result.best.number]
+    pick = names.index(result.pick)
+    others.sort(key=lambda t: t.values[pick], reverse=result.pick_direction == "maximize")
+    print(f"\n{'trial':>5}  {'feasible configs, winner first':<52}" + "".join(f"{n:>15}" for n in names))
+    for t in [result.best, *others][:10]:
+        print(f"{t.number:>5}  {_label(t.config):<52}" + "".join(f"{_fmt(v):>15}" for v in t.values))
     defaults = KVConfig().to_dict()
     changed = {k: v for k, v in result.best.config.to_dict().items() if v != defaults[k]}
     print(f"\nwinner: trial {result.best.number}, fields that differ from the defaults: {json.dumps(changed)}")
@@ -138,20 +189,24 @@ def _print(result, pushed, url: str, constraints) -> None:
 
 
 def _label(config) -> str:
-    parts = [config.policy, f"r={config.compression_ratio:g}", config.layer_allocation, config.head_allocation,
-             f"w={config.window}"]
-    if config.scoring == "prompt":
-        parts.append("prompt")
-    if config.granularity != "token":
-        parts.append(config.granularity)
+    parts = [config.policy]
+    if config.compresses:
+        parts += [f"r={config.compression_ratio:g}", config.layer_allocation, config.head_allocation,
+                  f"w={config.window}"]
+        if config.scoring == "prompt":
+            parts.append("prompt")
+        if config.granularity != "token":
+            parts.append(config.granularity)
+    if config.session_ttl == "fixed":
+        parts.append(f"ttl={config.session_ttl_s:.3g}s")
+    elif config.session_ttl == "cdf":
+        parts.append(f"ttl=cdf@{config.ttl_memory_price:.2g}")
     return " ".join(parts)
 
 
-def _fmt(v, kind: str = "") -> str:
+def _fmt(v) -> str:
     if v is None:
         return "-"
-    return f"{v:.0%}" if kind == "%" else f"{v:.2f}"
-
-
-def _mib(v, unit: bool = True) -> str:
-    return "-" if v is None else f"{v / 2**20:.1f}" + (" MiB" if unit else "")
+    if isinstance(v, float) and abs(v) >= 1e6:
+        return f"{v / 2**20:.1f}Mi"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,6 +1,6 @@
 """What a trial is scored on: objectives and constraints read from an evaluation run's metrics.
 
-Objectives are metrics of `kvpilot.evaluation` runs with a direction. Constraints bound a metric, either
+Objectives are metrics of `kvpilot.evaluation` runs (or of agent-session replays) with a direction. Constraints bound a metric, either
 absolutely (`mean_kl<=0.3`) or against the full-cache baseline of the same samples
 (`accuracy>=full-0.05`: at most five points below the full cache). A trial is feasible when every
 constraint holds; Optuna's samplers learn from the violation amounts (`trial.set_constraint`, <= 0 is met).
@@ -49,6 +49,12 @@ OBJECTIVES: dict[str, Objective] = {
         Objective("compression_ratio", "maximize", "measured fraction of the context evicted"),
         Objective("ttft_s", "minimize", "time to first token (s)"),
         Objective("tpot_s", "minimize", "time per output token after the first (s)"),
+        # agent-session replays (kvpilot replay): the session pool's time-to-live
+        Objective("hit_ratio", "maximize", "replay: share of later turns that found their cache pinned"),
+        Objective("mean_jct_s", "minimize", "replay: mean job (agent program) completion time (s)"),
+        Objective("p95_jct_s", "minimize", "replay: 95th percentile job completion time (s)"),
+        Objective("pinned_gib_s", "minimize", "replay: memory-time of pinned caches (GiB x s)"),
+        Objective("compute_s", "minimize", "replay: the engine's total compute time (s)"),
     )
 }
 

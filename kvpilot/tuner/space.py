@@ -3,7 +3,9 @@
 Parameters are named after the KVConfig fields they set, so a trial's params read as a config. Some are
 conditional: `pyramid_beta` only with the pyramid allocation, `adaptive_alpha` only with adaptive heads,
 `scoring` only for policies scored by attention of chosen queries (a scoring prompt means nothing to
-H2O's accumulated mass or to key norms). Fields not searched take `fixed` values, then KVConfig's defaults.
+H2O's accumulated mass or to key norms), the eviction fields only for a policy that evicts, the TTL's
+seconds or memory price only with the TTL policy that uses them. Fields not searched take `fixed` values,
+then KVConfig's defaults. `full` is allowed only in a space that searches a session TTL (agent replays).
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class SearchSpace:
     sink_tokens: tuple[int, ...] = (4,)
     scoring: tuple[str, ...] = ("window", "prompt")
     granularity: tuple[str, ...] = ("token", "sentence")
+    session_ttl: tuple[str, ...] = ("none",)
+    session_ttl_s: tuple[float, float] = (1.0, 60.0)
+    ttl_memory_price: tuple[float, float] = (1e-10, 1e-7)
     fixed: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -100,6 +105,13 @@ class SearchSpace:
         """The KVConfig for one trial (raises KVConfigError only if `fixed` clashes with a sampled value)."""
         chosen: dict[str, Any] = dict(self.fixed)
         chosen["policy"] = _pick(trial, "policy", self.policy)
+        chosen["session_ttl"] = _pick(trial, "session_ttl", self.session_ttl)
+        if chosen["session_ttl"] == "fixed":
+            chosen["session_ttl_s"] = _range(trial, "session_ttl_s", self.session_ttl_s, log=True)
+        elif chosen["session_ttl"] == "cdf":
+            chosen["ttl_memory_price"] = _range(trial, "ttl_memory_price", self.ttl_memory_price, log=True)
+        if chosen["policy"] == "full":
+            return KVConfig.parse(chosen)
         low, high, step = self.compression_ratio
         chosen["compression_ratio"] = (
             low if low == high else round(trial.suggest_float("compression_ratio", low, high, step=step), 6)
@@ -127,6 +139,7 @@ class SearchSpace:
             "head_allocation": self.head_allocation,
             "scoring": self.scoring,
             "granularity": self.granularity,
+            "session_ttl": self.session_ttl,
         }
         for name, values in choices.items():
             allowed = _literal_values(name)
@@ -135,8 +148,9 @@ class SearchSpace:
             bad = [v for v in values if v not in allowed]
             if bad:
                 out.append(f"{name}: {bad} not allowed; allowed values: {', '.join(map(str, allowed))}")
-        if "full" in self.policy:
-            out.append("policy: 'full' never evicts; it is the baseline every trial is compared with")
+        if "full" in self.policy and set(self.session_ttl) == {"none"}:
+            out.append("policy: 'full' never evicts; it is the baseline every trial is compared with "
+                       "(allowed only when session_ttl is searched)")
         if "sensitivity" in self.layer_allocation and not self.fixed.get("sensitivity_profile"):
             out.append("layer_allocation 'sensitivity' needs fixed.sensitivity_profile (see `kvpilot profile`)")
         if "explicit" in self.layer_allocation:
@@ -147,16 +161,19 @@ class SearchSpace:
             low, high, step = self.compression_ratio
             if not (0.0 < low <= high < 1.0) or step <= 0:
                 out.append(f"compression_ratio: need 0 < low <= high < 1 and step > 0, got {list(self.compression_ratio)}")
-        for name in ("pyramid_beta", "adaptive_alpha"):
+        for name in ("pyramid_beta", "adaptive_alpha", "session_ttl_s", "ttl_memory_price"):
             rng = getattr(self, name)
             if len(rng) != 2 or rng[0] > rng[1]:
                 out.append(f"{name}: expected [low, high] with low <= high, got {list(rng)}")
+            elif name in ("session_ttl_s", "ttl_memory_price") and rng[0] <= 0:
+                out.append(f"{name}: searched on a log scale, so low must be > 0, got {list(rng)}")
         for name in ("window", "sink_tokens"):
             values = getattr(self, name)
             if not values or any(not isinstance(v, int) or v < 0 for v in values):
                 out.append(f"{name}: expected non-negative integers, got {list(values)}")
         searched = {"policy", "compression_ratio", "layer_allocation", "pyramid_beta", "head_allocation",
-                    "adaptive_alpha", "window", "sink_tokens", "scoring", "granularity"}
+                    "adaptive_alpha", "window", "sink_tokens", "scoring", "granularity", "session_ttl",
+                    "session_ttl_s", "ttl_memory_price"}
         clash = sorted(set(self.fixed) & searched)
         if clash:
             out.append(f"fixed: {clash} are searched; pin a searched field with a one-element list instead")
@@ -165,7 +182,7 @@ class SearchSpace:
             out.append(f"fixed: unknown KVConfig fields {unknown}")
         elif not out:
             try:
-                KVConfig.parse({**self.fixed, "policy": self.policy[0], "compression_ratio": self.compression_ratio[0]})
+                KVConfig.parse({**self.fixed, "policy": "snapkv", "compression_ratio": self.compression_ratio[0]})
             except KVConfigError as exc:
                 out.append("fixed: " + "; ".join(exc.problems))
         return out

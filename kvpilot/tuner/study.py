@@ -1,7 +1,8 @@
 """The tuner: an Optuna study whose trials are KVConfigs evaluated on a real workload by the engine.
 
-Each trial draws a config from the SearchSpace, runs it through `kvpilot.evaluation.Evaluator` (so a config
-already measured on the same samples is loaded from its run folder, not recomputed), tells Optuna the
+Each trial draws a config from the SearchSpace, runs it through a target: `kvpilot.evaluation.Evaluator`
+for question answering (a config already measured on the same samples is loaded from its run folder, not
+recomputed) or `ReplayTarget` for agent sessions (the session pool's TTL), tells Optuna the
 objective values and constraint violations, and records a `tuning_trial` run in the store. The study lives
 in the store's database, which is where the dashboard's Tuning page finds it; several `kvpilot tune`
 processes given the same study name and a PostgreSQL store share the work (Optuna's distributed mode).
@@ -44,12 +45,15 @@ METRICS_ATTR = "metrics"  # trial user attribute: the run's headline metrics
 BASELINE_ATTR = "baseline"  # study user attribute: the full cache's metrics on the same samples
 INVALID_CONSTRAINT = "valid_config"  # constraint set to 1 when a config cannot run on the model
 MAX_CONSECUTIVE_FAILURES = 3
-REPORTED_METRICS = ("accuracy", "top1_agreement", "mean_kl", "kv_bytes", "peak_kv_bytes", "compression_ratio",
-                    "ttft_s", "tpot_s", "n_questions")
 
 
 class TuningError(KVPilotError):
     """A study that cannot run as asked (clashing directions, every trial failing, nothing feasible to push)."""
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a run (nested breakdowns left out), as stored on trials and runs."""
+    return {k: v for k, v in metrics.items() if v is None or isinstance(v, (int, float, str))}
 
 
 def trial_config(trial: FrozenTrial) -> KVConfig:
@@ -178,7 +182,7 @@ class Tuner:
         if stored is not None and stored.get("digest") == self.evaluator.digest:
             return stored
         result = self.evaluator.run(KVConfig())
-        metrics = {k: result.metrics.get(k) for k in REPORTED_METRICS} | {"digest": self.evaluator.digest}
+        metrics = scalar_metrics(result.metrics) | {"digest": self.evaluator.digest}
         self.study.set_user_attr(BASELINE_ATTR, metrics)
         return metrics
 
@@ -236,7 +240,7 @@ class Tuner:
             study.tell(trial, state=TrialState.FAIL)
             self._finish_run(run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"})
             return False
-        metrics = {k: result.metrics.get(k) for k in REPORTED_METRICS}
+        metrics = scalar_metrics(result.metrics)
         trial.set_user_attr(METRICS_ATTR, metrics)
         if result.path is not None:
             trial.set_user_attr("run_dir", str(result.path))

@@ -4,6 +4,8 @@ Slow: every trial is a real evaluation (2 passkey samples of ~500 tokens)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from optuna.trial import TrialState
 
@@ -102,3 +104,32 @@ def _dashboard_shows_the_study(url: str, monkeypatch) -> None:
     finally:
         st.cache_data.clear()
         st.cache_resource.clear()
+
+
+def test_tuner_searches_the_session_ttl_on_an_agent_replay(bundled_engine, tmp_path):
+    from kvpilot.tuner.replay_target import ReplayTarget
+    from tests.engine.test_replay import _trace
+
+    target = ReplayTarget(bundled_engine, _trace(), max_response_tokens=2)
+    space = SearchSpace(policy=("full",), session_ttl=("none", "fixed", "cdf"), session_ttl_s=(1.0, 60.0))
+    with Store.open(f"sqlite:///{tmp_path / 'ttl.db'}") as store:
+        tuner = Tuner(target, study_name="ttl", store=store, space=space, objectives=["hit_ratio", "pinned_gib_s"],
+                      pick="hit_ratio", sampler="random", progress=False)
+        result = tuner.optimize(6)
+    assert result.baseline["hits"] == 0 and result.baseline["pinned_gib_s"] == 0
+    best = result.best
+    assert best.config.session_ttl != "none" and best.metrics["hit_ratio"] >= 5 / 6
+    assert best.metrics["reprefilled_tokens"] < result.baseline["reprefilled_tokens"]
+    assert target.computed_runs <= 7  # the baseline plus each distinct config once
+    # a TTL-only space may keep the full cache; params are KVConfig fields
+    assert all(t.config.policy == "full" for t in result.trials)
+
+
+def test_tune_command_on_agent_sessions(tmp_path, capsys):
+    db = tmp_path / "a.db"
+    code = main(["tune", "-w", "agents", "--programs", "2", "--token-scale", "0.02", "--max-new-tokens", "1",
+                 "--trials", "3", "--sampler", "random", "--db", str(db), "--quiet", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["objectives"] == ["mean_jct_s", "pinned_gib_s"] and out["trials"] == 3
+    assert out["best"]["config"]["policy"] == "full"
