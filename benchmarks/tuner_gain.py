@@ -28,7 +28,7 @@ from kvpilot.config import KVConfig  # noqa: E402
 from kvpilot.engine import Engine  # noqa: E402
 from kvpilot.evaluation import Evaluator  # noqa: E402
 from kvpilot.storage import Store  # noqa: E402
-from kvpilot.tuner import Tuner  # noqa: E402
+from kvpilot.tuner import SearchSpace, Tuner  # noqa: E402
 
 
 def row(name: str, config: KVConfig, tune: dict, held: dict) -> dict:
@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--tune-seed", type=int, default=0)
     ap.add_argument("--heldout-seed", type=int, default=1)
     ap.add_argument("--runs", default=None, help="results root for run folders (default: a temporary folder)")
+    ap.add_argument("--space", default=None, help="search-space JSON (default: `kvpilot tune --show-space`)")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -66,7 +67,9 @@ def main() -> None:
 
     tune_set, held_set = evaluator(args.tune_seed), evaluator(args.heldout_seed)
     with Store.open(f"sqlite:///{root / 'tuner.db'}") as store:
-        tuner = Tuner(tune_set, study_name=f"{args.workload}-gain", store=store, constraints=["accuracy>=full"])
+        space = SearchSpace.from_file(args.space) if args.space else SearchSpace()
+        tuner = Tuner(tune_set, study_name=f"{args.workload}-gain", store=store, constraints=["accuracy>=full"],
+                      space=space)
         result = tuner.optimize(args.trials)
     rows = [row("full cache", KVConfig(), result.baseline, held_set.run(KVConfig()).metrics)]
     for policy, ratio in DEFAULT_CONFIGS:
@@ -101,7 +104,7 @@ def main() -> None:
     markdown = "\n".join(lines)
     print(markdown)
     path = save(f"tuner_gain_{args.workload.replace(':', '_')}", {
-        "setup": vars(args), "wall_s": time.perf_counter() - t0, "rows": rows, "markdown": markdown,
+        "setup": vars(args), "space": space.to_dict(), "wall_s": time.perf_counter() - t0, "rows": rows, "markdown": markdown,
         "trials": [{"number": t.number, "feasible": t.feasible, "config": t.config.to_dict(), "metrics": t.metrics}
                    for t in result.trials],
     })
