@@ -137,11 +137,11 @@ class Replay:
             heapq.heappush(agenda, (turns[0].arrival_s, order, "issue", pid, 0))
             order += 1
         queue: list[tuple[float, int, str, int, Any]] = []  # FCFS: (issued at, order, program, turn, cache)
-        busy_until = None
+        busy = False
         total = sum(len(t) for t in by_program.values())
         stats = dict(turns=0, prefilled=0, reprefilled=0, decoded=0, compute=0.0, peak=0)
         jct, waits = [], []
-        prefill_s_per_token = [1e-3]
+        finished: dict[str, Any] = {}  # program -> its cache, between the engine finishing and "done"
 
         def serve(pid: str, turn: int, cache: Any) -> float:
             event = by_program[pid][turn]
@@ -157,26 +157,24 @@ class Replay:
             with torch.inference_mode():
                 p0 = time.perf_counter()
                 first = self.engine.compress(cache, ids)  # units and scoring prompt as the config says
-                prefill_s_per_token[0] = (time.perf_counter() - p0) / len(ids)
+                pool.prefill_s_per_token = (time.perf_counter() - p0) / len(ids)  # what a hit saves, per token
                 pool.serving(pid, cache)
                 stats["peak"] = max(stats["peak"], pool.pool_bytes)
                 n_out = max(1, min(event.response_tokens, self.max_response_tokens))
                 dec = greedy_decode(self.engine.model, cache, first, n_out)
             stats["prefilled"] += len(ids)
             stats["decoded"] += len(dec.token_ids)
-            pool.prefill_s_per_token = prefill_s_per_token[0]
             finished[pid] = cache
             return time.perf_counter() - t0
 
-        finished: dict[str, Any] = {}
         while agenda or queue:
-            if busy_until is None and queue:
+            if not busy and queue:  # one turn at a time, first come first served
                 issued, _, pid, turn, cache = queue.pop(0)
                 waits.append(now - issued)
                 spent = serve(pid, turn, cache)
                 stats["compute"] += spent
-                busy_until = now + spent
-                heapq.heappush(agenda, (busy_until, order, "done", pid, turn))
+                busy = True
+                heapq.heappush(agenda, (now + spent, order, "done", pid, turn))
                 order += 1
                 continue
             t, _, kind, pid, turn = heapq.heappop(agenda)
@@ -190,7 +188,7 @@ class Replay:
                 queue.append((now, order, pid, turn, cache))
                 order += 1
                 continue
-            busy_until = None  # "done"
+            busy = False  # "done"
             stats["turns"] += 1
             cache = finished.pop(pid)
             if turn + 1 < event.n_turns:
