@@ -133,3 +133,33 @@ def test_tune_command_on_agent_sessions(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["objectives"] == ["mean_jct_s", "pinned_gib_s"] and out["trials"] == 3
     assert out["best"]["config"]["policy"] == "full"
+
+
+@pytest.mark.postgres
+def test_two_tune_processes_share_one_study_on_postgresql(db_url, tmp_path):
+    """Optuna's distributed mode: workers given the same --study and a PostgreSQL store split the trials."""
+    import os
+    import subprocess
+    import sys
+
+    import optuna
+
+    from kvpilot.tuner.storage import open_storage
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("several tuning processes need PostgreSQL (Optuna advises one process per SQLite file)")
+    base = [sys.executable, "-m", "kvpilot.cli", "tune", "-w", "passkey", "-n", "1", "-t", "300", "--no-fidelity",
+            "--constraint", "none", "--study", "shared", "--db", db_url, "--out", str(tmp_path / "runs"), "--quiet",
+            "--sampler", "random"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    assert subprocess.run([*base, "--trials", "0"], env=env, capture_output=True).returncode == 0  # create it
+    workers = [subprocess.Popen([*base, "--trials", "2", "--sampler-seed", str(i)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err.decode()[-2000:]
+    study = optuna.load_study(study_name="shared", storage=open_storage(db_url))
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert sorted(t.number for t in complete) == [0, 1, 2, 3]
+    with Store.open(db_url) as store:
+        assert sorted(r.trial_number for r in store.runs(kind="tuning_trial")) == [0, 1, 2, 3]
