@@ -310,7 +310,7 @@ class Recorder:
                 instance_id, run_id = self._owner()
                 self.instance_id, self.run_id = instance_id, run_id if run_id is not None else self.run_id
             writer = getattr(self.store, WRITERS[part.table])
-            writer(part.rows, instance_id=self.instance_id, run_id=self.run_id)
+            writer(part.rows, instance_id=self.instance_id, run_id=self.run_id, part_id=part.id)
         except Exception as exc:
             if is_outage(exc):
                 self.counters["store_errors"] += 1

@@ -7,9 +7,9 @@ answers again each part is written and then an ``ack`` line is appended. Loading
 parts, so a part written once is never written again, even across a process restart. When nothing is
 pending the file is removed.
 
-The one window left: the process dies after the store committed a part and before its ack line reached
-the disk (or a PostgreSQL COMMIT whose answer was lost). Closing it needs a unique key in the store
-(see docs/telemetry.md).
+The one window the spool cannot close (the process dies after the store committed a part and before its
+ack line reached the disk, or a PostgreSQL COMMIT whose answer was lost) is closed by the store: the part
+id is claimed in the rows' own transaction, so a part already stored is skipped (see docs/telemetry.md).
 """
 
 from __future__ import annotations

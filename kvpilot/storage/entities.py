@@ -24,6 +24,7 @@ from kvpilot.storage.schema import (
     SAMPLE_TABLES,
     Deployment,
     EngineInstance,
+    IngestedPart,
     Run,
     SensitivityProfile,
 )
@@ -366,6 +367,10 @@ class EntityStore(StoreCore):
                     if not more:
                         break
             deleted[name] = total
+        parts = IngestedPart.__table__  # ids of parts ingested before the cutoff: their spools are long replayed
+        deleted["ingested_parts"] = self._write(
+            lambda conn: conn.execute(parts.delete().where(parts.c.ts < cutoff)).rowcount
+        )
         return deleted
 
 

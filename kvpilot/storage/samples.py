@@ -14,13 +14,15 @@ from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Table
+from sqlalchemy.engine import Connection
 
 from kvpilot.storage.core import StoreCore, json_safe
 from kvpilot.storage.errors import StoreError
-from kvpilot.storage.schema import EVENT_KINDS, SAMPLE_TABLES
+from kvpilot.storage.schema import EVENT_KINDS, SAMPLE_TABLES, IngestedPart
 from kvpilot.storage.types import EventRow, LayerStatRow, MemoryRow, RequestRow
 
 _EVENT_KINDS = frozenset(EVENT_KINDS)
+_PARTS = IngestedPart.__table__
 
 
 class _Spec:
@@ -70,24 +72,28 @@ class SampleWriter(StoreCore):
     """Bulk writers used by probes and the recorder. Each returns the number of rows stored."""
 
     def add_layer_stats(
-        self, rows: Iterable[LayerStatRow], *, instance_id: int | None = None, run_id: int | None = None
+        self, rows: Iterable[LayerStatRow], *, instance_id: int | None = None, run_id: int | None = None,
+        part_id: str | None = None,
     ) -> int:
         """Store per-layer (head = -1) and per-head attention statistics; `instance_id`/`run_id` fill rows
         that do not name their own."""
-        return self._insert(_LAYER, _LAYER.tuples(rows, instance_id, run_id))
+        return self._insert(_LAYER, _LAYER.tuples(rows, instance_id, run_id), part_id)
 
     def add_requests(
-        self, rows: Iterable[RequestRow], *, instance_id: int | None = None, run_id: int | None = None
+        self, rows: Iterable[RequestRow], *, instance_id: int | None = None, run_id: int | None = None,
+        part_id: str | None = None,
     ) -> int:
-        return self._insert(_REQUESTS, _REQUESTS.tuples(rows, instance_id, run_id))
+        return self._insert(_REQUESTS, _REQUESTS.tuples(rows, instance_id, run_id), part_id)
 
     def add_memory_samples(
-        self, rows: Iterable[MemoryRow], *, instance_id: int | None = None, run_id: int | None = None
+        self, rows: Iterable[MemoryRow], *, instance_id: int | None = None, run_id: int | None = None,
+        part_id: str | None = None,
     ) -> int:
-        return self._insert(_MEMORY, _MEMORY.tuples(rows, instance_id, run_id))
+        return self._insert(_MEMORY, _MEMORY.tuples(rows, instance_id, run_id), part_id)
 
     def add_events(
-        self, rows: Iterable[EventRow], *, instance_id: int | None = None, run_id: int | None = None
+        self, rows: Iterable[EventRow], *, instance_id: int | None = None, run_id: int | None = None,
+        part_id: str | None = None,
     ) -> int:
         """Store cache events; `kind` must be one of `schema.EVENT_KINDS`, `detail` any JSON-able dict."""
         tuples = _EVENTS.tuples(rows, instance_id, run_id)
@@ -99,10 +105,20 @@ class SampleWriter(StoreCore):
                 row = list(row)
                 row[_EVENT_DETAIL] = json.dumps(json_safe(detail), default=str)
                 tuples[i] = tuple(row)
-        return self._insert(_EVENTS, tuples)
+        return self._insert(_EVENTS, tuples, part_id)
 
-    def _insert(self, spec: _Spec, tuples: list[tuple]) -> int:
+    def _insert(self, spec: _Spec, tuples: list[tuple], part_id: str | None = None) -> int:
+        """Bulk-insert in one transaction. With a `part_id` (the recorder's) the rows go in at most once:
+        the id is claimed in the same transaction, and a part whose id is already there is skipped (0)."""
         if not tuples:
             return 0
-        self._write(lambda conn: self._backend.bulk_insert(conn, spec.table, spec.columns, tuples))
-        return len(tuples)
+
+        def write(conn: Connection) -> int:
+            if part_id is not None and not self._backend.insert_ignore(
+                conn, _PARTS, {"part_id": part_id, "ts": time.time()}
+            ):
+                return 0
+            self._backend.bulk_insert(conn, spec.table, spec.columns, tuples)
+            return len(tuples)
+
+        return self._write(write)

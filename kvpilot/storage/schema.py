@@ -272,6 +272,15 @@ class CacheEvent(Base):
     __table_args__ = (*_sample_indexes("cache_events"), Index("ix_cache_events_kind_ts", "kind", "ts"))
 
 
+class IngestedPart(Base):
+    """Ids of recorder parts already stored, written in the same transaction as the part's rows: a part
+    replayed after its COMMIT answer was lost (or its spool ack) finds its id here and is skipped."""
+
+    __tablename__ = "ingested_parts"
+    part_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    ts: Mapped[float] = mapped_column(Time, index=True)
+
+
 SAMPLE_TABLES = {
     "layer_stats": LayerStat.__table__,
     "requests": RequestRecord.__table__,

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from kvpilot.probes.recorder import Recorder
 from kvpilot.probes.spool import Spool
-from kvpilot.storage import Store
+from kvpilot.storage import DatabaseUnavailableError, Store
 
 
 def _rows(store: Store, table: str, cols: str = "*") -> list[tuple]:
@@ -62,6 +62,39 @@ def test_outage_spools_then_replays_once(flaky, store, tmp_path):
     ts = [r[0] for r in _rows(store, "layer_stats", "ts")]
     assert len(ts) == 50 and len(set(ts)) == 50  # all there, none twice
     assert not (tmp_path / "spool.jsonl").exists() and len(spool) == 0
+
+
+class LostCommitAnswer:
+    """Forwards to a real Store, but the first layer_stats write commits and then reports an outage, as when
+    PostgreSQL's answer to COMMIT is lost: the recorder must spool the part and its replay add nothing."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.lost = 0
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def add_layer_stats(self, rows, **kwargs):
+        written = self._store.add_layer_stats(rows, **kwargs)
+        if not self.lost:
+            self.lost += 1
+            raise DatabaseUnavailableError("server closed the connection unexpectedly (after COMMIT)")
+        return written
+
+
+def test_a_part_committed_but_reported_failed_is_not_stored_twice(store, tmp_path):
+    lossy = LostCommitAnswer(store)
+    rec = Recorder(lossy, owner=_owner(store), spool=Spool(tmp_path / "spool.jsonl"), retry_s=(0.0, 0.0))
+    rec.submit("layer_stats", [_layer(i) for i in range(10)])
+    rec.flush()
+    assert rec.stats()["spooled_rows"] == 10 and lossy.lost == 1  # the recorder believes it failed
+    rec.submit("layer_stats", [_layer(100 + i) for i in range(5)])
+    rec.flush()
+    rec.flush()
+    ts = [r[0] for r in _rows(store, "layer_stats", "ts")]
+    assert len(ts) == 15 and len(set(ts)) == 15  # the replayed part was recognised, not inserted again
+    assert not (tmp_path / "spool.jsonl").exists()
 
 
 def test_spool_survives_a_restart_and_honours_acks(flaky, store, tmp_path):

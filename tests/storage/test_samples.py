@@ -172,6 +172,22 @@ def test_prune(store, inst):
     assert len(store.instances()) == 1  # metadata stays
 
 
+def test_a_part_is_stored_at_most_once(store, inst):
+    """The recorder's part id is claimed in the rows' own transaction: a replayed part adds nothing."""
+    rows = _layer_rows(3)
+    assert store.add_layer_stats(rows, instance_id=inst.id, part_id="s1-7-layer_stats") == len(rows)
+    assert store.add_layer_stats(rows, instance_id=inst.id, part_id="s1-7-layer_stats") == 0
+    assert store.add_events([{"ts": T0, "kind": "hit"}], instance_id=inst.id, part_id="s1-7-cache_events") == 1
+    assert store.add_events([{"ts": T0, "kind": "hit"}], instance_id=inst.id, part_id="s1-7-cache_events") == 0
+    counts = store.counts(instance_id=inst.id)
+    assert counts["layer_stats"] == len(rows) and counts["cache_events"] == 1
+    # a refused part claims nothing: its id stays free for a corrected write
+    with pytest.raises(StoreError):
+        store.add_events([{"ts": T0, "kind": "bogus"}], instance_id=inst.id, part_id="s1-8-cache_events")
+    assert store.add_events([{"ts": T0, "kind": "miss"}], instance_id=inst.id, part_id="s1-8-cache_events") == 1
+    assert store.prune(3600)["ingested_parts"] == 0  # ids are kept as long as samples of their age
+
+
 def test_reader_dataclasses_follow_column_order():
     # Readers build rows positionally (fast); this keeps the dataclasses and the tables in step.
     from dataclasses import fields

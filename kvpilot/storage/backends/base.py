@@ -34,6 +34,10 @@ class Backend(abc.ABC):
         """Insert many rows (tuples in `columns` order) as fast as the database allows, in `conn`'s transaction."""
 
     @abc.abstractmethod
+    def insert_ignore(self, conn: Connection, table: Table, values: dict[str, Any]) -> bool:
+        """Insert one row unless its primary key exists; True when it was inserted (in `conn`'s transaction)."""
+
+    @abc.abstractmethod
     def time_bucket(self, column: ColumnElement[Any], width_s: float) -> ColumnElement[Any]:
         """SQL for the start of the `width_s`-second bucket holding `column` (epoch seconds)."""
 

@@ -49,6 +49,13 @@ class PostgresBackend(Backend):
         except psycopg.Error as exc:  # the raw cursor bypasses SQLAlchemy: wrap like SQLAlchemy would
             raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
 
+    def insert_ignore(self, conn: Connection, table: Table, values: dict[str, Any]) -> bool:
+        from sqlalchemy.dialects.postgresql import insert
+
+        key = list(table.primary_key.columns)[0]
+        stmt = insert(table).values(**values).on_conflict_do_nothing().returning(key)
+        return conn.execute(stmt).first() is not None  # RETURNING: psycopg reports no rowcount here
+
     def time_bucket(self, column: ColumnElement[Any], width_s: float) -> ColumnElement[Any]:
         return func.floor(column / width_s) * width_s
 

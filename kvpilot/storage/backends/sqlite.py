@@ -58,6 +58,13 @@ class SQLiteBackend(Backend):
         sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         conn.exec_driver_sql(sql, rows)
 
+    def insert_ignore(self, conn: Connection, table: Table, values: dict[str, Any]) -> bool:
+        from sqlalchemy.dialects.sqlite import insert
+
+        key = list(table.primary_key.columns)[0]
+        stmt = insert(table).values(**values).on_conflict_do_nothing().returning(key)
+        return conn.execute(stmt).first() is not None  # RETURNING: psycopg reports no rowcount here
+
     def time_bucket(self, column: ColumnElement[Any], width_s: float) -> ColumnElement[Any]:
         # Timestamps are positive, so truncation is floor; SQLite may lack the floor() function.
         return cast(column / width_s, Integer) * width_s
