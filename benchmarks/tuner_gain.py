@@ -55,6 +55,9 @@ def main() -> None:
     ap.add_argument("--heldout-seed", type=int, default=1)
     ap.add_argument("--runs", default=None, help="results root for run folders (default: a temporary folder)")
     ap.add_argument("--space", default=None, help="search-space JSON (default: `kvpilot tune --show-space`)")
+    ap.add_argument("--objective", action="append", default=None, help="as in kvpilot tune (default accuracy, kv_bytes)")
+    ap.add_argument("--constraint", action="append", default=None, help="as in kvpilot tune (default accuracy>=full)")
+    ap.add_argument("--tag", default="", help="suffix of the result file name")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -68,8 +71,9 @@ def main() -> None:
     tune_set, held_set = evaluator(args.tune_seed), evaluator(args.heldout_seed)
     with Store.open(f"sqlite:///{root / 'tuner.db'}") as store:
         space = SearchSpace.from_file(args.space) if args.space else SearchSpace()
-        tuner = Tuner(tune_set, study_name=f"{args.workload}-gain", store=store, constraints=["accuracy>=full"],
-                      space=space)
+        tuner = Tuner(tune_set, study_name=f"{args.workload}-gain", store=store, space=space,
+                      objectives=args.objective or ["accuracy", "kv_bytes"],
+                      constraints=args.constraint or ["accuracy>=full"])
         result = tuner.optimize(args.trials)
     rows = [row("full cache", KVConfig(), result.baseline, held_set.run(KVConfig()).metrics)]
     for policy, ratio in DEFAULT_CONFIGS:
@@ -84,7 +88,8 @@ def main() -> None:
 
     lines = [
         f"**{args.workload}**, {args.samples} samples x ~{args.tokens} tokens per set; tuned on seed "
-        f"{args.tune_seed} ({args.trials} trials, {len(result.trials)} complete, "
+        f"{args.tune_seed} ({args.trials} trials, {len(result.trials)} complete, objectives "
+        f"{', '.join(result.objectives)}, constraints {', '.join(c.text for c in tuner.constraints) or 'none'}; "
         f"{sum(t.feasible for t in result.trials)} feasible), checked on held-out seed {args.heldout_seed}",
         "",
         "| config | tuning acc | tuning KV MiB | held-out acc | held-out top-1 | held-out KV MiB |",
@@ -103,7 +108,7 @@ def main() -> None:
         lines += ["", f"winner's fields that differ from the defaults: `{changed}`"]
     markdown = "\n".join(lines)
     print(markdown)
-    path = save(f"tuner_gain_{args.workload.replace(':', '_')}", {
+    path = save(f"tuner_gain_{args.workload.replace(':', '_')}{args.tag}", {
         "setup": vars(args), "space": space.to_dict(), "wall_s": time.perf_counter() - t0, "rows": rows, "markdown": markdown,
         "trials": [{"number": t.number, "feasible": t.feasible, "config": t.config.to_dict(), "metrics": t.metrics}
                    for t in result.trials],
