@@ -121,8 +121,9 @@ def _tune(args: argparse.Namespace, engine, samples, store):
     from kvpilot.tuner import Tuner
 
     print(f"\ntuning: {args.trials} Optuna trials, constraint accuracy>=full, objectives accuracy and KV bytes")
+    # no fidelity reference: the objectives are accuracy and bytes, and the demo should stay short
     evaluator = Evaluator(engine, samples, label="demo-passkey", results_root=None, progress=False,
-                          max_new_tokens=8)
+                          max_new_tokens=8, fidelity=False)
     tuner = Tuner(evaluator, study_name="demo-passkey", store=store, constraints=["accuracy>=full"],
                   deployment=args.deployment)
     result = tuner.optimize(args.trials)
