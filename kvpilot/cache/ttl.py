@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 @dataclass
@@ -70,7 +71,7 @@ class CdfTTL(TTLPolicy):
     max_ttl_s: float = 120.0
     min_samples: int = 5
     window: int = 256
-    name: str = "cdf"
+    name: ClassVar[str] = "cdf"
     _durations: dict[str | None, deque] = field(default_factory=lambda: defaultdict(deque), repr=False)
 
     def observe(self, tool: str | None, duration_s: float) -> None:

@@ -58,26 +58,33 @@ def ttl_fields(spec: str) -> dict:
     raise KVPilotError(f"--ttl {spec!r} not understood; use none, fixed:SECONDS (e.g. fixed:10) or cdf[:PRICE]")
 
 
+def agent_events(trace: str | None, programs: int, rate: float, seed: int) -> list:
+    """The turns of `trace` (a JSONL file) or of a generated trace of `programs` programs; one-line errors.
+    Shared by `replay` and `tune --workload agents`."""
+    from kvpilot.workloads import AgentWorkload, generate_agent_trace, read_trace
+
+    if trace:
+        try:
+            events = read_trace(trace)
+        except OSError as exc:
+            raise KVPilotError(f"cannot read trace {trace}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise KVPilotError(str(exc)) from None
+        if not events:
+            raise KVPilotError(f"{trace} holds no turns")
+        return events
+    if programs < 1:
+        raise KVPilotError(f"--programs must be at least 1, got {programs}")
+    return generate_agent_trace(AgentWorkload(n_programs=programs, rate=rate), seed=seed)
+
+
 def _replay(args: argparse.Namespace) -> int:
     from kvpilot.commands.eval import build_config
-    from kvpilot.workloads import AgentWorkload, generate_agent_trace, read_trace
 
     config = build_config(args)
     if args.ttl:
         config = config.replace(**ttl_fields(args.ttl))
-    if args.trace:
-        try:
-            events = read_trace(args.trace)
-        except OSError as exc:
-            raise KVPilotError(f"cannot read trace {args.trace}: {exc.strerror}") from None
-        except ValueError as exc:
-            raise KVPilotError(str(exc)) from None
-        if not events:
-            raise KVPilotError(f"{args.trace} holds no turns")
-    else:
-        if args.programs < 1:
-            raise KVPilotError(f"--programs must be at least 1, got {args.programs}")
-        events = generate_agent_trace(AgentWorkload(n_programs=args.programs, rate=args.rate), seed=args.seed)
+    events = agent_events(args.trace, args.programs, args.rate, args.seed)
     capacity = None if args.capacity_mib is None else int(args.capacity_mib * 2**20)
     if args.token_scale is not None and not 0 < args.token_scale <= 1:
         raise KVPilotError(f"--token-scale must be in (0, 1], got {args.token_scale}")

@@ -120,27 +120,15 @@ def agent_space():
 
 
 def _replay_target(args: argparse.Namespace):
+    from kvpilot.commands.replay import agent_events
     from kvpilot.engine import Engine
     from kvpilot.tuner.replay_target import ReplayTarget
-    from kvpilot.workloads import AgentWorkload, generate_agent_trace, read_trace
+    from kvpilot.workloads import AgentWorkload
 
     if not 0 < args.token_scale <= 1:
         raise KVPilotError(f"--token-scale must be in (0, 1], got {args.token_scale}")
-    if args.trace:
-        try:
-            events = read_trace(args.trace)
-        except OSError as exc:
-            raise KVPilotError(f"cannot read trace {args.trace}: {exc.strerror}") from None
-        except ValueError as exc:
-            raise KVPilotError(str(exc)) from None
-        label = f"agents-{Path(args.trace).stem}"
-    else:
-        if args.programs < 1:
-            raise KVPilotError(f"--programs must be at least 1, got {args.programs}")
-        events = generate_agent_trace(AgentWorkload(n_programs=args.programs), seed=args.seed)
-        label = f"agents-{args.programs}p-seed{args.seed}"
-    if not events:
-        raise KVPilotError("the trace holds no turns")
+    events = agent_events(args.trace, args.programs, AgentWorkload.rate, args.seed)
+    label = f"agents-{Path(args.trace).stem}" if args.trace else f"agents-{args.programs}p-seed{args.seed}"
     capacity = None if args.capacity_mib is None else int(args.capacity_mib * 2**20)
     return ReplayTarget(Engine.load(args.model), events, label=label, capacity_bytes=capacity,
                         token_scale=args.token_scale, max_response_tokens=args.max_new_tokens or 8)
