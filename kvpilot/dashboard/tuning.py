@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 
 from kvpilot.storage import ConfigVersionInfo, RunSummary, Store
-from kvpilot.tuner.storage import has_studies_tables, open_storage, storage_url  # noqa: F401 (used by the pages)
+from kvpilot.tuner.storage import has_studies_tables, open_storage  # noqa: F401 (read by the pages as tuning.*)
 from kvpilot.tuner.study import CONFIG_ATTR, trial_config
 
 
