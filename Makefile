@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kvpilot-installed
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast lint typecheck clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check kvpilot tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: setup
@@ -36,5 +37,9 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check kvpilot tests benchmarks
 
+# mypy on kvpilot/ (settings in pyproject.toml); must report no error
+typecheck: setup
+	$(BIN)/mypy
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -28,13 +28,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import store_ingest  # noqa: E402
 
-from kvpilot.dashboard import queries as Q  # noqa: E402
-from kvpilot.storage import Store  # noqa: E402
+from kvpilot.storage import SESSION_KINDS, Scope, Store  # noqa: E402
+from kvpilot.storage import aggregates as A  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "dashboard_latency.json"
 DEPLOYMENT = "dash"
 WINDOWS = {"15m": 900, "1h": 3600, "6h": 21600, "24h": 86400}
-PAGES = ("overview", "layers", "sessions", "events", "tuning", "configs")
+PAGES = ("overview", "runs", "layers", "sessions", "events", "tuning", "configs")
 
 
 def extras(store: Store, url: str, trials: int) -> None:
@@ -56,31 +56,30 @@ def extras(store: Store, url: str, trials: int) -> None:
             user_attrs={"config": {"policy": policy, "compression_ratio": ratio}}))
 
 
-def page_queries(store: Store, scope: Q.Scope) -> dict[str, Callable[[], object]]:
+def page_queries(store: Store, scope: Scope) -> dict[str, Callable[[], object]]:
     """The queries each page makes, with the arguments the views pass."""
-    w = scope.window()
-    width, width60 = Q.bucket_width(scope.window_s), Q.bucket_width(scope.window_s, 60)
+    width, width60 = scope.bucket_s(), scope.bucket_s(60)
     return {
         "sidebar: deployments + instances + is_empty": lambda: (
-            store.deployments(), store.instances(DEPLOYMENT), Q.is_empty(store)),
-        "overview: request totals": lambda: Q.request_totals(store, scope),
-        "overview: requests series": lambda: store.requests_series(**w, bucket_s=width),
-        "overview: memory series": lambda: store.memory_window(**w, bucket_s=width),
+            store.deployments(), store.instances(DEPLOYMENT), store.is_empty()),
+        "overview: request totals": lambda: store.request_totals(scope),
+        "overview: requests series": lambda: store.requests_series(scope, bucket_s=width),
+        "overview: memory series": lambda: store.memory_window(scope, bucket_s=width),
         "overview: TTFT + TPOT histograms": lambda: (
-            Q.latency_histogram(store, scope, "ttft_s"), Q.latency_histogram(store, scope, "tpot_s")),
-        "layers: layer x head view (entropy)": lambda: Q.layer_view(store, scope, "entropy"),
-        "layers: shape (latest samples)": lambda: Q.layer_shape(store, scope),
+            store.latency_histogram(scope, "ttft_s"), store.latency_histogram(scope, "tpot_s")),
+        "layers: layer x head view (entropy)": lambda: store.layer_view(scope, "entropy"),
+        "layers: shape (latest samples)": lambda: store.layer_shape(scope),
         "sessions: totals + series + pool": lambda: (
-            Q.event_totals(store, scope, Q.SESSION_KINDS),
-            store.event_series(**w, kinds=list(Q.SESSION_KINDS), bucket_s=width60),
-            Q.pool_series(store, scope, width60)),
+            store.event_totals(scope, SESSION_KINDS),
+            store.event_series(scope, kinds=list(SESSION_KINDS), bucket_s=width60),
+            store.pool_series(scope, width60)),
         "events: totals + series + latest 100": lambda: (
-            Q.event_totals(store, scope), store.event_series(**w, bucket_s=width60),
-            store.events(**w, limit=100)),
+            store.event_totals(scope), store.event_series(scope, bucket_s=width60),
+            store.events(scope, limit=100)),
     }
 
 
-def time_queries(store: Store, scope: Q.Scope, repeat: int) -> dict:
+def time_queries(store: Store, scope: Scope, repeat: int) -> dict:
     out = {}
     for name, fn in page_queries(store, scope).items():
         fn()
@@ -91,7 +90,7 @@ def time_queries(store: Store, scope: Q.Scope, repeat: int) -> dict:
             times.append((time.perf_counter() - t) * 1000)
         out[name] = {"median_ms": round(statistics.median(times), 1), "max_ms": round(max(times), 1)}
         print(f"    {name:46} median {out[name]['median_ms']:8.1f} ms  max {out[name]['max_ms']:8.1f} ms", flush=True)
-    view = Q.layer_view(store, scope, "entropy")
+    view = store.layer_view(scope, "entropy")
     out["layers: plan"] = view.plan.describe()
     return out
 
@@ -113,7 +112,7 @@ def time_pages(url: str, windows: list[str], repeat: int) -> dict:
     st.cache_resource.clear()
     at = AppTest.from_file(str(APP_PATH), default_timeout=300)
     at.run()
-    for page in PAGES:  # warm-up: imports (torch on Layers, optuna on Tuning), connections
+    for page in PAGES:  # warm-up: imports (optuna on Tuning), connections
         at.switch_page(f"views/{page}.py").run()
         assert not at.exception, (page, [e.value for e in at.exception])
     out: dict[str, dict] = {}
@@ -143,7 +142,7 @@ def bench_backend(name: str, url: str, args: argparse.Namespace) -> dict:
         result = {"fill": fill, "queries": {}}
         for window in args.windows:
             print(f"  [{name}] queries, window {window}", flush=True)
-            scope = Q.Scope(DEPLOYMENT, window_s=WINDOWS[window])
+            scope = Scope(DEPLOYMENT, window_s=WINDOWS[window])
             result["queries"][window] = time_queries(store, scope, args.repeat)
     print(f"  [{name}] whole pages (AppTest, cold caches)", flush=True)
     result["pages"] = time_pages(url, args.windows, args.page_repeat)
@@ -176,7 +175,7 @@ def main() -> None:
         "machine": store_ingest.machine(),
         "versions": {"streamlit": streamlit.__version__, "altair": altair.__version__, "optuna": optuna.__version__},
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "row_budget_before_sampling": Q.ROW_BUDGET,
+        "row_budget_before_sampling": A.ROW_BUDGET,
         "results": {},
     }
     sqlite_url = store_ingest._fresh_sqlite(Path(args.sqlite_dir) / "kvpilot_bench_dashboard.db")

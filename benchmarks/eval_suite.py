@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, environment  # noqa: E402
 
-from kvpilot.config import POLICIES, KVConfig  # noqa: E402
+from kvpilot.config import KVConfig  # noqa: E402
+from kvpilot.policies import POLICY_REGISTRY  # noqa: E402
 from kvpilot.engine import Engine  # noqa: E402
 from kvpilot.evaluation import Evaluator, RunResult  # noqa: E402
 
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=None, help="samples per task (default: 6 passkey, 3 convqa)")
     ap.add_argument("--tokens", type=int, default=None, help="context tokens (default 1000)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--policies", nargs="+", default=[p for p in POLICIES if p != "full"])
+    ap.add_argument("--policies", nargs="+", default=[p for p in POLICY_REGISTRY.names() if p != "full"])
     ap.add_argument("--ratios", nargs="+", type=float, default=[r for r in RATIOS if r > 0])
     ap.add_argument("--runs", default="runs/eval_suite", help="run folders (resume and cache)")
     ap.add_argument("--query-aware", action="store_true", help="compress each context with its question")

@@ -2,7 +2,7 @@
 
 Skew: the skew probe's metrics on the last 32 prompt rows of each calibration sample, full cache, at
 the budget B = 25 % of the context (the "retained mass" column is what top-B keeps). Sensitivity: the
-three profiler methods of kvpilot.probes.sensitivity (ablation KL with SnapKV at 75 % compression, the
+three profiler methods of kvpilot.evaluation.sensitivity (ablation KL with SnapKV at 75 % compression, the
 EpiCache key cosine, and 1 - retained mass). Also the layer budgets the ablation profile gives under
 ``layer_allocation="sensitivity"`` at the same average budget.
 
@@ -27,10 +27,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kvpilot.cache.budgets import layer_budgets  # noqa: E402
+from kvpilot.policies.layers import layer_budgets  # noqa: E402
 from kvpilot.config import KVConfig  # noqa: E402
 from kvpilot.engine import Engine  # noqa: E402
-from kvpilot.probes.sensitivity import (  # noqa: E402
+from kvpilot.evaluation.sensitivity import (  # noqa: E402
     ablation_profile,
     calibration_samples,
     key_cosine_profile,

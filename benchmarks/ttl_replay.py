@@ -24,7 +24,7 @@ from tqdm import tqdm  # noqa: E402
 
 from kvpilot.config import KVConfig  # noqa: E402
 from kvpilot.engine import Engine  # noqa: E402
-from kvpilot.engine.replay import Replay  # noqa: E402
+from kvpilot.evaluation.replay import Replay  # noqa: E402
 from kvpilot.workloads import AgentWorkload, generate_agent_trace  # noqa: E402
 
 # (label, KVConfig fields, session-pool limit in MiB or None)

@@ -17,16 +17,28 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from kvpilot.errors import KVPilotError
 from kvpilot.paths import kvpilot_home
 from kvpilot.probes.base import SamplingPolicy
-from kvpilot.probes.otel import Telemetry
-from kvpilot.probes.recorder import Recorder
-from kvpilot.probes.spool import Spool
+
+if TYPE_CHECKING:  # loaded by attach() itself, so `import kvpilot` stays light (no torch, SQLAlchemy, OpenTelemetry)
+    from typing import Protocol
+
+    from kvpilot.engine import Engine
+    from kvpilot.engine.watcher import ConfigWatcher
+    from kvpilot.probes.observer import ProbeSet
+    from kvpilot.probes.otel import Telemetry
+    from kvpilot.probes.recorder import Recorder
+    from kvpilot.storage.protocols import ConfigSource, RunRecorder, SampleSink
+
+    class AttachStore(SampleSink, ConfigSource, RunRecorder, Protocol):
+        """What attach uses of a store: the recorder's sink, the watcher's config source, runs, and close."""
+
+        def close(self) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +85,15 @@ class LazyStore:
             self._store.close()
 
 
-def _open_store(store: Any) -> tuple[Any, bool]:
-    """(store, owned): a Store passes through; a URL is opened now, or lazily if the database is down."""
-    if store is None or hasattr(type(store), "add_layer_stats"):
+def _open_store(store: Any) -> tuple[AttachStore | None, bool]:
+    """(store, owned): a store passes through; a URL is opened now, or lazily if the database is down."""
+    # LazyStore before the protocol check, which reads attributes (and so would try the database now)
+    if store is None or isinstance(store, LazyStore):
         return store, False
+    from kvpilot.storage.protocols import SampleSink
+
+    if isinstance(store, SampleSink):  # a Store, or a stand-in with the sink's methods
+        return cast("AttachStore", store), False
     from kvpilot.storage import DatabaseUnavailableError, Store
 
     url = os.fspath(store) if isinstance(store, os.PathLike) else store
@@ -90,7 +107,7 @@ def _open_store(store: Any) -> tuple[Any, bool]:
         return lazy, True
 
 
-def _as_engine(model_or_engine: Any, tokenizer: Any) -> Any:
+def _as_engine(model_or_engine: Any, tokenizer: Any) -> Engine:
     from kvpilot.engine import Engine
 
     if isinstance(model_or_engine, Engine):
@@ -104,6 +121,25 @@ def _as_engine(model_or_engine: Any, tokenizer: Any) -> Any:
     return Engine(model, tokenizer)
 
 
+def _owner(
+    store: AttachStore, engine: Engine, deployment: str, instance_name: str, model_name: str | None,
+    run_kind: str | None, run_name: str | None, sampling: SamplingPolicy,
+) -> Callable[[], tuple[int | None, int | None]]:
+    """What the recorder calls once the database answers: register the instance (and open the run)."""
+    started_at = time.time()
+
+    def owner() -> tuple[int | None, int | None]:
+        info = store.register_instance(deployment, instance_name, model=model_name)
+        run_id = None
+        if run_kind is not None:
+            run_id = store.start_run(run_kind, deployment=deployment, instance_id=info.id, name=run_name,
+                                     config=engine.config, params={"sampling": vars(sampling)},
+                                     started_at=started_at)
+        return info.id, run_id
+
+    return owner
+
+
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:120]
 
@@ -113,14 +149,14 @@ class ProbeHandle:
 
     def __init__(
         self,
-        engine: Any,
-        store: Any,
+        engine: Engine,
+        store: AttachStore | None,
         owns_store: bool,
-        probes: Any,
+        probes: ProbeSet,
         recorder: Recorder,
         telemetry: Telemetry | None,
         owns_telemetry: bool,
-        watcher: Any,
+        watcher: ConfigWatcher | None,
         deployment: str,
         instance_name: str,
         model_name: str | None,
@@ -249,10 +285,14 @@ def attach(
         (default `SamplingPolicy`), or pass a whole ``sampling`` policy.
     otel: True (the application's global OpenTelemetry providers), False, "console", "otlp", "memory",
         or a `Telemetry`.
-    probes: names from `kvpilot.probes.PROBES` (default: all of skew, latency, memory, evictions).
+    probes: names from `kvpilot.probes.registry.PROBES` (default: all of skew, latency, memory, evictions).
     run_kind: also open a run ("serving", "eval", "probe", ...) that tags every sample.
     """
-    from kvpilot.probes.observer import DEFAULT_PROBES, ProbeSet, build_probes
+    from kvpilot.probes.observer import ProbeSet
+    from kvpilot.probes.otel import Telemetry
+    from kvpilot.probes.recorder import Recorder
+    from kvpilot.probes.registry import build_probes, default_probes
+    from kvpilot.probes.spool import Spool
 
     engine = _as_engine(model_or_engine, tokenizer)
     if engine.observer is not None:
@@ -272,28 +312,19 @@ def attach(
         attributes["gen_ai.request.model"] = model_name
     telemetry = Telemetry.from_spec(otel, attributes=attributes)
 
-    spool = None
+    spool = owner = None
     if opened is not None:
         folder = Path(spool_dir) if spool_dir is not None else kvpilot_home() / "spool"
         spool = Spool(folder / f"{_safe_name(deployment)}.{_safe_name(instance_name)}.jsonl")
-    started_at = time.time()
+        owner = _owner(opened, engine, deployment, instance_name, model_name, run_kind, run_name, sampling)
 
-    def owner() -> tuple[int | None, int | None]:
-        info = opened.register_instance(deployment, instance_name, model=model_name)
-        run_id = None
-        if run_kind is not None:
-            run_id = opened.start_run(run_kind, deployment=deployment, instance_id=info.id, name=run_name,
-                                      config=engine.config, params={"sampling": vars(sampling)},
-                                      started_at=started_at)
-        return info.id, run_id
-
-    recorder = Recorder(opened, telemetry=telemetry, spool=spool, owner=owner if opened is not None else None,
-                        flush_interval_s=flush_interval_s)
+    recorder = Recorder(opened, telemetry=telemetry, spool=spool, owner=owner, flush_interval_s=flush_interval_s)
     if telemetry is not None:
         telemetry.bind_recorder(recorder)
     device = next(engine.model.parameters()).device
-    probe_set = ProbeSet(build_probes(DEFAULT_PROBES if probes is None else probes, policy=sampling, model_name=model_name, device=device,
-                                      proxy_budget=proxy_budget), recorder, sampling)
+    chosen = build_probes(default_probes() if probes is None else probes, policy=sampling, model_name=model_name,
+                          device=device, proxy_budget=proxy_budget)
+    probe_set = ProbeSet(chosen, recorder, sampling)
 
     handle = ProbeHandle(engine, opened, owns_store, probe_set, recorder, telemetry, owns_tel, None,
                          deployment, instance_name, model_name)

@@ -4,19 +4,36 @@ A KVConfig says how a managed KV cache is compressed: which policy scores tokens
 layer and KV head keeps, which tokens are protected, how statistics are gathered and when eviction runs.
 It is plain data (JSON round trip, JSON schema) so the tuner can search it, the store can version it and
 an engine can validate it before applying it. Nothing here imports torch.
+
+Four fields name a plug-in (`SLOTS`): `policy`, `layer_allocation`, `head_allocation`, `session_ttl`. Each
+plug-in's own parameters live beside it, in `<field>_params` (e.g. `policy_params={"pooling": "max"}` for
+snapkv), validated by the plug-in's declarations (`kvpilot.plugins.Param`); the other fields are shared by
+every policy. Configs written before the plug-ins owned their parameters kept them flat
+(`pooling="max"`, `pyramid_beta=4`): such keys are still accepted and moved into the plug-in that declares
+them (`Param.legacy`); one the chosen plug-in does not use is dropped when it holds its old default and
+rejected otherwise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-POLICIES = ("full", "random", "streaming", "h2o", "tova", "snapkv", "knorm", "expected_attention")
-LAYER_ALLOCATIONS = ("uniform", "pyramid", "sensitivity", "explicit")
-HEAD_ALLOCATIONS = ("uniform", "adaptive")
-GRANULARITIES = ("token", "sentence", "turn", "chunk")
+from kvpilot.errors import KVPilotError
+from kvpilot.plugins import Plugin, Registry
+from kvpilot.policies import HEAD_ALLOCATORS, LAYER_ALLOCATORS, POLICY_REGISTRY, TTL_RULES
 
 DEFAULT_SCORING_PROMPT = (
     "\n\nExtract the essential information from this conversation: the speakers' names, "
@@ -24,12 +41,54 @@ DEFAULT_SCORING_PROMPT = (
 )
 
 
-class KVConfigError(ValueError):
+@dataclass(frozen=True)
+class Slot:
+    """A KVConfig field that names a plug-in of ``registry``; ``<field>_params`` holds that plug-in's parameters."""
+
+    field: str
+    registry: Registry[Any]
+
+    @property
+    def params_field(self) -> str:
+        return f"{self.field}_params"
+
+
+SLOTS = (
+    Slot("policy", POLICY_REGISTRY),
+    Slot("layer_allocation", LAYER_ALLOCATORS),
+    Slot("head_allocation", HEAD_ALLOCATORS),
+    Slot("session_ttl", TTL_RULES),
+)
+SLOT_OF = {s.field: s for s in SLOTS} | {s.params_field: s for s in SLOTS}
+
+# The flat fields of the config before plug-ins owned their parameters, with their defaults then: old JSON
+# dumps every one of them, so a key the chosen plug-in does not use is dropped when it holds this value.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "observation_window": 32,
+    "pooling": "avg",
+    "pooling_kernel": 5,
+    "seed": 0,
+    "pyramid_beta": 20.0,
+    "sensitivity_alpha": 1.1,
+    "sensitivity_floor": 0.25,
+    "sensitivity_profile": None,
+    "layer_budgets": None,
+    "adaptive_alpha": 0.2,
+    "session_ttl_s": 0.0,
+    "ttl_memory_price": 1e-9,
+}
+
+
+class KVConfigError(KVPilotError, ValueError):
     """A KVConfig was rejected. The message names each bad field, its value and what is allowed."""
 
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("invalid KVConfig:\n  - " + "\n  - ".join(problems))
+
+
+def _params_field(description: str) -> Any:
+    return Field(default_factory=dict, validate_default=True, description=description)
 
 
 class KVConfig(BaseModel):
@@ -42,31 +101,20 @@ class KVConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=False, frozen=True)
 
-    policy: Literal["full", "random", "streaming", "h2o", "tova", "snapkv", "knorm", "expected_attention"] = (
-        "full"
-    )
+    policy: str = Field(default="full", description="eviction policy (kvpilot.policies.POLICY_REGISTRY)")
+    policy_params: dict[str, Any] = _params_field("the policy's own parameters")
     budget: int | None = Field(default=None, ge=1, description="average tokens kept per KV head per layer")
     compression_ratio: float | None = Field(
         default=None, ge=0.0, lt=1.0, description="fraction of seen tokens evicted, in [0, 1)"
     )
 
-    layer_allocation: Literal["uniform", "pyramid", "sensitivity", "explicit"] = "uniform"
-    pyramid_beta: float = Field(default=20.0, ge=1.0, description="PyramidKV steepness (b_min = B/beta)")
-    sensitivity_alpha: float = Field(default=1.1, ge=0.0, le=8.0, description="EpiCache sharpness")
-    sensitivity_floor: float = Field(default=0.25, ge=0.0, le=1.0, description="min budget, fraction of avg")
-    sensitivity_profile: list[float] | None = Field(
-        default=None, description="per-layer sensitivity (higher = needs more budget)"
-    )
-    layer_budgets: list[int] | None = Field(default=None, description="explicit tokens per layer")
-
-    head_allocation: Literal["uniform", "adaptive"] = "uniform"
-    adaptive_alpha: float = Field(default=0.2, ge=0.0, le=1.0, description="Ada-KV safeguard floor")
+    layer_allocation: str = Field(default="uniform", description="how the budget is split over layers")
+    layer_allocation_params: dict[str, Any] = _params_field("the layer allocation's own parameters")
+    head_allocation: str = Field(default="uniform", description="how a layer's budget is split over KV heads")
+    head_allocation_params: dict[str, Any] = _params_field("the head allocation's own parameters")
 
     sink_tokens: int = Field(default=4, ge=0, le=1024)
     window: int = Field(default=16, ge=0, le=8192, description="protected recent tokens")
-    observation_window: int = Field(default=32, ge=1, le=8192, description="queries scored (SnapKV)")
-    pooling: Literal["avg", "max", "none"] = "avg"
-    pooling_kernel: int = Field(default=5, ge=1, le=63)
 
     scoring: Literal["window", "prompt"] = Field(
         default="window", description="queries that score the cache: the context's last window, or a prompt"
@@ -79,16 +127,38 @@ class KVConfig(BaseModel):
 
     prefill_block_size: int | None = Field(default=None, ge=16, description="block-wise prefill size C")
     decode_interval: int | None = Field(default=None, ge=1, description="evict every N decode steps")
-    seed: int = 0
 
-    session_ttl: Literal["none", "fixed", "cdf"] = Field(
-        default="none", description="keep a session's cache while its agent runs a tool: never, for "
-        "session_ttl_s, or by Continuum's rule over each tool's duration distribution"
+    session_ttl: str = Field(
+        default="none", description="keep a session's cache while its agent runs a tool (a TTL rule)"
     )
-    session_ttl_s: float = Field(default=0.0, ge=0.0, le=86400.0,
-                                 description="fixed: the TTL (s); cdf: the largest TTL considered (0 = 120 s)")
-    ttl_memory_price: float = Field(default=1e-9, ge=0.0,
-                                    description="cdf: seconds of compute one byte-second of pinned KV is worth")
+    session_ttl_params: dict[str, Any] = _params_field("the TTL rule's own parameters")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_legacy(cls, data: Any) -> Any:
+        return _nest_legacy(data) if isinstance(data, dict) else data
+
+    @field_validator("policy", "layer_allocation", "head_allocation", "session_ttl")
+    @classmethod
+    def _registered(cls, name: str, info: ValidationInfo) -> str:
+        registry = SLOT_OF[str(info.field_name)].registry
+        if name not in registry:
+            raise ValueError(f"not allowed; allowed values: {', '.join(registry)}")
+        return name
+
+    @field_validator("policy_params", "layer_allocation_params", "head_allocation_params", "session_ttl_params")
+    @classmethod
+    def _own_params(cls, values: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        field = str(info.field_name)
+        slot = SLOT_OF[field]
+        choice = info.data.get(slot.field)
+        if choice is None:  # the plug-in's name was rejected: that is the error to report
+            return values
+        spec: type[Plugin] = slot.registry.get(choice)
+        normalised, problems = spec.validate_params(values, field)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return normalised
 
     @model_validator(mode="after")
     def _consistent(self) -> KVConfig:
@@ -98,23 +168,10 @@ class KVConfig(BaseModel):
                 f"budget={self.budget} and compression_ratio={self.compression_ratio}: "
                 "set only one of them"
             )
-        if self.pooling_kernel % 2 == 0:
-            problems.append(f"pooling_kernel={self.pooling_kernel}: must be odd (1, 3, 5, ...)")
-        if self.layer_allocation == "explicit" and not self.layer_budgets:
-            problems.append("layer_allocation='explicit': layer_budgets must list one budget per layer")
-        if self.layer_budgets is not None and any(b < 1 for b in self.layer_budgets):
-            problems.append(f"layer_budgets={self.layer_budgets}: every budget must be >= 1")
-        if self.layer_allocation == "sensitivity" and not self.sensitivity_profile:
-            problems.append(
-                "layer_allocation='sensitivity': sensitivity_profile must list one value per layer "
-                "(run `kvpilot profile` to measure one)"
-            )
-        if self.session_ttl == "fixed" and self.session_ttl_s <= 0:
-            problems.append("session_ttl='fixed': session_ttl_s must be > 0 (seconds a pinned cache is kept)")
         if self.scoring == "prompt" and not self.scoring_prompt.strip():
             problems.append("scoring='prompt': scoring_prompt must not be empty")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
         return self
 
     # ----- construction and serialisation -------------------------------------------------------
@@ -150,51 +207,154 @@ class KVConfig(BaseModel):
         return self.model_dump(mode="json")
 
     def replace(self, **changes: Any) -> KVConfig:
-        """A validated copy with some fields changed."""
-        return KVConfig.parse({**self.to_dict(), **changes})
+        """A validated copy with some fields changed (flat legacy parameter names work too).
+
+        Naming another plug-in in a slot drops the old plug-in's parameters unless ``changes`` gives new ones.
+        """
+        data = self.to_dict()
+        for slot in SLOTS:
+            if changes.get(slot.field, data[slot.field]) != data[slot.field] and slot.params_field not in changes:
+                del data[slot.params_field]
+        return KVConfig.parse({**data, **changes})
 
     @classmethod
     def json_schema(cls) -> dict[str, Any]:
-        return cls.model_json_schema()
+        """The JSON schema, with each slot's plug-in names and, per plug-in, the schema of its parameters."""
+        schema = cls.model_json_schema()
+        conditions = []
+        for slot in SLOTS:
+            schema["properties"][slot.field]["enum"] = list(slot.registry)
+            for spec in slot.registry.specs():
+                conditions.append({
+                    "if": {"properties": {slot.field: {"const": spec.name}}, "required": [slot.field]},
+                    "then": {"properties": {slot.params_field: spec.params_schema()}},
+                })
+        schema["allOf"] = conditions
+        return schema
 
     # ----- semantics ---------------------------------------------------------------------------
+
+    def spec(self, field: str) -> type[Plugin]:
+        """The plug-in class a slot field names, e.g. ``config.spec("policy").stats``."""
+        slot = SLOT_OF[field]
+        return slot.registry.get(getattr(self, slot.field))
 
     @property
     def compresses(self) -> bool:
         """False when the config can never evict anything (full cache)."""
-        if self.policy == "full":
+        if not POLICY_REGISTRY.get(self.policy).evicts:
             return False
-        if self.layer_allocation == "explicit" and self.layer_budgets:
+        if LAYER_ALLOCATORS.get(self.layer_allocation).absolute:
             return True
         return self.budget is not None or bool(self.compression_ratio)
 
+    def per_layer_values(self) -> dict[str, list[Any]]:
+        """The per-layer lists the config holds (e.g. ``layer_allocation_params.budgets``), by dotted name."""
+        out: dict[str, list[Any]] = {}
+        for slot in SLOTS:
+            values = getattr(self, slot.params_field)
+            for p in self.spec(slot.field).params():
+                if p.per_layer and values.get(p.name) is not None:
+                    out[f"{slot.params_field}.{p.name}"] = values[p.name]
+        return out
+
+    def declared_num_layers(self) -> int | None:
+        """The layer count a per-layer list in the config implies, if it holds one."""
+        lists = self.per_layer_values()
+        return len(next(iter(lists.values()))) if lists else None
+
     def validate_for_model(self, num_layers: int, num_kv_heads: int, num_heads: int | None = None) -> None:
         """Check the fields that depend on the model's shape; raise KVConfigError if any is wrong."""
-        problems: list[str] = []
-        if self.layer_budgets is not None and len(self.layer_budgets) != num_layers:
-            problems.append(
-                f"layer_budgets has {len(self.layer_budgets)} entries; the model has {num_layers} layers"
-            )
-        if self.sensitivity_profile is not None and len(self.sensitivity_profile) != num_layers:
-            problems.append(
-                f"sensitivity_profile has {len(self.sensitivity_profile)} entries; "
-                f"the model has {num_layers} layers"
-            )
+        problems = [
+            f"{name} has {len(values)} entries; the model has {num_layers} layers"
+            for name, values in self.per_layer_values().items()
+            if len(values) != num_layers
+        ]
         if num_kv_heads < 1 or (num_heads is not None and num_heads % num_kv_heads):
             problems.append(f"model has {num_heads} query heads and {num_kv_heads} KV heads: unsupported")
         if problems:
             raise KVConfigError(problems)
 
 
+def config_hash(config: KVConfig) -> str:
+    """The config's id: 8 hex digits of the SHA-256 of its canonical JSON (every field, defaults included)."""
+    canonical = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+
+def config_label(config: KVConfig) -> str:
+    """Short human label, e.g. `snapkv-0.75`, `h2o-b256`, `full`."""
+    if not config.compresses:
+        return "full" if config.policy == "full" else f"{config.policy}-0"
+    if config.compression_ratio is not None:
+        return f"{config.policy}-{config.compression_ratio:g}"
+    if config.budget is not None:
+        return f"{config.policy}-b{config.budget}"
+    return f"{config.policy}-explicit"
+
+
+# ----- legacy flat parameters -----------------------------------------------------------------------
+
+
+def _nest_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """Move flat parameter names (``pooling="max"``) into the params of the plug-in that declares them."""
+    legacy_keys = {p.legacy for s in SLOTS for spec in s.registry.specs() for p in spec.params() if p.legacy}
+    legacy_keys = (legacy_keys | set(LEGACY_DEFAULTS)) - set(KVConfig.model_fields)
+    if not legacy_keys & set(data):
+        return data
+    out = dict(data)
+    used: set[str] = set()
+    choices: dict[str, str] = {}
+    for slot in SLOTS:
+        choice = out.get(slot.field, KVConfig.model_fields[slot.field].default)
+        if not isinstance(choice, str) or choice not in slot.registry:
+            continue  # the name is rejected by its own validator
+        choices[slot.field] = choice
+        declared = [p for p in slot.registry.get(choice).params() if p.legacy in out]
+        params = out.get(slot.params_field) or {}
+        if not declared or not isinstance(params, dict):
+            continue
+        params = dict(params)
+        for p in declared:
+            value = out[p.legacy]
+            params[p.name] = p.from_legacy(value) if p.from_legacy is not None else value
+            used.add(str(p.legacy))
+        out[slot.params_field] = params
+    problems = []
+    for key in sorted(legacy_keys & set(out)):
+        value = out.pop(key)
+        if key in used or len(choices) < len(SLOTS):
+            continue
+        defaults = [LEGACY_DEFAULTS[key]] if key in LEGACY_DEFAULTS else []
+        owners: dict[str, list[str]] = {}
+        for slot in SLOTS:
+            for spec in slot.registry.specs():
+                for p in spec.params():
+                    if p.legacy == key:
+                        owners.setdefault(slot.field, []).append(repr(spec.name))
+                        defaults.append(p.default)
+        if value in defaults:
+            continue
+        if not owners:
+            problems.append(f"{key}={value!r}: no registered plug-in takes this parameter any more")
+        problems.extend(
+            f"{key}={value!r}: only {field} {' or '.join(names)} uses it; this config's {field} is {choices[field]!r}"
+            for field, names in owners.items()
+        )
+    if problems:
+        raise ValueError("\n".join(problems))
+    return out
+
+
 def _describe(exc: ValidationError) -> list[str]:
     """Turn pydantic errors into 'field=value: what is allowed' lines."""
-    out = []
+    out: list[str] = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err.get("loc", ())) or "config"
         value = err.get("input")
         msg = err.get("msg", "invalid")
         if err.get("type") == "extra_forbidden":
-            allowed = ", ".join(sorted(KVConfig.model_fields))
+            allowed = ", ".join(KVConfig.model_fields)
             out.append(f"{field}: unknown field; allowed fields: {allowed}")
             continue
         if err.get("type") == "literal_error":
@@ -202,8 +362,8 @@ def _describe(exc: ValidationError) -> list[str]:
             out.append(f"{field}={value!r}: not allowed; allowed values: {expected}")
             continue
         msg = msg.removeprefix("Value error, ")
-        if field == "config":
-            out.append(msg)
+        if err.get("type") == "value_error" and (field == "config" or field.endswith("_params")):
+            out.extend(msg.split("\n"))  # these messages name their own fields
         else:
             out.append(f"{field}={value!r}: {msg}")
     return out

@@ -18,6 +18,19 @@ import torch
 PG_ENV = "KVPILOT_TEST_DATABASE_URL"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _default_store_is_temporary(tmp_path_factory) -> Iterator[None]:
+    """Commands that record to the default store (`kvpilot eval`) write to a session file, not ~/.cache."""
+    if os.environ.get("KVPILOT_DB"):
+        yield
+        return
+    os.environ["KVPILOT_DB"] = f"sqlite:///{tmp_path_factory.mktemp('default-store') / 'kvpilot.db'}"
+    try:
+        yield
+    finally:
+        os.environ.pop("KVPILOT_DB", None)
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """A 4-layer Llama with 4 query heads and 2 KV heads, random weights, kvpilot's attention."""

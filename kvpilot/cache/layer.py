@@ -1,16 +1,26 @@
-"""One layer of the managed cache: physical slots, their logical positions, padding and statistics.
+"""One layer of the managed cache: its slots, their logical positions, padding, statistics and eviction.
 
 Keys and values are stored per KV head ([1, H_kv, n, d], never repeated for GQA). Heads may keep
 different numbers of tokens (Ada-KV); the shorter ones are padded and the padding is marked invalid and
-masked in attention. Padding is real memory, so it counts in the physical bytes.
+masked in attention. Padding is real memory, so it counts in the physical bytes. The layer owns its state
+and evicts itself down to the budget the cache hands it (cross-layer decisions stay in the cache).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from transformers.cache_utils import CacheLayerMixin
 
-from kvpilot.cache.policies.base import LayerStats
+from kvpilot.cache.exchange import StatsRequest
+from kvpilot.cache.selection import keep_indices, protected_slots
+from kvpilot.config import KVConfig
+from kvpilot.policies.base import LayerStats, RopeInfo, ScoringInputs
+from kvpilot.policies.heads import head_budgets, within_budget
+
+SNAPSHOT_FIELDS = ("keys", "values", "positions", "valid", "seen", "decode_steps")
 
 
 class ManagedLayer(CacheLayerMixin):
@@ -19,7 +29,7 @@ class ManagedLayer(CacheLayerMixin):
     is_sliding = False
     is_croppable = False
 
-    def __init__(self, layer_idx: int = 0, **kwargs):
+    def __init__(self, layer_idx: int = 0, **kwargs: Any) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.positions: torch.Tensor | None = None  # [H_kv, n] logical position of each slot
@@ -27,13 +37,14 @@ class ManagedLayer(CacheLayerMixin):
         self.seen = 0
         self.stats = LayerStats()
         self.decode_steps = 0
-        self.pending_queries = 0  # query length of the forward in flight (0 when none)
         self.scoring_past = -1  # during a scoring pass: how many slots are real past (the rest is transient)
         self.evicted_total = 0
+        self.nbytes = 0
+        self.peak_nbytes = 0
 
     # ----- transformers' CacheLayerMixin -------------------------------------------------------
 
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         h_kv, d = key_states.shape[1], key_states.shape[-1]
         self.keys = key_states.new_empty(1, h_kv, 0, d)
@@ -41,13 +52,13 @@ class ManagedLayer(CacheLayerMixin):
         self.positions = torch.empty(h_kv, 0, dtype=torch.long, device=self.device)
         self.is_initialized = True
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        """Append new tokens (or, in a scoring pass, only show them to this forward's attention)."""
         if key_states.shape[0] != 1:
             raise ValueError(f"kvpilot's managed cache serves batch size 1, got {key_states.shape[0]}")
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         q = key_states.shape[-2]
-        self.pending_queries = q
         keys = torch.cat([self.keys, key_states], dim=-2)
         values = torch.cat([self.values, value_states], dim=-2)
         if self.scoring_past >= 0:  # scoring pass: attend to the new tokens, never store them
@@ -61,34 +72,74 @@ class ManagedLayer(CacheLayerMixin):
         self.keys, self.values = keys, values
         self.seen += q
         self.stats.pad_to(keys.shape[-2])
+        self._account()
         return keys, values
 
     def get_seq_length(self) -> int:
         """Logical length: generate() derives new tokens' positions from it, so it must count evictions."""
         return self.seen
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:  # type: ignore[override]
         return self.seen + query_length, 0
 
     def get_max_length(self) -> int:
         return -1
 
     def reset(self) -> None:
-        self.__init__(self.layer_idx)
+        self.__init__(self.layer_idx)  # type: ignore[misc]
 
-    # ----- kvpilot --------------------------------------------------------------------------------
+    # ----- what the attention function sees --------------------------------------------------------
 
     @property
     def physical_length(self) -> int:
         return 0 if self.keys is None else self.keys.shape[-2]
 
-    @property
-    def nbytes(self) -> int:
-        if self.keys is None:
-            return 0
-        return self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
+    def key_valid(self, key_len: int) -> torch.Tensor | None:
+        """[H_kv, key_len] validity of the keys the attention sees (None: all valid)."""
+        if self.valid is None:
+            return None
+        extra = key_len - self.valid.shape[-1]
+        if extra:
+            return torch.cat([self.valid, self.valid.new_ones(self.valid.shape[0], extra)], dim=-1)
+        return self.valid
+
+    def record_stats(self, req: StatsRequest, key_mass: torch.Tensor, group: int, q_len: int) -> None:
+        """Store ``key_mass`` [H_kv, n] (summed over queries and the GQA group) for the policy.
+
+        Accumulated (H2O) mass also counts how many queries saw each key, for the length-bias correction:
+        every old key was seen by all ``q_len`` new queries, the new keys by the causal rest.
+        """
+        st = self.stats
+        n = key_mass.shape[-1]
+        if req.kind == "accumulated":
+            q = q_len
+            first_new = n - q
+            seen_by = torch.full((n,), float(q), device=key_mass.device)
+            seen_by[first_new:] = torch.arange(q, 0, -1, device=key_mass.device, dtype=torch.float32)
+            count = (seen_by * group).expand_as(key_mass)
+            st.pad_to(n)
+            st.acc_mass = key_mass if st.acc_mass is None else st.acc_mass[:, :n] + key_mass
+            st.acc_count = count.clone() if st.acc_count is None else st.acc_count[:, :n] + count
+            return
+        if req.accumulate and st.scoring_mass is not None:
+            prev = torch.nn.functional.pad(st.scoring_mass, (0, max(0, n - st.scoring_mass.shape[-1])))
+            st.scoring_mass = prev[:, :n] + key_mass
+        else:
+            st.scoring_mass = key_mass
+
+    def record_query_moments(self, queries_pre_rope: torch.Tensor) -> None:
+        """Accumulate first and second moments of pre-RoPE queries [H, q, d] (Expected Attention)."""
+        st = self.stats
+        q = queries_pre_rope.float()
+        s, outer = q.sum(dim=1), torch.einsum("hqd,hqe->hde", q, q)
+        st.query_sum = s if st.query_sum is None else st.query_sum + s
+        st.query_outer = outer if st.query_outer is None else st.query_outer + outer
+        st.query_count += q.shape[1]
+
+    # ----- eviction ---------------------------------------------------------------------------------
 
     def valid_mask(self) -> torch.Tensor:
+        assert self.positions is not None
         if self.valid is None:
             return torch.ones(self.positions.shape, dtype=torch.bool, device=self.positions.device)
         return self.valid
@@ -96,8 +147,47 @@ class ManagedLayer(CacheLayerMixin):
     def kept_per_head(self) -> list[int]:
         return self.valid_mask().sum(dim=-1).tolist() if self.positions is not None else []
 
+    def evict(
+        self,
+        budget: int,
+        config: KVConfig,
+        policy: Any,
+        *,
+        num_heads: int,
+        rope: RopeInfo | None,
+        units_of: Callable[[torch.Tensor], torch.Tensor | None],
+    ) -> int:
+        """Keep at most ``budget`` tokens per KV head (split over heads as the config says); returns evicted."""
+        if self.positions is None:
+            return 0
+        valid = self.valid_mask()
+        kept_now = valid.sum(dim=-1).tolist()
+        if within_budget(config, kept_now, budget):
+            return 0
+        assert self.keys is not None and self.values is not None
+        inputs = ScoringInputs(
+            layer_idx=self.layer_idx,
+            keys=self.keys[0],
+            values=self.values[0],
+            positions=self.positions,
+            valid=valid,
+            seen=self.seen,
+            num_heads=num_heads,
+            config=config,
+            stats=self.stats,
+            rope=rope,
+        )
+        scores = policy.score(inputs)
+        protected = protected_slots(self.positions, valid, self.seen, config.sink_tokens, config.window, budget)
+        per_head = head_budgets(config, scores, valid, protected, budget)
+        if per_head == kept_now:
+            return 0
+        keep = keep_indices(scores, valid, protected, per_head, units_of(self.positions), config.unit_pooling)
+        return self.compact(keep)
+
     def compact(self, keep: list[torch.Tensor]) -> int:
         """Keep only the given slot indices per head (sorted), padding heads to the longest. Returns evicted."""
+        assert self.keys is not None and self.values is not None and self.positions is not None
         before = int(self.valid_mask().sum())
         lengths = [int(k.numel()) for k in keep]
         width = max(lengths)
@@ -119,4 +209,24 @@ class ManagedLayer(CacheLayerMixin):
         self.stats.scoring_mass = None
         evicted = before - sum(lengths)
         self.evicted_total += evicted
+        self._account()
         return evicted
+
+    # ----- snapshots and accounting -------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """A cheap copy of this layer's state (tensors are replaced, never mutated, so references suffice)."""
+        return {k: getattr(self, k) for k in SNAPSHOT_FIELDS} | {"stats": LayerStats(**vars(self.stats))}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        for k, v in saved.items():
+            setattr(self, k, LayerStats(**vars(v)) if k == "stats" else v)
+        self.is_initialized = self.keys is not None
+        self._account()
+
+    def _account(self) -> None:
+        """Bytes held now (padding included), and this layer's peak."""
+        keys, values = self.keys, self.values
+        self.nbytes = 0 if keys is None else keys.nbytes + values.nbytes
+        if self.nbytes > self.peak_nbytes:
+            self.peak_nbytes = self.nbytes

@@ -1,53 +1,32 @@
-"""ManagedCache: a transformers Cache that enforces a KVConfig.
+"""ManagedCache: a transformers Cache of ManagedLayers that enforces a KVConfig.
 
-It works with a user's own ``model.generate(..., past_key_values=cache)`` (batch size 1) and with
-kvpilot's generation loop. Eviction runs inside the forward pass, right after a layer's attention has
-used its keys: at the end of prefill, after each prefill block, and every ``decode_interval`` decode
-steps. The registered attention function (``kvpilot.engine.attention``) builds each layer's mask from
-the slots this cache reports and hands back the statistics the policy asked for.
+It works with a user's own ``model.generate(..., cache=cache)`` (batch size 1) and with
+kvpilot's engine. Eviction runs inside the forward pass, right after a layer's attention has used its
+keys: at the end of prefill, after each prefill block, and every ``decode_interval`` decode steps. Each
+layer owns its slots and evicts itself; the cache makes the cross-layer decisions (the budget of every
+layer, the units tokens belong to, the modes of a forward) and keeps the byte accounting. For each layer
+and forward it hands kvpilot's attention function a ``ForwardExchange`` (kvpilot.cache.exchange).
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers.cache_utils import Cache
 
-from kvpilot.cache.budgets import adaptive_head_budgets, layer_budgets
+from kvpilot.cache.exchange import EXCHANGE_KWARG, ForwardExchange, StatsRequest
 from kvpilot.cache.layer import ManagedLayer
-from kvpilot.cache.policies import LayerStats, RopeInfo, ScoringInputs, make_policy
-from kvpilot.cache.selection import keep_indices, protected_slots
 from kvpilot.config import KVConfig
-
-_ACTIVE = threading.local()
+from kvpilot.policies.base import RopeInfo, make_policy
+from kvpilot.policies.layers import layer_budgets
 
 UNIT_SINGLETON_OFFSET = 1 << 40  # unit id of a token that belongs to no registered unit
-
-
-def active_cache() -> ManagedCache | None:
-    """The managed cache whose ``update`` ran last in this thread (the attention function's partner)."""
-    return getattr(_ACTIVE, "cache", None)
-
-
-@dataclass(frozen=True)
-class StatsRequest:
-    """Which attention statistics the attention function must compute for one layer and forward.
-
-    kind: "scoring" (replace or add to the scoring mass), "accumulated" (H2O sums) or "last" (TOVA row).
-    The queries are ``query[:, :, q_start:]``; the keys are ``key[:, :, :key_stop]``.
-    """
-
-    kind: str
-    q_start: int
-    key_stop: int
-    causal: bool
-    accumulate: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,7 +37,7 @@ class ModelShape:
     head_dim: int
 
     @classmethod
-    def of(cls, model) -> ModelShape:
+    def of(cls, model: Any) -> ModelShape:
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         heads = cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
@@ -68,24 +47,28 @@ class ModelShape:
 class ManagedCache(Cache):
     """A KV cache that keeps what its KVConfig allows, and reports honestly what it holds."""
 
+    layers: list[ManagedLayer]  # type: ignore[assignment]
+
     def __init__(self, config: KVConfig, shape: ModelShape, rope: RopeInfo | None = None):
         config.validate_for_model(shape.num_layers, shape.num_kv_heads, shape.num_heads)
         super().__init__(layers=[ManagedLayer(i) for i in range(shape.num_layers)])
         self.shape = shape
+        self.group_size = shape.num_heads // shape.num_kv_heads
         self.rope = rope
         self._config = config
         self.policy = make_policy(config)
         self._auto_evict = True
         self._defer_prompt_scoring = False
+        self._scoring_pass = False
         self._units = torch.full((0,), -1, dtype=torch.long)
+        self._bytes = 0
         self.peak_bytes = 0
-        self.layer_peak_bytes = [0] * shape.num_layers
         self.eviction_count = 0
-        self.observer = None  # optional probe (kvpilot.probes): on_attention(...) and on_evict(...)
+        self.observer: Any = None  # optional probe (kvpilot.probes): on_attention(...) and on_evict(...)
         self._warned_prompt_fallback = False
 
     @classmethod
-    def for_model(cls, model, config: KVConfig | None = None) -> ManagedCache:
+    def for_model(cls, model: Any, config: KVConfig | None = None) -> ManagedCache:
         """A managed cache shaped for ``model`` (its rotary embedding is used by Expected Attention)."""
         rope = None
         rotary = getattr(getattr(model, "model", model), "rotary_emb", None)
@@ -107,11 +90,21 @@ class ManagedCache(Cache):
 
     # ----- transformers' Cache ---------------------------------------------------------------------
 
-    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
-        _ACTIVE.cache = self
-        out = self.layers[layer_idx].update(key_states, value_states)
-        self._track_bytes(layer_idx)
-        return out
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new keys and values; hand this forward's exchange to the attention function.
+
+        transformers passes the attention layer's keyword arguments as ``kwargs=`` and unpacks the same
+        dict into the attention function, which is how the exchange reaches it.
+        """
+        layer = self.layers[layer_idx]
+        before = layer.nbytes
+        keys, values = layer.update(key_states, value_states)
+        self._add_bytes(layer.nbytes - before)
+        forward_kwargs = kwargs.get("kwargs")
+        if isinstance(forward_kwargs, dict):
+            forward_kwargs[EXCHANGE_KWARG] = ForwardExchange(self, layer, key_states.shape[-2], keys.shape[-2])
+        return keys, values
 
     @property
     def seen_tokens(self) -> int:
@@ -140,14 +133,19 @@ class ManagedCache(Cache):
     @contextlib.contextmanager
     def scoring_pass(self) -> Iterator[None]:
         """Run a forward whose tokens act only as scoring queries and leave no trace in the cache."""
+        self._scoring_pass = True
         for layer in self.layers:
             layer.scoring_past = 0
         try:
             yield
         finally:
+            self._scoring_pass = False
             for layer in self.layers:
                 layer.scoring_past = -1
-                layer.pending_queries = 0
+
+    @property
+    def in_scoring_pass(self) -> bool:
+        return self._scoring_pass
 
     # ----- units ------------------------------------------------------------------------------------
 
@@ -160,7 +158,8 @@ class ManagedCache(Cache):
             self._units = grown
         self._units[start:end] = unit_ids.to(torch.long).cpu()
 
-    def _slot_units(self, positions: torch.Tensor) -> torch.Tensor | None:
+    def units_of(self, positions: torch.Tensor) -> torch.Tensor | None:
+        """The unit of each slot (None at token granularity); a token outside any unit is its own unit."""
         gran = self._config.granularity
         if gran == "token":
             return None
@@ -173,26 +172,9 @@ class ManagedCache(Cache):
         units = torch.where(units >= 0, units, pos + UNIT_SINGLETON_OFFSET)
         return units.to(positions.device)
 
-    # ----- what the attention function asks ---------------------------------------------------------
+    # ----- what a forward's exchange asks ----------------------------------------------------------
 
-    def owns_forward(self, layer_idx: int, key_len: int) -> bool:
-        layer = self.layers[layer_idx]
-        return layer.pending_queries > 0 and key_len == layer.physical_length + (
-            layer.pending_queries if layer.scoring_past >= 0 else 0
-        )
-
-    def key_valid(self, layer_idx: int, key_len: int) -> torch.Tensor | None:
-        """[H_kv, key_len] validity of the keys the attention sees (None: all valid)."""
-        layer = self.layers[layer_idx]
-        if layer.valid is None:
-            return None
-        extra = key_len - layer.valid.shape[-1]
-        if extra:
-            return torch.cat([layer.valid, layer.valid.new_ones(layer.valid.shape[0], extra)], dim=-1)
-        return layer.valid
-
-    def stats_request(self, layer_idx: int, q_len: int, key_len: int) -> StatsRequest | None:
-        layer = self.layers[layer_idx]
+    def stats_request(self, layer: ManagedLayer, q_len: int, key_len: int) -> StatsRequest | None:
         needs = self.policy.stats
         if not self._config.compresses or needs in ("none", "queries"):
             return None
@@ -206,51 +188,19 @@ class ManagedCache(Cache):
             return StatsRequest("accumulated", 0, key_len, causal=True, accumulate=True)
         if self.policy.last_query_only:
             return StatsRequest("scoring", q_len - 1, key_len, causal=True)
-        window = min(self._config.observation_window, q_len)
+        window = min(self.policy.observation_window, q_len)
         return StatsRequest("scoring", q_len - window, key_len, causal=True, accumulate=q_len == 1)
 
-    def record_stats(self, layer_idx: int, req: StatsRequest, key_mass: torch.Tensor) -> None:
-        """Store ``key_mass`` [H_kv, n] (summed over queries and the GQA group) for the policy."""
-        st: LayerStats = self.layers[layer_idx].stats
-        n = key_mass.shape[-1]
-        if req.kind == "accumulated":
-            q = self.layers[layer_idx].pending_queries
-            group = self.shape.num_heads // self.shape.num_kv_heads
-            first_new = n - q
-            seen_by = torch.full((n,), float(q), device=key_mass.device)
-            seen_by[first_new:] = torch.arange(q, 0, -1, device=key_mass.device, dtype=torch.float32)
-            count = (seen_by * group).expand_as(key_mass)
-            st.pad_to(n)
-            st.acc_mass = key_mass if st.acc_mass is None else st.acc_mass[:, :n] + key_mass
-            st.acc_count = count.clone() if st.acc_count is None else st.acc_count[:, :n] + count
-            return
-        if req.accumulate and st.scoring_mass is not None:
-            prev = torch.nn.functional.pad(st.scoring_mass, (0, max(0, n - st.scoring_mass.shape[-1])))
-            st.scoring_mass = prev[:, :n] + key_mass
-        else:
-            st.scoring_mass = key_mass
-
-    def wants_query_moments(self, layer_idx: int, q_len: int) -> bool:
+    def wants_query_moments(self, layer: ManagedLayer, q_len: int) -> bool:
         return (
             self.policy.stats == "queries"
             and self._config.compresses
             and q_len > 1
-            and self.layers[layer_idx].scoring_past < 0
+            and layer.scoring_past < 0
         )
 
-    def record_query_moments(self, layer_idx: int, queries_pre_rope: torch.Tensor) -> None:
-        """Accumulate first and second moments of pre-RoPE queries [H, q, d] (Expected Attention)."""
-        st = self.layers[layer_idx].stats
-        q = queries_pre_rope.float()
-        s, outer = q.sum(dim=1), torch.einsum("hqd,hqe->hde", q, q)
-        st.query_sum = s if st.query_sum is None else st.query_sum + s
-        st.query_outer = outer if st.query_outer is None else st.query_outer + outer
-        st.query_count += q.shape[1]
-
-    def after_attention(self, layer_idx: int, q_len: int) -> None:
+    def after_attention(self, layer: ManagedLayer, q_len: int) -> None:
         """Called once the layer's attention output exists: evict now if this forward calls for it."""
-        layer = self.layers[layer_idx]
-        layer.pending_queries = 0
         if layer.scoring_past >= 0 or not self._auto_evict or not self._config.compresses:
             return
         if q_len > 1:
@@ -264,14 +214,14 @@ class ManagedCache(Cache):
                         stacklevel=2,
                     )
                     self._warned_prompt_fallback = True
-            self.evict_layer(layer_idx)
+            self.evict_layer(layer.layer_idx)
         else:
             layer.decode_steps += 1
             interval = self._config.decode_interval
             if interval and layer.decode_steps % interval == 0:
-                self.evict_layer(layer_idx)
+                self.evict_layer(layer.layer_idx)
 
-    # ----- eviction --------------------------------------------------------------------------------------
+    # ----- eviction: the cross-layer decisions ------------------------------------------------------
 
     def budgets(self) -> list[int]:
         """Tokens each layer keeps per KV head under the config in force, for what has been seen."""
@@ -283,82 +233,50 @@ class ManagedCache(Cache):
 
     def evict_layer(self, layer_idx: int) -> int:
         """Evict one layer down to its budget; an attached observer is told what it cost."""
-        observer = self.observer
-        if observer is None:
-            return self._evict_layer(layer_idx)
-        t0 = time.perf_counter()
-        evicted = self._evict_layer(layer_idx)
-        if evicted:
-            observer.on_evict(self, layer_idx, evicted, time.perf_counter() - t0)
-        return evicted
-
-    def _evict_layer(self, layer_idx: int) -> int:
         layer = self.layers[layer_idx]
         if layer.positions is None or not self._config.compresses:
             return 0
+        t0 = time.perf_counter()
         budget = layer_budgets(self._config, self.shape.num_layers, layer.seen)[layer_idx]
-        valid = layer.valid_mask()
-        kept_now = valid.sum(dim=-1)
-        adaptive = self._config.head_allocation == "adaptive"
-        if (int(kept_now.sum()) if adaptive else int(kept_now.max())) <= budget * (len(kept_now) if adaptive else 1):
-            return 0
-        inputs = ScoringInputs(
-            layer_idx=layer_idx,
-            keys=layer.keys[0],
-            values=layer.values[0],
-            positions=layer.positions,
-            valid=valid,
-            seen=layer.seen,
-            num_heads=self.shape.num_heads,
-            config=self._config,
-            stats=layer.stats,
-            rope=self.rope,
-        )
-        scores = self.policy.score(inputs)
-        protected = protected_slots(
-            layer.positions, valid, layer.seen, self._config.sink_tokens, self._config.window, budget
-        )
-        n_protected = protected.sum(dim=-1).tolist()
-        available = kept_now.tolist()
-        if adaptive:
-            rest = budget - max(n_protected)
-            extra = adaptive_head_budgets(scores, valid & ~protected, rest, self._config.adaptive_alpha)
-            head_budgets = [min(p + e, a) for p, e, a in zip(n_protected, extra, available, strict=True)]
-        else:
-            head_budgets = [min(budget, a) for a in available]
-        if head_budgets == available:
-            return 0
-        keep = keep_indices(
-            scores, valid, protected, head_budgets, self._slot_units(layer.positions), self._config.unit_pooling
-        )
-        evicted = layer.compact(keep)
-        self.eviction_count += 1
-        self._track_bytes(layer_idx)
+        before = layer.nbytes
+        evicted = layer.evict(budget, self._config, self.policy, num_heads=self.shape.num_heads,
+                              rope=self.rope, units_of=self.units_of)
+        if evicted:
+            self.eviction_count += 1
+            self._add_bytes(layer.nbytes - before)
+            if self.observer is not None:
+                self.observer.on_evict(self, layer_idx, evicted, time.perf_counter() - t0)
         return evicted
 
     # ----- snapshots and accounting ---------------------------------------------------------------
 
-    def snapshot(self) -> list[dict]:
+    def snapshot(self) -> list[dict[str, Any]]:
         """A cheap copy of the cache state (tensors are replaced, never mutated, so references suffice)."""
-        return [
-            {k: getattr(layer, k) for k in ("keys", "values", "positions", "valid", "seen", "decode_steps")}
-            | {"stats": LayerStats(**vars(layer.stats))}
-            for layer in self.layers
-        ]
+        return [layer.snapshot() for layer in self.layers]
 
-    def restore(self, state: list[dict]) -> None:
+    def restore(self, state: list[dict[str, Any]]) -> None:
         for layer, saved in zip(self.layers, state, strict=True):
-            for k, v in saved.items():
-                setattr(layer, k, LayerStats(**vars(v)) if k == "stats" else v)
-            layer.is_initialized = layer.keys is not None
-            layer.pending_queries = 0
-        for i in range(len(self.layers)):
-            self._track_bytes(i)
+            layer.restore(saved)
+        self._bytes = sum(layer.nbytes for layer in self.layers)
+        self.peak_bytes = max(self.peak_bytes, self._bytes)
 
     @property
     def physical_bytes(self) -> int:
         """Bytes the keys and values occupy now, padding included."""
-        return sum(layer.nbytes for layer in self.layers)
+        return self._bytes
+
+    @property
+    def layer_peak_bytes(self) -> list[int]:
+        return [layer.peak_nbytes for layer in self.layers]
+
+    def peaks(self) -> tuple[int, list[int]]:
+        """The peak counters, to put back after work that must not count (a teacher-forced replay)."""
+        return self.peak_bytes, self.layer_peak_bytes
+
+    def set_peaks(self, peaks: tuple[int, list[int]]) -> None:
+        self.peak_bytes = peaks[0]
+        for layer, peak in zip(self.layers, peaks[1], strict=True):
+            layer.peak_nbytes = peak
 
     def logical_bytes(self) -> int:
         """Bytes an uncompressed cache would occupy for the tokens seen."""
@@ -378,12 +296,10 @@ class ManagedCache(Cache):
 
     def reset_peak(self) -> None:
         self.peak_bytes = self.physical_bytes
-        self.layer_peak_bytes = [layer.nbytes for layer in self.layers]
+        for layer in self.layers:
+            layer.peak_nbytes = layer.nbytes
 
-    def _track_bytes(self, layer_idx: int) -> None:
-        nbytes = self.layers[layer_idx].nbytes
-        if nbytes > self.layer_peak_bytes[layer_idx]:
-            self.layer_peak_bytes[layer_idx] = nbytes
-        total = self.physical_bytes
-        if total > self.peak_bytes:
-            self.peak_bytes = total
+    def _add_bytes(self, delta: int) -> None:
+        self._bytes += delta
+        if self._bytes > self.peak_bytes:
+            self.peak_bytes = self._bytes

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kvpilot.cache.ttl import TTLContext, TTLPolicy
+from kvpilot.policies.ttl import TTLContext, TTLPolicy
 
 EventSink = Callable[..., Any]
 

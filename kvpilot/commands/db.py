@@ -48,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_db_option(st)
     st.set_defaults(func=_status)
 
+    bk = sub.add_parser("backends", help="the database backends kvpilot can use, with their URL forms")
+    bk.set_defaults(func=_backends)
+
     pr = sub.add_parser(
         "prune",
         help="delete samples older than a given age",
@@ -86,6 +89,14 @@ def _status(args: argparse.Namespace) -> int:
         for dep in store.deployments():
             alive = sum(i.alive for i in store.instances(dep.name))
             print(f"deployment {dep.name}: active config version {dep.active_version}, {alive} engine(s) alive")
+    return 0
+
+
+def _backends(args: argparse.Namespace) -> int:
+    from kvpilot.storage import BACKENDS
+
+    for spec in BACKENDS.values():
+        print(f"{spec.name:12} {spec.url_form}\n{'':12} {spec.description}")
     return 0
 
 

@@ -47,34 +47,33 @@ def run(args: argparse.Namespace) -> int:
     from kvpilot.attach import attach
     from kvpilot.config import KVConfig
     from kvpilot.engine import Engine
+    from kvpilot.evaluation import Evaluator
     from kvpilot.storage import Store
-    from kvpilot.workloads import generate, passkey_match
+    from kvpilot.workloads import generate
 
     store = Store.open(args.db)
     print(f"store: {store.url}")
     engine = Engine.load(args.model)
     samples = generate("passkey", args.samples, args.tokens, seed=args.seed, tokenizer=engine.tokenizer)
+    # the same evaluator the tuner uses: one request per sample through the engine, question-agnostic
+    evaluator = Evaluator(engine, samples, label="demo-passkey", results_root=None, progress=False,
+                          max_new_tokens=8, fidelity=False)
     rows = []
     for policy, ratio in tqdm(DEFAULT_CONFIGS, desc="policies"):
         config = KVConfig(policy=policy, compression_ratio=ratio)
-        engine.apply_config(config)
         # probes on every request: skew, memory, latency and evictions land in the store under this run;
         # no config watcher, so a config pushed meanwhile cannot change what is being compared
         handle = attach(engine, store=store, deployment=args.deployment, instance="demo-engine",
                         model_name=args.model or "bundled", otel=False, watch=False,
                         run_kind="eval", run_name=f"passkey {policy} {ratio or 0:.2f}")
-        correct, kv, peak, comp = 0, 0, 0, 0.0
+        engine.apply_config(config)
         try:
-            for s in samples:
-                qa = s.qa[0]
-                r = engine.answer(s.context, [(qa.question, qa.answer_prefix)], max_new_tokens=8)[0]
-                correct += int(passkey_match(r.text, qa.answers))
-                kv, peak, comp = kv + r.kv_bytes, peak + r.peak_kv_bytes, comp + r.compression_ratio
+            result = evaluator.run(config)
         finally:
             handle.detach()
-        n = len(samples)
-        metrics = {"accuracy": correct / n, "kv_bytes": kv / n, "peak_kv_bytes": peak / n,
-                   "compression_ratio": comp / n}
+        metrics = {"accuracy": result.metrics["accuracy"], "kv_bytes": result.metrics["kv_bytes"],
+                   "peak_kv_bytes": result.metrics["mean_peak_kv_bytes"],
+                   "compression_ratio": result.metrics["compression_ratio"]}
         if handle.run_id is not None:
             store.finish_run(handle.run_id, metrics=metrics)
         rows.append((config, metrics))
@@ -87,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     compressed = [(c, m) for c, m in rows if c.compresses]
     best_config, best = max(compressed, key=lambda cm: (cm[1]["accuracy"], -cm[1]["kv_bytes"]))
     source = "demo"
-    tuned = _tune(args, engine, samples, store) if args.trials > 0 else None
+    tuned = _tune(args, evaluator, store) if args.trials > 0 else None
     if tuned is not None and (tuned.metrics["accuracy"], -tuned.metrics["kv_bytes"]) >= (
             best["accuracy"], -best["kv_bytes"]):
         best_config, best, source = tuned.config, tuned.metrics, f"tuner:demo-passkey/{tuned.number}"
@@ -114,16 +113,14 @@ def _sessions(args: argparse.Namespace, engine, store, config) -> None:
     print_replay(config, metrics)
 
 
-def _tune(args: argparse.Namespace, engine, samples, store):
+def _tune(args: argparse.Namespace, evaluator, store):
     """A short Optuna study on the same samples: the smallest cache that answers as well as the full one.
     It lands in the store, so the dashboard's Tuning page has a study to show after the demo."""
-    from kvpilot.evaluation import Evaluator
     from kvpilot.tuner import Tuner
 
     print(f"\ntuning: {args.trials} Optuna trials, constraint accuracy>=full, objectives accuracy and KV bytes")
-    # no fidelity reference: the objectives are accuracy and bytes, and the demo should stay short
-    evaluator = Evaluator(engine, samples, label="demo-passkey", results_root=None, progress=False,
-                          max_new_tokens=8, fidelity=False)
+    # the comparison's evaluator (no fidelity reference: the objectives are accuracy and bytes, and the demo
+    # should stay short); a trial identical to a compared config is not run again
     tuner = Tuner(evaluator, study_name="demo-passkey", store=store, constraints=["accuracy>=full"],
                   deployment=args.deployment)
     result = tuner.optimize(args.trials)

@@ -33,6 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_workload_arguments(ev, samples=10)
     ev.add_argument("--recompute", action="store_true", help="recompute even if a finished run exists")
     ev.add_argument("--json", action="store_true", help="print the metrics as one JSON object on stdout")
+    ev.add_argument("--db", default=None, metavar="URL",
+                    help="store the run is recorded in, for the dashboard (default: $KVPILOT_DB or the SQLite "
+                    "file in $KVPILOT_HOME)")
+    ev.add_argument("--no-db", action="store_true", help="do not record the run in a store")
     ev.set_defaults(func=_eval)
 
 
@@ -58,8 +62,8 @@ def check_workload_arguments(args: argparse.Namespace) -> None:
             raise KVPilotError(f"{flag} must be at least 1, got {value}")
 
 
-def evaluator_from_arguments(args: argparse.Namespace):
-    """Load the engine and wrap the samples the flags ask for in an Evaluator."""
+def evaluator_from_arguments(args: argparse.Namespace, recorder=None):
+    """Load the engine and wrap the samples the flags ask for in an Evaluator (recording runs in ``recorder``)."""
     from kvpilot.engine import Engine
     from kvpilot.evaluation import Evaluator
 
@@ -75,12 +79,14 @@ def evaluator_from_arguments(args: argparse.Namespace):
         results_root=args.out,
         progress=not args.quiet,
         max_new_tokens=args.max_new_tokens,
+        recorder=recorder,
     )
 
 
 def build_config(args: argparse.Namespace):
     """The KVConfig the flags ask for; every problem becomes one line."""
-    from kvpilot.config import POLICIES, KVConfig, KVConfigError
+    from kvpilot.config import KVConfig, KVConfigError
+    from kvpilot.policies import POLICY_REGISTRY
 
     try:
         if args.config:
@@ -88,8 +94,8 @@ def build_config(args: argparse.Namespace):
                 raise KVPilotError("--ratio goes with --policy; put compression_ratio in the --config file instead")
             return KVConfig.from_file(args.config)
         policy = args.policy or "full"
-        if policy not in POLICIES:
-            raise KVPilotError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
+        if policy not in POLICY_REGISTRY:
+            raise KVPilotError(f"unknown policy {policy!r}; choose from {', '.join(POLICY_REGISTRY.names())}")
         if policy == "full":
             if args.ratio:
                 raise KVPilotError("--policy full keeps every token; drop --ratio or choose another policy")
@@ -134,11 +140,22 @@ def _eval(args: argparse.Namespace) -> int:
     from kvpilot.evaluation import format_summary
 
     t0 = time.perf_counter()
-    evaluator = evaluator_from_arguments(args)
-    result = evaluator.run(config, recompute=args.recompute)
+    store = None
+    if not args.no_db:
+        from kvpilot.storage import Store
+
+        store = Store.open(args.db)  # before the model loads: a bad URL fails in a second
+    try:
+        evaluator = evaluator_from_arguments(args, recorder=store)
+        result = evaluator.run(config, recompute=args.recompute)
+    finally:
+        if store is not None:
+            store.close()
     if args.json:
         print(json.dumps(result.as_json(), sort_keys=True, allow_nan=False))
     else:
         print(format_summary(result))
+        if store is not None:
+            print(f"recorded in {store.url} (see `kvpilot dashboard`)", file=sys.stderr)
         print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0

@@ -46,17 +46,18 @@ def run(args: argparse.Namespace) -> int:
     from kvpilot.config import KVConfig
     from kvpilot.engine import Engine
     from kvpilot.storage.url import resolve_url
-    from kvpilot.workloads import load_workload
+    from kvpilot.workloads import check_workload, load_workload
 
+    spec = check_workload(args.workload)  # a bad name or file fails before the model loads
     config = KVConfig.from_file(args.config) if args.config else None
     engine = Engine.load(args.model, config=config)
-    samples = load_workload(args.workload, args.samples, args.tokens, args.seed, engine.tokenizer)
+    samples = load_workload(spec, args.samples, args.tokens, args.seed, engine.tokenizer)
     url = resolve_url(args.db)
     handle = attach(
         engine, store=url, deployment=args.deployment, sample_rate=args.sample_rate,
         decode_every=args.decode_every, otel=False if args.otel == "none" else args.otel,
         instance=args.instance, model_name=args.model or "bundled", watch=not args.no_watch,
-        run_kind="probe", run_name=f"probe {args.workload} {args.tokens}",
+        run_kind="probe", run_name=f"probe {spec.label(len(samples), args.tokens, args.seed)}",
     )
     requests = 0
     try:

@@ -1,6 +1,6 @@
 """`kvpilot profile`: measure how sensitive each layer is to eviction and save the profile in the store.
 
-Methods (higher = more sensitive; see kvpilot.probes.sensitivity):
+Methods (higher = more sensitive; see kvpilot.evaluation.sensitivity):
   ablation_kl    compress only layer l with --policy at the budget, logit KL vs the full cache
   key_cosine     EpiCache: 1 - cosine of each layer's keys under a block-prefill mask vs the full mask
   retained_mass  1 - attention mass of the top-B keys (the online probe's proxy), from one prefill
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from kvpilot.engine import Engine
-    from kvpilot.probes.sensitivity import METHODS, calibration_samples, profile_layers, save_profile
+    from kvpilot.evaluation.sensitivity import METHODS, calibration_samples, profile_layers, save_profile
     from kvpilot.storage import Store
 
     methods = args.method or list(METHODS)

@@ -112,7 +112,7 @@ def run_replay(engine, config, events, *, store=None, deployment: str = "replay"
     are recorded there under `deployment`. Returns the replay's metrics."""
     from tqdm import tqdm
 
-    from kvpilot.engine.replay import Replay
+    from kvpilot.evaluation.replay import Replay
 
     handle = None
     if store is not None:
@@ -137,9 +137,10 @@ def run_replay(engine, config, events, *, store=None, deployment: str = "replay"
 
 def print_replay(config, m: dict) -> None:
     ratio = "-" if m["hit_ratio"] is None else f"{m['hit_ratio']:.0%}"
+    ttl = f"{config.session_ttl_params['ttl_s']:g} s" if config.session_ttl == "fixed" else ""
     print(f"{m['programs']} programs, {m['turns']} turns; cache {config.policy}"
           f"{'' if config.compression_ratio is None else f' at {config.compression_ratio:g}'}, "
-          f"TTL {config.session_ttl}{f' {config.session_ttl_s:g} s' if config.session_ttl == 'fixed' else ''}")
+          f"TTL {config.session_ttl} {ttl}".rstrip())
     print(f"hits {m['hits']}, misses {m['misses']} (hit ratio {ratio}), expiries {m['expiries']}")
     print(f"prefilled {m['prefilled_tokens']:,} tokens, of which {m['reprefilled_tokens']:,} history again after "
           f"misses; decoded {m['decoded_tokens']:,}")

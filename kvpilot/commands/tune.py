@@ -7,12 +7,17 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from kvpilot.commands.eval import add_workload_arguments, check_workload_arguments, evaluator_from_arguments
 from kvpilot.errors import KVPilotError
 
+if TYPE_CHECKING:  # the CLI imports every command module to build its parser: keep that light
+    from kvpilot.config import KVConfig
+
 DEFAULT_CONSTRAINT = "accuracy>=full"
 AGENT_OBJECTIVES = ("mean_jct_s", "pinned_gib_s")
+SIZE_FIELDS = ("policy", "budget", "compression_ratio")  # what `config_label` shows
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -150,8 +155,6 @@ def _as_json(result, pushed, url: str) -> dict:
 
 
 def _print(result, pushed, url: str, constraints) -> None:
-    from kvpilot.config import KVConfig
-
     base = result.baseline
     print(f"study {result.study_name!r} in {url}: {len(result.trials)} complete trials, "
           f"{sum(t.feasible for t in result.trials)} feasible" + (f", {result.failed_trials} failed"
@@ -169,27 +172,41 @@ def _print(result, pushed, url: str, constraints) -> None:
     print(f"\n{'trial':>5}  {'feasible configs, winner first':<52}" + "".join(f"{n:>15}" for n in names))
     for t in [result.best, *others][:10]:
         print(f"{t.number:>5}  {_label(t.config):<52}" + "".join(f"{_fmt(v):>15}" for v in t.values))
-    defaults = KVConfig().to_dict()
-    changed = {k: v for k, v in result.best.config.to_dict().items() if v != defaults[k]}
+    from kvpilot.config import KVConfig
+
+    defaults, best = KVConfig().to_dict(), result.best.config.to_dict()
+    changed = {k: best[k] for k in SIZE_FIELDS if best[k] != defaults[k]} | _changes(result.best.config)
     print(f"\nwinner: trial {result.best.number}, fields that differ from the defaults: {json.dumps(changed)}")
     if pushed is not None:
         print(f"pushed to deployment '{pushed.deployment}' as version {pushed.version}")
 
 
-def _label(config) -> str:
-    parts = [config.policy]
-    if config.compresses:
-        parts += [f"r={config.compression_ratio:g}", config.layer_allocation, config.head_allocation,
-                  f"w={config.window}"]
-        if config.scoring == "prompt":
-            parts.append("prompt")
-        if config.granularity != "token":
-            parts.append(config.granularity)
-    if config.session_ttl == "fixed":
-        parts.append(f"ttl={config.session_ttl_s:.3g}s")
-    elif config.session_ttl == "cdf":
-        parts.append(f"ttl=cdf@{config.ttl_memory_price:.2g}")
-    return " ".join(parts)
+def _changes(config: KVConfig) -> dict[str, Any]:
+    """The config's fields, and its plug-ins' own parameters, that differ from their defaults (the size
+    fields left out: `config_label` already says them)."""
+    from kvpilot.config import SLOTS, KVConfig
+
+    defaults = KVConfig().to_dict()
+    params_fields = {slot.params_field for slot in SLOTS}
+    out: dict[str, Any] = {}
+    for key, value in config.to_dict().items():
+        if key in SIZE_FIELDS or key in params_fields:
+            continue
+        if value != defaults.get(key):
+            out[key] = value
+    for slot in SLOTS:
+        params = getattr(config, slot.params_field)
+        for p in config.spec(slot.field).params():
+            if p.name in params and params[p.name] != p.default:
+                out[f"{slot.params_field}.{p.name}"] = params[p.name]
+    return out
+
+
+def _label(config: KVConfig) -> str:
+    """One row of the trial table: the label, then what else the trial changed (e.g. `window=32`)."""
+    from kvpilot.config import config_label
+
+    return " ".join([config_label(config), *(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in _changes(config).items())])
 
 
 def _fmt(v) -> str:

@@ -1,8 +1,9 @@
 """kvpilot's Streamlit dashboard: a control room over the store (run it with `kvpilot dashboard`).
 
 The app (`app.py`) is a multipage Streamlit script; each page lives in `views/`. Pages read the store only
-through aggregates computed in the database (`kvpilot.storage` readers plus `queries.py`), so they stay fast
-on stores with tens of millions of samples. Settings come from environment variables that
+through `Store` methods (`context.query`), whose readers and aggregates run in the database
+(`kvpilot.storage.queries`, `kvpilot.storage.aggregates`), so they stay fast on stores with tens of
+millions of samples. Nothing here imports torch. Settings come from environment variables that
 `kvpilot dashboard` sets: KVPILOT_DB (the store) and KVPILOT_DASHBOARD_READ_ONLY (hide push/rollback/promote).
 """
 

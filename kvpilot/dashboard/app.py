@@ -17,6 +17,7 @@ st.set_page_config(page_title="kvpilot", page_icon=":material/memory:", layout="
 PAGES = {
     "Observe": [
         st.Page("views/overview.py", title="Overview", icon=":material/monitoring:", default=True),
+        st.Page("views/runs.py", title="Runs", icon=":material/history:"),
         st.Page("views/layers.py", title="Layers", icon=":material/grid_on:"),
         st.Page("views/sessions.py", title="Sessions", icon=":material/timer:"),
         st.Page("views/events.py", title="Events", icon=":material/list_alt:"),

@@ -14,15 +14,17 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import streamlit as st
 from sqlalchemy.exc import DBAPIError
 
 from kvpilot.config import KVConfigError
-from kvpilot.dashboard import READ_ONLY_ENV, queries
-from kvpilot.dashboard.queries import Scope
-from kvpilot.storage import Store, StoreError
+from kvpilot.dashboard import READ_ONLY_ENV
+from kvpilot.storage import Scope, Store, StoreError
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 WINDOWS = {"5m": 300, "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800}
 WINDOW_LABELS = {"5m": "last 5 min", "15m": "last 15 min", "1h": "last hour", "6h": "last 6 hours",
@@ -62,21 +64,18 @@ def optuna_storage(url: str | None) -> Any:
     return tuning.open_storage(url)
 
 
-_LOCAL_QUERIES = frozenset(
-    {"is_empty", "request_totals", "latency_histogram", "layer_view", "layer_shape", "event_totals", "pool_series"}
-)
-
-
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False, max_entries=1000)
 def _cached(url: str | None, name: str, args: tuple, kwargs: tuple) -> Any:
-    s = store()
-    if name in _LOCAL_QUERIES:
-        return getattr(queries, name)(s, *args, **dict(kwargs))
-    return getattr(s, name)(*args, **dict(kwargs))
+    return getattr(store(), name)(*args, **dict(kwargs))
 
 
-def query(name: str, *args: Any, **kwargs: Any) -> Any:
-    """Run `queries.<name>(store, ...)` or `store.<name>(...)`, cached for a couple of seconds."""
+def query(method: Callable[Concatenate[Store, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """`store.<method>(...)` (e.g. `query(Store.layer_view, scope, "gini")`), cached for a couple of seconds.
+
+    Pages read the store only through its methods; this caches them by name and arguments."""
+    name = method.__name__
+    if getattr(Store, name, None) is not method:
+        raise TypeError(f"query() takes a Store method, got {method!r}")
     return _cached(settings().url, name, args, tuple(sorted(kwargs.items())))
 
 
@@ -97,6 +96,13 @@ class Ctx:
     def deployment(self) -> str | None:
         return self.scope.deployment
 
+    @property
+    def dep(self) -> str:
+        """The deployment, in panels a page draws only once one exists (it checks `deployment` first)."""
+        if self.scope.deployment is None:
+            raise StoreError("no deployment is selected")
+        return self.scope.deployment
+
 
 def sidebar() -> None:
     """Scope widgets (deployment, instance, window, refresh), drawn once per run by app.py."""
@@ -104,17 +110,17 @@ def sidebar() -> None:
     st.sidebar.caption(f"Store: `{store().url}`")
     if s.read_only:
         st.sidebar.info("Read-only view: push, rollback and promote are hidden.")
-    deployments = [d.name for d in query("deployments")]
+    deployments = [d.name for d in query(Store.deployments)]
     if deployments:
         st.sidebar.selectbox("Deployment", deployments, key="deployment", bind="query-params")
         dep = st.session_state.get("deployment")
-        insts = query("instances", dep) if dep else []
+        insts = query(Store.instances, dep) if dep else []
         labels = {i.id: f"{i.name} ({'alive' if i.alive else 'stale'})" for i in insts}
         st.sidebar.selectbox(
             "Instance", [None, *labels], format_func=lambda i: "all instances" if i is None else labels.get(i, i),
             key="instance",
         )
-    st.sidebar.selectbox("Time window", list(WINDOWS), index=2, format_func=WINDOW_LABELS.get, key="window",
+    st.sidebar.selectbox("Time window", list(WINDOWS), index=2, format_func=lambda w: WINDOW_LABELS[w], key="window",
                          bind="query-params")
     st.sidebar.selectbox("Auto-refresh", list(REFRESH), index=2, key="refresh",
                          help="how often live panels re-query the store, without reloading the page")
@@ -123,16 +129,16 @@ def sidebar() -> None:
 def current() -> Ctx:
     """The page's context, from the sidebar's widget state."""
     s = settings()
-    deployments = [d.name for d in query("deployments")]
+    deployments = [d.name for d in query(Store.deployments)]
     dep = st.session_state.get("deployment")
     if dep not in deployments:
         dep = deployments[0] if deployments else None
     inst = st.session_state.get("instance")
-    if inst is not None and (dep is None or inst not in {i.id for i in query("instances", dep)}):
+    if inst is not None and (dep is None or inst not in {i.id for i in query(Store.instances, dep)}):
         inst = None
     window = WINDOWS.get(st.session_state.get("window") or "1h", 3600)
     refresh = REFRESH.get(st.session_state.get("refresh") or "5s", 5)
-    return Ctx(Scope(dep, inst, float(window), now()), refresh, s.read_only, bool(query("is_empty")), store().url)
+    return Ctx(Scope(dep, inst, float(window), now()), refresh, s.read_only, query(Store.is_empty), store().url)
 
 
 def now() -> float:

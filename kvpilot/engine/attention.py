@@ -1,6 +1,7 @@
 """kvpilot's registered attention function: SDPA plus exactly the statistics the cache needs.
 
-Selected with ``attn_implementation="kvpilot"``. For a forward that runs on a ManagedCache it builds the
+Selected with ``attn_implementation="kvpilot"``. For a forward that runs on a ManagedCache it receives
+that layer's ``ForwardExchange`` (the cache puts it among the forward's keyword arguments), builds the
 layer's own mask (every kept key is in the past, padding slots are hidden, new tokens are causal among
 themselves), runs SDPA, then recomputes only what the policy asked for through the stats kernels: the
 observation window at prefill, the new row at decode, or the scoring prompt's queries. Eager attention
@@ -9,12 +10,15 @@ and ``output_attentions`` are never needed. Any other cache gets plain causal SD
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from kvpilot.cache.managed import ManagedCache, active_cache
+from kvpilot.cache.exchange import ForwardExchange
 from kvpilot.kernels import attention_stats
+from kvpilot.policies.base import RopeInfo
 
 ATTN_IMPLEMENTATION = "kvpilot"
 
@@ -34,9 +38,8 @@ def build_mask(q_len: int, n_keys: int, valid: torch.Tensor | None, group: int, 
     return mask
 
 
-def unrotate(query: torch.Tensor, position_ids: torch.Tensor, cache: ManagedCache) -> torch.Tensor:
+def unrotate(query: torch.Tensor, position_ids: torch.Tensor, rope: RopeInfo) -> torch.Tensor:
     """Pre-RoPE queries [H, q, d] from post-RoPE ones (rotate_half convention of Llama-like models)."""
-    rope = cache.rope
     angles = position_ids[0].float()[:, None] * rope.inv_freq.to(query.device)[None, :]
     cos, sin = torch.cos(angles), torch.sin(angles)
     q = query[0].float() / rope.attention_scaling
@@ -53,22 +56,25 @@ def kvpilot_attention(
     attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
-    **kwargs,
+    kvpilot_exchange: ForwardExchange | None = None,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    layer_idx = module.layer_idx
+    """SDPA over the layer's kept keys; then the statistics its ``ForwardExchange`` asks for."""
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    ex = kvpilot_exchange
+    if ex is None:
+        return _plain_sdpa(query, key, value, attention_mask, scaling)
     q_len, n_keys = query.shape[2], key.shape[2]
     group = query.shape[1] // key.shape[1]
-    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-    cache = active_cache()
-    if cache is None or not cache.owns_forward(layer_idx, n_keys):
-        return _plain_sdpa(query, key, value, attention_mask, scaling)
-
-    valid = cache.key_valid(layer_idx, n_keys)
-    mask = build_mask(q_len, n_keys, valid, group, query.device)
-    out = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=mask, scale=scaling, enable_gqa=group > 1
-    )
-    req = cache.stats_request(layer_idx, q_len, n_keys)
+    valid = ex.key_valid()
+    if valid is None and q_len == n_keys:  # a fresh prefill: SDPA's own causal path is the fast one
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=q_len > 1, scale=scaling,
+                                             enable_gqa=group > 1)
+    else:
+        mask = build_mask(q_len, n_keys, valid, group, query.device)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling,
+                                             enable_gqa=group > 1)
+    req = ex.stats_request
     if req is not None:
         kv = None if valid is None else valid[None, :, : req.key_stop]
         st = attention_stats(
@@ -78,17 +84,17 @@ def kvpilot_attention(
             causal=req.causal,
             key_valid=kv,
         )
-        cache.record_stats(layer_idx, req, st.key_mass[0])
-    if cache.wants_query_moments(layer_idx, q_len) and kwargs.get("position_ids") is not None:
-        pre = unrotate(query, kwargs["position_ids"], cache)
-        first = kwargs["position_ids"][0]
-        pre = pre[:, first >= cache.config.sink_tokens]
+        ex.record_stats(st.key_mass[0])
+    cache = ex.cache
+    position_ids = kwargs.get("position_ids")
+    if ex.wants_query_moments and position_ids is not None and cache.rope is not None:
+        pre = unrotate(query, position_ids, cache.rope)
+        pre = pre[:, position_ids[0] >= cache.config.sink_tokens]
         if pre.shape[1]:
-            cache.record_query_moments(layer_idx, pre)
-    observer = cache.observer
-    if observer is not None:
-        observer.on_attention(cache, layer_idx, query, key, valid, scaling)
-    cache.after_attention(layer_idx, q_len)
+            ex.record_query_moments(pre)
+    if cache.observer is not None:
+        cache.observer.on_attention(cache, ex.layer_idx, query, key, valid, scaling)
+    ex.done()
     return out.transpose(1, 2).contiguous(), None
 
 

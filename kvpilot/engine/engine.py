@@ -8,17 +8,45 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from kvpilot.cache.managed import ManagedCache, ModelShape
 from kvpilot.config import KVConfig
-from kvpilot.engine.generation import extend, greedy_decode, prefill
+from kvpilot.engine.generation import DecodeResult, extend, greedy_decode, prefill
 from kvpilot.engine.model import load_model
 from kvpilot.engine.prompts import chat_parts
 from kvpilot.engine.units import unit_ids
+
+
+@dataclass
+class Request:
+    """One request on the one serving path: a context compressed under a config, then each question.
+
+    Every question is answered on its own copy of the compressed context (snapshot and restore), so
+    questions never see each other. With no questions the answer follows the context itself.
+    config: None takes the engine's config in force (this call is a request boundary).
+    cache: a cache to continue (a session's next turn) instead of a new one; the context is appended.
+    max_new_tokens: 0 decodes nothing freely (prefill only, or only the teacher tokens below).
+    teacher_tokens: per question, tokens to feed teacher-forced from the point the question is in; their
+        logits come back as ``teacher_logits`` (fidelity against a reference answer). The free decode's
+        own logits are reused when its tokens start with these; such a replay is neither timed nor counted
+        in the peak.
+    on_prefilled: called with (cache, prefill seconds) once the context is in, before any decoding.
+    """
+
+    context_ids: Sequence[int]
+    questions: Sequence[Sequence[int]] = ()
+    max_new_tokens: int = 32
+    config: KVConfig | None = None
+    cache: ManagedCache | None = None
+    keep_logits: bool = False
+    teacher_tokens: Sequence[Sequence[int]] | None = None
+    stop_at_eos: bool = True
+    on_prefilled: Callable[[ManagedCache, float], None] | None = None
 
 
 @dataclass
@@ -37,12 +65,38 @@ class GenerationResult:
     compression_ratio: float
     config: KVConfig
     extra: dict = field(default_factory=dict)
+    raw_token_ids: list[int] = field(default_factory=list)  # as decoded, end-of-sequence included
+    decode_after_first_s: float = 0.0
+    step_logits: list[torch.Tensor] = field(default_factory=list, repr=False)
+    teacher_logits: list[torch.Tensor] | None = field(default=None, repr=False)
+
+
+@dataclass
+class Compression:
+    """What compressing one request's context kept and cost, read before any question was appended."""
+
+    context_tokens: int
+    prefill_s: float
+    kv_bytes: int
+    logical_kv_bytes: int
+    compression_ratio: float
+    peak_kv_bytes: int  # over the whole request: context, questions and answers
+
+
+@dataclass
+class Response:
+    answers: list[GenerationResult]
+    compression: Compression
+    cache: ManagedCache
 
 
 class Engine:
-    """Serve prompts with a KVConfig-managed cache on a Hugging Face causal LM (batch size 1)."""
+    """Serve prompts with a KVConfig-managed cache on a Hugging Face causal LM (batch size 1).
 
-    def __init__(self, model, tokenizer, config: KVConfig | None = None):
+    ``tokenizer`` may be None for work on token ids alone (the profiler): answers then carry no text.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, config: KVConfig | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.shape = ModelShape.of(model)
@@ -89,6 +143,8 @@ class Engine:
 
     @property
     def eos_ids(self) -> list[int]:
+        if self.tokenizer is None:  # a bare model (token ids in, token ids out)
+            return []
         eos = self.tokenizer.eos_token_id
         ids = eos if isinstance(eos, list) else [eos]
         im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -127,37 +183,95 @@ class Engine:
         self, context_ids: Sequence[int], questions: Sequence[Sequence[int]], max_new_tokens: int
     ) -> list[GenerationResult]:
         """Compress the context, then decode after each question (or once, after the context alone)."""
-        config = self.request_boundary()
-        cache = self.new_cache(config)
+        return self.serve(Request(context_ids, questions, max_new_tokens)).answers
+
+    def serve(self, request: Request) -> Response:
+        """The one request path: compress the context, answer each question in isolation, run the hooks.
+
+        Everything that serves a request (the evaluator, the demo, replays, the profiler, a server) comes
+        through here, so probes see every request and every answer is measured the same way.
+        """
+        config = request.config or self.request_boundary()
+        cache = request.cache if request.cache is not None else self.new_cache(config)
+        start_tokens = cache.seen_tokens
         t0 = time.perf_counter()
-        logits = self.compress(cache, context_ids)
+        logits = self.compress(cache, request.context_ids)
         prefill_s = time.perf_counter() - t0
-        base = cache.snapshot()
-        results = []
-        for question in questions or [None]:
-            cache.restore(base)
-            t1 = time.perf_counter()
-            with torch.inference_mode():
-                first = extend(self.model, cache, question) if question else logits
-            ask_s = time.perf_counter() - t1
-            dec = greedy_decode(self.model, cache, first, max_new_tokens, self.eos_ids)
-            tokens = [t for t in dec.token_ids if t not in self.eos_ids]
-            n = max(len(dec.token_ids) - 1, 1)
-            result = GenerationResult(
-                text=self.tokenizer.decode(tokens, skip_special_tokens=True),
-                token_ids=tokens,
-                prompt_tokens=len(context_ids) + len(question or []),
-                ttft_s=prefill_s + ask_s + dec.first_token_s,
-                tpot_s=(dec.decode_s - dec.first_token_s) / n,
-                prefill_s=prefill_s,
-                kv_bytes=cache.physical_bytes,
-                peak_kv_bytes=cache.peak_bytes,
-                logical_kv_bytes=cache.logical_bytes(),
-                compression_ratio=cache.compression_ratio(),
-                config=config,
-                extra={"peak_layer_kv_bytes": max(cache.layer_peak_bytes)},
-            )
+        compression = Compression(
+            context_tokens=cache.seen_tokens - start_tokens,
+            prefill_s=prefill_s,
+            kv_bytes=cache.physical_bytes,
+            logical_kv_bytes=cache.logical_bytes(),
+            compression_ratio=cache.compression_ratio(),
+            peak_kv_bytes=cache.peak_bytes,
+        )
+        if request.on_prefilled is not None:
+            request.on_prefilled(cache, prefill_s)
+        questions: list[Sequence[int] | None] = list(request.questions) or [None]
+        base = cache.snapshot() if len(questions) > 1 else None
+        answers = []
+        for qi, question in enumerate(questions):
+            if base is not None:
+                cache.restore(base)
+            teacher = request.teacher_tokens[qi] if request.teacher_tokens is not None else None
+            answer = self._answer(request, config, cache, logits, question, teacher, prefill_s)
             for hook in self.request_hooks:
-                hook(result, cache)
-            results.append(result)
-        return results
+                hook(answer, cache)
+            answers.append(answer)
+        compression.peak_kv_bytes = cache.peak_bytes
+        return Response(answers, compression, cache)
+
+    def _answer(
+        self,
+        request: Request,
+        config: KVConfig,
+        cache: ManagedCache,
+        context_logits: torch.Tensor,
+        question: Sequence[int] | None,
+        teacher: Sequence[int] | None,
+        prefill_s: float,
+    ) -> GenerationResult:
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            first = extend(self.model, cache, question) if question else context_logits
+        ask_s = time.perf_counter() - t1
+        prompt_tokens = cache.seen_tokens
+        ready = cache.snapshot() if teacher is not None else None
+        eos = self.eos_ids
+        dec = greedy_decode(self.model, cache, first, request.max_new_tokens, eos if request.stop_at_eos else (),
+                            keep_logits=request.keep_logits or teacher is not None)
+        tokens = [t for t in dec.token_ids if t not in eos]
+        later = max(len(dec.token_ids) - 1, 0)
+        after_first = dec.decode_s - dec.first_token_s if later else 0.0
+        result = GenerationResult(
+            text=self.tokenizer.decode(tokens, skip_special_tokens=True) if self.tokenizer is not None else "",
+            token_ids=tokens,
+            prompt_tokens=prompt_tokens,
+            ttft_s=prefill_s + ask_s + dec.first_token_s,
+            tpot_s=after_first / max(later, 1),
+            prefill_s=prefill_s,
+            kv_bytes=cache.physical_bytes,
+            peak_kv_bytes=cache.peak_bytes,
+            logical_kv_bytes=cache.logical_bytes(),
+            compression_ratio=cache.compression_ratio(),
+            config=config,
+            extra={"peak_layer_kv_bytes": max(cache.layer_peak_bytes)},
+            raw_token_ids=list(dec.token_ids),
+            decode_after_first_s=after_first,
+            step_logits=dec.step_logits if request.keep_logits else [],
+        )
+        if teacher is not None and ready is not None:
+            result.teacher_logits = self._teacher_logits(cache, ready, first, dec, list(teacher))
+        return result
+
+    def _teacher_logits(self, cache: ManagedCache, ready: list[dict], first: torch.Tensor, dec: DecodeResult,
+                        teacher: list[int]) -> list[torch.Tensor]:
+        """Logits at each teacher token: the free decode's own when it produced them, else a forced replay."""
+        n = len(teacher)
+        if list(dec.token_ids[:n]) == teacher:
+            return dec.step_logits[:n]
+        peaks = cache.peaks()
+        cache.restore(ready)
+        forced = greedy_decode(self.model, cache, first, n, forced=teacher)
+        cache.set_peaks(peaks)
+        return forced.step_logits

@@ -35,7 +35,7 @@ def forward(model, cache: ManagedCache, ids: Sequence[int] | torch.Tensor) -> to
     ids_t = torch.as_tensor(ids, dtype=torch.long, device=model.device).view(1, -1)
     start = cache.seen_tokens
     pos = torch.arange(start, start + ids_t.shape[1], device=model.device)[None]
-    out = model(input_ids=ids_t, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=ids_t, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
     return out.logits[0, -1].float()
 
 

@@ -102,3 +102,47 @@ def load_model(model: str | os.PathLike | None = None, dtype: str = "float32", d
     lm.to(device).eval()
     tok = AutoTokenizer.from_pretrained(path)
     return lm, tok
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of a file, remembered per (path, size, mtime) so a process hashes each weight file once."""
+    import hashlib
+
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        _digests[key] = h.hexdigest()
+    return _digests[key]
+
+
+def model_fingerprint(model) -> str:
+    """A 16-hex identity of a model's contents: its config and weight files (or, in memory, its tensors).
+
+    Two checkpoints that happen to share a folder name get different fingerprints, and retraining in
+    place changes it, so cached results keyed by it cannot go stale.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    folder = Path(str(getattr(model.config, "_name_or_path", "") or ""))
+    files = sorted(p for p in folder.glob("*") if p.suffix in WEIGHT_SUFFIXES) if folder.is_dir() else []
+    if (folder / "config.json").is_file() and files:
+        h.update((folder / "config.json").read_bytes())
+        for p in files:
+            h.update(f"{p.name}:{_file_digest(p)}".encode())
+        return h.hexdigest()[:16]
+    import torch
+
+    h.update(model.config.to_json_string(use_diff=False).encode())  # an in-memory model: hash its tensors
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]

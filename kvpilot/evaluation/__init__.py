@@ -8,6 +8,7 @@
     snap.metrics["accuracy"], snap.metrics["top1_agreement"], snap.metrics["mean_kl"]
 """
 
+from kvpilot.config import config_hash, config_label
 from kvpilot.evaluation.errors import EvaluationError, UnknownWorkloadError, WorkloadLoadError
 from kvpilot.evaluation.evaluator import (
     DEFAULT_RESULTS_ROOT,
@@ -21,8 +22,6 @@ from kvpilot.evaluation.fidelity import Fidelity, Reference, compare, log_probs
 from kvpilot.evaluation.results import (
     RunResult,
     aggregate,
-    config_hash,
-    config_label,
     format_summary,
     load_run,
     samples_digest,

@@ -17,19 +17,21 @@ only random policy takes its seed from the config.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
-from kvpilot.config import KVConfig, KVConfigError
-from kvpilot.engine.generation import extend, greedy_decode
+from kvpilot.config import KVConfig, KVConfigError, config_hash, config_label
+from kvpilot.engine.engine import Request
+from kvpilot.engine.model import model_fingerprint
 from kvpilot.engine.prompts import chat_parts
 from kvpilot.evaluation.errors import EvaluationError, UnknownWorkloadError, WorkloadLoadError
 from kvpilot.evaluation.fidelity import Fidelity, Reference, compare, log_probs
@@ -37,16 +39,18 @@ from kvpilot.evaluation.results import (
     EVAL_FORMAT,
     RunResult,
     aggregate,
-    config_hash,
-    config_label,
     load_run,
     run_dir_name,
     samples_digest,
     save_run,
     short_hash,
 )
+from kvpilot.version import __version__
 from kvpilot.workloads import JsonlLoadError, TargetTooSmallError, load_workload, metric_for
 from kvpilot.workloads.sample import Sample
+
+if TYPE_CHECKING:
+    from kvpilot.storage.protocols import RunRecorder
 
 DEFAULT_RESULTS_ROOT = "runs"
 REFERENCE_CONFIG = KVConfig()
@@ -129,6 +133,8 @@ class Evaluator:
         model_id: str | None = None,
         max_new_tokens: int | None = None,
         workload_info: dict[str, Any] | None = None,
+        recorder: RunRecorder | None = None,
+        deployment: str | None = None,
     ) -> None:
         if not samples:
             raise EvaluationError("no samples to evaluate")
@@ -142,9 +148,13 @@ class Evaluator:
         self.results_root = Path(results_root) if results_root is not None else None
         self.progress = progress
         self.model_id = model_id or _model_id(engine)
+        self.model_fingerprint = model_fingerprint(engine.model)
         self.max_new_tokens = max_new_tokens
         self.workload_info = dict(workload_info or {"workload": label})
         self.digest = samples_digest(self.samples)
+        self.recorder = recorder  # a store: every run is recorded there as an "eval" run
+        self._memo: dict[str, RunResult] = {}  # runs of this evaluator by key: an identical config is not rerun
+        self.deployment = deployment
         self.computed_runs = 0  # runs actually computed (not loaded): lets callers and tests see caching
         self.reference_passes = 0  # full-cache reference passes, at most one per sample and mode
         self._prompts: dict[int, _Prompt] = {}
@@ -183,16 +193,35 @@ class Evaluator:
         self._validate(config)
         key = self.run_key(config)
         path = self.run_path(config, key)
-        if path is not None and not recompute:
-            done = load_run(path, key)
-            if done is not None:
-                return done
-        result = self._compute(config, key)
-        result.path = path
-        if path is not None:
-            save_run(path, self._config_doc(config, key), result)
-        self.computed_runs += 1
+        run_id = self._start_recorded_run(config, key)
+        try:
+            result = None
+            if not recompute:
+                memo = self._memo.get(key)
+                result = dataclasses.replace(memo, cached=True) if memo is not None else None
+            if result is None and path is not None and not recompute:
+                result = load_run(path, key)
+            if result is None:
+                result = self._compute(config, key)
+                result.path = path
+                if path is not None:
+                    save_run(path, self._config_doc(config, key), result)
+                self.computed_runs += 1
+        except BaseException:
+            if run_id is not None:
+                self.recorder.finish_run(run_id, status="failed")  # type: ignore[union-attr]
+            raise
+        self._memo[key] = result
+        if run_id is not None:
+            self.recorder.finish_run(run_id, metrics=_recorded_metrics(result))  # type: ignore[union-attr]
         return result
+
+    def _start_recorded_run(self, config: KVConfig, key: str) -> int | None:
+        if self.recorder is None:
+            return None
+        params = {**self.workload_info, "key": key, "query_aware": self.query_aware, "model": self.model_id}
+        return self.recorder.start_run("eval", deployment=self.deployment, config=config, params=params,
+                                       name=f"{self.label} {config_label(config)}")
 
     def sweep(self, configs: Iterable[KVConfig], *, recompute: bool = False) -> list[RunResult]:
         """Run several configs on the same samples, computing each sample's reference once."""
@@ -203,6 +232,8 @@ class Evaluator:
         return short_hash(
             {
                 "format": EVAL_FORMAT,
+                "kvpilot": __version__,
+                "model_fingerprint": self.model_fingerprint,
                 "config": config.to_dict(),
                 "samples": self.digest,
                 "model": self.model_id,
@@ -234,6 +265,8 @@ class Evaluator:
             "fidelity": self.fidelity,
             "max_new_tokens": self.max_new_tokens,
             "model": self.model_id,
+            "model_fingerprint": self.model_fingerprint,
+            "kvpilot": __version__,
             "samples_digest": self.digest,
             "sample_ids": [s.id for s in self.samples],
             "format": EVAL_FORMAT,
@@ -352,109 +385,69 @@ class Evaluator:
     def _serve(
         self, config: KVConfig, index: int, refs: list[Reference] | None, keep_logits: bool = False
     ) -> tuple[list[_Answer], list[dict[str, Any]]]:
-        """Answer every question of a sample under `config`; returns the answers and each compression.
+        """Answer every question of a sample under `config` through the engine's one request path.
 
-        With `refs`, each answer's fidelity is measured right after it is decoded: the free decode's own
-        logits are reused when its tokens start with the reference's, otherwise the reference tokens are
-        teacher-forced from a snapshot of the cache taken when the prompt was in. That extra pass is not
-        timed and does not count towards the peak.
+        Question-agnostic: one request, the context compressed once and each question answered on its own
+        copy. Query-aware: one request per question, context and question compressed together. With
+        `refs`, each answer's fidelity is measured against the reference tokens (teacher-forced by the
+        engine where the free decode left them; that replay is not timed and does not count in the peak).
         """
-        engine = self.engine
         prompt = self._prompt(index)
         max_new = self.max_new_tokens or self.samples[index].max_new_tokens
+        if self.query_aware:
+            requests = [
+                (Request(prompt.context_ids + q_ids, (), max_new, config=config, keep_logits=keep_logits,
+                         teacher_tokens=[refs[qi].tokens] if refs is not None else None), [qi])
+                for qi, q_ids in enumerate(prompt.question_ids)
+            ]
+        else:
+            requests = [(Request(prompt.context_ids, prompt.question_ids, max_new, config=config,
+                                 keep_logits=keep_logits,
+                                 teacher_tokens=[r.tokens for r in refs] if refs is not None else None),
+                         list(range(len(prompt.question_ids))))]
         answers: list[_Answer] = []
         compressions: list[dict[str, Any]] = []
-        want_logits = keep_logits or refs is not None
-
-        def answer(cache: Any, first: torch.Tensor, ready_s: float, qi: int) -> None:
-            ready = cache.snapshot()
-            dec = greedy_decode(engine.model, cache, first, max_new, engine.eos_ids, keep_logits=want_logits)
-            later = max(len(dec.token_ids) - 1, 0)
-            ans = _Answer(
-                raw_tokens=list(dec.token_ids),
-                text=engine.tokenizer.decode(
-                    [t for t in dec.token_ids if t not in engine.eos_ids], skip_special_tokens=True
-                ),
-                ttft_s=ready_s + dec.first_token_s,
-                decode_after_first_s=(dec.decode_s - dec.first_token_s) if later else 0.0,
-            )
-            if keep_logits:
-                ans.step_logits = dec.step_logits
-            if refs is not None:
-                ans.fidelity = self._fidelity(cache, ready, first, dec.token_ids, dec.step_logits, refs[qi])
-            answers.append(ans)
-
-        with torch.inference_mode():
-            if not self.query_aware:
-                cache = engine.new_cache(config)
-                t0 = time.perf_counter()
-                engine.compress(cache, prompt.context_ids)
-                prefill_s = time.perf_counter() - t0
-                comp = _compression(cache, len(prompt.context_ids), len(prompt.context_ids), prefill_s)
-                base = cache.snapshot()
-                for qi, q_ids in enumerate(prompt.question_ids):
-                    cache.restore(base)
-                    t1 = time.perf_counter()
-                    first = extend(engine.model, cache, q_ids)
-                    answer(cache, first, prefill_s + time.perf_counter() - t1, qi)
-                comp["peak_kv_bytes"] = cache.peak_bytes
-                compressions.append(comp)
-            else:
-                for qi, q_ids in enumerate(prompt.question_ids):
-                    cache = engine.new_cache(config)
-                    ids = prompt.context_ids + q_ids
-                    t0 = time.perf_counter()
-                    first = engine.compress(cache, ids)
-                    prefill_s = time.perf_counter() - t0
-                    comp = _compression(cache, len(prompt.context_ids), len(ids), prefill_s)
-                    answer(cache, first, prefill_s, qi)
-                    comp["peak_kv_bytes"] = cache.peak_bytes
-                    compressions.append(comp)
+        for request, question_indices in requests:
+            response = self.engine.serve(request)
+            for qi, res in zip(question_indices, response.answers, strict=True):
+                ans = _Answer(
+                    raw_tokens=res.raw_token_ids,
+                    text=res.text,
+                    ttft_s=res.ttft_s,
+                    decode_after_first_s=res.decode_after_first_s,
+                    step_logits=res.step_logits,
+                )
+                if refs is not None and res.teacher_logits is not None:
+                    ans.fidelity = compare(refs[qi], res.teacher_logits)
+                answers.append(ans)
+            comp = response.compression
+            compressions.append({
+                "context_tokens": len(prompt.context_ids),
+                "prefill_tokens": len(request.context_ids),
+                "prefill_s": comp.prefill_s,
+                "kv_bytes": comp.kv_bytes,
+                "logical_kv_bytes": comp.logical_kv_bytes,
+                "compression_ratio": comp.compression_ratio,
+                "peak_kv_bytes": comp.peak_kv_bytes,
+            })
         return answers, compressions
 
-    def _fidelity(
-        self,
-        cache: Any,
-        ready: list[dict],
-        first: torch.Tensor,
-        tokens: list[int],
-        step_logits: list[torch.Tensor],
-        ref: Reference,
-    ) -> Fidelity:
-        """Compare with the reference, teacher-forcing its tokens only where the free decode left them."""
-        n = len(ref.tokens)
-        if list(tokens[:n]) == ref.tokens:
-            return compare(ref, step_logits)
-        peaks = cache.peak_bytes, list(cache.layer_peak_bytes)
-        cache.restore(ready)
-        forced = greedy_decode(self.engine.model, cache, first, n, forced=ref.tokens)
-        cache.peak_bytes, cache.layer_peak_bytes = peaks
-        return compare(ref, forced.step_logits)
 
-
-def _compression(cache: Any, context_tokens: int, prefill_tokens: int, prefill_s: float) -> dict[str, Any]:
-    """What one compression kept and cost, read right after it (before any question is appended)."""
-    return {
-        "context_tokens": context_tokens,
-        "prefill_tokens": prefill_tokens,
-        "prefill_s": prefill_s,
-        "kv_bytes": cache.physical_bytes,
-        "logical_kv_bytes": cache.logical_bytes(),
-        "compression_ratio": cache.compression_ratio(),
-        "peak_kv_bytes": cache.peak_bytes,
-    }
+def _recorded_metrics(result: RunResult) -> dict[str, Any]:
+    """The run-level numbers a store keeps for an evaluation (not the per-question rows)."""
+    wanted = ("accuracy", "top1_agreement", "mean_kl", "kv_bytes", "logical_kv_bytes", "peak_kv_bytes",
+              "compression_ratio", "ttft_s", "tpot_s", "n_samples", "n_questions", "wall_s")
+    return {k: result.metrics.get(k) for k in wanted} | {"cached": result.cached}
 
 
 def _model_id(engine: Any) -> str:
-    """A name for the engine's model that is stable across machines (the directory's base name)."""
+    """A readable name for the engine's model (the directory's base name); its identity is the fingerprint."""
     name = str(getattr(getattr(engine.model, "config", None), "_name_or_path", "") or "model")
     return Path(name).name or name
 
 
 def _versions() -> dict[str, str]:
     import transformers
-
-    from kvpilot import __version__
 
     return {
         "kvpilot": __version__,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kvpilot.config import KVConfig
+from kvpilot.config import KVConfig, config_label
 from kvpilot.workloads.sample import Sample
 
 # Bump when the measurement itself changes, so old run folders are not mistaken for new results.
@@ -40,11 +40,6 @@ def short_hash(data: Any, n: int = 10) -> str:
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:n]
 
 
-def config_hash(config: KVConfig) -> str:
-    """A stable 8-hex id of a config (all fields, defaults included)."""
-    return short_hash(config.to_dict(), 8)
-
-
 def samples_digest(samples: Sequence[Sample]) -> str:
     """Hash of what the model sees and is scored on (ids, contexts, questions, answers, budgets)."""
     h = hashlib.sha256()
@@ -55,17 +50,6 @@ def samples_digest(samples: Sequence[Sample]) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._]+", "-", text).strip("-")[:60] or "run"
-
-
-def config_label(config: KVConfig) -> str:
-    """Short human label, e.g. `snapkv-0.75`, `h2o-b256`, `full`."""
-    if not config.compresses:
-        return "full" if config.policy == "full" else f"{config.policy}-0"
-    if config.compression_ratio is not None:
-        return f"{config.policy}-{config.compression_ratio:g}"
-    if config.budget is not None:
-        return f"{config.policy}-b{config.budget}"
-    return f"{config.policy}-explicit"
 
 
 def run_dir_name(label: str, config: KVConfig, query_aware: bool, key: str) -> str:

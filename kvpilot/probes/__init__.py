@@ -1,12 +1,13 @@
-"""Probes inside the engine: attention skew, layer sensitivity, memory pressure, latency and events.
+"""Probes inside the engine: attention skew, memory pressure, latency and evictions.
 
     import kvpilot
     handle = kvpilot.attach(engine, store=url, deployment="chat")   # probes + recorder + config watcher
 
 Parts: `skew` (metrics of sampled attention rows), `memory` (KV bytes, torch.cuda, NVML, RSS),
-`latency` (request rows and spans), `events` (evictions per layer), `observer` (the ProbeSet the engine
-calls, sampling, registry), `recorder` (bounded queue, background writer, spool), `otel` (OpenTelemetry
-instruments), `sensitivity` (offline layer profiler). Metric names: docs/telemetry.md.
+`latency` (request rows and spans), `events` (evictions per layer), `registry` (the probes by name,
+with what each records, where and at what cost), `observer` (the ProbeSet the engine calls, sampling),
+`recorder` (bounded queue, background writer, spool), `otel` (OpenTelemetry instruments). The offline
+layer-sensitivity profiler is `kvpilot.evaluation.sensitivity`. Metric names: docs/telemetry.md.
 """
 
 import importlib
@@ -18,7 +19,8 @@ _EXPORTS = {
     "CacheState": "base", "Probe": "base", "RequestContext": "base", "SampledForward": "base",
     "SamplingPolicy": "base", "EvictionProbe": "events", "LatencyProbe": "latency",
     "DeviceMemoryProbe": "memory", "MemoryProbe": "memory", "process_rss": "memory",
-    "DEFAULT_PROBES": "observer", "PROBES": "observer", "ProbeSet": "observer", "build_probes": "observer",
+    "ProbeContext": "base", "DEFAULT_PROBES": "registry", "PROBES": "registry", "ProbeSpec": "registry",
+    "build_probes": "registry", "register_probe": "registry", "ProbeSet": "observer",
     "Telemetry": "otel", "Recorder": "recorder", "METRICS": "skew", "SkewParams": "skew", "SkewProbe": "skew",
     "skew_dict": "skew", "skew_metrics": "skew", "Part": "spool", "Spool": "spool",
 }
@@ -41,7 +43,9 @@ __all__ = [
     "MemoryProbe",
     "Part",
     "Probe",
+    "ProbeContext",
     "ProbeSet",
+    "ProbeSpec",
     "Recorder",
     "RequestContext",
     "SampledForward",
@@ -52,6 +56,7 @@ __all__ = [
     "Telemetry",
     "build_probes",
     "process_rss",
+    "register_probe",
     "skew_dict",
     "skew_metrics",
 ]

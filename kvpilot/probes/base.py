@@ -1,4 +1,5 @@
-"""What a probe is: a small class with a few hooks, registered by name (one file + one registry line).
+"""What a probe is: a small class with a few hooks, registered by name (one file + one line in
+`kvpilot.probes.registry`).
 
 The `ProbeSet` (kvpilot.probes.observer) is what the engine calls; it decides which forwards are sampled
 and calls each probe's hooks:
@@ -45,6 +46,16 @@ class SamplingPolicy:
             raise ValueError(f"request_rate={self.request_rate}: must be in [0, 1]")
         if self.decode_every < 0 or self.prefill_rows < 1:
             raise ValueError("decode_every must be >= 0 and prefill_rows >= 1")
+
+
+@dataclass(frozen=True)
+class ProbeContext:
+    """What a probe may be built from: `attach`'s arguments (see `Probe.from_context`)."""
+
+    policy: SamplingPolicy
+    model_name: str | None = None
+    device: Any = None  # the model's torch.device
+    proxy_budget: int | None = None  # skew: retained-mass budget for a cache that never evicts
 
 
 @dataclass
@@ -107,6 +118,11 @@ class Probe:
 
     def __init__(self, **options: Any):
         self.options = options
+
+    @classmethod
+    def from_context(cls, context: ProbeContext) -> Probe:
+        """The probe as `attach` builds it; override to take options from the context."""
+        return cls()
 
     def on_attention(
         self,

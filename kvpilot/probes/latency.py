@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvpilot.probes.base import Probe, RequestContext
+from kvpilot.probes.base import Probe, ProbeContext, RequestContext
 
 
 def _ns(t: float) -> int:
@@ -27,6 +27,10 @@ class LatencyProbe(Probe):
         super().__init__()
         self.model_name = model_name
         self.spans = spans
+
+    @classmethod
+    def from_context(cls, context: ProbeContext) -> LatencyProbe:
+        return cls(model_name=context.model_name)
 
     def on_request(self, req: RequestContext, out: Any) -> None:
         r = req.result

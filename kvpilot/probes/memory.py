@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from kvpilot.probes.base import Probe
+from kvpilot.probes.base import Probe, ProbeContext
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,10 @@ class MemoryProbe(Probe):
         super().__init__()
         self.device = DeviceMemoryProbe(device)
         self.per_layer = per_layer
+
+    @classmethod
+    def from_context(cls, context: ProbeContext) -> MemoryProbe:
+        return cls(context.device)
 
     def unavailable(self) -> dict[str, str]:
         return dict(self.device.unavailable)

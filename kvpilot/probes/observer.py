@@ -3,7 +3,8 @@
 The registered attention function calls ``on_attention`` for every layer of every forward on a managed
 cache, so the path that does not sample is a thread-local lookup and a comparison. Sampling is decided
 once per forward, at layer 0 (see `SamplingPolicy`), and the sampled results are handed to the recorder
-after the last layer. A probe that raises is logged and skipped: probes never break inference.
+after the last layer. A probe that raises is logged and skipped: probes never break inference. Which
+probes run is chosen by name in `kvpilot.probes.registry`.
 """
 
 from __future__ import annotations
@@ -17,21 +18,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from kvpilot.probes.base import CacheState, Probe, RequestContext, SampledForward, SamplingPolicy
-from kvpilot.probes.events import EvictionProbe
-from kvpilot.probes.latency import LatencyProbe
-from kvpilot.probes.memory import MemoryProbe
-from kvpilot.probes.skew import SkewProbe
 
 log = logging.getLogger(__name__)
-
-# name -> probe class: adding a probe is one file plus one line here.
-PROBES: dict[str, type[Probe]] = {
-    "skew": SkewProbe,
-    "latency": LatencyProbe,
-    "memory": MemoryProbe,
-    "evictions": EvictionProbe,
-}
-DEFAULT_PROBES = tuple(PROBES)
 
 
 def _overrides(probe: Probe, hook: str) -> bool:
@@ -196,21 +184,3 @@ class ProbeSet:
             except Exception:
                 log.exception("closing probe %s failed", p.name)
 
-
-def build_probes(names: Iterable[str], *, policy: SamplingPolicy, model_name: str | None = None,
-                 device: Any = None, proxy_budget: int | None = None) -> list[Probe]:
-    """Instantiate probes by registry name with the options each one takes."""
-    probes: list[Probe] = []
-    for name in names:
-        if name not in PROBES:
-            raise ValueError(f"unknown probe {name!r}; choose from {', '.join(PROBES)}")
-        if name == "skew":
-            probes.append(SkewProbe(proxy_budget=proxy_budget, per_head=policy.per_head,
-                                    prefill_rows=policy.prefill_rows))
-        elif name == "latency":
-            probes.append(LatencyProbe(model_name=model_name))
-        elif name == "memory":
-            probes.append(MemoryProbe(device))
-        else:
-            probes.append(PROBES[name]())
-    return probes

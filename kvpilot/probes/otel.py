@@ -1,51 +1,47 @@
 """OpenTelemetry export: GenAI-standard metrics where they exist, ``kvpilot.*`` for the KV cache, spans.
 
 The recorder thread calls `Telemetry.export(table, rows)` once per batch with the same rows it writes to
-the store, so OpenTelemetry never costs the inference thread anything. Providers are injected, never set
-globally (the OpenTelemetry API allows one global provider per process, and it belongs to the
-application): `Telemetry.from_spec` builds local ones for "console", "otlp" and "memory", or uses the
-application's global providers for True. Names and units are listed in docs/telemetry.md.
+the store, so OpenTelemetry never costs the inference thread anything. The metrics of the stored tables
+come from their declarations (`kvpilot.storage.schema`: each column names its instrument), handled by one
+generic exporter; `TABLE_EXPORTERS` adds the tables whose mapping is not per column (cache events by kind,
+request spans). Providers are injected, never set globally (the OpenTelemetry API allows one global
+provider per process, and it belongs to the application): `Telemetry.from_spec` picks a provider set from
+`EXPORTERS` by name ("console", "otlp", "memory", "global"). Names and units are listed in
+docs/telemetry.md.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from kvpilot.errors import KVPilotError
+from kvpilot.storage.schema import ATTR_LAYER, DURATION_BUCKETS, SAMPLES
+from kvpilot.storage.tabledef import Instrument, SampleTable
+from kvpilot.version import __version__
 
 SCOPE = "kvpilot.probes"
 
-# GenAI semantic conventions (Development stability); strings copied here so that a semconv package
-# upgrade cannot rename them under us.
-TTFT = "gen_ai.server.time_to_first_token"
-TPOT = "gen_ai.server.time_per_output_token"
-REQUEST_DURATION = "gen_ai.server.request.duration"
-TOKEN_USAGE = "gen_ai.client.token.usage"
 ATTR_OPERATION = "gen_ai.operation.name"
 ATTR_PROVIDER = "gen_ai.provider.name"
 ATTR_MODEL = "gen_ai.request.model"
-ATTR_TOKEN_TYPE = "gen_ai.token.type"
-
-TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
-TPOT_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5]
-DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
-TOKEN_BUCKETS = [4**i for i in range(14)]
-FRACTION_BUCKETS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.999, 1.0]
-COUNT_BUCKETS = [2**i for i in range(18)]
 EVICT_BUCKETS = [1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0]
 
-SKEW_FIELDS = ("entropy", "retained_mass", "tokens_90", "sink_mass", "recent_mass", "gini")
-ATTR_LAYER = "kvpilot.layer"
+Rows = list[dict[str, Any]]
 
 
 class Telemetry:
     """KV-cache metrics and request spans on injected OpenTelemetry providers."""
+
+    metric_reader: Any = None  # set by `in_memory`
+    span_exporter: Any = None
 
     def __init__(
         self,
@@ -60,33 +56,23 @@ class Telemetry:
         self._owned = owned
         self.attributes: dict[str, Any] = {ATTR_OPERATION: "text_completion", ATTR_PROVIDER: "kvpilot"}
         self.attributes.update(attributes or {})
-        from kvpilot import __version__
-
-        meter = self.meter_provider.get_meter(SCOPE, __version__)
+        self._meter = meter = self.meter_provider.get_meter(SCOPE, __version__)
         self.tracer = self.tracer_provider.get_tracer(SCOPE, __version__)
         self._lock = threading.Lock()
-        self._last: dict[str, float] = {}  # last memory readings, read by the observable instruments
-        self._layer_bytes: dict[int, float] = {}
+        # latest value of each observable instrument, by its per-row attributes (e.g. the layer)
+        self._latest: dict[str, dict[tuple[tuple[str, Any], ...], float]] = {}
+        self._device: Any = None  # the device `hw.*` instruments describe (the newest memory row's)
         self._recorder: Any = None
+        self._instruments: dict[str, Any] = {}
+        for spec in SAMPLES.values():  # the stored tables' metrics, from their declarations
+            for _, inst in spec.instruments():
+                self._instrument(inst)
+            if spec.otel.count is not None:
+                self._instrument(spec.otel.count)
 
         h = meter.create_histogram
-        self.ttft = h(TTFT, unit="s", description="Time to first token", explicit_bucket_boundaries_advisory=TTFT_BUCKETS)
-        self.tpot = h(TPOT, unit="s", description="Time per output token after the first",
-                      explicit_bucket_boundaries_advisory=TPOT_BUCKETS)
-        self.duration = h(REQUEST_DURATION, unit="s", description="Request duration",
-                          explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
-        self.tokens = h(TOKEN_USAGE, unit="{token}", description="Input and output tokens per request",
-                        explicit_bucket_boundaries_advisory=TOKEN_BUCKETS)
         self.prefill = h("kvpilot.request.prefill.duration", unit="s", description="Prefill (context compression) time",
-                         explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
-        self.ratio = h("kvpilot.kv.compression_ratio", unit="1", description="1 - physical/logical KV bytes per request",
-                       explicit_bucket_boundaries_advisory=FRACTION_BUCKETS)
-        self.skew = {
-            f: h(f"kvpilot.attention.{f}", unit="{token}" if f == "tokens_90" else "1",
-                 description=f"Attention skew: {f} of sampled rows, per layer",
-                 explicit_bucket_boundaries_advisory=COUNT_BUCKETS if f == "tokens_90" else FRACTION_BUCKETS)
-            for f in SKEW_FIELDS
-        }
+                         explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS))
         self.evict_time = h("kvpilot.kv.eviction.duration", unit="s", description="Time spent evicting, per layer",
                             explicit_bucket_boundaries_advisory=EVICT_BUCKETS)
         c = meter.create_counter
@@ -96,54 +82,51 @@ class Telemetry:
         self.queries = c("kvpilot.cache.queries", unit="{request}", description="Session cache lookups")
         self.config_changes = c("kvpilot.config.changes", unit="{config}", description="Configs applied or rejected")
         self.events = c("kvpilot.events", unit="{event}", description="Cache events by kind")
-        self.requests = c("kvpilot.requests", unit="{request}", description="Requests observed")
+        self._recorder_rows = meter.create_observable_counter(
+            "kvpilot.recorder.rows", [self._recorder_cb], unit="{row}", description="Recorder rows by outcome"
+        )
+        self._handlers: dict[str, Callable[[Rows], None]] = {
+            name: functools.partial(self._export_columns, spec) for name, spec in SAMPLES.items()
+        }
+        for table, handler in TABLE_EXPORTERS.items():
+            self._handlers[table] = functools.partial(handler, self)
 
-        o = meter.create_observable_up_down_counter
-        g = meter.create_observable_gauge
-        self._observables = [
-            o("kvpilot.kv.physical_bytes", [self._cb("kv_bytes_physical")], unit="By",
-              description="KV bytes held by the last request's cache"),
-            o("kvpilot.kv.logical_bytes", [self._cb("kv_bytes_logical")], unit="By",
-              description="KV bytes an uncompressed cache would hold"),
-            o("kvpilot.kv.peak_bytes", [self._cb("kv_bytes_peak")], unit="By", description="Peak KV bytes"),
-            o("kvpilot.kv.layer.bytes", [self._layer_cb], unit="By", description="KV bytes per layer"),
-            o("kvpilot.device.memory.allocated", [self._cb("device_allocated")], unit="By",
-              description="torch.cuda allocated bytes"),
-            o("kvpilot.device.memory.reserved", [self._cb("device_reserved")], unit="By",
-              description="torch.cuda reserved bytes"),
-            o("kvpilot.device.memory.peak", [self._cb("device_peak")], unit="By",
-              description="torch.cuda peak allocated bytes"),
-            o("hw.gpu.memory.usage", [self._cb("nvml_used", hw=True)], unit="By", description="NVML used bytes"),
-            o("hw.gpu.memory.limit", [self._cb("nvml_total", hw=True)], unit="By", description="NVML total bytes"),
-            g("hw.gpu.utilization", [self._cb("nvml_util", hw=True, scale=0.01)], unit="1",
-              description="NVML GPU utilisation"),
-            o("process.memory.usage", [self._cb("rss_bytes")], unit="By", description="Process resident set size"),
-            meter.create_observable_counter("kvpilot.recorder.rows", [self._recorder_cb], unit="{row}",
-                                            description="Recorder rows by outcome"),
-        ]
+    def _instrument(self, inst: Instrument) -> Any:
+        """The OpenTelemetry instrument for a declaration, created once per name."""
+        if inst.name in self._instruments:
+            return self._instruments[inst.name]
+        m = self._meter
+        if inst.kind == "histogram":
+            buckets = list(inst.buckets) if inst.buckets is not None else None
+            made = m.create_histogram(inst.name, unit=inst.unit, description=inst.description,
+                                      explicit_bucket_boundaries_advisory=buckets)
+        elif inst.kind == "counter":
+            made = m.create_counter(inst.name, unit=inst.unit, description=inst.description)
+        else:
+            create = m.create_observable_gauge if inst.kind == "gauge" else m.create_observable_up_down_counter
+            made = create(inst.name, [self._observe(inst)], unit=inst.unit, description=inst.description)
+        self._instruments[inst.name] = made
+        return made
 
     # ----- construction -------------------------------------------------------------------------------
 
     @classmethod
     def from_spec(cls, spec: Any, **kwargs: Any) -> Telemetry | None:
-        """None/False: off; True/"global": the application's providers; "console", "otlp", "memory";
-        a Telemetry; or a (meter_provider, tracer_provider) pair."""
+        """None/False/"none": off; True: "global"; a name from `EXPORTERS` ("global", "console", "otlp",
+        "memory"); a Telemetry; or a (meter_provider, tracer_provider) pair."""
         if spec is None or spec is False or spec == "none":
             return None
         if isinstance(spec, Telemetry):
             spec.attributes.update(kwargs.get("attributes") or {})
             return spec
-        if spec is True or spec == "global":
-            return cls(**kwargs)
         if isinstance(spec, tuple) and len(spec) == 2:
             return cls(spec[0], spec[1], **kwargs)
-        if spec == "console":
-            return cls.console(**kwargs)
-        if spec == "otlp":
-            return cls.otlp(**kwargs)
-        if spec == "memory":
-            return cls.in_memory(**kwargs)
-        raise KVPilotError(f"otel={spec!r}: use True, False, 'console', 'otlp', 'memory' or a Telemetry")
+        name = "global" if spec is True else spec
+        exporter = EXPORTERS.get(name) if isinstance(name, str) else None
+        if exporter is None:
+            names = ", ".join(repr(n) for n in EXPORTERS)
+            raise KVPilotError(f"otel={spec!r}: use True, False, {names} or a Telemetry")
+        return exporter.build(**kwargs)
 
     @staticmethod
     def _resource() -> Any:
@@ -211,7 +194,8 @@ class Telemetry:
         """Flush and shut down providers this object created (never the application's)."""
         if not self._owned:
             return
-        for provider in (self.meter_provider, self.tracer_provider):
+        providers: tuple[Any, ...] = (self.meter_provider, self.tracer_provider)  # SDK providers: owned
+        for provider in providers:
             try:
                 provider.force_flush()
                 provider.shutdown()
@@ -220,22 +204,17 @@ class Telemetry:
 
     # ----- observable callbacks (run at collection time) -------------------------------------------------
 
-    def _cb(self, key: str, *, hw: bool = False, scale: float = 1.0):
+    def _observe(self, inst: Instrument) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        """Report the latest value(s) recorded for `inst`, with its per-row and `hw.*` attributes."""
+
         def callback(options: CallbackOptions) -> Iterable[Observation]:
             with self._lock:
-                value = self._last.get(key)
-                device = self._last.get("_device")
-            if value is None:
-                return []
-            attrs = {"hw.id": device or "0", "hw.type": "gpu"} if hw else {}
-            return [Observation(value * scale, attrs)]
+                items = list(self._latest.get(inst.name, {}).items())
+                device = self._device
+            hw = {"hw.id": device or "0", "hw.type": "gpu"} if inst.hw else {}
+            return [Observation(value, {**dict(key), **hw}) for key, value in items]
 
         return callback
-
-    def _layer_cb(self, options: CallbackOptions) -> Iterable[Observation]:
-        with self._lock:
-            items = list(self._layer_bytes.items())
-        return [Observation(v, {ATTR_LAYER: layer}) for layer, v in items]
 
     def _recorder_cb(self, options: CallbackOptions) -> Iterable[Observation]:
         if self._recorder is None:
@@ -248,52 +227,41 @@ class Telemetry:
 
     # ----- export (recorder thread) ---------------------------------------------------------------------
 
-    def export(self, table: str, rows: list[dict[str, Any]]) -> None:
-        fn = getattr(self, f"_export_{table}", None)
-        if fn is not None:
-            fn(rows)
+    def export(self, table: str, rows: Rows) -> None:
+        """Record one batch of a table's rows (the same rows the store gets), or of request spans."""
+        handler = self._handlers.get(table)
+        if handler is not None:
+            handler(rows)
 
-    def _export_requests(self, rows: list[dict[str, Any]]) -> None:
-        a = self.attributes
+    def _export_columns(self, spec: SampleTable[Any], rows: Rows) -> None:
+        """A stored table's metrics, as its declaration maps its columns (`Instrument`s)."""
+        table = spec.otel
+        columns = spec.instruments()
+        base = self.attributes
         for r in rows:
-            self.requests.add(1, a)
-            if r.get("ttft_s") is not None:
-                self.ttft.record(r["ttft_s"], a)
-            if r.get("tpot_s") is not None and (r.get("output_tokens") or 0) > 1:
-                self.tpot.record(r["tpot_s"], a)
-            if r.get("e2e_s") is not None:
-                self.duration.record(r["e2e_s"], a)
-            if r.get("prompt_tokens") is not None:
-                self.tokens.record(r["prompt_tokens"], {**a, ATTR_TOKEN_TYPE: "input"})
-            if r.get("output_tokens") is not None:
-                self.tokens.record(r["output_tokens"], {**a, ATTR_TOKEN_TYPE: "output"})
-            if r.get("compression_ratio") is not None:
-                self.ratio.record(r["compression_ratio"], a)
-
-    def _export_layer_stats(self, rows: list[dict[str, Any]]) -> None:
-        a = self.attributes
-        for r in rows:
-            if r.get("head", -1) != -1:
-                continue  # per-head rows stay in the store: layer is the metric's finest attribute
-            attrs = {**a, ATTR_LAYER: r["layer"]}
-            if r.get("entropy") is not None:
-                for f in SKEW_FIELDS:
-                    if r.get(f) is not None:
-                        self.skew[f].record(r[f], attrs)
-            elif r.get("kv_bytes") is not None:
+            if table.rows is not None and not table.rows(r):
+                continue
+            per_row = tuple((attr, r.get(col)) for attr, col in table.attributes)
+            if table.count is not None:
+                self._instrument(table.count).add(1, base)
+            if table.hw_id is not None and r.get(table.hw_id) is not None:
                 with self._lock:
-                    self._layer_bytes[r["layer"]] = r["kv_bytes"]
+                    self._device = r[table.hw_id]
+            for col, inst in columns:
+                value = r.get(col)
+                if value is None or (inst.when is not None and not inst.when(r)):
+                    continue
+                value = value * inst.scale if inst.scale != 1.0 else value
+                if inst.kind in ("histogram", "counter"):
+                    attrs = {**base, **dict(inst.attributes), **dict(per_row)}
+                    made = self._instrument(inst)
+                    (made.record if inst.kind == "histogram" else made.add)(value, attrs)
+                else:
+                    with self._lock:
+                        self._latest.setdefault(inst.name, {})[per_row] = value
 
-    def _export_memory_samples(self, rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
-        with self._lock:
-            for r in rows:
-                for k, v in r.items():
-                    if v is not None and k not in ("ts", "instance_id", "run_id"):
-                        self._last["_device" if k == "device" else k] = v
-
-    def _export_cache_events(self, rows: list[dict[str, Any]]) -> None:
+    def _export_cache_events(self, rows: Rows) -> None:
+        """Events by kind: evictions per layer, session hits and lookups, config changes."""
         a = self.attributes
         for r in rows:
             kind, count = r["kind"], int(r.get("count") or 1)
@@ -313,7 +281,7 @@ class Telemetry:
             elif kind in ("config_applied", "config_rejected"):
                 self.config_changes.add(count, {**a, "kvpilot.status": kind.removeprefix("config_")})
 
-    def _export_spans(self, rows: list[dict[str, Any]]) -> None:
+    def _export_spans(self, rows: Rows) -> None:
         """Spans of finished requests, with their measured start and end times (epoch ns)."""
         for r in rows:
             parent = self.tracer.start_span(
@@ -328,3 +296,38 @@ class Telemetry:
                 if child["name"] == "kvpilot.prefill":
                     self.prefill.record((child["end_ns"] - child["start_ns"]) / 1e9, self.attributes)
             parent.end(end_time=r["end_ns"])
+
+
+# Tables whose rows are not mapped column by column: handled by these Telemetry methods instead.
+TABLE_EXPORTERS: dict[str, Callable[[Telemetry, Rows], None]] = {
+    "cache_events": Telemetry._export_cache_events,
+    "spans": Telemetry._export_spans,  # request span trees from the latency probe, never stored
+}
+
+
+@dataclass(frozen=True)
+class ExporterSpec:
+    """A named set of OpenTelemetry providers `attach(otel=NAME)` can build."""
+
+    name: str
+    description: str
+    build: Callable[..., Telemetry]
+    extra: str | None = None  # the pip extra it needs, if any
+
+
+EXPORTERS: dict[str, ExporterSpec] = {}
+
+
+def register_exporter(spec: ExporterSpec) -> ExporterSpec:
+    """Add a provider set by name (registering a name twice is a mistake, not an override)."""
+    if spec.name in EXPORTERS or spec.name == "none":
+        raise ValueError(f"OpenTelemetry exporter {spec.name!r} is already registered")
+    EXPORTERS[spec.name] = spec
+    return spec
+
+
+register_exporter(ExporterSpec("global", "the application's global providers (nothing unless it set up the SDK)",
+                               lambda **kw: Telemetry(**kw)))
+register_exporter(ExporterSpec("console", "metrics and spans printed to stdout", Telemetry.console))
+register_exporter(ExporterSpec("otlp", "OTLP over HTTP to $OTEL_EXPORTER_OTLP_ENDPOINT", Telemetry.otlp, extra="otlp"))
+register_exporter(ExporterSpec("memory", "in-memory reader and span exporter (tests)", Telemetry.in_memory))

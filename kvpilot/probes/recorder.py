@@ -18,20 +18,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from kvpilot.probes.spool import Part, Spool
+from kvpilot.storage.protocols import SINK_WRITERS, SampleSink, sink_writer
 
 log = logging.getLogger(__name__)
 
-TABLES = ("layer_stats", "requests", "memory_samples", "cache_events")
+TABLES = tuple(SINK_WRITERS)  # the stored sample tables, each written by its SampleSink method
 EXPORT_ONLY = ("spans",)  # rows for OpenTelemetry only (request spans), never stored
-WRITERS = {
-    "layer_stats": "add_layer_stats",
-    "requests": "add_requests",
-    "memory_samples": "add_memory_samples",
-    "cache_events": "add_events",
-}
 OWNER_KEYS = ("instance_id", "run_id")
 
 Rows = list[dict[str, Any]]
@@ -52,14 +47,20 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, (OperationalError, InterfaceError, OSError, ConnectionError, TimeoutError))
 
 
+class Exporter(Protocol):
+    """Where the recorder thread also sends every batch (`kvpilot.probes.otel.Telemetry`)."""
+
+    def export(self, table: str, rows: Rows) -> None: ...
+
+
 class Recorder:
     """Bounded queue + background writer. Safe to call `submit` from any thread."""
 
     def __init__(
         self,
-        store: Any = None,
+        store: SampleSink | None = None,
         *,
-        telemetry: Any = None,
+        telemetry: Exporter | None = None,
         spool: Spool | str | None = None,
         owner: Callable[[], tuple[int | None, int | None]] | None = None,
         max_items: int = 10_000,
@@ -305,12 +306,13 @@ class Recorder:
 
     def _write(self, part: Part) -> str:
         """One part to the store: "ok", "down" (retry later) or "refused" (drop it)."""
+        assert self.store is not None
         try:
             if self._owner is not None and self.instance_id is None:
                 instance_id, run_id = self._owner()
                 self.instance_id, self.run_id = instance_id, run_id if run_id is not None else self.run_id
-            writer = getattr(self.store, WRITERS[part.table])
-            writer(part.rows, instance_id=self.instance_id, run_id=self.run_id, part_id=part.id)
+            write = sink_writer(self.store, part.table)
+            write(part.rows, instance_id=self.instance_id, run_id=self.run_id, part_id=part.id)
         except Exception as exc:
             if is_outage(exc):
                 self.counters["store_errors"] += 1

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from kvpilot.kernels import attention_stats
-from kvpilot.probes.base import Probe
+from kvpilot.probes.base import Probe, ProbeContext
 
 # Column order of the [H, len(METRICS)] tensor returned by `skew_metrics`.
 METRICS = ("entropy", "retained_mass", "tokens_90", "sink_mass", "recent_mass", "gini", "kept_tokens")
@@ -116,6 +116,11 @@ class SkewProbe(Probe):
         self.per_head = per_head
         self.prefill_rows = prefill_rows
 
+    @classmethod
+    def from_context(cls, context: ProbeContext) -> SkewProbe:
+        policy = context.policy
+        return cls(proxy_budget=context.proxy_budget, per_head=policy.per_head, prefill_rows=policy.prefill_rows)
+
     def on_attention(self, fwd, cache, layer_idx, query, key, valid, scaling) -> None:
         q, n = query.shape[2], key.shape[2]
         rows = 1 if q == 1 else min(self.prefill_rows, q)
@@ -163,7 +168,7 @@ class SkewProbe(Probe):
             items = None  # release the device tensors now
 
         def build() -> list[tuple[str, list[dict]]]:
-            if event is not None:
+            if event is not None and host is not None:
                 event.synchronize()
                 values = host
             else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DatabaseError as SADatabaseError
@@ -19,7 +19,10 @@ from sqlalchemy.orm import Session
 from kvpilot.storage import migrate
 from kvpilot.storage.backends import Backend, backend_for
 from kvpilot.storage.errors import DatabaseUnavailableError, SchemaOutdatedError, StoreError
+from kvpilot.storage.tabledef import json_safe
 from kvpilot.storage.url import describe, resolve_url
+
+__all__ = ["RETRIES", "StoreCore", "json_safe", "open_for_migration"]
 
 T = TypeVar("T")
 S = TypeVar("S", bound="StoreCore")
@@ -106,9 +109,13 @@ class StoreCore:
 
     # ----- transactions ----------------------------------------------------------------------------
 
-    def _read(self, fn: Callable[[Connection], T]) -> T:
+    def _read(self, fn: Callable[[Connection], T], *, analytic: bool = False) -> T:
+        """Run `fn` on a read connection; `analytic` for aggregates over many index ranges (dashboards)."""
+
         def run() -> T:
             with self._engine.connect() as conn:
+                if analytic:
+                    self._backend.begin_analytic_read(conn)
                 return fn(conn)
 
         return self._guard(run)
@@ -165,28 +172,12 @@ class StoreCore:
         if isinstance(exc, IntegrityError):
             return StoreError(f"database {self.url} refused the write: {detail}")
         if isinstance(exc, (OperationalError, InterfaceError)):
-            return DatabaseUnavailableError(_unavailable_message(self.url, self._backend.name, detail))
-        if (
-            isinstance(exc, SADatabaseError)
-            and self._backend.name == "sqlite"
-            and any(w in detail for w in ("not a database", "malformed", "disk image"))
-        ):
-            return DatabaseUnavailableError(
-                f"cannot use SQLite database {self.url}: {detail}. Is it a kvpilot database? "
-                "Point --db / KVPILOT_DB at another file"
-            )
+            return DatabaseUnavailableError(self._backend.unavailable_message(self.url, detail))
+        if isinstance(exc, SADatabaseError):
+            unusable = self._backend.unusable_message(self.url, detail)
+            if unusable is not None:
+                return DatabaseUnavailableError(unusable)
         return exc
-
-
-def _unavailable_message(url: str, backend: str, detail: str) -> str:
-    if backend == "sqlite":
-        return f"cannot open SQLite database {url}: {detail}. Check the path and its permissions (--db / KVPILOT_DB)"
-    hint = "check that the PostgreSQL server is running and that the URL given by --db / KVPILOT_DB is right"
-    if "does not exist" in detail and "database" in detail:
-        hint = "create the database (e.g. `createdb NAME`) or fix the name in --db / KVPILOT_DB"
-    elif "authentication" in detail or "password" in detail:
-        hint = "check the user and password in --db / KVPILOT_DB"
-    return f"cannot reach database {url}: {detail}; {hint}"
 
 
 def open_for_migration(url: str | URL | None) -> StoreCore:
@@ -195,14 +186,3 @@ def open_for_migration(url: str | URL | None) -> StoreCore:
     backend = backend_for(checked)
     engine = backend.create_engine(checked, busy_timeout_s=60.0, connect_timeout_s=5.0)
     return StoreCore(engine, backend, checked, busy_timeout_s=60.0)
-
-
-def json_safe(value: Any) -> Any:
-    """A copy of `value` that every database's JSON accepts: non-finite floats become None."""
-    if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
@@ -9,9 +10,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Table, delete, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -27,6 +26,7 @@ from kvpilot.storage.schema import (
     IngestedPart,
     Run,
     SensitivityProfile,
+    table_of,
 )
 from kvpilot.storage.types import DeploymentInfo, InstanceInfo, Profile, RunInfo
 
@@ -82,13 +82,12 @@ class EntityStore(StoreCore):
         """The deployment's id, creating it race-free (INSERT ... ON CONFLICT DO NOTHING)."""
         if not name or not name.strip():
             raise StoreError("deployment name must not be empty")
-        table = Deployment.__table__
+        table = table_of(Deployment)
         found = conn.execute(select(table.c.id).where(table.c.name == name)).scalar()
         if found is not None:
             return found
-        insert = pg_insert if self._backend.name == "postgresql" else sqlite_insert
         conn.execute(
-            insert(table).values(name=name, model=model, created_at=time.time()).on_conflict_do_nothing()
+            self._backend.insert(table).values(name=name, model=model, created_at=time.time()).on_conflict_do_nothing()
         )
         return conn.execute(select(table.c.id).where(table.c.name == name)).scalar_one()
 
@@ -125,14 +124,13 @@ class EntityStore(StoreCore):
         host = host if host is not None else socket.gethostname()
         pid = pid if pid is not None else os.getpid()
         now = time.time()
-        table = EngineInstance.__table__
+        table = table_of(EngineInstance)
 
         def run(conn: Connection) -> int:
             dep_id = self._get_or_create_deployment(conn, deployment, model)
             values = {"host": host, "pid": pid, "started_at": now, "last_heartbeat": now}
-            insert = pg_insert if self._backend.name == "postgresql" else sqlite_insert
             conn.execute(
-                insert(table)
+                self._backend.insert(table)
                 .values(deployment_id=dep_id, name=name, **values)
                 .on_conflict_do_update(index_elements=["deployment_id", "name"], set_=values)
             )
@@ -148,7 +146,7 @@ class EntityStore(StoreCore):
         values: dict[str, Any] = {"last_heartbeat": ts if ts is not None else time.time()}
         if config_version is not None:
             values["config_version"] = config_version
-        table = EngineInstance.__table__
+        table = table_of(EngineInstance)
 
         def run(conn: Connection) -> None:
             if conn.execute(update(table).where(table.c.id == instance_id).values(**values)).rowcount == 0:
@@ -360,14 +358,13 @@ class EntityStore(StoreCore):
             total = 0
             for column, owner in self._read(owners):
                 while True:
-                    n, more = self._write(
-                        lambda conn, t=table, c=column, o=owner: _delete_batch(conn, t, c, o, cutoff, batch_rows)
-                    )
+                    n, more = self._write(functools.partial(_delete_batch, table=table, column=column, owner=owner,
+                                                            cutoff=cutoff, batch_rows=batch_rows))
                     total += n
                     if not more:
                         break
             deleted[name] = total
-        parts = IngestedPart.__table__  # ids of parts ingested before the cutoff: their spools are long replayed
+        parts = table_of(IngestedPart)  # ids of parts ingested before the cutoff: their spools are long replayed
         deleted["ingested_parts"] = self._write(
             lambda conn: conn.execute(parts.delete().where(parts.c.ts < cutoff)).rowcount
         )
@@ -375,7 +372,7 @@ class EntityStore(StoreCore):
 
 
 def _delete_batch(
-    conn: Connection, table: Any, column: str, owner: int, cutoff: float, batch_rows: int
+    conn: Connection, *, table: Table, column: str, owner: int, cutoff: float, batch_rows: int
 ) -> tuple[int, bool]:
     """Delete about `batch_rows` of one owner's rows older than `cutoff`, as an index range on (owner, ts).
 

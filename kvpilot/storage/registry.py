@@ -8,15 +8,13 @@ Every config is validated before it is stored, so a bad push stores nothing.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from kvpilot.config import KVConfig
+from kvpilot.config import KVConfig, config_hash
 from kvpilot.storage.backends import Listener
 from kvpilot.storage.entities import EntityStore
 from kvpilot.storage.errors import NotFoundError, RegistryError, StoreError
@@ -31,10 +29,6 @@ from kvpilot.storage.schema import (
 from kvpilot.storage.types import Ack, Activation, ConfigVersionInfo, FieldChange
 
 CHANNEL = "kvpilot_config"  # PostgreSQL NOTIFY channel; the payload is the deployment name
-
-
-def config_hash(cfg: KVConfig) -> str:
-    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 def _as_config(config: KVConfig | dict[str, Any] | str | bytes) -> KVConfig:
@@ -251,13 +245,18 @@ class RegistryStore(EntityStore):
         return self._read_orm(run)
 
     def diff(self, deployment: str, a: int, b: int) -> list[FieldChange]:
-        """Fields whose values differ between versions `a` and `b` (old = a, new = b)."""
-        va = self.get_version(deployment, a).config_dict()
-        vb = self.get_version(deployment, b).config_dict()
+        """Fields whose values differ between versions `a` and `b` (old = a, new = b).
+
+        A plug-in's parameters (`policy_params`, ...) are compared one by one (`policy_params.pooling`) while
+        the plug-in stays the same; when it changes, the plug-in's own change stands for them (the
+        parameters of two different policies are not comparable)."""
+        va = _flatten_params(self.get_version(deployment, a).config_dict())
+        vb = _flatten_params(self.get_version(deployment, b).config_dict())
+        changed = {k for k in set(va) | set(vb) if va.get(k) != vb.get(k)}
         return [
             FieldChange(k, va.get(k), vb.get(k))
-            for k in sorted(set(va) | set(vb), key=_field_order)
-            if va.get(k) != vb.get(k)
+            for k in sorted(changed, key=_field_order)
+            if not (_PARAMS in k and k.split(_PARAMS)[0] in changed)
         ]
 
     def activations(self, deployment: str) -> list[Activation]:
@@ -291,7 +290,20 @@ class RegistryStore(EntityStore):
 
 
 _FIELDS = list(KVConfig.model_fields)
+_PARAMS = "_params"
+
+
+def _flatten_params(config: dict[str, Any]) -> dict[str, Any]:
+    """`{"policy_params": {"pooling": "max"}}` -> `{"policy_params.pooling": "max"}`; other fields as they are."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if k.endswith(_PARAMS) and isinstance(v, dict):
+            out.update({f"{k}.{p}": pv for p, pv in v.items()})
+        else:
+            out[k] = v
+    return out
 
 
 def _field_order(name: str) -> tuple[int, str]:
-    return (_FIELDS.index(name) if name in _FIELDS else len(_FIELDS), name)
+    base = name.split(".")[0]
+    return (_FIELDS.index(base) if base in _FIELDS else len(_FIELDS), name)

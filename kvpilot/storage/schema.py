@@ -1,15 +1,17 @@
-"""The store's tables as a typed SQLAlchemy ORM model.
+"""The store's tables: metadata as a typed SQLAlchemy ORM model, samples as one declaration each.
 
-Metadata (deployments, instances, runs, config versions) is read and written through the ORM; the sample
-tables (layer stats, requests, memory samples, events) are only declared here and are written with bulk
-inserts (see `kvpilot.storage.samples`). Every timestamp is wall-clock epoch seconds (`time.time()`) as a
+Metadata (deployments, instances, runs, config versions) is read and written through the ORM. Each sample
+table (layer stats, requests, memory samples, events) is declared once, as the record its readers return,
+and `kvpilot.storage.tabledef.SampleTable` derives its SQL table, writer checks (bulk inserts, see
+`kvpilot.storage.samples`), readers, OpenTelemetry mapping and dashboard metric lists from it. Every timestamp is wall-clock epoch seconds (`time.time()`) as a
 double, so rows written by different processes and hosts line up and SQL can bucket them with arithmetic.
 Alembic migrations in `kvpilot/storage/migrations` create exactly these tables; change both together.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -21,12 +23,14 @@ from sqlalchemy import (
     MetaData,
     SmallInteger,
     String,
+    Table,
     Text,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from kvpilot.storage.tabledef import Instrument, InstrumentKind, SampleRecord, SampleTable, TableOtel, column
 
 RUN_KINDS = ("serving", "eval", "tuning_trial", "probe")
 RUN_STATUSES = ("running", "completed", "failed", "pruned")
@@ -44,6 +48,9 @@ EVENT_KINDS = (
     "error",
 )
 ACK_STATUSES = ("applied", "rejected")
+# Session-pool events (the Sessions page); `detail` may carry these keys so occupancy can be drawn.
+SESSION_KINDS = ("ttl_pin", "hit", "miss", "expire", "offload")
+POOL_DETAIL_KEYS = ("pool_sessions", "pool_bytes", "pinned_bytes")
 
 # Named constraints let Alembic's batch mode rebuild SQLite tables without guessing names.
 NAMING = {
@@ -57,12 +64,17 @@ NAMING = {
 # A 64-bit key on PostgreSQL; on SQLite only INTEGER PRIMARY KEY is the auto-incrementing rowid.
 BigId = BigInteger().with_variant(Integer, "sqlite")
 Json = JSON().with_variant(JSONB(), "postgresql")
-Time = Double()
+Time: Double[float] = Double()
 
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {dict[str, Any]: Json, list[float]: Json, float: Double()}
+
+
+def table_of(model: type[Base]) -> Table:
+    """An ORM class's Table, typed as one (`__table__` is declared as any FromClause)."""
+    return cast(Table, model.__table__)
 
 
 # ----- metadata -------------------------------------------------------------------------------------
@@ -173,103 +185,146 @@ class ConfigAck(Base):
     __table_args__ = (Index(None, "deployment_id", "version"), Index(None, "instance_id", "ts"))
 
 
-# ----- samples (bulk-inserted, time-indexed) -------------------------------------------------------
+# ----- samples (bulk-inserted, time-indexed): one declaration each, see `kvpilot.storage.tabledef` -----
+#
+# Each sample table is the frozen dataclass its readers return; the SQL table, the writers' checks, the
+# readers, the OpenTelemetry mapping and the dashboard's metric lists are derived from it.
+
+# GenAI semantic conventions (Development stability); strings copied here so that a semconv package
+# upgrade cannot rename them under us.
+TTFT = "gen_ai.server.time_to_first_token"
+TPOT = "gen_ai.server.time_per_output_token"
+REQUEST_DURATION = "gen_ai.server.request.duration"
+TOKEN_USAGE = "gen_ai.client.token.usage"
+ATTR_TOKEN_TYPE = "gen_ai.token.type"
+ATTR_LAYER = "kvpilot.layer"
+
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+TOKEN_BUCKETS = tuple(float(4**i) for i in range(14))
+FRACTION_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.999, 1.0)
+COUNT_BUCKETS = tuple(float(2**i) for i in range(18))
+
+_SQL_TYPES: dict[type, Any] = {int: Integer, float: Double, dict: lambda: Json}
 
 
-def _sample_indexes(table: str) -> tuple[Index, ...]:
-    # Dashboards read one instance or one run over a time window, and prune deletes per owner by time.
-    # The indexes are partial (owner NOT NULL): engine rows without a run skip the run index entirely,
-    # which is a third of the insert cost. Every sample row has an instance or a run (samples.py checks).
-    return tuple(
-        Index(
-            f"ix_{table}_{owner.removesuffix('_id')}_ts",
-            owner,
-            "ts",
-            sqlite_where=text(f"{owner} IS NOT NULL"),
-            postgresql_where=text(f"{owner} IS NOT NULL"),
-        )
-        for owner in ("instance_id", "run_id")
+def _skew(name: str, help: str, *, tokens: bool = False) -> Any:
+    """An attention-skew metric column: averaged by readers, a per-layer histogram in OpenTelemetry."""
+    return column(
+        metric=True, group="skew", help=help,
+        otel=Instrument(
+            f"kvpilot.attention.{name}", "{token}" if tokens else "1",
+            f"Attention skew: {name} of sampled rows, per layer",
+            buckets=COUNT_BUCKETS if tokens else FRACTION_BUCKETS,
+        ),
     )
 
 
-class LayerStat(Base):
+def _gauge(
+    name: str, description: str, *, unit: str = "By", kind: InstrumentKind = "updown", hw: bool = False,
+    scale: float = 1.0,
+) -> Instrument:
+    """An observable instrument reporting a column's latest value."""
+    return Instrument(name, unit, description, kind=kind, hw=hw, scale=scale)
+
+
+@dataclass(frozen=True)
+class LayerStat(SampleRecord):
     """Attention statistics of one layer (head = -1) or one KV head at one moment."""
 
-    __tablename__ = "layer_stats"
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    ts: Mapped[float] = mapped_column(Time)
-    instance_id: Mapped[int | None] = mapped_column(ForeignKey("engine_instances.id", ondelete="CASCADE"))
-    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
-    step: Mapped[int | None]
-    layer: Mapped[int] = mapped_column(SmallInteger)
-    head: Mapped[int] = mapped_column(SmallInteger, default=-1)
-    entropy: Mapped[float | None]
-    retained_mass: Mapped[float | None]
-    tokens_90: Mapped[float | None]
-    sink_mass: Mapped[float | None]
-    recent_mass: Mapped[float | None]
-    gini: Mapped[float | None]
-    kv_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    kept_tokens: Mapped[int | None]
-    seen_tokens: Mapped[int | None]
-    __table_args__ = _sample_indexes("layer_stats")
+    step: int | None = column()
+    layer: int = column(SmallInteger, required=True)
+    head: int = column(SmallInteger, default=-1)  # -1: the whole layer (means over its heads)
+    entropy: float | None = _skew(
+        "entropy", "attention entropy (nats): high = attention spread over many tokens, hard to compress")
+    retained_mass: float | None = _skew(
+        "retained_mass", "attention mass on the tokens the cache keeps: 1.0 = eviction lost nothing")
+    tokens_90: float | None = _skew("tokens_90", "tokens holding 90 % of the attention mass", tokens=True)
+    sink_mass: float | None = _skew("sink_mass", "attention on the first (sink) tokens")
+    recent_mass: float | None = _skew("recent_mass", "attention on the protected recent window")
+    gini: float | None = _skew("gini", "Gini coefficient of attention: high = a few tokens take most of it")
+    kv_bytes: int | None = column(
+        BigInteger, metric=True, group="size", otel=_gauge("kvpilot.kv.layer.bytes", "KV bytes per layer"))
+    kept_tokens: int | None = column(metric=True, group="size", help="tokens kept in the cache")
+    seen_tokens: int | None = column(metric=True, group="size")
 
 
-class RequestRecord(Base):
+@dataclass(frozen=True)
+class Request(SampleRecord):
     """One served request: sizes, latencies and what its KV cache cost."""
 
-    __tablename__ = "requests"
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    ts: Mapped[float] = mapped_column(Time)
-    instance_id: Mapped[int | None] = mapped_column(ForeignKey("engine_instances.id", ondelete="CASCADE"))
-    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
-    prompt_tokens: Mapped[int | None]
-    output_tokens: Mapped[int | None]
-    ttft_s: Mapped[float | None]
-    tpot_s: Mapped[float | None]
-    e2e_s: Mapped[float | None]
-    kv_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    compression_ratio: Mapped[float | None]
-    error: Mapped[str | None] = mapped_column(Text)
-    __table_args__ = _sample_indexes("requests")
+    prompt_tokens: int | None = column(otel=Instrument(
+        TOKEN_USAGE, "{token}", "Input and output tokens per request", buckets=TOKEN_BUCKETS,
+        attributes=((ATTR_TOKEN_TYPE, "input"),)))
+    output_tokens: int | None = column(otel=Instrument(
+        TOKEN_USAGE, "{token}", "Input and output tokens per request", buckets=TOKEN_BUCKETS,
+        attributes=((ATTR_TOKEN_TYPE, "output"),)))
+    ttft_s: float | None = column(otel=Instrument(TTFT, "s", "Time to first token", buckets=TTFT_BUCKETS))
+    tpot_s: float | None = column(otel=Instrument(
+        TPOT, "s", "Time per output token after the first", buckets=TPOT_BUCKETS,
+        when=lambda r: (r.get("output_tokens") or 0) > 1))
+    e2e_s: float | None = column(otel=Instrument(REQUEST_DURATION, "s", "Request duration", buckets=DURATION_BUCKETS))
+    kv_bytes: int | None = column(BigInteger)
+    compression_ratio: float | None = column(otel=Instrument(
+        "kvpilot.kv.compression_ratio", "1", "1 - physical/logical KV bytes per request", buckets=FRACTION_BUCKETS))
+    error: str | None = column(Text)
 
 
-class MemorySample(Base):
+@dataclass(frozen=True)
+class MemorySample(SampleRecord):
     """KV cache and device memory at one moment (bytes; NVML utilisation in percent)."""
 
-    __tablename__ = "memory_samples"
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    ts: Mapped[float] = mapped_column(Time)
-    instance_id: Mapped[int | None] = mapped_column(ForeignKey("engine_instances.id", ondelete="CASCADE"))
-    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
-    device: Mapped[str | None] = mapped_column(String(50))
-    kv_bytes_physical: Mapped[int | None] = mapped_column(BigInteger)
-    kv_bytes_logical: Mapped[int | None] = mapped_column(BigInteger)
-    kv_bytes_peak: Mapped[int | None] = mapped_column(BigInteger)
-    device_allocated: Mapped[int | None] = mapped_column(BigInteger)
-    device_reserved: Mapped[int | None] = mapped_column(BigInteger)
-    device_peak: Mapped[int | None] = mapped_column(BigInteger)
-    nvml_used: Mapped[int | None] = mapped_column(BigInteger)
-    nvml_total: Mapped[int | None] = mapped_column(BigInteger)
-    nvml_util: Mapped[float | None]
-    rss_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    __table_args__ = _sample_indexes("memory_samples")
+    device: str | None = column(String(50))
+    kv_bytes_physical: int | None = column(BigInteger, otel=_gauge(
+        "kvpilot.kv.physical_bytes", "KV bytes held by the last request's cache"))
+    kv_bytes_logical: int | None = column(BigInteger, otel=_gauge(
+        "kvpilot.kv.logical_bytes", "KV bytes an uncompressed cache would hold"))
+    kv_bytes_peak: int | None = column(BigInteger, otel=_gauge("kvpilot.kv.peak_bytes", "Peak KV bytes"))
+    device_allocated: int | None = column(BigInteger, otel=_gauge(
+        "kvpilot.device.memory.allocated", "torch.cuda allocated bytes"))
+    device_reserved: int | None = column(BigInteger, otel=_gauge(
+        "kvpilot.device.memory.reserved", "torch.cuda reserved bytes"))
+    device_peak: int | None = column(BigInteger, otel=_gauge(
+        "kvpilot.device.memory.peak", "torch.cuda peak allocated bytes"))
+    nvml_used: int | None = column(BigInteger, otel=_gauge("hw.gpu.memory.usage", "NVML used bytes", hw=True))
+    nvml_total: int | None = column(BigInteger, otel=_gauge("hw.gpu.memory.limit", "NVML total bytes", hw=True))
+    nvml_util: float | None = column(otel=_gauge(
+        "hw.gpu.utilization", "NVML GPU utilisation", unit="1", kind="gauge", hw=True, scale=0.01))
+    rss_bytes: int | None = column(BigInteger, otel=_gauge("process.memory.usage", "Process resident set size"))
 
 
-class CacheEvent(Base):
+@dataclass(frozen=True)
+class Event(SampleRecord):
     """Something that happened to the cache or its config; `count`/`bytes` let one row stand for a batch."""
 
-    __tablename__ = "cache_events"
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    ts: Mapped[float] = mapped_column(Time)
-    instance_id: Mapped[int | None] = mapped_column(ForeignKey("engine_instances.id", ondelete="CASCADE"))
-    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(30))
-    layer: Mapped[int | None] = mapped_column(SmallInteger)
-    count: Mapped[int] = mapped_column(BigInteger, default=1)
-    bytes: Mapped[int | None] = mapped_column(BigInteger)
-    detail: Mapped[dict[str, Any] | None]
-    __table_args__ = (*_sample_indexes("cache_events"), Index("ix_cache_events_kind_ts", "kind", "ts"))
+    kind: str = column(String(30), required=True, choices=EVENT_KINDS)
+    layer: int | None = column(SmallInteger)
+    count: int = column(BigInteger, default=1)
+    bytes: int | None = column(BigInteger)
+    detail: dict[str, Any] | None = column()
+
+
+def _sample_table(name: str, record: type[Any], **kw: Any) -> SampleTable[Any]:
+    return SampleTable(name, record, Base.metadata, types=_SQL_TYPES, id_type=BigId, **kw)
+
+
+LAYER_STATS: SampleTable[LayerStat] = _sample_table(
+    "layer_stats", LayerStat,
+    # per-head rows stay in the store: the layer is the metrics' finest attribute
+    otel=TableOtel(rows=lambda r: r.get("head", -1) == -1, attributes=((ATTR_LAYER, "layer"),)),
+)
+REQUESTS: SampleTable[Request] = _sample_table(
+    "requests", Request,
+    otel=TableOtel(count=Instrument("kvpilot.requests", "{request}", "Requests observed", kind="counter")),
+)
+MEMORY_SAMPLES: SampleTable[MemorySample] = _sample_table(
+    "memory_samples", MemorySample, otel=TableOtel(hw_id="device")
+)
+CACHE_EVENTS: SampleTable[Event] = _sample_table("cache_events", Event, indexes=[("kind", "ts")])
+
+# The attention-skew metrics of a layer_stats row, in column order (what the skew probe computes).
+SKEW_METRICS = LAYER_STATS.names(group="skew")
 
 
 class IngestedPart(Base):
@@ -281,9 +336,6 @@ class IngestedPart(Base):
     ts: Mapped[float] = mapped_column(Time, index=True)
 
 
-SAMPLE_TABLES = {
-    "layer_stats": LayerStat.__table__,
-    "requests": RequestRecord.__table__,
-    "memory_samples": MemorySample.__table__,
-    "cache_events": CacheEvent.__table__,
-}
+# The sample tables by name, in the order `Store.counts` and `kvpilot db status` list them.
+SAMPLES: dict[str, SampleTable[Any]] = {t.name: t for t in (LAYER_STATS, REQUESTS, MEMORY_SAMPLES, CACHE_EVENTS)}
+SAMPLE_TABLES = {name: t.table for name, t in SAMPLES.items()}  # the SQLAlchemy tables

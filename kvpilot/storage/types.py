@@ -1,79 +1,31 @@
-"""What the store hands out and takes in: plain dataclasses and TypedDicts, never ORM objects.
+"""What the store hands out and takes in: plain dataclasses and dicts, never ORM objects.
 
-Readers (dashboard, CLI) get frozen dataclasses that stay valid after the session closes; writers (probes,
-tuner) pass plain dicts shaped like the TypedDicts below. Times are epoch seconds (`time.time()`).
+Readers (dashboard, CLI) get frozen dataclasses that stay valid after the session closes: raw samples as
+their table's record (`LayerStat`, `Request`, `Event`, declared in `kvpilot.storage.schema`), aggregates
+as the dataclasses below. Writers (probes, tuner) pass plain dicts that each table's declaration checks.
+Times are epoch seconds (`time.time()`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, Literal
 
 from kvpilot.config import KVConfig, KVConfigError
+from kvpilot.storage.protocols import SampleRow
 
-# ----- rows written by probes (all keys optional except where noted; missing ts = now) ---------------
+# the sample records, declared with their tables and re-exported here with the other reader types
+from kvpilot.storage.schema import Event as Event
+from kvpilot.storage.schema import LayerStat as LayerStat
+from kvpilot.storage.schema import MemorySample as MemorySample
+from kvpilot.storage.schema import Request as Request
 
+# ----- rows written by probes: plain dicts, checked against the table's declaration (schema.py) -------
 
-class LayerStatRow(TypedDict, total=False):
-    ts: float
-    instance_id: int | None
-    run_id: int | None
-    step: int | None
-    layer: int  # required
-    head: int  # -1 (default) = the whole layer
-    entropy: float | None
-    retained_mass: float | None
-    tokens_90: float | None
-    sink_mass: float | None
-    recent_mass: float | None
-    gini: float | None
-    kv_bytes: int | None
-    kept_tokens: int | None
-    seen_tokens: int | None
-
-
-class RequestRow(TypedDict, total=False):
-    ts: float
-    instance_id: int | None
-    run_id: int | None
-    prompt_tokens: int | None
-    output_tokens: int | None
-    ttft_s: float | None
-    tpot_s: float | None
-    e2e_s: float | None
-    kv_bytes: int | None
-    compression_ratio: float | None
-    error: str | None
-
-
-class MemoryRow(TypedDict, total=False):
-    ts: float
-    instance_id: int | None
-    run_id: int | None
-    device: str | None
-    kv_bytes_physical: int | None
-    kv_bytes_logical: int | None
-    kv_bytes_peak: int | None
-    device_allocated: int | None
-    device_reserved: int | None
-    device_peak: int | None
-    nvml_used: int | None
-    nvml_total: int | None
-    nvml_util: float | None
-    rss_bytes: int | None
-
-
-class EventRow(TypedDict, total=False):
-    ts: float
-    instance_id: int | None
-    run_id: int | None
-    kind: str  # required, one of schema.EVENT_KINDS
-    layer: int | None
-    count: int  # default 1
-    bytes: int | None
-    detail: dict[str, Any] | None
-
+# Kept as names for annotations; every writer takes `SampleRow` and refuses keys its table does not declare.
+LayerStatRow = RequestRow = MemoryRow = EventRow = SampleRow
 
 # ----- what readers get ----------------------------------------------------------------------------
 
@@ -117,61 +69,31 @@ class RunInfo:
     metrics: dict[str, Any] | None
 
 
-@dataclass(frozen=True)
-class LayerStat:
-    """One stored layer-stat sample (head = -1: the whole layer)."""
+class _LayerMeans:
+    """Layer-stat metric means by column name (`bucket.entropy`), one per metric the table declares."""
 
-    id: int
-    ts: float
-    instance_id: int | None
-    run_id: int | None
-    step: int | None
-    layer: int
-    head: int
-    entropy: float | None
-    retained_mass: float | None
-    tokens_90: float | None
-    sink_mass: float | None
-    recent_mass: float | None
-    gini: float | None
-    kv_bytes: int | None
-    kept_tokens: int | None
-    seen_tokens: int | None
+    means: Mapping[str, float | None]
+
+    def __getattr__(self, name: str) -> float | None:
+        if name.startswith("_") or name == "means":  # pickling and copying look up dunders before fields
+            raise AttributeError(name)
+        try:
+            return self.means[name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no metric {name!r}") from None
 
 
 @dataclass(frozen=True)
-class LayerStatBucket:
-    """Layer stats averaged in SQL over one time bucket (`ts` is the bucket start), one layer/head."""
+class LayerStatBucket(_LayerMeans):
+    """Layer stats averaged in SQL over one time bucket (`ts` is the bucket start), one layer/head.
+
+    `means` has every metric column of `schema.LAYER_STATS` (also readable as attributes: `b.gini`)."""
 
     ts: float
     layer: int
     head: int
     samples: int
-    entropy: float | None
-    retained_mass: float | None
-    tokens_90: float | None
-    sink_mass: float | None
-    recent_mass: float | None
-    gini: float | None
-    kv_bytes: float | None
-    kept_tokens: float | None
-    seen_tokens: float | None
-
-
-@dataclass(frozen=True)
-class Request:
-    id: int
-    ts: float
-    instance_id: int | None
-    run_id: int | None
-    prompt_tokens: int | None
-    output_tokens: int | None
-    ttft_s: float | None
-    tpot_s: float | None
-    e2e_s: float | None
-    kv_bytes: int | None
-    compression_ratio: float | None
-    error: str | None
+    means: Mapping[str, float | None]
 
 
 @dataclass(frozen=True)
@@ -213,19 +135,6 @@ class MemoryBucket:
 
 
 @dataclass(frozen=True)
-class Event:
-    id: int
-    ts: float
-    instance_id: int | None
-    run_id: int | None
-    kind: str
-    layer: int | None
-    count: int
-    bytes: int | None
-    detail: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
 class EventBucket:
     """Events of one kind in one time bucket: rows, summed counts and bytes."""
 
@@ -237,15 +146,12 @@ class EventBucket:
 
 
 @dataclass(frozen=True)
-class LayerSummary:
+class LayerSummary(_LayerMeans):
+    """One layer's whole-layer rows (head = -1) of a run: every metric's mean (`summary.entropy`)."""
+
     layer: int
     samples: int
-    entropy: float | None
-    retained_mass: float | None
-    tokens_90: float | None
-    gini: float | None
-    kv_bytes: float | None
-    kept_tokens: float | None
+    means: Mapping[str, float | None]
 
 
 @dataclass(frozen=True)
@@ -344,3 +250,121 @@ class Activation:
     action: str  # push | activate | rollback
     by: str | None
     ts: float
+
+
+# ----- dashboard aggregates (kvpilot.storage.aggregates) -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestTotals:
+    """Requests in the window, aggregated in SQL."""
+
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    ttft_mean: float | None = None
+    tpot_mean: float | None = None
+    e2e_mean: float | None = None
+    kv_bytes_mean: float | None = None
+    compression_ratio_mean: float | None = None
+    first_ts: float | None = None
+    last_ts: float | None = None
+
+    @property
+    def rate_per_s(self) -> float | None:
+        """Requests per second over the span that actually has requests."""
+        if not self.requests or self.first_ts is None or self.last_ts is None:
+            return None
+        return self.requests / max(self.last_ts - self.first_ts, 1.0)
+
+
+LatencyColumn = Literal["ttft_s", "tpot_s", "e2e_s"]
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts per equal-width bin from 0 to the window's maximum; quantiles are read off the bins."""
+
+    column: str
+    width: float = 0.0
+    counts: list[int] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile, interpolated inside its bin (error at most one bin width)."""
+        n = self.total
+        if not n:
+            return None
+        target, cum = q * n, 0
+        for i, c in enumerate(self.counts):
+            if c and cum + c >= target:
+                return (i + (target - cum) / c) * self.width
+            cum += c
+        return len(self.counts) * self.width
+
+
+@dataclass(frozen=True)
+class CellMean:
+    layer: int
+    head: int
+    samples: int
+    value: float | None
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """Which part of the window a layer query reads: all of it, or one short slice inside every bucket."""
+
+    bucket_s: float
+    slices: tuple[tuple[float, float], ...] = ()
+    slice_s: float = 0.0
+
+    @property
+    def sampled(self) -> bool:
+        return bool(self.slices)
+
+    def describe(self) -> str:
+        if not self.sampled:
+            return "every sample in the window"
+        return f"a sample: {self.slice_s:g} s (at a staggered offset) of every {self.bucket_s:g} s of the window"
+
+
+@dataclass(frozen=True)
+class LayerView:
+    """One metric per layer and KV head over the window, and per layer over time (head = -1 rows)."""
+
+    metric: str
+    plan: SamplePlan
+    cells: list[CellMean]  # KV heads (head >= 0)
+    layers: list[CellMean]  # whole layers (head = -1)
+    series: list[tuple[float, int, float]]  # (bucket start, layer, mean) of whole-layer rows
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """How many layers the engines report and how many tokens their caches have seen (window mean)."""
+
+    num_layers: int | None
+    seen_tokens: float | None
+
+
+@dataclass(frozen=True)
+class KindTotal:
+    kind: str
+    events: int
+    count: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class PoolBucket:
+    """Session-pool occupancy in one time bucket, read from session events' `detail` (maxima)."""
+
+    ts: float
+    pool_sessions: float | None
+    pool_bytes: float | None
+    pinned_bytes: float | None

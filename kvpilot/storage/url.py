@@ -13,7 +13,6 @@ from kvpilot.storage.errors import BadDatabaseURLError
 
 ENV_VAR = "KVPILOT_DB"
 DEFAULT_FILENAME = "kvpilot.db"
-HINT = "use sqlite:///PATH (or a plain file path) or postgresql+psycopg://USER@HOST:PORT/DBNAME"
 
 
 def default_db_path() -> Path:
@@ -39,35 +38,19 @@ def resolve_url(url: str | URL | None = None) -> URL:
         try:
             parsed = make_url(text)
         except ArgumentError:
-            raise BadDatabaseURLError(f"cannot parse database URL {text!r}: {HINT}") from None
+            from kvpilot.storage.backends import url_forms
+
+            raise BadDatabaseURLError(f"cannot parse database URL {text!r}: use {url_forms()}") from None
     else:
         parsed = url
     return _check(parsed)
 
 
 def _check(url: URL) -> URL:
-    backend, _, driver = url.drivername.partition("+")
-    shown = url.render_as_string(hide_password=True)
-    if backend == "sqlite":
-        if driver not in ("", "pysqlite"):
-            raise BadDatabaseURLError(f"database URL {shown!r}: SQLite driver {driver!r} is not supported; {HINT}")
-        if url.database and url.database != ":memory:":
-            parent = Path(url.database).expanduser().parent
-            if not parent.is_dir():
-                raise BadDatabaseURLError(
-                    f"database URL {shown!r}: directory {str(parent)!r} does not exist; create it or pick another path"
-                )
-        return url.set(drivername="sqlite")
-    if backend in ("postgresql", "postgres"):
-        if driver not in ("", "psycopg"):
-            raise BadDatabaseURLError(
-                f"database URL {shown!r}: PostgreSQL driver {driver!r} is not installed; "
-                "kvpilot uses psycopg 3: postgresql+psycopg://USER@HOST:PORT/DBNAME"
-            )
-        if not url.database:
-            raise BadDatabaseURLError(f"database URL {shown!r} names no database; {HINT}")
-        return url.set(drivername="postgresql+psycopg")
-    raise BadDatabaseURLError(f"unsupported database URL scheme {url.drivername!r} in {shown!r}: {HINT}")
+    """The registered backend for the URL's scheme checks and normalises it."""
+    from kvpilot.storage.backends import spec_for
+
+    return spec_for(url).load().check_url(url)
 
 
 def describe(url: URL) -> str:

@@ -15,6 +15,7 @@ from kvpilot.tuner.objectives import (
 )
 from kvpilot.tuner.space import SearchSpace, SearchSpaceError
 from kvpilot.tuner.study import TrialOutcome, Tuner, TuneResult, TuningError, trial_config
+from kvpilot.tuner.target import TargetRun, TunerStore, TuningTarget
 
 __all__ = [
     "DEFAULT_OBJECTIVES",
@@ -24,9 +25,12 @@ __all__ = [
     "ObjectiveError",
     "SearchSpace",
     "SearchSpaceError",
+    "TargetRun",
     "TrialOutcome",
     "TuneResult",
     "Tuner",
+    "TunerStore",
     "TuningError",
+    "TuningTarget",
     "trial_config",
 ]

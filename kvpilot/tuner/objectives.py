@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from kvpilot.errors import KVPilotError
 
@@ -25,7 +25,7 @@ class Objective:
     """A run metric and whether more of it is better; `needs_fidelity` when it only exists with references."""
 
     name: str
-    direction: str  # "maximize" | "minimize"
+    direction: Literal["maximize", "minimize"]
     description: str
     needs_fidelity: bool = False
 

@@ -1,6 +1,6 @@
 """Agent-session replays as a tuning target: what the Tuner needs from an Evaluator, over a trace.
 
-A trial's config is replayed on the whole trace (`kvpilot.engine.replay.Replay`); its metrics (hit ratio,
+A trial's config is replayed on the whole trace (`kvpilot.evaluation.replay.Replay`); its metrics (hit ratio,
 job completion times, pinned memory-time, engine compute) are what objectives and constraints read. The
 baseline (`KVConfig()`: full cache, no TTL) is the replay without a session pool. Results are kept in
 memory per config, so a config the sampler proposes again is not replayed again.
@@ -13,11 +13,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvpilot.config import KVConfig
-from kvpilot.engine.replay import Replay
+from kvpilot.evaluation.replay import Replay
 from kvpilot.workloads.trace import TraceEvent
+
+if TYPE_CHECKING:
+    from kvpilot.evaluation import Evaluator
+    from kvpilot.tuner.target import TuningTarget
 
 
 @dataclass
@@ -66,3 +70,9 @@ class ReplayTarget:
             self._done[key] = ReplayRun(config, replay.run(self.events).metrics())
             self.computed_runs += 1
         return self._done[key]
+
+
+if TYPE_CHECKING:  # the type checker proves both targets fit the tuner's seam
+
+    def _fits(evaluator: Evaluator, replay: ReplayTarget) -> tuple[TuningTarget, TuningTarget]:
+        return evaluator, replay

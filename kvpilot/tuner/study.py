@@ -1,6 +1,6 @@
 """The tuner: an Optuna study whose trials are KVConfigs evaluated on a real workload by the engine.
 
-Each trial draws a config from the SearchSpace, runs it through a target: `kvpilot.evaluation.Evaluator`
+Each trial draws a config from the SearchSpace, runs it through a `TuningTarget`: `kvpilot.evaluation.Evaluator`
 for question answering (a config already measured on the same samples is loaded from its run folder, not
 recomputed) or `ReplayTarget` for agent sessions (the session pool's TTL), tells Optuna the
 objective values and constraint violations, and records a `tuning_trial` run in the store. The study lives
@@ -37,6 +37,7 @@ from kvpilot.tuner.objectives import (
 )
 from kvpilot.tuner.space import SearchSpace
 from kvpilot.tuner.storage import open_storage
+from kvpilot.tuner.target import TunerStore, TuningTarget
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,8 @@ class TuneResult:
 
 
 class Tuner:
-    """Search KVConfigs for one workload (an Evaluator's samples) under objectives and constraints.
+    """Search KVConfigs for one workload (a `TuningTarget`: an Evaluator's samples, or a replayed trace)
+    under objectives and constraints.
 
     store: a kvpilot Store; the study goes into its database and each trial is a `tuning_trial` run. Without
     one the study stays in memory (library use, quick experiments).
@@ -108,10 +110,10 @@ class Tuner:
 
     def __init__(
         self,
-        evaluator: Any,
+        evaluator: TuningTarget,
         *,
         study_name: str,
-        store: Any = None,
+        store: TunerStore | None = None,
         objectives: Sequence[str] = DEFAULT_OBJECTIVES,
         constraints: Sequence[str | Constraint] = (),
         space: SearchSpace | None = None,
@@ -130,7 +132,7 @@ class Tuner:
         if len({o.name for o in self.objectives}) != len(self.objectives):
             raise ObjectiveError(f"objectives repeat a name: {list(objectives)}")
         self.constraints = [c if isinstance(c, Constraint) else Constraint.parse(c) for c in constraints]
-        if not getattr(evaluator, "fidelity", True):
+        if not evaluator.fidelity:
             missing = [o.name for o in self.objectives if o.needs_fidelity]
             missing += [c.metric for c in self.constraints if objective(c.metric).needs_fidelity]
             if missing:
@@ -268,7 +270,7 @@ class Tuner:
                                                            "workload": self.evaluator.label})
 
     def _finish_run(self, run_id: int | None, status: str, metrics: dict[str, Any]) -> None:
-        if run_id is not None:
+        if run_id is not None and self.store is not None:
             self.store.finish_run(run_id, status=status, metrics=metrics)
 
     # ----- the winner ------------------------------------------------------------------------------

@@ -12,7 +12,15 @@ from kvpilot.workloads.agent import (
     generate_agent_trace,
 )
 from kvpilot.workloads.jsonl import LineError, load_jsonl, write_jsonl
-from kvpilot.workloads.registry import NIAH_TASKS, WORKLOADS, JsonlLoadError, generate, load_workload, resolve
+from kvpilot.workloads.registry import (
+    NIAH_TASKS,
+    WORKLOADS,
+    JsonlLoadError,
+    check_workload,
+    generate,
+    load_workload,
+    resolve,
+)
 from kvpilot.workloads.sample import QA, Sample
 from kvpilot.workloads.scoring import (
     first_integer,
@@ -22,6 +30,7 @@ from kvpilot.workloads.scoring import (
     string_match_part,
 )
 from kvpilot.workloads.sizing import TOLERANCE, TargetTooSmallError, count_tokens
+from kvpilot.workloads.spec import UnknownTaskError, WorkloadSpec, WorkloadSpecError
 from kvpilot.workloads.trace import TraceEvent, programs, read_trace, write_trace
 
 __all__ = [
@@ -37,6 +46,10 @@ __all__ = [
     "TargetTooSmallError",
     "ToolSpec",
     "TraceEvent",
+    "UnknownTaskError",
+    "WorkloadSpec",
+    "WorkloadSpecError",
+    "check_workload",
     "count_tokens",
     "first_integer",
     "gamma_arrivals",

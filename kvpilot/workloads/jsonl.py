@@ -48,6 +48,13 @@ def _str(
     return value
 
 
+def _required_str(obj: dict, key: str, where: str = "") -> str:
+    value = _str(obj, key, where)
+    if value is None:  # cannot happen: a required field is present or _str raised
+        raise _Bad(f"missing field {where}{key!r}")
+    return value
+
+
 def _spans(raw: Any, n_answers: int, context: str, where: str) -> list[tuple[int, int]] | None:
     if raw is None:
         return None
@@ -68,7 +75,7 @@ def _qa(item: Any, i: int, context: str) -> QA:
     where = f"qa[{i}]."
     if not isinstance(item, dict):
         raise _Bad(f"qa[{i}] must be an object with 'question' and 'answers'")
-    question = _str(item, "question", where)
+    question = _required_str(item, "question", where)
     if "answers" not in item:
         raise _Bad(f"missing field {where}'answers'")
     answers = item["answers"]
@@ -93,7 +100,7 @@ def parse_sample(obj: Any) -> Sample:
     sid = obj["id"]
     if isinstance(sid, bool) or not isinstance(sid, (str, int)) or (isinstance(sid, str) and not sid.strip()):
         raise _Bad("field 'id' must be a non-empty string (or an integer)")
-    context = _str(obj, "context")
+    context = _required_str(obj, "context")
     if "qa" not in obj:
         raise _Bad("missing field 'qa'")
     if not isinstance(obj["qa"], list):

@@ -10,6 +10,7 @@ import json
 import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ _FIELDS = tuple(f.name for f in fields(TraceEvent))
 def _event(obj: object) -> TraceEvent:
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
-    values = {}
+    values: dict[str, Any] = {}
     for name in _FIELDS:
         if name not in obj:
             raise ValueError(f"missing field {name!r}")

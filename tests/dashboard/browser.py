@@ -31,6 +31,7 @@ CHROMIUM_ARGS = [
 # page url path -> texts that must appear once it has rendered (from tests/dashboard/seed.py)
 PAGES = {
     "": ["Overview", "Engines alive", "2 / 3", "Memory pressure", "Config in force on chat: v2"],
+    "runs": ["Runs", "of the newest", "Run #", "Mean TTFT"],
     "layers": ["Layers", "Sensitivity profile", "Budgets per layer under the active config"],
     "sessions": ["Sessions", "Hit ratio", "75.0%"],
     "events": ["Events", "Latest 100 events", "Config changes"],

@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from kvpilot.dashboard import APP_PATH, READ_ONLY_ENV
 from tests.dashboard.seed import Seeded, seed
 
-TIMEOUT = 60  # the first run imports optuna, altair and (on the Layers page) torch
+TIMEOUT = 60  # the first run imports optuna and altair
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from tests.dashboard.helpers import PAGES, button_labels, charts, frame, metrics
 
 EMPTY_GUIDANCE = {
     "overview": "kvpilot demo",
+    "runs": "No runs recorded yet",
     "layers": "kvpilot demo",
     "sessions": "kvpilot demo",
     "events": "kvpilot demo",
@@ -74,7 +75,7 @@ def test_layers_heatmap_profile_and_budgets(app, store, seeded, db_url):
     assert latest[(7, 2)] == pytest.approx(cells.query("layer == 7")["entropy"].iloc[2])
     profile = store.latest_profile(S.MODEL)
     assert drawn[f"kl sensitivity of {S.MODEL}"]["sensitivity"].tolist() == pytest.approx(profile.values)
-    from kvpilot.cache.budgets import layer_budgets
+    from kvpilot.policies.layers import layer_budgets
 
     expected = layer_budgets(store.active_version(S.DEPLOYMENT).config(), S.LAYERS, 2048)
     assert drawn["budget per layer at 2,048 tokens seen"]["tokens kept"].tolist() == expected

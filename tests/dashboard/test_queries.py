@@ -1,5 +1,5 @@
-"""The dashboard's own SQL aggregates and Optuna helpers, checked against the seed's known values and the
-store's readers, on SQLite and PostgreSQL."""
+"""The dashboard's SQL aggregates (store methods taking a Scope) and Optuna helpers, checked against the
+seed's known values and the store's readers, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,64 +7,65 @@ import optuna
 import pytest
 
 from kvpilot.config import KVConfig, KVConfigError
-from kvpilot.dashboard import queries as Q
 from kvpilot.dashboard import tuning
+from kvpilot.storage import Scope, bucket_width
+from kvpilot.storage import aggregates as A
 from tests.dashboard import seed as S
 
 
-def scope(**kw) -> Q.Scope:
-    return Q.Scope(S.DEPLOYMENT, **kw)
+def scope(**kw) -> Scope:
+    return Scope(S.DEPLOYMENT, **kw)
 
 
 def test_is_empty(store, db_url):
-    assert Q.is_empty(store)
+    assert store.is_empty()
     store.ensure_deployment("x")
-    assert not Q.is_empty(store)
+    assert not store.is_empty()
 
 
 def test_request_totals_and_histogram(store, seeded):
-    t = Q.request_totals(store, scope())
+    t = store.request_totals(scope())
     assert (t.requests, t.errors, t.prompt_tokens) == (S.REQUESTS, S.REQUEST_ERRORS, 1000 * S.REQUESTS)
     ttft = sorted(0.05 + 0.001 * i for i in range(S.REQUESTS))
     assert t.ttft_mean == pytest.approx(sum(ttft) / len(ttft))
-    h = Q.latency_histogram(store, scope(), "ttft_s", bins=40)
+    h = store.latency_histogram(scope(), "ttft_s", bins=40)
     assert h.total == S.REQUESTS and len(h.counts) == 40
     assert h.width == pytest.approx(max(ttft) / 40)
     for q in (0.5, 0.9, 0.99):
         exact = ttft[min(len(ttft) - 1, int(q * len(ttft)))]
         assert abs(h.quantile(q) - exact) <= h.width + 1e-9
-    assert Q.request_totals(store, scope(instance_id=seeded.engine1)).requests == 0
-    assert Q.latency_histogram(store, Q.Scope(None), "tpot_s").total == 0
+    assert store.request_totals(scope(instance_id=seeded.engine1)).requests == 0
+    assert store.latency_histogram(Scope(None), "tpot_s").total == 0
 
 
 def test_layer_view_matches_seed_and_store(store, seeded):
-    view = Q.layer_view(store, scope(), "entropy")
+    view = store.layer_view(scope(), "entropy")
     assert not view.plan.sampled
     assert len(view.cells) == S.LAYERS * S.HEADS and len(view.layers) == S.LAYERS
     assert all(c.value == pytest.approx(S.entropy(c.layer, c.head)) for c in view.cells + view.layers)
     assert all(c.samples == 2 * S.STEPS for c in view.cells)  # two engines, one sample per step
-    gini = Q.layer_view(store, scope(), "gini")
+    gini = store.layer_view(scope(), "gini")
     series = store.layer_stats_series(deployment=S.DEPLOYMENT, last_s=3600, bucket_s=gini.plan.bucket_s)
     expected = {(b.ts, b.layer): b.gini for b in series}
     assert {(ts, layer) for ts, layer, _ in gini.series} == set(expected)
     assert all(v == pytest.approx(expected[(ts, layer)]) for ts, layer, v in gini.series)
-    shape = Q.layer_shape(store, scope())
+    shape = store.layer_shape(scope())
     assert (shape.num_layers, shape.seen_tokens) == (S.LAYERS, 2048)
     with pytest.raises(ValueError, match="unknown layer metric"):
-        Q.layer_view(store, scope(), "id; drop table")
+        store.layer_view(scope(), "id; drop table")
 
 
 def test_row_estimate_keeps_small_windows_exact(store, seeded, monkeypatch):
     # 10 minutes of seed: 14,400 layer rows, 2 engines x 120 rows every 10 s
-    assert not Q.layer_plan(store, scope(window_s=600)).sampled
-    monkeypatch.setattr(Q, "ROW_BUDGET", 5_000)
-    assert Q.layer_plan(store, scope(window_s=600)).sampled
+    assert not store.layer_plan(scope(window_s=600)).sampled
+    monkeypatch.setattr(A, "ROW_BUDGET", 5_000)
+    assert store.layer_plan(scope(window_s=600)).sampled
 
 
 def test_big_windows_are_sampled_in_slices(store, seeded, monkeypatch):
-    monkeypatch.setattr(Q, "ROW_BUDGET", -1)  # any estimate exceeds it
+    monkeypatch.setattr(A, "ROW_BUDGET", -1)  # any estimate exceeds it
     sc = scope(window_s=3600, now=seeded.now + 1)
-    view = Q.layer_view(store, sc, "entropy")
+    view = store.layer_view(sc, "entropy")
     plan = view.plan
     assert plan.sampled and plan.bucket_s == 60 and "5 s (at a staggered offset) of every 60 s" in plan.describe()
     for a, b in plan.slices:  # one slice of at most 5 s inside each bucket
@@ -75,30 +76,30 @@ def test_big_windows_are_sampled_in_slices(store, seeded, monkeypatch):
     hit = sum(any(a <= t < b for a, b in plan.slices) for t in steps)
     assert all(c.samples == 2 * hit for c in view.cells)
     assert all(c.value == pytest.approx(S.entropy(c.layer, c.head)) for c in view.cells)  # constant per cell
-    exact = Q.layer_view(store, scope(window_s=300), "entropy")  # 5 s slices of 5 s buckets: no sampling
+    exact = store.layer_view(scope(window_s=300), "entropy")  # 5 s slices of 5 s buckets: no sampling
     assert not exact.plan.sampled
 
 
 def test_event_totals_and_pool(store, seeded):
-    totals = Q.event_totals(store, scope())
+    totals = store.event_totals(scope())
     assert {k: (v.events, v.count, v.bytes) for k, v in totals.items()} == {
         k: (n, n * c, n * b) for k, (n, c, b) in S.EVENTS.items()
     }
-    only = Q.event_totals(store, scope(), ("hit", "miss"))
+    only = store.event_totals(scope(), ("hit", "miss"))
     assert set(only) == {"hit", "miss"}
-    pool = Q.pool_series(store, scope(), 60.0)
+    pool = store.pool_series(scope(), 60.0)
     assert pool and max(p.pool_sessions for p in pool) == 6
     assert max(p.pinned_bytes for p in pool) == 3 * 2**21
 
 
 def test_window_excludes_old_rows(store, seeded):
-    assert Q.request_totals(store, scope(window_s=60)).requests < S.REQUESTS
-    assert Q.event_totals(store, scope(window_s=1)) == {}
+    assert store.request_totals(scope(window_s=60)).requests < S.REQUESTS
+    assert store.event_totals(scope(window_s=1)) == {}
 
 
 @pytest.mark.parametrize(("window", "width"), [(300, 2), (3600, 30), (86400, 600), (604800, 7200), (1e9, 86400)])
 def test_bucket_width_is_round(window, width):
-    assert Q.bucket_width(window) == width
+    assert bucket_width(window) == width
 
 
 def test_studies_front_importances_and_configs(store, seeded, db_url):

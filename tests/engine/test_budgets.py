@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from kvpilot.cache.managed import ManagedCache
-from kvpilot.cache.policies import POLICY_REGISTRY
 from kvpilot.config import KVConfig
 from kvpilot.engine.generation import prefill
+from kvpilot.policies import POLICY_REGISTRY
 
 N = 120
 
@@ -107,10 +107,47 @@ def test_block_prefill_peak_within_budget_plus_block(tiny_model):
 
 
 def test_spiky_sensitivity_budget_is_not_lost():
-    from kvpilot.cache.budgets import layer_budgets
+    from kvpilot.policies.layers import layer_budgets
 
     cfg = KVConfig(policy="snapkv", budget=50, layer_allocation="sensitivity",
                    sensitivity_profile=[0.0, 0.0, 1.0, 0.0], sensitivity_alpha=1.0)
     budgets = layer_budgets(cfg, 4, seen=100)
     assert max(budgets) == 100  # the sensitive layer is capped at what it has seen
     assert sum(budgets) == 200  # and the rest of the total goes to the other layers
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "adaptive"])
+def test_head_budgets_split_as_the_cache_did_inline(allocation):
+    """head_budgets reproduces the split ManagedCache._evict_layer computed inline before the registries."""
+    from kvpilot.policies.heads import adaptive_head_budgets, head_budgets, within_budget
+
+    gen = torch.Generator().manual_seed(7)
+    own = {"alpha": 0.3} if allocation == "adaptive" else {}
+    cfg = KVConfig(policy="snapkv", budget=20, head_allocation=allocation, head_allocation_params=own)
+    for trial in range(20):
+        h, n, budget = 3, 50, 10 + trial
+        scores = torch.rand(h, n, generator=gen)
+        valid = torch.rand(h, n, generator=gen) > 0.2
+        protected = valid & (torch.rand(h, n, generator=gen) > 0.9)
+        available = valid.sum(-1).tolist()
+        n_protected = protected.sum(-1).tolist()
+        if allocation == "adaptive":
+            extra = adaptive_head_budgets(scores, valid & ~protected, budget - max(n_protected), 0.3)
+            old = [min(p + e, a) for p, e, a in zip(n_protected, extra, available, strict=True)]
+            fits = sum(available) <= budget * h
+        else:
+            old = [min(budget, a) for a in available]
+            fits = max(available) <= budget
+        assert head_budgets(cfg, scores, valid, protected, budget) == old
+        assert within_budget(cfg, available, budget) == fits
+
+
+def test_layer_budgets_are_torch_free():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom kvpilot.config import KVConfig\nfrom kvpilot.policies import layer_budgets\n"
+            "print(layer_budgets(KVConfig(policy='snapkv', budget=30, layer_allocation='pyramid'), 4, 120))\n"
+            "assert 'torch' not in sys.modules")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert sum(eval(out)) == 120

@@ -3,34 +3,18 @@
 import pytest
 import torch
 
-from kvpilot.cache.policies import POLICY_REGISTRY
 from kvpilot.config import KVConfig
+from kvpilot.policies import POLICY_REGISTRY
+from tests.engine.exactness import MODES, assert_zero_compression_exact
 from tests.engine.helpers import managed_logits, reference_logits
 
 POLICIES = sorted(POLICY_REGISTRY)
-MODES = {
-    "one-shot": {},
-    "block-wise": {"prefill_block_size": 16},
-    "decode-evict": {"decode_interval": 1},
-    "scoring-prompt": {"scoring": "prompt", "scoring_prompt": "Summarise the facts."},
-    "adaptive-heads": {"head_allocation": "adaptive"},
-    "turn-units": {"granularity": "chunk", "chunk_size": 5},
-}
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 @pytest.mark.parametrize("policy", POLICIES)
 def test_zero_compression_is_exact_tiny(tiny_model, policy, mode):
-    gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, 128, (70,), generator=gen).tolist()
-    cont = torch.randint(3, 128, (6,), generator=gen).tolist()
-    cfg = KVConfig(policy=policy, budget=100_000, **MODES[mode])
-    scoring = [5, 6, 7, 8] if cfg.scoring == "prompt" else None
-    got, cache = managed_logits(tiny_model, cfg, ids, cont, scoring)
-    ref = reference_logits(tiny_model, ids, cont)
-    assert (got - ref).abs().max().item() < 1e-4
-    assert cache.seen_tokens == len(ids) + len(cont) - 1
-    assert cache.compression_ratio() == 0.0
+    assert_zero_compression_exact(tiny_model, policy, mode)
 
 
 def test_compaction_that_keeps_everything_is_exact(tiny_model):

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 
 from kvpilot.cache.managed import ManagedCache
-from kvpilot.cache.policies.expected_attention import mean_rotation
 from kvpilot.config import KVConfig
 from kvpilot.engine.attention import unrotate
 from kvpilot.engine.generation import prefill
+from kvpilot.policies.expected_attention import mean_rotation
 
 
 class _Capture:
@@ -50,7 +50,7 @@ def test_unrotate_recovers_q_proj_and_mean_rotation_reapplies_rope(tiny_model):
     post = capture.query  # [1, H, n, d]
     heads, d = post.shape[1], post.shape[3]
     expected_pre = pre_rope["q"][0].view(n, heads, d).transpose(0, 1).float()  # [H, n, d]
-    recovered = unrotate(post, torch.arange(n)[None], cache)
+    recovered = unrotate(post, torch.arange(n)[None], cache.rope)
     assert torch.allclose(recovered, expected_pre, atol=1e-4, rtol=1e-4)
 
     for p in (0, 1, 117, n - 1):

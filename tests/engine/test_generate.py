@@ -25,7 +25,7 @@ def test_generate_matches_own_loop(tiny_model, cfg):
     with torch.inference_mode():
         out = tiny_model.generate(
             torch.tensor([ids]),
-            past_key_values=theirs,
+            cache=theirs,
             max_new_tokens=new,
             min_new_tokens=new,
             do_sample=False,

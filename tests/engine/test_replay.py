@@ -8,7 +8,7 @@ import pytest
 
 from kvpilot.cli import main
 from kvpilot.config import KVConfig
-from kvpilot.engine.replay import Replay
+from kvpilot.evaluation.replay import Replay
 from kvpilot.storage import Store
 from kvpilot.workloads.trace import TraceEvent
 

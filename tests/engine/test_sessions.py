@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kvpilot.cache.sessions import SessionPool
-from kvpilot.cache.ttl import CdfTTL, FixedTTL, TTLContext, TTLPolicy, make_ttl_policy
+from kvpilot.config import KVConfig, KVConfigError
+from kvpilot.policies.ttl import CdfTTL, FixedTTL, TTLContext, TTLPolicy, make_ttl_policy
 
 
 class FakeCache:
@@ -94,9 +95,9 @@ def test_cdf_ttl_covers_a_fast_tool_and_gives_up_on_a_slow_one():
 
 
 def test_make_ttl_policy():
-    assert make_ttl_policy("none").ttl(TTLContext("t", 1, 1, 1.0)) == 0.0
-    assert make_ttl_policy("fixed", 3.0).ttl(TTLContext("t", 1, 1, 1.0)) == 3.0
-    cdf = make_ttl_policy("cdf", 30.0, 2e-9)
+    assert make_ttl_policy(KVConfig()).ttl(TTLContext("t", 1, 1, 1.0)) == 0.0
+    assert make_ttl_policy(KVConfig(session_ttl="fixed", session_ttl_s=3.0)).ttl(TTLContext("t", 1, 1, 1.0)) == 3.0
+    cdf = make_ttl_policy(KVConfig(session_ttl="cdf", session_ttl_s=30.0, ttl_memory_price=2e-9))
     assert isinstance(cdf, CdfTTL) and cdf.max_ttl_s == 30.0 and cdf.memory_price == 2e-9
-    with pytest.raises(ValueError, match="unknown TTL policy"):
-        make_ttl_policy("lru")
+    with pytest.raises(KVConfigError, match="session_ttl='lru'"):
+        KVConfig.parse({"session_ttl": "lru"})

@@ -116,5 +116,5 @@ def test_bad_workloads_and_configs_raise_clear_errors(bundled_engine, tmp_path):
     with pytest.raises(EvaluationError, match="at least 1"):
         Evaluator.for_workload(bundled_engine, "passkey", 0, TOKENS)
     ev = Evaluator(bundled_engine, generate("passkey", 1, 200, 0, bundled_engine.tokenizer), results_root=None)
-    with pytest.raises(EvaluationError, match="layer_budgets has 2 entries"):
+    with pytest.raises(EvaluationError, match="budgets has 2 entries"):
         ev.run(KVConfig(policy="h2o", layer_allocation="explicit", layer_budgets=[8, 8]))

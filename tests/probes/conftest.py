@@ -67,8 +67,19 @@ class FlakyStore:
 
         return call
 
+    # the sample writers, spelled out so the wrapper is a `SampleSink` on every Python (a runtime protocol
+    # check on 3.12+ reads class attributes only, not __getattr__)
     def add_layer_stats(self, *a, **k):
         return self.__getattr__("add_layer_stats")(*a, **k)
+
+    def add_requests(self, *a, **k):
+        return self.__getattr__("add_requests")(*a, **k)
+
+    def add_memory_samples(self, *a, **k):
+        return self.__getattr__("add_memory_samples")(*a, **k)
+
+    def add_events(self, *a, **k):
+        return self.__getattr__("add_events")(*a, **k)
 
 
 @pytest.fixture

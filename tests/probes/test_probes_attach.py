@@ -108,7 +108,9 @@ def test_watcher_applies_a_pushed_config_at_the_next_request(tiny_engine, store,
         assert tiny_engine.config.policy == "snapkv"  # not before a request boundary
         (res,) = tiny_engine.run(ids(40), [], 2)
         assert res.config == new and tiny_engine.config == new
-        store.push("w", {"policy": "snapkv", "compression_ratio": 0.5, "layer_budgets": [1, 2]}, pushed_by="test")
+        # valid on its own, wrong for this model (2 layer budgets, 4 layers): the watcher rejects it
+        store.push("w", {"policy": "snapkv", "compression_ratio": 0.5, "layer_allocation": "explicit",
+                         "layer_budgets": [1, 2]}, pushed_by="test")
         assert handle.watcher.check_once().status == "rejected"
         assert tiny_engine.config == new
         handle.flush()

@@ -99,3 +99,13 @@ def test_layer_rows_shape_and_means():
     assert rows[0]["entropy"] == pytest.approx(0.6) and rows[0]["tokens_90"] == pytest.approx(4.0)
     assert rows[0]["kept_tokens"] == 8
     assert set(METRICS[:-1]) <= set(rows[1])
+
+
+def test_skew_metrics_are_the_stored_skew_columns_and_rows_fit_the_table():
+    """The probe computes its metrics in its own column order; the table declares them once (storage)."""
+    from kvpilot.storage.schema import LAYER_STATS
+
+    assert set(METRICS[:-1]) == set(LAYER_STATS.names(group="skew"))
+    values = [[[0.5, 0.9, 3.0, 0.1, 0.2, 0.6, 8.0]]]
+    rows = layer_rows(values, [0], [10], ts=1.0, step=0, per_head=True)
+    assert len(LAYER_STATS.tuples(rows, 1, None)) == 2  # the writer refuses unknown or missing columns

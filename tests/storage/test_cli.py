@@ -130,3 +130,8 @@ def test_help_mentions_the_essentials(capsys):
         with pytest.raises(SystemExit):
             cli.main(argv)
         assert words in capsys.readouterr().out
+
+
+def test_db_backends_lists_the_registry(capsys):
+    code, out, _ = run(capsys, "db", "backends")
+    assert code == 0 and "sqlite:///PATH" in out and "postgresql+psycopg://USER@HOST:PORT/DBNAME" in out

@@ -111,7 +111,8 @@ def test_tuner_searches_the_session_ttl_on_an_agent_replay(bundled_engine, tmp_p
     from tests.engine.test_replay import _trace
 
     target = ReplayTarget(bundled_engine, _trace(), max_response_tokens=2)
-    space = SearchSpace(policy=("full",), session_ttl=("none", "fixed", "cdf"), session_ttl_s=(1.0, 60.0))
+    space = SearchSpace(policy=("full",), session_ttl=("none", "fixed", "cdf"),
+                        params={"session_ttl.fixed.ttl_s": (1.0, 60.0)})
     with Store.open(f"sqlite:///{tmp_path / 'ttl.db'}") as store:
         tuner = Tuner(target, study_name="ttl", store=store, space=space, objectives=["hit_ratio", "pinned_gib_s"],
                       pick="hit_ratio", sampler="random", progress=False)

@@ -11,7 +11,7 @@ import streamlit as st
 
 from kvpilot.config import KVConfig, KVConfigError
 from kvpilot.dashboard import context as C
-from kvpilot.storage import Activation, ConfigVersionInfo
+from kvpilot.storage import Activation, ConfigVersionInfo, Store
 
 
 def render() -> None:
@@ -25,19 +25,19 @@ def render() -> None:
             if not ctx.read_only:
                 _push(None, None)
             return
-        versions: list[ConfigVersionInfo] = C.query("list_versions", ctx.deployment)
+        versions: list[ConfigVersionInfo] = C.query(Store.list_versions, ctx.deployment)
         if not versions:
             st.info(f"{ctx.deployment} has no config version yet: `kvpilot push -d {ctx.deployment} -c config.json`.")
             if not ctx.read_only:
                 _push(ctx.deployment, None)
             return
-        acks = C.query("acks", ctx.deployment, limit=1000)
+        acks = C.query(Store.acks, ctx.deployment, limit=1000)
         active = next((v for v in versions if v.active), None)
         _rejections(ctx, acks, active)
         _history(versions, acks)
         _show_and_diff(ctx, versions, active)
         _acks(acks)
-        activations: list[Activation] = C.query("activations", ctx.deployment)
+        activations: list[Activation] = C.query(Store.activations, ctx.deployment)
         st.subheader("Activation history")
         st.dataframe(
             pd.DataFrame({"time": C.when(a.ts), "action": a.action, "version": a.version, "by": a.by or ""}
@@ -104,7 +104,9 @@ def _show_and_diff(ctx: C.Ctx, versions: list[ConfigVersionInfo], active: Config
         a_default = next((v.parent_version for v in versions if v.version == b_default and v.parent_version), numbers[0])
         a = st.selectbox("From version", numbers, index=numbers.index(a_default), key="diff_a")
         b = st.selectbox("To version", numbers, index=numbers.index(b_default), key="diff_b")
-        changes = C.query("diff", ctx.deployment, a, b)
+        if a is None or b is None:
+            return
+        changes = C.query(Store.diff, ctx.dep, a, b)
         if not changes:
             st.caption(f"v{a} and v{b} are identical.")
         else:
@@ -142,7 +144,7 @@ def _rollback(ctx: C.Ctx, active: ConfigVersionInfo | None, activations: list[Ac
         "rollback", f"Roll back to v{target}",
         f"Roll {ctx.deployment} back from v{active.version} to v{target}? Engines apply it at their next request "
         "boundary.",
-        lambda: f"{ctx.deployment}: v{C.store().rollback(ctx.deployment, by='dashboard').version} is active again.",
+        lambda: f"{ctx.deployment}: v{C.store().rollback(ctx.dep, by='dashboard').version} is active again.",
     )
 
 
@@ -151,10 +153,12 @@ def _activate(ctx: C.Ctx, versions: list[ConfigVersionInfo], active: ConfigVersi
     if not others:
         return
     pick = st.selectbox("Activate an earlier version", others[::-1], key="activate_version")
+    if pick is None:
+        return
     C.confirm(
         "activate", f"Activate v{pick}",
         f"Make v{pick} the active config of {ctx.deployment}" + (f" (instead of v{active.version})?" if active else "?"),
-        lambda: f"{ctx.deployment}: v{C.store().activate(ctx.deployment, pick, by='dashboard').version} is active.",
+        lambda: f"{ctx.deployment}: v{C.store().activate(ctx.dep, pick, by='dashboard').version} is active.",
     )
 
 

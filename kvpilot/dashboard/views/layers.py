@@ -8,17 +8,12 @@ import streamlit as st
 
 from kvpilot.dashboard import charts
 from kvpilot.dashboard import context as C
-from kvpilot.dashboard.queries import LAYER_METRICS
+from kvpilot.policies.layers import layer_budgets
+from kvpilot.storage import LAYER_STATS, Store
 
-METRIC_HELP = {
-    "entropy": "attention entropy (nats): high = attention spread over many tokens, hard to compress",
-    "retained_mass": "attention mass on the tokens the cache keeps: 1.0 = eviction lost nothing",
-    "tokens_90": "tokens holding 90 % of the attention mass",
-    "sink_mass": "attention on the first (sink) tokens",
-    "recent_mass": "attention on the protected recent window",
-    "gini": "Gini coefficient of attention: high = a few tokens take most of it",
-    "kept_tokens": "tokens kept in the cache",
-}
+# The layer-stat metrics the table declares with a help text, in column order.
+METRIC_HELP = {c.name: c.help for c in LAYER_STATS.metrics if c.help}
+LAYER_METRICS = tuple(METRIC_HELP)
 
 
 def render() -> None:
@@ -31,14 +26,14 @@ def render() -> None:
             st.info(f"No deployment yet; run {C.FILL_HINT}.")
             return
         metric = st.selectbox("Metric", LAYER_METRICS, key="layer_metric", help="\n".join(
-            f"- **{k}**: {v}" for k, v in METRIC_HELP.items()))
+            f"- **{k}**: {v}" for k, v in METRIC_HELP.items())) or LAYER_METRICS[0]
         C.live("layers", ctx, lambda c: _skew(c, metric))
         _profile(ctx)
         _budgets(ctx)
 
 
 def _skew(ctx: C.Ctx, metric: str) -> None:
-    view = C.query("layer_view", ctx.scope, metric)
+    view = C.query(Store.layer_view, ctx.scope, metric)
     if not view.cells and not view.layers:
         st.info(f"No layer statistics for {ctx.deployment} in this window. The probes record them while an engine "
                 f"serves (`kvpilot.attach(model, store=..., deployment=...)`); try a longer window, or run {C.FILL_HINT}.")
@@ -59,15 +54,15 @@ def _skew(ctx: C.Ctx, metric: str) -> None:
 
 def _profile(ctx: C.Ctx) -> None:
     st.subheader("Sensitivity profile")
-    model = next((d.model for d in C.query("deployments") if d.name == ctx.deployment), None)
-    profiles = C.query("profiles", model) if model else []
-    profiles = profiles or C.query("profiles")
+    model = next((d.model for d in C.query(Store.deployments) if d.name == ctx.deployment), None)
+    profiles = C.query(Store.profiles, model) if model else []
+    profiles = profiles or C.query(Store.profiles)
     if not profiles:
         st.info("No sensitivity profile in the store yet. Measure one with `kvpilot profile`; a "
                 "`layer_allocation='sensitivity'` config gives each layer a budget from it.")
         return
     labels = {p.id: f"#{p.id} {p.model} / {p.method} ({C.when(p.created_at)})" for p in profiles}
-    pid = st.selectbox("Profile", list(labels), format_func=labels.get, key="profile")
+    pid = st.selectbox("Profile", list(labels), format_func=lambda i: labels[i], key="profile")
     prof = next(p for p in profiles if p.id == pid)
     df = pd.DataFrame({"layer": range(len(prof.values)), "sensitivity": prof.values})
     st.altair_chart(charts.bars(df, "layer", "sensitivity", title=f"{prof.method} sensitivity of {prof.model}"))
@@ -75,20 +70,19 @@ def _profile(ctx: C.Ctx) -> None:
 
 def _budgets(ctx: C.Ctx) -> None:
     st.subheader("Budgets per layer under the active config")
-    active = C.query("active_version", ctx.deployment)
+    active = C.query(Store.active_version, ctx.dep)
     if active is None:
         st.info(f"No config pushed to {ctx.deployment} yet: `kvpilot push -d {ctx.deployment} -c config.json`.")
         return
     cfg = active.config()
-    shape = C.query("layer_shape", ctx.scope)
-    num_layers = shape.num_layers or len(cfg.layer_budgets or cfg.sensitivity_profile or []) or None
+    shape = C.query(Store.layer_shape, ctx.scope)
+    per_layer = cfg.per_layer_values()  # e.g. explicit budgets or a sensitivity profile: one value per layer
+    num_layers = shape.num_layers or max((len(v) for v in per_layer.values()), default=0) or None
     if num_layers is None:
         st.info("The number of layers is unknown until the probes record layer statistics for this deployment.")
         return
     seen = st.number_input("Tokens seen", min_value=1, value=int(shape.seen_tokens or 4096), step=256,
                            key="budget_seen", help="cache length to allocate for (default: the window's mean)")
-    from kvpilot.cache.budgets import layer_budgets  # imports torch: only when this panel is shown
-
     budgets = layer_budgets(cfg, num_layers, int(seen))
     st.caption(f"v{active.version}: policy `{cfg.policy}`, layer allocation `{cfg.layer_allocation}`; "
                f"mean {sum(budgets) / len(budgets):.0f} tokens per KV head per layer, total {sum(budgets):,}.")

@@ -7,7 +7,10 @@ import streamlit as st
 
 from kvpilot.dashboard import charts
 from kvpilot.dashboard import context as C
-from kvpilot.dashboard.queries import Histogram, bucket_width
+from kvpilot.storage import Histogram, Store
+from kvpilot.storage.types import LatencyColumn
+
+LATENCIES: tuple[LatencyColumn, ...] = ("ttft_s", "tpot_s")
 
 
 def render() -> None:
@@ -33,8 +36,8 @@ def _live(ctx: C.Ctx) -> None:
 
 
 def _engines(ctx: C.Ctx) -> None:
-    deployments = C.query("deployments")
-    insts = C.query("instances")
+    deployments = C.query(Store.deployments)
+    insts = C.query(Store.instances)
     alive = sum(i.alive for i in insts)
     a, b, c = st.columns(3)
     a.metric("Deployments", len(deployments))
@@ -62,7 +65,7 @@ def _engines(ctx: C.Ctx) -> None:
 
 
 def _config_in_force(ctx: C.Ctx) -> None:
-    active = C.query("active_version", ctx.deployment)
+    active = C.query(Store.active_version, ctx.dep)
     if active is None:
         st.info(f"No config pushed to {ctx.deployment} yet: `kvpilot push -d {ctx.deployment} -c config.json`, "
                 "or promote a trial on the Tuning page.")
@@ -78,7 +81,7 @@ def _config_in_force(ctx: C.Ctx) -> None:
 
 
 def _traffic(ctx: C.Ctx) -> None:
-    t = C.query("request_totals", ctx.scope)
+    t = C.query(Store.request_totals, ctx.scope)
     cols = st.columns(5)
     cols[0].metric("Requests", f"{t.requests:,}")
     cols[1].metric("Request rate", "-" if t.rate_per_s is None else f"{t.rate_per_s:.2f}/s")
@@ -88,8 +91,8 @@ def _traffic(ctx: C.Ctx) -> None:
     if not t.requests:
         st.caption(f"No requests recorded for {ctx.deployment} in this window.")
         return
-    width = bucket_width(ctx.scope.window_s)
-    series = C.query("requests_series", **ctx.scope.window(), bucket_s=width)
+    width = ctx.scope.bucket_s()
+    series = C.query(Store.requests_series, ctx.scope, bucket_s=width)
     rows = []
     for b in series:
         time = pd.to_datetime(b.ts, unit="s", utc=True)
@@ -106,12 +109,12 @@ def _traffic(ctx: C.Ctx) -> None:
 
 
 def _memory(ctx: C.Ctx) -> None:
-    width = bucket_width(ctx.scope.window_s)
-    buckets = C.query("memory_window", **ctx.scope.window(), bucket_s=width)
+    width = ctx.scope.bucket_s()
+    buckets = C.query(Store.memory_window, ctx.scope, bucket_s=width)
     if not buckets:
         st.caption("No memory samples in this window.")
         return
-    names = {i.id: i.name for i in C.query("instances", ctx.deployment)}
+    names: dict[int | None, str] = {i.id: i.name for i in C.query(Store.instances, ctx.deployment)}
     rows = []
     for b in buckets:
         time = pd.to_datetime(b.ts, unit="s", utc=True)
@@ -134,8 +137,8 @@ def _memory(ctx: C.Ctx) -> None:
 
 def _latency(ctx: C.Ctx) -> None:
     cols = st.columns(2)
-    for col, name in zip(cols, ("ttft_s", "tpot_s"), strict=True):
-        h: Histogram = C.query("latency_histogram", ctx.scope, name)
+    for col, name in zip(cols, LATENCIES, strict=True):
+        h: Histogram = C.query(Store.latency_histogram, ctx.scope, name)
         label = "TTFT" if name == "ttft_s" else "TPOT"
         if not h.total:
             col.caption(f"No {label} values in this window.")

@@ -11,7 +11,7 @@ import streamlit as st
 
 from kvpilot.dashboard import charts
 from kvpilot.dashboard import context as C
-from kvpilot.dashboard.queries import SESSION_KINDS, bucket_width
+from kvpilot.storage import SESSION_KINDS, Store
 
 
 def render() -> None:
@@ -27,7 +27,7 @@ def render() -> None:
 
 
 def _pool(ctx: C.Ctx) -> None:
-    totals = C.query("event_totals", ctx.scope, SESSION_KINDS)
+    totals = C.query(Store.event_totals, ctx.scope, SESSION_KINDS)
     if not totals:
         st.info(
             f"No session-pool events for {ctx.deployment} in this window. The session pool records cache events of "
@@ -52,8 +52,8 @@ def _pool(ctx: C.Ctx) -> None:
     cols[4].metric("Hit ratio", "-" if hits + misses == 0 else f"{hits / (hits + misses):.1%}")
     cols[5].metric("Expiries", f"{n('expire'):,}", help=f"offloads: {n('offload'):,} ({C.human_bytes(b('offload'))})")
 
-    width = bucket_width(ctx.scope.window_s, points=60)
-    pool = C.query("pool_series", ctx.scope, width)
+    width = ctx.scope.bucket_s(points=60)
+    pool = C.query(Store.pool_series, ctx.scope, width)
     if pool:
         rows = [{"time": pd.to_datetime(p.ts, unit="s", utc=True), "series": name, "value": v}
                 for p in pool for name, v in (("pool bytes", p.pool_bytes), ("pinned bytes", p.pinned_bytes))
@@ -69,7 +69,7 @@ def _pool(ctx: C.Ctx) -> None:
         st.caption("Pool occupancy appears when session events carry `pool_sessions`, `pool_bytes` and "
                    "`pinned_bytes` in their detail.")
 
-    series = C.query("event_series", **ctx.scope.window(), kinds=list(SESSION_KINDS), bucket_s=width)
+    series = C.query(Store.event_series, ctx.scope, kinds=list(SESSION_KINDS), bucket_s=width)
     if series:
         counts = pd.DataFrame({"time": pd.to_datetime(e.ts, unit="s", utc=True), "series": e.kind, "value": e.count}
                               for e in series)

@@ -10,6 +10,7 @@ import streamlit as st
 from kvpilot.config import KVConfigError
 from kvpilot.dashboard import charts, tuning
 from kvpilot.dashboard import context as C
+from kvpilot.storage import Store
 
 
 def render() -> None:
@@ -69,8 +70,8 @@ def _front_chart(study: optuna.Study, complete: list[dict], objectives: list[str
         title = "Objective per trial (best highlighted)"
     else:
         left, right = st.columns(2)
-        x = left.selectbox("x axis", objectives, index=0, key="pareto_x")
-        y = right.selectbox("y axis", objectives, index=1, key="pareto_y")
+        x = left.selectbox("x axis", objectives, index=0, key="pareto_x") or objectives[0]
+        y = right.selectbox("y axis", objectives, index=1, key="pareto_y") or objectives[1]
         title = "Pareto front"
     st.subheader(title)
     event = st.altair_chart(charts.pareto(df, x, y), on_select="rerun", selection_mode="pick", key="pareto_chart")
@@ -122,7 +123,7 @@ def _importances(study: optuna.Study, objectives: list[str]) -> None:
                "trial lands among the best for the chosen objective.")
     which = 0
     if len(objectives) > 1:
-        which = objectives.index(st.selectbox("Objective", objectives, key="importance_objective"))
+        which = objectives.index(st.selectbox("Objective", objectives, key="importance_objective") or objectives[0])
     try:
         values = _cached_importances(C.settings().url, study.study_name, len(study.trials), which)
     except (ValueError, RuntimeError) as exc:
@@ -142,12 +143,12 @@ def _cached_importances(url: str | None, study: str, trials: int, objective: int
 
 def _promote(ctx: C.Ctx, study: str, trial: optuna.trial.FrozenTrial, cfg) -> None:
     st.subheader("Promote to a deployment")
-    deployments = [d.name for d in C.query("deployments")]
+    deployments = [d.name for d in C.query(Store.deployments)]
     options = [*deployments, "(new deployment)"]
     index = options.index(ctx.deployment) if ctx.deployment in options else 0
     choice = st.selectbox("Deployment", options, index=index, key="promote_deployment")
-    target = st.text_input("New deployment name", key="promote_new") if choice == "(new deployment)" else choice
-    active = C.query("active_version", target) if target in deployments else None
+    target = (st.text_input("New deployment name", key="promote_new") if choice == "(new deployment)" else choice) or ""
+    active = C.query(Store.active_version, target) if target in deployments else None
     if active is not None:
         old, new = active.config().to_dict(), cfg.to_dict()
         changes = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v)

@@ -10,21 +10,40 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Integer, Table, cast, create_engine, event
+from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql import ColumnElement
 
 from kvpilot.storage.backends.base import Backend
+from kvpilot.storage.errors import BadDatabaseURLError
 
 WRITE_OPTION = "kvpilot_write"
 
 
 class SQLiteBackend(Backend):
     name = "sqlite"
+
+    @classmethod
+    def check_url(cls, url: URL) -> URL:
+        driver = url.drivername.partition("+")[2]
+        shown = url.render_as_string(hide_password=True)
+        if driver not in ("", "pysqlite"):
+            raise BadDatabaseURLError(
+                f"database URL {shown!r}: SQLite driver {driver!r} is not supported; use sqlite:///PATH"
+            )
+        if url.database and url.database != ":memory:":
+            parent = Path(url.database).expanduser().parent
+            if not parent.is_dir():
+                raise BadDatabaseURLError(
+                    f"database URL {shown!r}: directory {str(parent)!r} does not exist; create it or pick another path"
+                )
+        return url.set(drivername="sqlite")
 
     def create_engine(self, url: URL, *, busy_timeout_s: float, connect_timeout_s: float) -> Engine:
         memory = url.database in (None, "", ":memory:")
@@ -58,19 +77,26 @@ class SQLiteBackend(Backend):
         sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         conn.exec_driver_sql(sql, rows)
 
-    def insert_ignore(self, conn: Connection, table: Table, values: dict[str, Any]) -> bool:
-        from sqlalchemy.dialects.sqlite import insert
+    def insert(self, table: Table) -> Any:
+        return insert(table)
 
-        key = list(table.primary_key.columns)[0]
-        stmt = insert(table).values(**values).on_conflict_do_nothing().returning(key)
-        return conn.execute(stmt).first() is not None  # RETURNING: psycopg reports no rowcount here
-
-    def time_bucket(self, column: ColumnElement[Any], width_s: float) -> ColumnElement[Any]:
-        # Timestamps are positive, so truncation is floor; SQLite may lack the floor() function.
-        return cast(column / width_s, Integer) * width_s
+    def floor_div(self, column: ColumnElement[Any], width: float) -> ColumnElement[Any]:
+        # The values are non-negative, so truncation is floor; SQLite may lack the floor() function.
+        return cast(column / width, Integer)
 
     def is_transient(self, exc: BaseException) -> bool:
         orig = exc.orig if isinstance(exc, DBAPIError) else exc
         return isinstance(orig, sqlite3.OperationalError) and (
             "locked" in str(orig) or "busy" in str(orig)
         )
+
+    def unavailable_message(self, shown_url: str, detail: str) -> str:
+        return f"cannot open SQLite database {shown_url}: {detail}. Check the path and its permissions (--db / KVPILOT_DB)"
+
+    def unusable_message(self, shown_url: str, detail: str) -> str | None:
+        if any(w in detail for w in ("not a database", "malformed", "disk image")):
+            return (
+                f"cannot use SQLite database {shown_url}: {detail}. Is it a kvpilot database? "
+                "Point --db / KVPILOT_DB at another file"
+            )
+        return None

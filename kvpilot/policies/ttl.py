@@ -10,6 +10,9 @@ as long as it is held. Continuum (arXiv 2511.02230) picks, per tool, the τ that
 where D is the tool's duration (its empirical distribution, learned from the calls seen so far; an
 exponential prior until there are enough), benefit is the prefill time a hit saves, and `price` converts
 byte-seconds of memory into seconds of compute. `fixed` keeps every cache for the same τ; `none` never pins.
+
+Each rule is a `Plugin` dataclass whose `param(...)` fields are its knobs, registered in `TTL_RULES`
+(`ConfigView.session_ttl` names one, `session_ttl_params` holds its parameters). Torch-free.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ from __future__ import annotations
 import math
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING
+
+from kvpilot.plugins import Plugin, Registry, param
+
+if TYPE_CHECKING:
+    from kvpilot.policies.base import ConfigView
+
+DEFAULT_MAX_TTL_S = 120.0
 
 
 @dataclass
@@ -30,10 +40,11 @@ class TTLContext:
     prefill_s_per_token: float
 
 
-class TTLPolicy:
-    """Chooses τ (seconds; 0 = do not pin) and learns from the tool durations it is told about."""
+class TTLPolicy(Plugin):
+    """Chooses τ (seconds; 0 = do not pin) and learns from the tool durations it is told about.
 
-    name = "none"
+    The base class is the `none` rule: it never pins.
+    """
 
     def ttl(self, ctx: TTLContext) -> float:
         return 0.0
@@ -42,20 +53,40 @@ class TTLPolicy:
         """A tool call of this kind took this long (called whether or not its cache was kept)."""
 
 
+TTL_RULES: Registry[type[TTLPolicy]] = Registry("TTL rule", TTLPolicy)
+
+
+@TTL_RULES.register
+@dataclass
+class NoTTL(TTLPolicy):
+    name = "none"
+    description = "never keep a session's cache while its agent runs a tool"
+
+
+def _positive(seconds: float) -> str | None:
+    return None if seconds > 0 else "must be > 0 (seconds a pinned cache is kept)"
+
+
+@TTL_RULES.register
+@dataclass
 class FixedTTL(TTLPolicy):
     """The same τ for every tool call (0 disables pinning)."""
 
     name = "fixed"
+    description = "keep every session's cache for the same time"
 
-    def __init__(self, ttl_s: float) -> None:
-        if ttl_s < 0:
-            raise ValueError(f"ttl_s must be >= 0, got {ttl_s}")
-        self.ttl_s = ttl_s
+    ttl_s: float = param(low=0.0, high=86400.0, check=_positive, search=(1.0, 60.0), log=True,
+                         legacy="session_ttl_s", description="the TTL (s)")
+
+    def __post_init__(self) -> None:
+        if self.ttl_s < 0:
+            raise ValueError(f"ttl_s must be >= 0, got {self.ttl_s}")
 
     def ttl(self, ctx: TTLContext) -> float:
         return self.ttl_s if ctx.tool is not None else 0.0
 
 
+@TTL_RULES.register
 @dataclass
 class CdfTTL(TTLPolicy):
     """Continuum's rule over each tool's empirical duration distribution.
@@ -66,13 +97,18 @@ class CdfTTL(TTLPolicy):
     window: how many recent durations per tool are kept (a bounded history adapts to drift).
     """
 
-    memory_price: float = 1e-9
+    name = "cdf"
+    description = "Continuum: per tool, the TTL that best trades the prefill a hit saves against pinned memory"
+
+    memory_price: float = param(1e-9, low=0.0, search=(1e-10, 1e-7), log=True, legacy="ttl_memory_price",
+                                description="seconds of compute one byte-second of pinned KV is worth")
     prior_mean_s: float = 5.0
-    max_ttl_s: float = 120.0
+    max_ttl_s: float = param(DEFAULT_MAX_TTL_S, low=0.0, high=86400.0, check=_positive, legacy="session_ttl_s",
+                             from_legacy=lambda s: s or DEFAULT_MAX_TTL_S,  # the old 0 meant the default
+                             description="the largest TTL considered (s)")
     min_samples: int = 5
     window: int = 256
-    name: ClassVar[str] = "cdf"
-    _durations: dict[str | None, deque] = field(default_factory=lambda: defaultdict(deque), repr=False)
+    _durations: dict[str | None, deque[float]] = field(default_factory=lambda: defaultdict(deque), repr=False)
 
     def observe(self, tool: str | None, duration_s: float) -> None:
         seen = self._durations[tool]
@@ -109,12 +145,6 @@ class CdfTTL(TTLPolicy):
         return best_tau
 
 
-def make_ttl_policy(kind: str, ttl_s: float = 0.0, memory_price: float = 1e-9) -> TTLPolicy:
-    """The policy a KVConfig names (`session_ttl`), with its parameters."""
-    if kind == "none":
-        return TTLPolicy()
-    if kind == "fixed":
-        return FixedTTL(ttl_s)
-    if kind == "cdf":
-        return CdfTTL(memory_price=memory_price, max_ttl_s=ttl_s or CdfTTL.max_ttl_s)
-    raise ValueError(f"unknown TTL policy {kind!r}; choose none, fixed or cdf")
+def make_ttl_policy(config: ConfigView) -> TTLPolicy:
+    """The TTL rule a config names (`session_ttl`), built with its parameters (`session_ttl_params`)."""
+    return TTL_RULES.get(config.session_ttl)(**config.session_ttl_params)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kvpilot.config import KVConfig
-from kvpilot.probes.sensitivity import (
+from kvpilot.evaluation.sensitivity import (
     CalibrationSample,
     ablation_profile,
     block_mask,
@@ -38,7 +38,7 @@ def test_one_value_per_layer(tiny_model, samples, store):
     assert all(v > 0 for v in profiles["ablation_kl"].values)
     cfg = profiles["ablation_kl"].as_config(KVConfig(policy="snapkv", compression_ratio=0.5))
     cfg.validate_for_model(4, 2, 4)
-    assert cfg.layer_allocation == "sensitivity" and cfg.sensitivity_profile == profiles["ablation_kl"].values
+    assert cfg.layer_allocation == "sensitivity" and cfg.layer_allocation_params["profile"] == profiles["ablation_kl"].values
     pid = save_profile(store, "tiny", profiles["ablation_kl"])
     saved = store.latest_profile("tiny", "ablation_kl")
     assert saved.id == pid and saved.values == pytest.approx(profiles["ablation_kl"].values)

@@ -1,11 +1,18 @@
 """`h2o`: Heavy-Hitter Oracle (Zhang et al., NeurIPS 2023), accumulated attention per key."""
 
-import torch
+from __future__ import annotations
 
-from kvpilot.cache.policies.base import Policy, ScoringInputs, register, scoring_mass_or_raise
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kvpilot.policies.base import POLICY_REGISTRY, Policy, ScoringInputs, scoring_mass_or_raise
+
+if TYPE_CHECKING:
+    import torch
 
 
-@register
+@POLICY_REGISTRY.register
+@dataclass(frozen=True)
 class H2OPolicy(Policy):
     """Score = attention mass a key received from every query that saw it, divided by how many did.
 
@@ -14,9 +21,11 @@ class H2OPolicy(Policy):
     """
 
     name = "h2o"
+    description = "Heavy-Hitter Oracle: attention accumulated over every query, length-corrected"
     stats = "accumulated"
 
     def score(self, inp: ScoringInputs) -> torch.Tensor:
-        if self.config.scoring == "prompt" or inp.stats.acc_mass is None:
+        st = inp.stats
+        if inp.config.scoring == "prompt" or st.acc_mass is None or st.acc_count is None:
             return scoring_mass_or_raise(inp)
-        return inp.stats.acc_mass / inp.stats.acc_count.clamp_min(1.0)
+        return st.acc_mass / st.acc_count.clamp_min(1.0)

@@ -1,11 +1,18 @@
 """`tova`: Token Omission Via Attention (Oren et al., EMNLP 2024), the last query's attention."""
 
-import torch
+from __future__ import annotations
 
-from kvpilot.cache.policies.base import Policy, ScoringInputs, register, scoring_mass_or_raise
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kvpilot.policies.base import POLICY_REGISTRY, Policy, ScoringInputs, scoring_mass_or_raise
+
+if TYPE_CHECKING:
+    import torch
 
 
-@register
+@POLICY_REGISTRY.register
+@dataclass(frozen=True)
 class TOVAPolicy(Policy):
     """Score = attention of the current (last) query averaged over all heads of the layer.
 
@@ -14,6 +21,7 @@ class TOVAPolicy(Policy):
     """
 
     name = "tova"
+    description = "TOVA: the last query's attention, averaged over the layer's heads"
     stats = "scoring"
     last_query_only = True
 

@@ -22,9 +22,8 @@ from typing import Any
 
 import torch
 
-from kvpilot.cache.managed import ManagedCache
 from kvpilot.config import KVConfig
-from kvpilot.engine.generation import extend, greedy_decode, prefill
+from kvpilot.engine.engine import Engine, Request
 from kvpilot.probes.base import SamplingPolicy
 from kvpilot.probes.observer import ProbeSet
 from kvpilot.probes.skew import SkewProbe
@@ -67,16 +66,19 @@ def _num_layers(model: Any) -> int:
     return int(cfg.num_hidden_layers)
 
 
-def _run(model: Any, config: KVConfig, sample: CalibrationSample, steps: int,
+def _run(engine: Engine, config: KVConfig, sample: CalibrationSample, steps: int,
          forced: Sequence[int] | None = None) -> tuple[list[int], torch.Tensor]:
-    """Prefill (compressing as ``config`` says), append the question, decode ``steps`` tokens; logits."""
-    cache = ManagedCache.for_model(model, config)
-    with torch.inference_mode():
-        logits = prefill(model, cache, sample.context_ids)
-        if sample.question_ids:
-            logits = extend(model, cache, sample.question_ids)
-        dec = greedy_decode(model, cache, logits, steps, (), keep_logits=True, forced=forced)
-    return dec.token_ids, torch.stack(dec.step_logits).float()
+    """Prefill (compressing as ``config`` says), append the question, then decode ``steps`` tokens
+    greedily, or feed ``forced`` teacher-forced; returns the tokens and the logits that predicted them."""
+    questions = [sample.question_ids] if sample.question_ids else []
+    request = Request(sample.context_ids, questions, 0 if forced is not None else steps, config=config,
+                      keep_logits=True, stop_at_eos=False,
+                      teacher_tokens=[list(forced)] if forced is not None else None)
+    answer = engine.serve(request).answers[0]
+    if forced is not None:
+        assert answer.teacher_logits is not None
+        return list(forced), torch.stack(answer.teacher_logits).float()
+    return answer.raw_token_ids, torch.stack(answer.step_logits).float()
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
@@ -99,11 +101,12 @@ def ablation_profile(
 ) -> LayerProfile:
     """Single-layer ablation: logit KL when only layer l is compressed to B (see module doc)."""
     n_layers = _num_layers(model)
+    engine = Engine(model, None)
     base = base or KVConfig()
     totals = [0.0] * n_layers
     done, total = 0, len(samples) * (n_layers + 1)
     for sample in samples:
-        cont, full = _run(model, KVConfig(), sample, continuation)
+        cont, full = _run(engine, KVConfig(), sample, continuation)
         done += 1
         if progress:
             progress(done, total)
@@ -113,7 +116,7 @@ def ablation_profile(
             budgets[layer] = b
             cfg = base.replace(policy=policy, budget=None, compression_ratio=None, layer_allocation="explicit",
                                layer_budgets=budgets, decode_interval=None, prefill_block_size=None)
-            _, comp = _run(model, cfg, sample, len(cont), forced=cont)
+            _, comp = _run(engine, cfg, sample, len(cont), forced=cont)
             totals[layer] += kl_divergence(full, comp)
             done += 1
             if progress:
@@ -219,10 +222,9 @@ def retained_mass_profile(
         out = _Collect()
         policy = SamplingPolicy(decode_every=0, prefill_rows=rows, per_head=False)
         probes = ProbeSet([SkewProbe(proxy_budget=b, per_head=False, prefill_rows=rows)], out, policy)
-        cache = ManagedCache.for_model(model, KVConfig())
-        cache.observer = probes
-        with torch.inference_mode():
-            prefill(model, cache, ids)
+        engine = Engine(model, None)
+        engine.observer = probes
+        engine.serve(Request(ids, (), 0, config=KVConfig()))
         for r in out.rows.get("layer_stats", []):
             loss[r["layer"]] += 1.0 - r["retained_mass"]
             for f in skew:

@@ -4,15 +4,24 @@ Future queries are modelled as a Gaussian per head, fitted on the prompt's own p
 score is the expected softmax weight under that Gaussian, averaged over the next positions' rotations.
 """
 
-import torch
+from __future__ import annotations
 
-from kvpilot.cache.policies.base import Policy, RopeInfo, ScoringInputs, register
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kvpilot.plugins import param
+from kvpilot.policies.base import POLICY_REGISTRY, Policy, RopeInfo, ScoringInputs
+
+if TYPE_CHECKING:
+    import torch
 
 N_FUTURE_POSITIONS = 512
 
 
 def mean_rotation(rope: RopeInfo, start: int, count: int, head_dim: int) -> torch.Tensor:
     """The [d, d] average of the RoPE rotation matrices for positions [start, start + count)."""
+    import torch
+
     pos = torch.arange(start, start + count, dtype=torch.float32, device=rope.inv_freq.device)
     angles = pos[:, None] * rope.inv_freq.float()[None, :]
     c = torch.cos(angles).mean(0) * rope.attention_scaling
@@ -27,22 +36,29 @@ def mean_rotation(rope: RopeInfo, start: int, count: int, head_dim: int) -> torc
     return rot
 
 
-@register
+@POLICY_REGISTRY.register
+@dataclass(frozen=True)
 class ExpectedAttentionPolicy(Policy):
     """Score_i = mean over the group of softmax_i(s mu'.k_i + s^2/2 k_i' Sigma' k_i), times ||v_i||."""
 
     name = "expected_attention"
+    description = "Expected Attention: attention expected from future queries (a Gaussian fitted on the prompt's)"
     stats = "queries"
 
+    n_future_positions: int = param(N_FUTURE_POSITIONS, low=1, high=65536,
+                                    description="future positions whose RoPE rotations are averaged")
+
     def score(self, inp: ScoringInputs) -> torch.Tensor:
+        import torch
+
         st = inp.stats
-        if st.query_count < 2 or inp.rope is None:
+        if st.query_count < 2 or inp.rope is None or st.query_sum is None or st.query_outer is None:
             return -inp.keys.float().norm(dim=-1)  # no query statistics yet: fall back to key norm
         h_kv, n, d = inp.keys.shape
         group = inp.num_heads // h_kv
         mu = st.query_sum / st.query_count  # [H, d]
         cov = st.query_outer / st.query_count - mu[:, :, None] * mu[:, None, :]  # [H, d, d]
-        rot = mean_rotation(inp.rope, inp.seen, N_FUTURE_POSITIONS, d)
+        rot = mean_rotation(inp.rope, inp.seen, self.n_future_positions, d)
         mu_f = mu @ rot.T
         cov_f = rot @ cov @ rot.T
         scaling = d**-0.5

@@ -23,12 +23,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from kvpilot.cache.sessions import SessionPool
-from kvpilot.cache.ttl import make_ttl_policy
 from kvpilot.config import KVConfig
-from kvpilot.engine.generation import greedy_decode
+from kvpilot.engine.engine import Request
+from kvpilot.policies.ttl import make_ttl_policy
 from kvpilot.workloads.trace import TraceEvent, programs
 
 
@@ -126,7 +124,7 @@ class Replay:
         by_program = programs(list(events))
         cfg = self.config
         now = 0.0
-        policy = make_ttl_policy(cfg.session_ttl, cfg.session_ttl_s, cfg.ttl_memory_price)
+        policy = make_ttl_policy(cfg)
         pool = SessionPool(policy, capacity_bytes=self.capacity_bytes, clock=lambda: now, on_event=self.on_event)
         vocab = int(self.engine.model.config.vocab_size)
         streams = {pid: _Stream(pid, vocab) for pid in by_program}
@@ -148,23 +146,23 @@ class Replay:
             t0 = time.perf_counter()
             history, new = self._scaled(event.prompt_tokens), self._scaled(event.new_tokens)
             if cache is None:  # first turn, or a miss: prefill the whole history
-                cache = self.engine.new_cache(cfg)
                 ids = streams[pid].take(history)
                 if turn > 0:
                     stats["reprefilled"] += max(0, history - new)
             else:  # a hit: only what the tool returned
                 ids = streams[pid].take(new)
-            with torch.inference_mode():
-                p0 = time.perf_counter()
-                first = self.engine.compress(cache, ids)  # units and scoring prompt as the config says
-                pool.prefill_s_per_token = (time.perf_counter() - p0) / len(ids)  # what a hit saves, per token
-                pool.serving(pid, cache)
+
+            def prefilled(served: Any, prefill_s: float) -> None:
+                pool.prefill_s_per_token = prefill_s / len(ids)  # what a hit saves, per token
+                pool.serving(pid, served)
                 stats["peak"] = max(stats["peak"], pool.pool_bytes)
-                n_out = max(1, min(event.response_tokens, self.max_response_tokens))
-                dec = greedy_decode(self.engine.model, cache, first, n_out)
+
+            n_out = max(1, min(event.response_tokens, self.max_response_tokens))
+            response = self.engine.serve(Request(ids, (), n_out, config=cfg, cache=cache, stop_at_eos=False,
+                                                 on_prefilled=prefilled))
             stats["prefilled"] += len(ids)
-            stats["decoded"] += len(dec.token_ids)
-            finished[pid] = cache
+            stats["decoded"] += len(response.answers[0].raw_token_ids)
+            finished[pid] = response.cache
             return time.perf_counter() - t0
 
         while agenda or queue:

@@ -1,0 +1,73 @@
+"""The attention-statistics exchange: what one layer's attention and the managed cache tell each other.
+
+transformers' attention layers hand their keyword arguments to ``Cache.update(..., kwargs=kwargs)`` and
+then unpack the same dict into the attention function. The managed cache puts one small
+``ForwardExchange`` into that dict for the forward in flight, so kvpilot's attention function receives it
+as an ordinary argument: it says which keys are valid and which statistics the policy needs, and takes the
+statistics back. It lives exactly as long as that forward; nothing global refers to a cache afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from kvpilot.cache.layer import ManagedLayer
+    from kvpilot.cache.managed import ManagedCache
+
+EXCHANGE_KWARG = "kvpilot_exchange"
+
+
+@dataclass(frozen=True)
+class StatsRequest:
+    """Which attention statistics the attention function must compute for one layer and forward.
+
+    kind: "scoring" (replace or add to the scoring mass) or "accumulated" (H2O sums).
+    The queries are ``query[:, :, q_start:]``; the keys are ``key[:, :, :key_stop]``.
+    """
+
+    kind: str
+    q_start: int
+    key_stop: int
+    causal: bool
+    accumulate: bool = False
+
+
+class ForwardExchange:
+    """One layer's side of one forward: the cache's view for the attention function, and its callbacks."""
+
+    __slots__ = ("cache", "layer", "q_len", "n_keys", "stats_request")
+
+    def __init__(self, cache: ManagedCache, layer: ManagedLayer, q_len: int, n_keys: int) -> None:
+        self.cache = cache
+        self.layer = layer
+        self.q_len = q_len
+        self.n_keys = n_keys
+        self.stats_request: StatsRequest | None = cache.stats_request(layer, q_len, n_keys)
+
+    @property
+    def layer_idx(self) -> int:
+        return self.layer.layer_idx
+
+    def key_valid(self) -> torch.Tensor | None:
+        """[H_kv, n_keys] validity of the keys the attention sees (None: all valid)."""
+        return self.layer.key_valid(self.n_keys)
+
+    def record_stats(self, key_mass: torch.Tensor) -> None:
+        """``key_mass`` [H_kv, n]: attention mass per key, summed over the requested queries and GQA group."""
+        assert self.stats_request is not None
+        self.layer.record_stats(self.stats_request, key_mass, self.cache.group_size, self.q_len)
+
+    @property
+    def wants_query_moments(self) -> bool:
+        return self.cache.wants_query_moments(self.layer, self.q_len)
+
+    def record_query_moments(self, queries_pre_rope: torch.Tensor) -> None:
+        self.layer.record_query_moments(queries_pre_rope)
+
+    def done(self) -> None:
+        """The layer's attention output exists: the cache may evict this layer now."""
+        self.cache.after_attention(self.layer, self.q_len)

@@ -1,0 +1,87 @@
+"""Runs page: every recorded run (evaluations, tuning trials, demos, replays, serving, profiles), newest first,
+with its config and metrics, and what the store recorded under the run picked.
+
+Runs are listed for the whole store, not only the sidebar's deployment: an evaluation belongs to no
+deployment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from kvpilot.config import KVConfig, KVConfigError, config_label
+from kvpilot.dashboard import context as C
+from kvpilot.storage import RUN_KINDS, RunInfo, Store
+
+LIMIT = 500
+_SCALARS = (int, float, str, bool)
+
+
+def render() -> None:
+    st.title("Runs")
+    with C.guard():
+        runs: list[RunInfo] = C.query(Store.runs, limit=LIMIT)
+        if not runs:
+            st.info("No runs recorded yet. `kvpilot eval` records an evaluation, `kvpilot tune` one run per trial, "
+                    f"`kvpilot replay` and `kvpilot profile` one each; or run {C.FILL_HINT}.")
+            return
+        present = [k for k in RUN_KINDS if any(r.kind == k for r in runs)]
+        kinds = st.multiselect("Kinds", present, default=present, key="run_kinds")
+        shown = [r for r in runs if r.kind in kinds]
+        st.caption(f"{len(shown)} of the newest {len(runs)} runs.")
+        if not shown:
+            return
+        st.dataframe(pd.DataFrame(_row(r) for r in shown), hide_index=True, key="runs_table")
+        labels = {r.id: f"#{r.id} {r.kind} {r.name or ''} ({C.when(r.started_at)})" for r in shown}
+        pick = st.selectbox("Run", list(labels), format_func=lambda i: labels[i], key="run")
+        _details(next(r for r in shown if r.id == pick))
+
+
+def _label(config: dict[str, Any] | None) -> str:
+    if not config:
+        return "-"
+    try:
+        return config_label(KVConfig.parse(config))
+    except KVConfigError:
+        return "(invalid config)"
+
+
+def _row(r: RunInfo) -> dict[str, Any]:
+    """One table row: identity, status, timing, config label, then the run's scalar metrics."""
+    row: dict[str, Any] = {
+        "id": r.id, "kind": r.kind, "name": r.name or "", "status": r.status, "deployment": r.deployment or "",
+        "config": _label(r.config), "started": C.when(r.started_at),
+        "duration_s": None if r.finished_at is None else round(r.finished_at - r.started_at, 3),
+        "study / trial": f"{r.study_name} / {r.trial_number}" if r.study_name else "",
+    }
+    for k, v in (r.metrics or {}).items():
+        if isinstance(v, _SCALARS) and k not in row:
+            row[k] = v
+    return row
+
+
+def _details(run: RunInfo) -> None:
+    summary = C.query(Store.run_summary, run.id)
+    st.subheader(f"Run #{run.id}: {run.kind}" + (f" {run.name}" if run.name else ""))
+    cols = st.columns(5)
+    cols[0].metric("Requests", f"{summary.requests:,}")
+    cols[1].metric("Mean TTFT", "-" if summary.ttft_mean is None else f"{summary.ttft_mean * 1000:.1f} ms")
+    cols[2].metric("Mean TPOT", "-" if summary.tpot_mean is None else f"{summary.tpot_mean * 1000:.1f} ms")
+    cols[3].metric("Peak KV", C.human_bytes(summary.kv_bytes_peak))
+    cols[4].metric("Evictions", f"{summary.events.get('evict', 0):,}")
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Metrics**")
+        st.json(run.metrics or {}, expanded=True)
+    with right:
+        st.markdown("**KVConfig**")
+        st.json(run.config or {}, expanded=False)
+        if run.params:
+            st.markdown("**Params**")
+            st.json(run.params, expanded=False)
+
+
+if __name__ == "__main__":
+    render()

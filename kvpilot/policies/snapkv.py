@@ -1,0 +1,51 @@
+"""`snapkv`: SnapKV (Li et al., 2024), observation-window attention pooled over neighbours."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from kvpilot.plugins import param
+from kvpilot.policies.base import POLICY_REGISTRY, Policy, ScoringInputs, scoring_mass_or_raise
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _odd(k: int) -> str | None:
+    return None if k % 2 else "must be odd (1, 3, 5, ...)"
+
+
+@POLICY_REGISTRY.register
+@dataclass(frozen=True)
+class SnapKVPolicy(Policy):
+    """Score = mass from the last ``observation_window`` queries (or a scoring prompt), pooled.
+
+    Pooling (avg or max, ``pooling_kernel`` wide) keeps neighbours of important tokens together so
+    that retrieved spans stay readable. The GQA group is already summed by the statistics kernel.
+    """
+
+    name = "snapkv"
+    description = "SnapKV: attention from the last queries (or a scoring prompt), pooled over neighbours"
+    stats = "scoring"
+
+    observation_window: int = param(32, low=1, high=8192, legacy="observation_window",
+                                    description="queries whose attention scores the cache")
+    pooling: Literal["avg", "max", "none"] = param("avg", legacy="pooling",
+                                                   description="smoothing of scores over neighbouring keys")
+    pooling_kernel: int = param(5, low=1, high=63, check=_odd, legacy="pooling_kernel",
+                                description="width of the pooling window (odd)")
+
+    def score(self, inp: ScoringInputs) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        mass = scoring_mass_or_raise(inp).masked_fill(~inp.valid, 0.0)
+        k = self.pooling_kernel
+        if self.pooling == "none" or k <= 1:
+            return mass
+        x = mass[None]
+        if self.pooling == "max":
+            pooled = F.max_pool1d(x, kernel_size=k, stride=1, padding=k // 2)
+        else:
+            pooled = F.avg_pool1d(x, kernel_size=k, stride=1, padding=k // 2, count_include_pad=False)
+        return pooled[0]
