@@ -27,7 +27,7 @@ demo: setup
 	$(BIN)/kvpilot demo
 
 test: setup
-	$(BIN)/ruff check kvpilot tests benchmarks
+	$(BIN)/ruff check kvpilot tests benchmarks tools
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -ra
 
@@ -35,7 +35,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check kvpilot tests benchmarks
+	$(BIN)/ruff check kvpilot tests benchmarks tools
 
 # mypy on kvpilot/ (settings in pyproject.toml); must report no error
 typecheck: setup

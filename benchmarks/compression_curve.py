@@ -15,9 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from kvpilot.policies import POLICY_REGISTRY  # noqa: E402
 from kvpilot.config import KVConfig  # noqa: E402
 from kvpilot.engine import Engine  # noqa: E402
+from kvpilot.policies import POLICY_REGISTRY  # noqa: E402
 from kvpilot.workloads import generate, passkey_match  # noqa: E402
 
 RATIOS = (0.0, 0.5, 0.75, 0.875)

@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from common import save  # noqa: E402
 
-from kvpilot.policies import POLICY_REGISTRY  # noqa: E402
 from kvpilot.config import KVConfig  # noqa: E402
 from kvpilot.engine import Engine  # noqa: E402
 from kvpilot.engine.prompts import chat_parts  # noqa: E402
+from kvpilot.policies import POLICY_REGISTRY  # noqa: E402
 from kvpilot.workloads import generate  # noqa: E402
 
 

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, environment  # noqa: E402
 
 from kvpilot.config import KVConfig  # noqa: E402
-from kvpilot.policies import POLICY_REGISTRY  # noqa: E402
 from kvpilot.engine import Engine  # noqa: E402
 from kvpilot.evaluation import Evaluator, RunResult  # noqa: E402
+from kvpilot.policies import POLICY_REGISTRY  # noqa: E402
 
 RATIOS = (0.0, 0.5, 0.75, 0.875)
 # samples and context tokens per task: sized to finish in about 20 min on 2 cores

@@ -27,7 +27,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kvpilot.policies.layers import layer_budgets  # noqa: E402
 from kvpilot.config import KVConfig  # noqa: E402
 from kvpilot.engine import Engine  # noqa: E402
 from kvpilot.evaluation.sensitivity import (  # noqa: E402
@@ -36,6 +35,7 @@ from kvpilot.evaluation.sensitivity import (  # noqa: E402
     key_cosine_profile,
     retained_mass_profile,
 )
+from kvpilot.policies.layers import layer_budgets  # noqa: E402
 
 
 def spearman(a: list[float], b: list[float]) -> float:

@@ -42,11 +42,11 @@ _LAZY = {
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from kvpilot.cache.managed import ManagedCache
-    from kvpilot.policies import POLICY_REGISTRY
     from kvpilot.config import KVConfig, KVConfigError
     from kvpilot.engine import Engine, GenerationResult, ModelNotFoundError, load_model, load_tokenizer
     from kvpilot.errors import KVPilotError
     from kvpilot.evaluation import Evaluator
+    from kvpilot.policies import POLICY_REGISTRY
     from kvpilot.storage import Store
     from kvpilot.tuner import SearchSpace, Tuner
 

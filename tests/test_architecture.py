@@ -72,6 +72,8 @@ TORCH_FREE = [
 TORCH_FREE_PACKAGES = ["kvpilot.storage", "kvpilot.workloads", "kvpilot.dashboard", "kvpilot.plugins",
                        "kvpilot.policies"]
 HEAVY = ("torch", "transformers", "triton")
+# The bottom of the package: importable from anywhere because they import nothing from kvpilot.
+LEAVES = ("kvpilot.errors", "kvpilot.version")
 
 
 # ----- reading the package --------------------------------------------------------------------------
@@ -183,6 +185,12 @@ def test_imports_point_down():
                 problems.append(f"{where(path, imp.line)}: {module} (layer {mine}, {LAYER_NAMES[mine]}) imports "
                                 f"{imp.target} (layer {theirs}, {LAYER_NAMES[theirs]})")
     assert not problems, "imports against the layering:\n  " + "\n  ".join(problems)
+
+
+def test_leaves_import_nothing_from_kvpilot():
+    problems = [f"{where(MODULES[m], imp.line)}: {m} imports {imp.target}"
+                for m in LEAVES for imp in imports_of(m, MODULES[m]) if imp.target.split(".")[0] == "kvpilot"]
+    assert not problems, "\n  ".join(["these modules must import nothing from kvpilot:", *problems])
 
 
 def test_nothing_imports_the_package_root():

@@ -41,6 +41,7 @@ class ManagedLayer(CacheLayerMixin):
         self.evicted_total = 0
         self.nbytes = 0
         self.peak_nbytes = 0
+        self._buffers: dict[str, torch.Tensor] = {}  # spare capacity behind keys/values/positions/valid
 
     # ----- transformers' CacheLayerMixin -------------------------------------------------------
 
@@ -58,22 +59,46 @@ class ManagedLayer(CacheLayerMixin):
             raise ValueError(f"kvpilot's managed cache serves batch size 1, got {key_states.shape[0]}")
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        assert self.keys is not None and self.values is not None
         q = key_states.shape[-2]
-        keys = torch.cat([self.keys, key_states], dim=-2)
-        values = torch.cat([self.values, value_states], dim=-2)
         if self.scoring_past >= 0:  # scoring pass: attend to the new tokens, never store them
             self.scoring_past = self.keys.shape[-2]
-            return keys, values
+            return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
         h_kv = key_states.shape[1]
+        fresh = self.keys.shape[-2] == 0
+        self.keys = self._append("keys", key_states, dim=-2)
+        self.values = self._append("values", value_states, dim=-2)
         new_pos = torch.arange(self.seen, self.seen + q, device=self.device).expand(h_kv, q)
-        self.positions = torch.cat([self.positions, new_pos], dim=-1)
+        self.positions = self._append("positions", new_pos, dim=-1)
         if self.valid is not None:
-            self.valid = torch.cat([self.valid, self.valid.new_ones(h_kv, q)], dim=-1)
-        self.keys, self.values = keys, values
+            self.valid = self._append("valid", self.valid.new_ones(h_kv, q), dim=-1)
         self.seen += q
-        self.stats.pad_to(keys.shape[-2])
+        self.stats.pad_to(self.keys.shape[-2])
         self._account()
-        return keys, values
+        if fresh:  # the first prefill attends to exactly the new tokens: hand over the contiguous originals
+            return key_states, value_states
+        return self.keys, self.values
+
+    def _append(self, name: str, new: torch.Tensor, dim: int) -> torch.Tensor:
+        """``name``'s slots followed by ``new``, written into spare capacity when there is some.
+
+        Appending by concatenation copies the whole layer on every decode step; a buffer with spare room
+        (a quarter more, at least 64 slots, once the layer holds tokens) makes an append cost only its own
+        tokens. The attribute is a
+        view of the buffer's first slots. Compaction and restore replace the tensors and drop the buffers,
+        so a snapshot's tensors are never written to.
+        """
+        current = getattr(self, name)
+        n, q = current.shape[dim], new.shape[dim]
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.shape[dim] < n + q:
+            shape = list(current.shape)
+            shape[dim] = n + q + (max(64, (n + q) // 4) if n else 0)  # a first prefill gets no spare room
+            buffer = current.new_empty(shape)
+            buffer.narrow(dim, 0, n).copy_(current)
+            self._buffers[name] = buffer
+        buffer.narrow(dim, n, q).copy_(new)
+        return buffer.narrow(dim, 0, n + q)
 
     def get_seq_length(self) -> int:
         """Logical length: generate() derives new tokens' positions from it, so it must count evictions."""
@@ -205,6 +230,7 @@ class ManagedLayer(CacheLayerMixin):
         else:
             lens = torch.tensor(lengths, device=self.device)[:, None]
             self.valid = torch.arange(width, device=self.device)[None, :] < lens
+        self._buffers.clear()
         self.stats.gather(index)
         self.stats.scoring_mass = None
         evicted = before - sum(lengths)
@@ -221,12 +247,13 @@ class ManagedLayer(CacheLayerMixin):
     def restore(self, saved: dict[str, Any]) -> None:
         for k, v in saved.items():
             setattr(self, k, LayerStats(**vars(v)) if k == "stats" else v)
+        self._buffers.clear()  # the restored tensors may be views another snapshot still holds
         self.is_initialized = self.keys is not None
         self._account()
 
     def _account(self) -> None:
-        """Bytes held now (padding included), and this layer's peak."""
+        """Bytes of the slots held now (padding included; not the spare capacity behind them), and the peak."""
         keys, values = self.keys, self.values
-        self.nbytes = 0 if keys is None else keys.nbytes + values.nbytes
+        self.nbytes = 0 if keys is None or values is None else keys.nbytes + values.nbytes
         if self.nbytes > self.peak_nbytes:
             self.peak_nbytes = self.nbytes

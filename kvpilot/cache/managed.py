@@ -57,6 +57,7 @@ class ManagedCache(Cache):
         self.rope = rope
         self._config = config
         self.policy = make_policy(config)
+        self._compresses = config.compresses  # read on every layer of every forward: computed once
         self._auto_evict = True
         self._defer_prompt_scoring = False
         self._scoring_pass = False
@@ -86,7 +87,7 @@ class ManagedCache(Cache):
         """Apply a new config; a config that does not fit the model raises and changes nothing."""
         config.validate_for_model(self.shape.num_layers, self.shape.num_kv_heads, self.shape.num_heads)
         policy = make_policy(config)
-        self._config, self.policy = config, policy
+        self._config, self.policy, self._compresses = config, policy, config.compresses
 
     # ----- transformers' Cache ---------------------------------------------------------------------
 
@@ -176,7 +177,7 @@ class ManagedCache(Cache):
 
     def stats_request(self, layer: ManagedLayer, q_len: int, key_len: int) -> StatsRequest | None:
         needs = self.policy.stats
-        if not self._config.compresses or needs in ("none", "queries"):
+        if not self._compresses or needs in ("none", "queries"):
             return None
         if layer.scoring_past >= 0:
             return StatsRequest("scoring", 0, layer.scoring_past, causal=False)
@@ -194,14 +195,14 @@ class ManagedCache(Cache):
     def wants_query_moments(self, layer: ManagedLayer, q_len: int) -> bool:
         return (
             self.policy.stats == "queries"
-            and self._config.compresses
+            and self._compresses
             and q_len > 1
             and layer.scoring_past < 0
         )
 
     def after_attention(self, layer: ManagedLayer, q_len: int) -> None:
         """Called once the layer's attention output exists: evict now if this forward calls for it."""
-        if layer.scoring_past >= 0 or not self._auto_evict or not self._config.compresses:
+        if layer.scoring_past >= 0 or not self._auto_evict or not self._compresses:
             return
         if q_len > 1:
             if self._config.scoring == "prompt":
@@ -234,7 +235,7 @@ class ManagedCache(Cache):
     def evict_layer(self, layer_idx: int) -> int:
         """Evict one layer down to its budget; an attached observer is told what it cost."""
         layer = self.layers[layer_idx]
-        if layer.positions is None or not self._config.compresses:
+        if layer.positions is None or not self._compresses:
             return 0
         t0 = time.perf_counter()
         budget = layer_budgets(self._config, self.shape.num_layers, layer.seen)[layer_idx]

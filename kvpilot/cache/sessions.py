@@ -144,12 +144,15 @@ class SessionPool:
     # ----- internals -------------------------------------------------------------------------------
 
     def _make_room(self, size: int) -> bool:
-        if size + sum(self._active.values()) > self.capacity_bytes:
+        capacity = self.capacity_bytes
+        if capacity is None:
+            return True
+        if size + sum(self._active.values()) > capacity:
             return False
-        while self.pool_bytes + size > self.capacity_bytes and self._pinned:
+        while self.pool_bytes + size > capacity and self._pinned:
             victim = min(self._pinned, key=lambda s: self._pinned[s].expires_at)
             self._drop(victim, "pressure")
-        return self.pool_bytes + size <= self.capacity_bytes
+        return self.pool_bytes + size <= capacity
 
     def _drop(self, session: str, reason: str) -> None:
         entry = self._pinned.pop(session)

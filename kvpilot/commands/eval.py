@@ -56,9 +56,11 @@ def add_workload_arguments(p: argparse.ArgumentParser, *, samples: int, required
 
 def check_workload_arguments(args: argparse.Namespace) -> None:
     """Fail on a bad workload name or size before spending seconds loading the model."""
+    from kvpilot.workloads.spec import WorkloadSpec
+
     check_workload_name(args.workload)
     for flag, value in (("--samples", args.samples), ("--tokens", args.tokens)):
-        if value < 1 and not (flag == "--samples" and args.workload.startswith("jsonl:")):
+        if value < 1 and not (flag == "--samples" and WorkloadSpec.parse(args.workload).is_jsonl):
             raise KVPilotError(f"{flag} must be at least 1, got {value}")
 
 
@@ -108,30 +110,23 @@ def build_config(args: argparse.Namespace):
 
 
 def check_workload_name(workload: str) -> None:
-    """Fail on a bad name before spending seconds loading the model."""
-    import os
-
+    """Fail on a bad name or an unusable JSONL file before spending seconds loading the model."""
     from kvpilot.evaluation.errors import UnknownWorkloadError, WorkloadLoadError
-
-    if workload.startswith("jsonl:"):
-        path = workload[len("jsonl:") :]
-        if not path:
-            raise WorkloadLoadError("jsonl: needs a path, e.g. --workload jsonl:data.jsonl")
-        if not os.path.isfile(path):
-            raise WorkloadLoadError(f"no such JSONL file: {path}")
-        from kvpilot.workloads import load_jsonl
-
-        samples, errors = load_jsonl(path)  # a file with no good line fails before the model loads
-        if not samples:
-            first = errors[0] if errors else "the file is empty"
-            raise WorkloadLoadError(f"{path}: no usable sample ({len(errors)} bad line(s)); first: {first}")
-        return
-    from kvpilot.workloads import resolve
+    from kvpilot.workloads import JsonlLoadError
+    from kvpilot.workloads.registry import check_workload
+    from kvpilot.workloads.spec import UnknownTaskError, WorkloadSpecError
 
     try:
-        resolve(workload)
-    except ValueError as exc:
+        check_workload(workload)
+    except UnknownTaskError as exc:
         raise UnknownWorkloadError(str(exc)) from None
+    except (FileNotFoundError, WorkloadSpecError) as exc:
+        raise WorkloadLoadError(str(exc)) from None
+    except JsonlLoadError as exc:
+        first = exc.errors[0] if exc.errors else "the file is empty"
+        raise WorkloadLoadError(
+            f"{exc.path}: no usable sample ({len(exc.errors)} bad line(s)); first: {first}"
+        ) from None
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -126,7 +126,7 @@ def run_replay(engine, config, events, *, store=None, deployment: str = "replay"
                         max_response_tokens=max_response_tokens, on_event=handle.event if handle else None,
                         progress=lambda done, total: bar.update(done - bar.n))
         metrics = replay.run(events).metrics()
-        if handle is not None and handle.flush() and handle.run_id is not None:
+        if handle is not None and handle.flush() and handle.run_id is not None and handle.store is not None:
             handle.store.finish_run(handle.run_id, metrics=metrics)
     finally:
         bar.close()

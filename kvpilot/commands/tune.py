@@ -206,7 +206,8 @@ def _label(config: KVConfig) -> str:
     """One row of the trial table: the label, then what else the trial changed (e.g. `window=32`)."""
     from kvpilot.config import config_label
 
-    return " ".join([config_label(config), *(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in _changes(config).items())])
+    changes = [f"{key.rsplit('.', 1)[-1]}={_fmt(value)}" for key, value in _changes(config).items()]
+    return " ".join([config_label(config), *changes])
 
 
 def _fmt(v) -> str:

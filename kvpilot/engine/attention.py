@@ -98,14 +98,20 @@ def kvpilot_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
-def _plain_sdpa(query, key, value, attention_mask, scaling):
+def _plain_sdpa(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float
+) -> tuple[torch.Tensor, None]:
     """Causal SDPA for caches kvpilot does not manage (or no cache)."""
     q_len, n_keys = query.shape[2], key.shape[2]
     group = query.shape[1] // key.shape[1]
     if attention_mask is not None and attention_mask.dtype == torch.bool and attention_mask.ndim == 4:
         mask = attention_mask[:, :, :, :n_keys]
+    elif q_len == n_keys or q_len == 1:  # no past, or one new token that sees every key: SDPA's own path
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=q_len > 1, scale=scaling,
+                                             enable_gqa=group > 1)
+        return out.transpose(1, 2).contiguous(), None
     else:
-        mask = causal_mask(q_len, n_keys, query.device)[None, None] if q_len > 1 else None
+        mask = causal_mask(q_len, n_keys, query.device)[None, None]
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=group > 1)
     return out.transpose(1, 2).contiguous(), None
 

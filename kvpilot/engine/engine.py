@@ -104,7 +104,7 @@ class Engine:
         self._config.validate_for_model(self.shape.num_layers, self.shape.num_kv_heads, self.shape.num_heads)
         self._pending: KVConfig | None = None
         self._lock = threading.Lock()
-        self.observer = None  # a probe attached by kvpilot.attach
+        self.observer: Any = None  # a probe attached by kvpilot.attach (on_attention, on_evict)
         self.request_hooks: list = []  # callables(result) run after each request
 
     @classmethod

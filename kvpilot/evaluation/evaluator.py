@@ -48,6 +48,7 @@ from kvpilot.evaluation.results import (
 from kvpilot.version import __version__
 from kvpilot.workloads import JsonlLoadError, TargetTooSmallError, load_workload, metric_for
 from kvpilot.workloads.sample import Sample
+from kvpilot.workloads.spec import UnknownTaskError, WorkloadSpec, WorkloadSpecError
 
 if TYPE_CHECKING:
     from kvpilot.storage.protocols import RunRecorder
@@ -63,25 +64,31 @@ def load_samples(
 
     `tokenizer` sizes generated contexts; a `jsonl:PATH` file needs none (pass None).
     """
-    if not workload.startswith("jsonl:"):
+    try:
+        spec = WorkloadSpec.parse(workload)
+    except UnknownTaskError as exc:
+        raise UnknownWorkloadError(str(exc)) from None
+    except WorkloadSpecError as exc:
+        raise WorkloadLoadError(str(exc)) from None
+    if not spec.is_jsonl:
         if n_samples < 1:
             raise EvaluationError(f"--samples must be at least 1, got {n_samples}")
         if target_tokens < 1:
             raise EvaluationError(f"--tokens must be at least 1, got {target_tokens}")
     try:
-        samples = load_workload(workload, n_samples, target_tokens, seed, tokenizer, **task_opts)
+        samples = load_workload(spec, n_samples, target_tokens, seed, tokenizer, **task_opts)
     except FileNotFoundError as exc:
         raise WorkloadLoadError(str(exc)) from None
     except JsonlLoadError as exc:
         first = exc.errors[0] if exc.errors else "no samples"
         raise WorkloadLoadError(
-            f"{workload[len('jsonl:') :]}: {len(exc.errors)} bad line(s), {len(exc.samples)} good; first: {first}"
+            f"{spec.path}: {len(exc.errors)} bad line(s), {len(exc.samples)} good; first: {first}"
         ) from None
     except TargetTooSmallError as exc:
         raise WorkloadLoadError(f"{workload} at {target_tokens} tokens: {exc}") from None
+    except UnknownTaskError as exc:
+        raise UnknownWorkloadError(str(exc)) from None
     except ValueError as exc:
-        if "unknown workload" in str(exc):
-            raise UnknownWorkloadError(str(exc)) from None
         raise WorkloadLoadError(f"{workload}: {exc}") from None
     if not samples:
         raise WorkloadLoadError(f"{workload}: no samples to evaluate")
@@ -90,9 +97,7 @@ def load_samples(
 
 def workload_label(workload: str, n_samples: int, target_tokens: int, seed: int) -> str:
     """Folder-name prefix: `passkey-1000t-10s-seed0`, or `jsonl-<file stem>-<n>s` for a user's file."""
-    if workload.startswith("jsonl:"):
-        return f"jsonl-{Path(workload[len('jsonl:') :]).stem}-{n_samples}s"
-    return f"{workload.replace(':', '_')}-{target_tokens}t-{n_samples}s-seed{seed}"
+    return WorkloadSpec.parse(workload).label(n_samples, target_tokens, seed)
 
 
 @dataclass
@@ -175,7 +180,7 @@ class Evaluator:
     ) -> Evaluator:
         """Generate (or read) a workload's samples and wrap them: `workload` as in `kvpilot eval`."""
         samples = load_samples(engine.tokenizer, workload, n_samples, target_tokens, seed, **(task_opts or {}))
-        is_jsonl = workload.startswith("jsonl:")
+        is_jsonl = WorkloadSpec.parse(workload).is_jsonl
         info = {
             "workload": workload,
             "target_tokens": None if is_jsonl else target_tokens,

@@ -137,7 +137,8 @@ class Replay:
         queue: list[tuple[float, int, str, int, Any]] = []  # FCFS: (issued at, order, program, turn, cache)
         busy = False
         total = sum(len(t) for t in by_program.values())
-        stats = dict(turns=0, prefilled=0, reprefilled=0, decoded=0, compute=0.0, peak=0)
+        stats = dict(turns=0, prefilled=0, reprefilled=0, decoded=0, peak=0)
+        compute_s = 0.0
         jct, waits = [], []
         finished: dict[str, Any] = {}  # program -> its cache, between the engine finishing and "done"
 
@@ -170,7 +171,7 @@ class Replay:
                 issued, _, pid, turn, cache = queue.pop(0)
                 waits.append(now - issued)
                 spent = serve(pid, turn, cache)
-                stats["compute"] += spent
+                compute_s += spent
                 busy = True
                 heapq.heappush(agenda, (now + spent, order, "done", pid, turn))
                 order += 1
@@ -206,5 +207,5 @@ class Replay:
             expiries=pool.counts["expire"], prefilled_tokens=stats["prefilled"],
             reprefilled_tokens=stats["reprefilled"], decoded_tokens=stats["decoded"],
             pinned_byte_seconds=pool.pinned_byte_seconds, peak_pool_bytes=stats["peak"],
-            compute_s=stats["compute"], makespan_s=now, jct_s=jct, queue_s=waits,
+            compute_s=compute_s, makespan_s=now, jct_s=jct, queue_s=waits,
         )

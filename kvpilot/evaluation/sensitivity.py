@@ -242,7 +242,7 @@ def profile_layers(model: Any, samples: Sequence[CalibrationSample], methods: Se
     """Run several methods; ``options`` go to the methods that take them."""
     import inspect
 
-    fns = {"ablation_kl": ablation_profile, "key_cosine": key_cosine_profile,
+    fns: dict[str, Callable[..., LayerProfile]] = {"ablation_kl": ablation_profile, "key_cosine": key_cosine_profile,
            "retained_mass": retained_mass_profile}
     out = {}
     for m in methods:

@@ -85,8 +85,11 @@ def attention_stats_reference(
     dev = query.device
     head_mass = torch.zeros(b, h, n, dtype=torch.float32, device=dev)
     entropy = torch.zeros(b, h, dtype=torch.float32, device=dev)
-    out = None
+    out: torch.Tensor | None = None
+    v32: torch.Tensor | None = None
     if need_output:
+        if value is None:
+            raise ValueError("need_output=True requires value")
         out = torch.empty(b, h, q_len, value.shape[-1], dtype=query.dtype, device=dev)
         v32 = value.float()
     k32 = key.float()
@@ -106,13 +109,14 @@ def attention_stats_reference(
             mask = attention_bias(
                 q_len, n, causal=True, key_valid=None, device=dev, q_start=start, q_stop=stop
             )
+            assert mask is not None  # causal: there is always a mask
             logits.masked_fill_(~mask[..., :n_vis], float("-inf"))
         if valid is not None:
             logits.masked_fill_(~valid[..., :n_vis], float("-inf"))
         p = torch.softmax(logits, dim=-1)
         head_mass[..., :n_vis] += p.sum(dim=3).view(b, h, n_vis)
         entropy += torch.special.entr(p).sum(dim=(-1, -2)).view(b, h)  # entr(p) = -p log p, 0 at p = 0
-        if need_output:
+        if out is not None and v32 is not None:
             o = torch.matmul(p.view(b, h_kv, group * rows, n_vis), v32[:, :, :n_vis])
             out[:, :, start:stop] = o.view(b, h, rows, -1).to(query.dtype)
     key_mass = head_mass.view(b, h_kv, group, n).sum(dim=2)

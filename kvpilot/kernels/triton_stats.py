@@ -290,21 +290,22 @@ def attention_stats_triton(
     del query_chunk
     if need_output and value is None:
         raise ValueError("need_output=True requires value")
+    value_t = value if value is not None else query  # never read without need_output
     b, h, q_len, d = query.shape
     kb, h_kv, n, kd = key.shape
     if kb != b or kd != d or h % h_kv:
         raise ValueError(f"incompatible shapes: query {tuple(query.shape)}, key {tuple(key.shape)}")
-    if key.dtype != query.dtype or (need_output and value.dtype != query.dtype):
+    if key.dtype != query.dtype or (need_output and value_t.dtype != query.dtype):
         raise ValueError("query, key and value must share a dtype")
     group = h // h_kv
     dev = query.device
     if q_len == 0 or n == 0:  # nothing to launch; the same zeros the reference gives
         zeros = torch.zeros(b, h, n, dtype=torch.float32, device=dev)
-        out = query.new_zeros(b, h, q_len, value.shape[-1]) if need_output else None
+        out = query.new_zeros(b, h, q_len, value_t.shape[-1]) if need_output else None
         return AttentionStats(
             zeros, zeros.view(b, h_kv, group, n).sum(2), zeros.new_zeros(b, h), out, q_len, backend="triton"
         )
-    dv = value.shape[-1] if need_output else d
+    dv = value_t.shape[-1] if need_output else d
     precision = "ieee" if query.dtype == torch.float32 else "tf32"
     scale_log2 = float(scaling) * _LOG2E
     block_d, block_dv = _pow2(d), _pow2(dv)
@@ -344,8 +345,8 @@ def attention_stats_triton(
             o_buf, os_ = out, (out.stride(0), out.stride(1), 0, out.stride(2), out.stride(3))
         else:
             o_buf = torch.empty(b, h, splits, q_len, dv, dtype=torch.float32, device=dev)
-            os_ = o_buf.stride()
-        v_arg, v_s = value, value.stride()
+            os_ = tuple(o_buf.stride())  # type: ignore[assignment]
+        v_arg, v_s = value_t, value_t.stride()
     else:
         o_buf, os_ = lse, (0, 0, 0, 0, 0)
         v_arg, v_s = key, (0, 0, 0, 0)

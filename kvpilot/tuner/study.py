@@ -1,11 +1,12 @@
 """The tuner: an Optuna study whose trials are KVConfigs evaluated on a real workload by the engine.
 
-Each trial draws a config from the SearchSpace, runs it through a `TuningTarget`: `kvpilot.evaluation.Evaluator`
-for question answering (a config already measured on the same samples is loaded from its run folder, not
-recomputed) or `ReplayTarget` for agent sessions (the session pool's TTL), tells Optuna the
-objective values and constraint violations, and records a `tuning_trial` run in the store. The study lives
-in the store's database, which is where the dashboard's Tuning page finds it; several `kvpilot tune`
-processes given the same study name and a PostgreSQL store share the work (Optuna's distributed mode).
+Each trial draws a config from the SearchSpace, runs it through a `TuningTarget` (kvpilot.tuner.target):
+`kvpilot.evaluation.Evaluator` for question answering (a config already measured on the same samples is
+loaded from its run folder, not recomputed) or `ReplayTarget` for agent sessions (the session pool's TTL),
+tells Optuna the objective values and constraint violations, and records a `tuning_trial` run in the store.
+The study lives in the store's database, which is where the dashboard's Tuning page finds it; several
+`kvpilot tune` processes given the same study name and a PostgreSQL store share the work (Optuna's
+distributed mode).
 
 The full cache is measured first, on the same samples: it is the baseline that relative constraints
 (`accuracy>=full-0.05`) are measured against, and it is stored on the study as the `baseline` attribute.
