@@ -32,8 +32,7 @@ sys.path.insert(0, str(ROOT))
 from common import save  # noqa: E402
 
 from kvpilot.config import KVConfig  # noqa: E402
-from kvpilot.engine import Engine  # noqa: E402
-from kvpilot.engine.engine import Request  # noqa: E402
+from kvpilot.engine import Engine, Request  # noqa: E402
 from kvpilot.engine.model import resolve_model_dir  # noqa: E402
 
 

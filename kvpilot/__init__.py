@@ -5,7 +5,7 @@ Public API (everything else is internal):
     from kvpilot import KVConfig, Engine, ManagedCache, load_model
     model, tok = load_model()                      # bundled SmolLM2-135M-Instruct, offline
     cache = ManagedCache.for_model(model, KVConfig(policy="snapkv", compression_ratio=0.75))
-    model.generate(ids, past_key_values=cache)     # batch size 1
+    model.generate(ids, cache=cache)     # batch size 1
 
 Nothing inside the package imports this module: its names load lazily (PEP 562), so `import kvpilot`
 costs no torch, pydantic or SQLAlchemy.
@@ -29,6 +29,8 @@ _LAZY = {
     "KVPilotError": "kvpilot.errors",
     "Engine": "kvpilot.engine",
     "GenerationResult": "kvpilot.engine",
+    "Request": "kvpilot.engine",
+    "Response": "kvpilot.engine",
     "load_model": "kvpilot.engine",
     "load_tokenizer": "kvpilot.engine",
     "ModelNotFoundError": "kvpilot.engine",
@@ -43,7 +45,15 @@ _LAZY = {
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from kvpilot.cache.managed import ManagedCache
     from kvpilot.config import KVConfig, KVConfigError
-    from kvpilot.engine import Engine, GenerationResult, ModelNotFoundError, load_model, load_tokenizer
+    from kvpilot.engine import (
+        Engine,
+        GenerationResult,
+        ModelNotFoundError,
+        Request,
+        Response,
+        load_model,
+        load_tokenizer,
+    )
     from kvpilot.errors import KVPilotError
     from kvpilot.evaluation import Evaluator
     from kvpilot.policies import POLICY_REGISTRY
@@ -74,6 +84,8 @@ __all__ = [
     "KVPilotError",
     "ManagedCache",
     "ModelNotFoundError",
+    "Request",
+    "Response",
     "SearchSpace",
     "Store",
     "Tuner",

@@ -113,17 +113,21 @@ class KVConfig(BaseModel):
     head_allocation: str = Field(default="uniform", description="how a layer's budget is split over KV heads")
     head_allocation_params: dict[str, Any] = _params_field("the head allocation's own parameters")
 
-    sink_tokens: int = Field(default=4, ge=0, le=1024)
+    sink_tokens: int = Field(default=4, ge=0, le=1024, description="first tokens always kept (attention sinks)")
     window: int = Field(default=16, ge=0, le=8192, description="protected recent tokens")
 
     scoring: Literal["window", "prompt"] = Field(
         default="window", description="queries that score the cache: the context's last window, or a prompt"
     )
-    scoring_prompt: str = DEFAULT_SCORING_PROMPT
+    scoring_prompt: str = Field(default=DEFAULT_SCORING_PROMPT, description='the prompt run as scoring queries when '
+                                '`scoring="prompt"` (never stored in the cache)')
 
-    granularity: Literal["token", "sentence", "turn", "chunk"] = "token"
-    chunk_size: int = Field(default=16, ge=1, le=4096)
-    unit_pooling: Literal["max", "mean"] = "max"
+    granularity: Literal["token", "sentence", "turn", "chunk"] = Field(
+        default="token", description="what is kept or dropped whole: single tokens, sentences, turns (a newline "
+        "ends one) or chunks of `chunk_size` tokens")
+    chunk_size: int = Field(default=16, ge=1, le=4096, description='tokens per unit with `granularity="chunk"`')
+    unit_pooling: Literal["max", "mean"] = Field(
+        default="max", description="how the scores of a unit's tokens combine into the unit's score")
 
     prefill_block_size: int | None = Field(default=None, ge=16, description="block-wise prefill size C")
     decode_interval: int | None = Field(default=None, ge=1, description="evict every N decode steps")

@@ -53,14 +53,7 @@ STATS_TEXT: dict[str, str] = {
 
 # Shared fields whose KVConfig declaration has no description yet. tests/test_docs.py fails when one of these
 # gains its own description in kvpilot/config.py: then delete the note here, so there is one text per field.
-FIELD_NOTES: dict[str, str] = {
-    "sink_tokens": "first tokens always kept (attention sinks)",
-    "scoring_prompt": "the prompt run as scoring queries when `scoring=\"prompt\"` (never stored in the cache)",
-    "granularity": "what is kept or dropped whole: single tokens, sentences, turns (a newline ends one) "
-    "or chunks of `chunk_size` tokens",
-    "chunk_size": "tokens per unit with `granularity=\"chunk\"`",
-    "unit_pooling": "how the scores of a unit's tokens combine into the unit's score",
-}
+FIELD_NOTES: dict[str, str] = {}  # fallback meanings for shared fields without a description (none today)
 
 _LONG_DEFAULT = 40  # a default longer than this (as JSON) is printed below its table
 

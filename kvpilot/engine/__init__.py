@@ -6,7 +6,10 @@ Names load on first use so that torch-free parts (the config watcher) can be imp
 import importlib
 
 _LAZY = {
+    "Compression": "kvpilot.engine.engine",
     "Engine": "kvpilot.engine.engine",
+    "Request": "kvpilot.engine.engine",
+    "Response": "kvpilot.engine.engine",
     "GenerationResult": "kvpilot.engine.engine",
     "extend": "kvpilot.engine.generation",
     "forward": "kvpilot.engine.generation",
