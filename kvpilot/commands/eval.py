@@ -111,22 +111,11 @@ def build_config(args: argparse.Namespace):
 
 def check_workload_name(workload: str) -> None:
     """Fail on a bad name or an unusable JSONL file before spending seconds loading the model."""
-    from kvpilot.evaluation.errors import UnknownWorkloadError, WorkloadLoadError
-    from kvpilot.workloads import JsonlLoadError
+    from kvpilot.evaluation.errors import workload_errors
     from kvpilot.workloads.registry import check_workload
-    from kvpilot.workloads.spec import UnknownTaskError, WorkloadSpecError
 
-    try:
+    with workload_errors(workload):
         check_workload(workload)
-    except UnknownTaskError as exc:
-        raise UnknownWorkloadError(str(exc)) from None
-    except (FileNotFoundError, WorkloadSpecError) as exc:
-        raise WorkloadLoadError(str(exc)) from None
-    except JsonlLoadError as exc:
-        first = exc.errors[0] if exc.errors else "the file is empty"
-        raise WorkloadLoadError(
-            f"{exc.path}: no usable sample ({len(exc.errors)} bad line(s)); first: {first}"
-        ) from None
 
 
 def _eval(args: argparse.Namespace) -> int:

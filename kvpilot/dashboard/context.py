@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 
 from kvpilot.config import KVConfigError
 from kvpilot.dashboard import READ_ONLY_ENV
-from kvpilot.storage import Scope, Store, StoreError
+from kvpilot.storage import RunSummary, Scope, Store, StoreError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -231,3 +231,13 @@ def human_bytes(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def run_metrics(summary: RunSummary) -> None:
+    """The five numbers every run shows (Runs and Tuning pages): requests, latency, peak KV, evictions."""
+    cols = st.columns(5)
+    cols[0].metric("Requests", f"{summary.requests:,}")
+    cols[1].metric("Mean TTFT", "-" if summary.ttft_mean is None else f"{summary.ttft_mean * 1000:.1f} ms")
+    cols[2].metric("Mean TPOT", "-" if summary.tpot_mean is None else f"{summary.tpot_mean * 1000:.1f} ms")
+    cols[3].metric("Peak KV", human_bytes(summary.kv_bytes_peak))
+    cols[4].metric("Evictions", f"{summary.events.get('evict', 0):,}")

@@ -33,7 +33,7 @@ from kvpilot.config import KVConfig, KVConfigError, config_hash, config_label
 from kvpilot.engine.engine import Request
 from kvpilot.engine.model import model_fingerprint
 from kvpilot.engine.prompts import chat_parts
-from kvpilot.evaluation.errors import EvaluationError, UnknownWorkloadError, WorkloadLoadError
+from kvpilot.evaluation.errors import EvaluationError, WorkloadLoadError, workload_errors
 from kvpilot.evaluation.fidelity import Fidelity, Reference, compare, log_probs
 from kvpilot.evaluation.results import (
     EVAL_FORMAT,
@@ -46,9 +46,9 @@ from kvpilot.evaluation.results import (
     short_hash,
 )
 from kvpilot.version import __version__
-from kvpilot.workloads import JsonlLoadError, TargetTooSmallError, load_workload, metric_for
+from kvpilot.workloads import load_workload, metric_for
 from kvpilot.workloads.sample import Sample
-from kvpilot.workloads.spec import UnknownTaskError, WorkloadSpec, WorkloadSpecError
+from kvpilot.workloads.spec import WorkloadSpec
 
 if TYPE_CHECKING:
     from kvpilot.storage.protocols import RunRecorder
@@ -64,32 +64,15 @@ def load_samples(
 
     `tokenizer` sizes generated contexts; a `jsonl:PATH` file needs none (pass None).
     """
-    try:
+    with workload_errors(workload, target_tokens):
         spec = WorkloadSpec.parse(workload)
-    except UnknownTaskError as exc:
-        raise UnknownWorkloadError(str(exc)) from None
-    except WorkloadSpecError as exc:
-        raise WorkloadLoadError(str(exc)) from None
     if not spec.is_jsonl:
         if n_samples < 1:
             raise EvaluationError(f"--samples must be at least 1, got {n_samples}")
         if target_tokens < 1:
             raise EvaluationError(f"--tokens must be at least 1, got {target_tokens}")
-    try:
+    with workload_errors(workload, target_tokens):
         samples = load_workload(spec, n_samples, target_tokens, seed, tokenizer, **task_opts)
-    except FileNotFoundError as exc:
-        raise WorkloadLoadError(str(exc)) from None
-    except JsonlLoadError as exc:
-        first = exc.errors[0] if exc.errors else "no samples"
-        raise WorkloadLoadError(
-            f"{spec.path}: {len(exc.errors)} bad line(s), {len(exc.samples)} good; first: {first}"
-        ) from None
-    except TargetTooSmallError as exc:
-        raise WorkloadLoadError(f"{workload} at {target_tokens} tokens: {exc}") from None
-    except UnknownTaskError as exc:
-        raise UnknownWorkloadError(str(exc)) from None
-    except ValueError as exc:
-        raise WorkloadLoadError(f"{workload}: {exc}") from None
     if not samples:
         raise WorkloadLoadError(f"{workload}: no samples to evaluate")
     return samples

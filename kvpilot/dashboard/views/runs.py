@@ -65,12 +65,7 @@ def _row(r: RunInfo) -> dict[str, Any]:
 def _details(run: RunInfo) -> None:
     summary = C.query(Store.run_summary, run.id)
     st.subheader(f"Run #{run.id}: {run.kind}" + (f" {run.name}" if run.name else ""))
-    cols = st.columns(5)
-    cols[0].metric("Requests", f"{summary.requests:,}")
-    cols[1].metric("Mean TTFT", "-" if summary.ttft_mean is None else f"{summary.ttft_mean * 1000:.1f} ms")
-    cols[2].metric("Mean TPOT", "-" if summary.tpot_mean is None else f"{summary.tpot_mean * 1000:.1f} ms")
-    cols[3].metric("Peak KV", C.human_bytes(summary.kv_bytes_peak))
-    cols[4].metric("Evictions", f"{summary.events.get('evict', 0):,}")
+    C.run_metrics(summary)
     left, right = st.columns(2)
     with left:
         st.markdown("**Metrics**")

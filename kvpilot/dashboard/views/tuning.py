@@ -107,12 +107,7 @@ def _telemetry(study: str, number: int) -> None:
     if summary is None:
         st.caption("No run recorded in the store for this trial (the tuner records one per trial when probes run).")
         return
-    cols = st.columns(5)
-    cols[0].metric("Requests", f"{summary.requests:,}")
-    cols[1].metric("Mean TTFT", "-" if summary.ttft_mean is None else f"{summary.ttft_mean * 1000:.1f} ms")
-    cols[2].metric("Mean TPOT", "-" if summary.tpot_mean is None else f"{summary.tpot_mean * 1000:.1f} ms")
-    cols[3].metric("Peak KV", C.human_bytes(summary.kv_bytes_peak))
-    cols[4].metric("Evictions", f"{summary.events.get('evict', 0):,}")
+    C.run_metrics(summary)
     if summary.run.metrics:
         st.json(summary.run.metrics, expanded=False)
 
