@@ -10,13 +10,12 @@ statistics back. It lives exactly as long as that forward; nothing global refers
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from kvpilot.cache.layer import ManagedLayer
-    from kvpilot.cache.managed import ManagedCache
+from kvpilot.config import KVConfig
+from kvpilot.policies.base import RopeInfo
 
 EXCHANGE_KWARG = "kvpilot_exchange"
 
@@ -36,12 +35,37 @@ class StatsRequest:
     accumulate: bool = False
 
 
+class LayerSide(Protocol):
+    """What the exchange needs of a cache layer (``kvpilot.cache.layer.ManagedLayer``)."""
+
+    layer_idx: int
+
+    def key_valid(self, key_len: int) -> torch.Tensor | None: ...
+    def record_stats(self, req: StatsRequest, key_mass: torch.Tensor, group: int, q_len: int) -> None: ...
+    def record_query_moments(self, queries_pre_rope: torch.Tensor) -> None: ...
+
+
+class CacheSide(Protocol):
+    """What the exchange needs of the cache (``kvpilot.cache.managed.ManagedCache``)."""
+
+    group_size: int
+    observer: Any
+    rope: RopeInfo | None
+
+    @property
+    def config(self) -> KVConfig: ...
+
+    def stats_request(self, layer: Any, q_len: int, key_len: int) -> StatsRequest | None: ...
+    def wants_query_moments(self, layer: Any, q_len: int) -> bool: ...
+    def after_attention(self, layer: Any, q_len: int) -> None: ...
+
+
 class ForwardExchange:
     """One layer's side of one forward: the cache's view for the attention function, and its callbacks."""
 
     __slots__ = ("cache", "layer", "q_len", "n_keys", "stats_request")
 
-    def __init__(self, cache: ManagedCache, layer: ManagedLayer, q_len: int, n_keys: int) -> None:
+    def __init__(self, cache: CacheSide, layer: LayerSide, q_len: int, n_keys: int) -> None:
         self.cache = cache
         self.layer = layer
         self.q_len = q_len

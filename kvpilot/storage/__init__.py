@@ -30,7 +30,8 @@ _EXPORTS = {
     ),
     "Store": "store",
     **dict.fromkeys(("Scope", "bucket_width"), "scope"),
-    **dict.fromkeys(("ConfigSource", "RunRecorder", "SampleRow", "SampleSink"), "protocols"),
+    **dict.fromkeys(("ConfigSource", "RunRecorder", "SampleSink"), "protocols"),
+    "SampleRow": "rows",
     **dict.fromkeys(("BACKENDS", "BackendSpec", "register_backend"), "backends"),
     **dict.fromkeys(
         ("Ack", "Activation", "CellMean", "ConfigVersionInfo", "DeploymentInfo", "EventBucket", "EventRow",
@@ -82,8 +83,9 @@ if TYPE_CHECKING:
         SchemaTooNewError,
         StoreError,
     )
-    from kvpilot.storage.protocols import ConfigSource, RunRecorder, SampleRow, SampleSink
+    from kvpilot.storage.protocols import ConfigSource, RunRecorder, SampleSink
     from kvpilot.storage.registry import CHANNEL
+    from kvpilot.storage.rows import SampleRow
     from kvpilot.storage.schema import (
         ACK_STATUSES,
         CACHE_EVENTS,

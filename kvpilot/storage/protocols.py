@@ -14,15 +14,16 @@ to import: nothing here loads SQLAlchemy.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from kvpilot.storage.rows import SampleRow
 
 if TYPE_CHECKING:
     from kvpilot.config import KVConfig
     from kvpilot.storage.backends.base import Listener
     from kvpilot.storage.types import ConfigVersionInfo, InstanceInfo
 
-SampleRow = Mapping[str, Any]  # one sample: column name -> value, checked against the table's declaration
 
 
 @runtime_checkable

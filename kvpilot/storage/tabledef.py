@@ -30,7 +30,7 @@ from sqlalchemy import Column, ForeignKey, Index, Integer, MetaData, Table, text
 from sqlalchemy.types import TypeEngine
 
 from kvpilot.storage.errors import StoreError
-from kvpilot.storage.protocols import SampleRow
+from kvpilot.storage.rows import SampleRow
 
 _META = "kvpilot.column"
 OWNERS = ("instance_id", "run_id")

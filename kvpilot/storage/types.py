@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kvpilot.config import KVConfig, KVConfigError
-from kvpilot.storage.protocols import SampleRow
+from kvpilot.storage.rows import SampleRow
 
 # the sample records, declared with their tables and re-exported here with the other reader types
 from kvpilot.storage.schema import Event as Event
