@@ -116,9 +116,13 @@ class KVConfig(BaseModel):
     sink_tokens: int = Field(default=4, ge=0, le=1024, description="first tokens always kept (attention sinks)")
     window: int = Field(default=16, ge=0, le=8192, description="protected recent tokens")
 
-    scoring: Literal["window", "prompt"] = Field(
-        default="window", description="queries that score the cache: the context's last window, or a prompt"
+    scoring: Literal["window", "prompt", "reconstruct"] = Field(
+        default="window", description="queries that score the cache: the context's last window, a prompt, or "
+        "a pass that reproduces the context (KVzip), each run as queries only and never stored"
     )
+    reconstruction_chunk: int = Field(
+        default=2048, ge=16, le=65536, description='`scoring="reconstruct"`: context tokens reproduced per '
+        "reconstruction pass (a prefill block is reproduced in chunks of at most this size)")
     scoring_prompt: str = Field(default=DEFAULT_SCORING_PROMPT, description='the prompt run as scoring queries when '
                                 '`scoring="prompt"` (never stored in the cache)')
 

@@ -61,6 +61,7 @@ class ManagedCache(Cache):
         self._auto_evict = True
         self._defer_prompt_scoring = False
         self._scoring_pass = False
+        self._restrict: tuple[int, int] | None = None
         self._units = torch.full((0,), -1, dtype=torch.long)
         self._bytes = 0
         self.peak_bytes = 0
@@ -132,15 +133,21 @@ class ManagedCache(Cache):
             self._defer_prompt_scoring = previous
 
     @contextlib.contextmanager
-    def scoring_pass(self) -> Iterator[None]:
-        """Run a forward whose tokens act only as scoring queries and leave no trace in the cache."""
+    def scoring_pass(self, restrict: tuple[int, int] | None = None) -> Iterator[None]:
+        """Run a forward whose tokens act only as scoring queries and leave no trace in the cache.
+
+        ``restrict`` (a reconstruction pass): only the sinks and the slots at logical positions
+        [start, stop) compete with the queries' own keys, and what they get combines with earlier passes.
+        """
         self._scoring_pass = True
+        self._restrict = restrict
         for layer in self.layers:
             layer.scoring_past = 0
         try:
             yield
         finally:
             self._scoring_pass = False
+            self._restrict = None
             for layer in self.layers:
                 layer.scoring_past = -1
 
@@ -179,18 +186,22 @@ class ManagedCache(Cache):
         needs = self.policy.stats
         if not self._compresses or needs in ("none", "queries"):
             return None
+        reduce = self.policy.reduce
         if layer.scoring_past >= 0:
-            return StatsRequest("scoring", 0, layer.scoring_past, causal=False)
+            if self._restrict is not None:
+                return StatsRequest("scoring", 0, key_len, causal=True, accumulate=True, reduce=reduce,
+                                    restrict=self._restrict, record_stop=layer.scoring_past)
+            return StatsRequest("scoring", 0, layer.scoring_past, causal=False, reduce=reduce)
         if q_len == 1 and not self._config.decode_interval:
             return None  # nothing will ever be evicted during decode: skip the work
-        if q_len > 1 and self._config.scoring == "prompt" and self._defer_prompt_scoring:
-            return None  # the scoring prompt will provide the scores
+        if q_len > 1 and self._config.scoring != "window" and self._defer_prompt_scoring:
+            return None  # the scoring prompt or the reconstruction will provide the scores
         if needs == "accumulated" and self._config.scoring == "window":
             return StatsRequest("accumulated", 0, key_len, causal=True, accumulate=True)
         if self.policy.last_query_only:
             return StatsRequest("scoring", q_len - 1, key_len, causal=True)
         window = min(self.policy.observation_window, q_len)
-        return StatsRequest("scoring", q_len - window, key_len, causal=True, accumulate=q_len == 1)
+        return StatsRequest("scoring", q_len - window, key_len, causal=True, accumulate=q_len == 1, reduce=reduce)
 
     def wants_query_moments(self, layer: ManagedLayer, q_len: int) -> bool:
         return (
@@ -205,13 +216,13 @@ class ManagedCache(Cache):
         if layer.scoring_past >= 0 or not self._auto_evict or not self._compresses:
             return
         if q_len > 1:
-            if self._config.scoring == "prompt":
+            if self._config.scoring != "window":
                 if self._defer_prompt_scoring:
                     return
                 if not self._warned_prompt_fallback:
                     warnings.warn(
-                        "scoring='prompt' needs kvpilot's prefill (kvpilot.engine.prefill) to run the scoring "
-                        "prompt; this forward was scored by its own last window instead",
+                        f"scoring={self._config.scoring!r} needs kvpilot's prefill (kvpilot.engine.prefill) to run "
+                        "its scoring queries; this forward was scored by its own last window instead",
                         stacklevel=2,
                     )
                     self._warned_prompt_fallback = True
