@@ -151,3 +151,31 @@ def test_layer_budgets_are_torch_free():
             "assert 'torch' not in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert sum(eval(out)) == 120
+
+
+def test_reconstruction_scores_each_block_and_keeps_the_peak_within_budget_plus_block(tiny_model):
+    """KVzip's reconstruction composed with block-wise prefill: every block is reproduced as it arrives,
+    scored (max over queries), evicted; the reconstruction queries are never stored."""
+    from tests.engine.exactness import toy_reconstruction
+
+    budget, block = 32, 24
+    cfg = KVConfig(policy="kvzip", budget=budget, prefill_block_size=block, scoring="reconstruct",
+                   reconstruction_chunk=16)
+    cache = ManagedCache.for_model(tiny_model, cfg)
+    ids = torch.randint(3, 128, (N,), generator=torch.Generator().manual_seed(3)).tolist()
+    calls = []
+
+    def reconstruction(piece, before):
+        calls.append((len(piece), len(before)))
+        return toy_reconstruction(piece, before)
+
+    with torch.inference_mode():
+        prefill(tiny_model, cache, ids, reconstruction=reconstruction)
+    per_token = 2 * 2 * 16 * 4
+    assert cache.seen_tokens == N  # the reconstruction queries left no slot behind
+    for peak in cache.layer_peak_bytes:
+        assert peak <= (budget + block) * per_token
+    assert all(k <= budget for kept in cache.kept_tokens() for k in kept)
+    # blocks of 24 in chunks of at most 16: the first chunk quotes nothing, every later one the 8 tokens before it
+    assert calls[0] == (16, 0) and all(before == 8 for _, before in calls[1:])
+    assert sum(n for n, _ in calls) == N
