@@ -176,6 +176,9 @@ class KVConfig(BaseModel):
                 f"budget={self.budget} and compression_ratio={self.compression_ratio}: "
                 "set only one of them"
             )
+        if self.layer_allocation == "global" and self.decode_interval:
+            problems.append(f"layer_allocation='global' splits the budget over layers at prefill; "
+                            f"decode_interval={self.decode_interval} (eviction while decoding) does not go with it")
         if self.scoring == "prompt" and not self.scoring_prompt.strip():
             problems.append("scoring='prompt': scoring_prompt must not be empty")
         if problems:

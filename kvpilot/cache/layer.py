@@ -181,6 +181,21 @@ class ManagedLayer(CacheLayerMixin):
     def kept_per_head(self) -> list[int]:
         return self.valid_mask().sum(dim=-1).tolist() if self.positions is not None else []
 
+    def candidate_scores(
+        self, budget: int, config: KVConfig, policy: Any, *, num_heads: int, rope: RopeInfo | None
+    ) -> tuple[torch.Tensor, int, int]:
+        """This layer's scores with protected and padding slots at -inf, the protected count per head and the
+        valid slots per head (the smallest over heads): what a cross-layer allocator weighs."""
+        assert self.positions is not None and self.keys is not None and self.values is not None
+        valid = self.valid_mask()
+        inputs = ScoringInputs(layer_idx=self.layer_idx, keys=self.keys[0], values=self.values[0],
+                               positions=self.positions, valid=valid, seen=self.seen, num_heads=num_heads,
+                               config=config, stats=self.stats, rope=rope)
+        scores = policy.score(inputs)
+        protected = protected_slots(self.positions, valid, self.seen, config.sink_tokens, config.window, budget)
+        masked = scores.float().masked_fill(protected | ~valid, float("-inf"))
+        return masked, int(protected.sum(dim=-1).max()), int(valid.sum(dim=-1).min())
+
     def evict(
         self,
         budget: int,

@@ -24,7 +24,7 @@ from kvpilot.cache.exchange import EXCHANGE_KWARG, ForwardExchange, StatsRequest
 from kvpilot.cache.layer import ManagedLayer
 from kvpilot.config import KVConfig
 from kvpilot.policies.base import RopeInfo, make_policy
-from kvpilot.policies.layers import layer_budgets
+from kvpilot.policies.layers import average_budget, layer_budgets, make_layer_allocator
 
 UNIT_SINGLETON_OFFSET = 1 << 40  # unit id of a token that belongs to no registered unit
 
@@ -216,9 +216,9 @@ class ManagedCache(Cache):
         if layer.scoring_past >= 0 or not self._auto_evict or not self._compresses:
             return
         if q_len > 1:
+            if self._defer_prompt_scoring:
+                return  # the caller evicts every layer once its scoring queries have run
             if self._config.scoring != "window":
-                if self._defer_prompt_scoring:
-                    return
                 if not self._warned_prompt_fallback:
                     warnings.warn(
                         f"scoring={self._config.scoring!r} needs kvpilot's prefill (kvpilot.engine.prefill) to run "
@@ -240,16 +240,41 @@ class ManagedCache(Cache):
         return layer_budgets(self._config, self.shape.num_layers, max(1, self.seen_tokens))
 
     def evict(self) -> int:
-        """Evict every layer down to its budget now; returns the number of slots evicted."""
-        return sum(self.evict_layer(i) for i in range(len(self.layers)))
+        """Evict every layer down to its budget now; returns the number of slots evicted.
 
-    def evict_layer(self, layer_idx: int) -> int:
-        """Evict one layer down to its budget; an attached observer is told what it cost."""
+        With an allocator that needs scores (``layer_allocation="global"``) the layers' budgets are decided
+        here, together, from every layer's scores."""
+        budgets: list[int | None] = [None] * len(self.layers)
+        allocator = make_layer_allocator(self._config)
+        if allocator.needs_scores and self._compresses and self.layers[0].positions is not None:
+            budgets = list(self._scored_budgets(allocator))
+        return sum(self.evict_layer(i, budget=b) for i, b in enumerate(budgets))
+
+    @property
+    def evicts_all_layers_at_once(self) -> bool:
+        """True when eviction must wait for every layer's scores (the prefill then calls `evict()`)."""
+        return self._compresses and make_layer_allocator(self._config).needs_scores
+
+    def _scored_budgets(self, allocator: Any) -> list[int]:
+        seen = self.seen_tokens
+        avg = average_budget(self._config, seen)
+        candidates, protected, available = [], [], []
+        for layer in self.layers:
+            scores, n_protected, n_valid = layer.candidate_scores(
+                avg, self._config, self.policy, num_heads=self.shape.num_heads, rope=self.rope)
+            candidates.append(scores)
+            protected.append(n_protected)
+            available.append(n_valid)
+        return allocator.from_scores(avg, candidates, protected, available)
+
+    def evict_layer(self, layer_idx: int, budget: int | None = None) -> int:
+        """Evict one layer down to its budget (the allocator's, unless given); an observer hears the cost."""
         layer = self.layers[layer_idx]
         if layer.positions is None or not self._compresses:
             return 0
         t0 = time.perf_counter()
-        budget = layer_budgets(self._config, self.shape.num_layers, layer.seen)[layer_idx]
+        if budget is None:
+            budget = layer_budgets(self._config, self.shape.num_layers, layer.seen)[layer_idx]
         before = layer.nbytes
         evicted = layer.evict(budget, self._config, self.policy, num_heads=self.shape.num_heads,
                               rope=self.rope, units_of=self.units_of)

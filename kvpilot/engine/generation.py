@@ -93,6 +93,10 @@ def prefill(
             with cache.scoring_pass():
                 forward(model, cache, scoring_ids)  # type: ignore[arg-type]  # checked in use_prompt
             cache.evict()
+        elif cache.evicts_all_layers_at_once:  # a cross-layer allocator weighs every layer's scores together
+            with cache.prompt_scoring_driven():
+                logits = forward(model, cache, chunk)
+            cache.evict()
         else:
             logits = forward(model, cache, chunk)
     assert logits is not None  # ids is not empty
