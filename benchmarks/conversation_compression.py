@@ -32,6 +32,7 @@ from kvpilot.evaluation import Evaluator  # noqa: E402
 FAMILIES: dict[str, dict] = {
     "previous best (snapkv, scoring prompt, turns)": {"policy": "snapkv", "scoring": "prompt", "granularity": "turn"},
     "kvzip (reconstruction, max)": {"policy": "kvzip", "scoring": "reconstruct"},
+    "kvzip + global layers": {"policy": "kvzip", "scoring": "reconstruct", "layer_allocation": "global"},
     "kvzip + adaptive heads": {"policy": "kvzip", "scoring": "reconstruct", "head_allocation": "adaptive"},
     "keydiff": {"policy": "keydiff"},
     "snapkv (window)": {"policy": "snapkv"},
