@@ -116,9 +116,13 @@ class KVConfig(BaseModel):
     sink_tokens: int = Field(default=4, ge=0, le=1024, description="first tokens always kept (attention sinks)")
     window: int = Field(default=16, ge=0, le=8192, description="protected recent tokens")
 
-    scoring: Literal["window", "prompt"] = Field(
-        default="window", description="queries that score the cache: the context's last window, or a prompt"
+    scoring: Literal["window", "prompt", "reconstruct"] = Field(
+        default="window", description="queries that score the cache: the context's last window, a prompt, or "
+        "a pass that reproduces the context (KVzip), each run as queries only and never stored"
     )
+    reconstruction_chunk: int = Field(
+        default=2048, ge=16, le=65536, description='`scoring="reconstruct"`: context tokens reproduced per '
+        "reconstruction pass (a prefill block is reproduced in chunks of at most this size)")
     scoring_prompt: str = Field(default=DEFAULT_SCORING_PROMPT, description='the prompt run as scoring queries when '
                                 '`scoring="prompt"` (never stored in the cache)')
 
@@ -172,6 +176,9 @@ class KVConfig(BaseModel):
                 f"budget={self.budget} and compression_ratio={self.compression_ratio}: "
                 "set only one of them"
             )
+        if self.layer_allocation == "global" and self.decode_interval:
+            problems.append(f"layer_allocation='global' splits the budget over layers at prefill; "
+                            f"decode_interval={self.decode_interval} (eviction while decoding) does not go with it")
         if self.scoring == "prompt" and not self.scoring_prompt.strip():
             problems.append("scoring='prompt': scoring_prompt must not be empty")
         if problems:

@@ -24,8 +24,12 @@ EXCHANGE_KWARG = "kvpilot_exchange"
 class StatsRequest:
     """Which attention statistics the attention function must compute for one layer and forward.
 
-    kind: "scoring" (replace or add to the scoring mass) or "accumulated" (H2O sums).
-    The queries are ``query[:, :, q_start:]``; the keys are ``key[:, :, :key_stop]``.
+    kind: "scoring" (replace or combine with the scoring mass) or "accumulated" (H2O sums).
+    The queries are ``query[:, :, q_start:]``; the keys are ``key[:, :, :key_stop]``. reduce: how each key's
+    weights from those queries combine ("sum", "mean", "max"); accumulate: combine with what earlier
+    forwards recorded (added, or the maximum for "max"). restrict: only the past slots whose logical
+    positions fall in [start, stop) (plus the sinks) compete in the softmax, the scoring queries' own keys
+    too (a reconstruction pass); record_stop: how many leading keys are cached slots whose scores are kept.
     """
 
     kind: str
@@ -33,6 +37,9 @@ class StatsRequest:
     key_stop: int
     causal: bool
     accumulate: bool = False
+    reduce: str = "sum"
+    restrict: tuple[int, int] | None = None
+    record_stop: int | None = None
 
 
 class LayerSide(Protocol):
@@ -43,6 +50,7 @@ class LayerSide(Protocol):
     def key_valid(self, key_len: int) -> torch.Tensor | None: ...
     def record_stats(self, req: StatsRequest, key_mass: torch.Tensor, group: int, q_len: int) -> None: ...
     def record_query_moments(self, queries_pre_rope: torch.Tensor) -> None: ...
+    def restrict_mask(self, positions: tuple[int, int], sinks: int) -> torch.Tensor: ...
 
 
 class CacheSide(Protocol):
@@ -79,6 +87,19 @@ class ForwardExchange:
     def key_valid(self) -> torch.Tensor | None:
         """[H_kv, n_keys] validity of the keys the attention sees (None: all valid)."""
         return self.layer.key_valid(self.n_keys)
+
+    def stats_key_valid(self, valid: torch.Tensor | None) -> torch.Tensor | None:
+        """[1, H_kv, key_stop] keys that compete in the statistics' softmax (None: all of them)."""
+        req = self.stats_request
+        assert req is not None
+        if req.restrict is None:
+            return None if valid is None else valid[None, :, : req.key_stop]
+        past = self.layer.restrict_mask(req.restrict, self.cache.config.sink_tokens)  # [H_kv, n_past]
+        own = past.new_ones(past.shape[0], req.key_stop - past.shape[1])
+        mask = torch.cat([past, own], dim=-1)
+        if valid is not None:
+            mask &= valid[:, : req.key_stop]
+        return mask[None]
 
     def record_stats(self, key_mass: torch.Tensor) -> None:
         """``key_mass`` [H_kv, n]: attention mass per key, summed over the requested queries and GQA group."""

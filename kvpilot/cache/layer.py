@@ -135,6 +135,8 @@ class ManagedLayer(CacheLayerMixin):
         every old key was seen by all ``q_len`` new queries, the new keys by the causal rest.
         """
         st = self.stats
+        if req.record_stop is not None:
+            key_mass = key_mass[:, : req.record_stop]
         n = key_mass.shape[-1]
         if req.kind == "accumulated":
             q = q_len
@@ -148,9 +150,16 @@ class ManagedLayer(CacheLayerMixin):
             return
         if req.accumulate and st.scoring_mass is not None:
             prev = torch.nn.functional.pad(st.scoring_mass, (0, max(0, n - st.scoring_mass.shape[-1])))
-            st.scoring_mass = prev[:, :n] + key_mass
+            st.scoring_mass = torch.maximum(prev[:, :n], key_mass) if req.reduce == "max" else prev[:, :n] + key_mass
         else:
             st.scoring_mass = key_mass
+
+    def restrict_mask(self, positions: tuple[int, int], sinks: int) -> torch.Tensor:
+        """[H_kv, n] slots whose logical position is a sink or lies in [start, stop) (and is not padding)."""
+        assert self.positions is not None
+        start, stop = positions
+        mask = (self.positions < sinks) | ((self.positions >= start) & (self.positions < stop))
+        return mask if self.valid is None else mask & self.valid
 
     def record_query_moments(self, queries_pre_rope: torch.Tensor) -> None:
         """Accumulate first and second moments of pre-RoPE queries [H, q, d] (Expected Attention)."""
@@ -171,6 +180,21 @@ class ManagedLayer(CacheLayerMixin):
 
     def kept_per_head(self) -> list[int]:
         return self.valid_mask().sum(dim=-1).tolist() if self.positions is not None else []
+
+    def candidate_scores(
+        self, budget: int, config: KVConfig, policy: Any, *, num_heads: int, rope: RopeInfo | None
+    ) -> tuple[torch.Tensor, int, int]:
+        """This layer's scores with protected and padding slots at -inf, the protected count per head and the
+        valid slots per head (the smallest over heads): what a cross-layer allocator weighs."""
+        assert self.positions is not None and self.keys is not None and self.values is not None
+        valid = self.valid_mask()
+        inputs = ScoringInputs(layer_idx=self.layer_idx, keys=self.keys[0], values=self.values[0],
+                               positions=self.positions, valid=valid, seen=self.seen, num_heads=num_heads,
+                               config=config, stats=self.stats, rope=rope)
+        scores = policy.score(inputs)
+        protected = protected_slots(self.positions, valid, self.seen, config.sink_tokens, config.window, budget)
+        masked = scores.float().masked_fill(protected | ~valid, float("-inf"))
+        return masked, int(protected.sum(dim=-1).max()), int(valid.sum(dim=-1).min())
 
     def evict(
         self,
@@ -208,9 +232,10 @@ class ManagedLayer(CacheLayerMixin):
         if per_head == kept_now:
             return 0
         keep = keep_indices(scores, valid, protected, per_head, units_of(self.positions), config.unit_pooling)
-        return self.compact(keep)
+        # reconstruction scores each block's own tokens once: the kept tokens keep theirs for later blocks
+        return self.compact(keep, keep_scores=config.scoring == "reconstruct")
 
-    def compact(self, keep: list[torch.Tensor]) -> int:
+    def compact(self, keep: list[torch.Tensor], keep_scores: bool = False) -> int:
         """Keep only the given slot indices per head (sorted), padding heads to the longest. Returns evicted."""
         assert self.keys is not None and self.values is not None and self.positions is not None
         before = int(self.valid_mask().sum())
@@ -232,7 +257,8 @@ class ManagedLayer(CacheLayerMixin):
             self.valid = torch.arange(width, device=self.device)[None, :] < lens
         self._buffers.clear()
         self.stats.gather(index)
-        self.stats.scoring_mass = None
+        if not keep_scores:
+            self.stats.scoring_mass = None
         evicted = before - sum(lengths)
         self.evicted_total += evicted
         self._account()

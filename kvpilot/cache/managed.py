@@ -24,7 +24,7 @@ from kvpilot.cache.exchange import EXCHANGE_KWARG, ForwardExchange, StatsRequest
 from kvpilot.cache.layer import ManagedLayer
 from kvpilot.config import KVConfig
 from kvpilot.policies.base import RopeInfo, make_policy
-from kvpilot.policies.layers import layer_budgets
+from kvpilot.policies.layers import average_budget, layer_budgets, make_layer_allocator
 
 UNIT_SINGLETON_OFFSET = 1 << 40  # unit id of a token that belongs to no registered unit
 
@@ -61,6 +61,7 @@ class ManagedCache(Cache):
         self._auto_evict = True
         self._defer_prompt_scoring = False
         self._scoring_pass = False
+        self._restrict: tuple[int, int] | None = None
         self._units = torch.full((0,), -1, dtype=torch.long)
         self._bytes = 0
         self.peak_bytes = 0
@@ -132,15 +133,21 @@ class ManagedCache(Cache):
             self._defer_prompt_scoring = previous
 
     @contextlib.contextmanager
-    def scoring_pass(self) -> Iterator[None]:
-        """Run a forward whose tokens act only as scoring queries and leave no trace in the cache."""
+    def scoring_pass(self, restrict: tuple[int, int] | None = None) -> Iterator[None]:
+        """Run a forward whose tokens act only as scoring queries and leave no trace in the cache.
+
+        ``restrict`` (a reconstruction pass): only the sinks and the slots at logical positions
+        [start, stop) compete with the queries' own keys, and what they get combines with earlier passes.
+        """
         self._scoring_pass = True
+        self._restrict = restrict
         for layer in self.layers:
             layer.scoring_past = 0
         try:
             yield
         finally:
             self._scoring_pass = False
+            self._restrict = None
             for layer in self.layers:
                 layer.scoring_past = -1
 
@@ -179,18 +186,22 @@ class ManagedCache(Cache):
         needs = self.policy.stats
         if not self._compresses or needs in ("none", "queries"):
             return None
+        reduce = self.policy.reduce
         if layer.scoring_past >= 0:
-            return StatsRequest("scoring", 0, layer.scoring_past, causal=False)
+            if self._restrict is not None:
+                return StatsRequest("scoring", 0, key_len, causal=True, accumulate=True, reduce=reduce,
+                                    restrict=self._restrict, record_stop=layer.scoring_past)
+            return StatsRequest("scoring", 0, layer.scoring_past, causal=False, reduce=reduce)
         if q_len == 1 and not self._config.decode_interval:
             return None  # nothing will ever be evicted during decode: skip the work
-        if q_len > 1 and self._config.scoring == "prompt" and self._defer_prompt_scoring:
-            return None  # the scoring prompt will provide the scores
+        if q_len > 1 and self._config.scoring != "window" and self._defer_prompt_scoring:
+            return None  # the scoring prompt or the reconstruction will provide the scores
         if needs == "accumulated" and self._config.scoring == "window":
             return StatsRequest("accumulated", 0, key_len, causal=True, accumulate=True)
         if self.policy.last_query_only:
             return StatsRequest("scoring", q_len - 1, key_len, causal=True)
         window = min(self.policy.observation_window, q_len)
-        return StatsRequest("scoring", q_len - window, key_len, causal=True, accumulate=q_len == 1)
+        return StatsRequest("scoring", q_len - window, key_len, causal=True, accumulate=q_len == 1, reduce=reduce)
 
     def wants_query_moments(self, layer: ManagedLayer, q_len: int) -> bool:
         return (
@@ -205,13 +216,13 @@ class ManagedCache(Cache):
         if layer.scoring_past >= 0 or not self._auto_evict or not self._compresses:
             return
         if q_len > 1:
-            if self._config.scoring == "prompt":
-                if self._defer_prompt_scoring:
-                    return
+            if self._defer_prompt_scoring:
+                return  # the caller evicts every layer once its scoring queries have run
+            if self._config.scoring != "window":
                 if not self._warned_prompt_fallback:
                     warnings.warn(
-                        "scoring='prompt' needs kvpilot's prefill (kvpilot.engine.prefill) to run the scoring "
-                        "prompt; this forward was scored by its own last window instead",
+                        f"scoring={self._config.scoring!r} needs kvpilot's prefill (kvpilot.engine.prefill) to run "
+                        "its scoring queries; this forward was scored by its own last window instead",
                         stacklevel=2,
                     )
                     self._warned_prompt_fallback = True
@@ -229,16 +240,41 @@ class ManagedCache(Cache):
         return layer_budgets(self._config, self.shape.num_layers, max(1, self.seen_tokens))
 
     def evict(self) -> int:
-        """Evict every layer down to its budget now; returns the number of slots evicted."""
-        return sum(self.evict_layer(i) for i in range(len(self.layers)))
+        """Evict every layer down to its budget now; returns the number of slots evicted.
 
-    def evict_layer(self, layer_idx: int) -> int:
-        """Evict one layer down to its budget; an attached observer is told what it cost."""
+        With an allocator that needs scores (``layer_allocation="global"``) the layers' budgets are decided
+        here, together, from every layer's scores."""
+        budgets: list[int | None] = [None] * len(self.layers)
+        allocator = make_layer_allocator(self._config)
+        if allocator.needs_scores and self._compresses and self.layers[0].positions is not None:
+            budgets = list(self._scored_budgets(allocator))
+        return sum(self.evict_layer(i, budget=b) for i, b in enumerate(budgets))
+
+    @property
+    def evicts_all_layers_at_once(self) -> bool:
+        """True when eviction must wait for every layer's scores (the prefill then calls `evict()`)."""
+        return self._compresses and make_layer_allocator(self._config).needs_scores
+
+    def _scored_budgets(self, allocator: Any) -> list[int]:
+        seen = self.seen_tokens
+        avg = average_budget(self._config, seen)
+        candidates, protected, available = [], [], []
+        for layer in self.layers:
+            scores, n_protected, n_valid = layer.candidate_scores(
+                avg, self._config, self.policy, num_heads=self.shape.num_heads, rope=self.rope)
+            candidates.append(scores)
+            protected.append(n_protected)
+            available.append(n_valid)
+        return allocator.from_scores(avg, candidates, protected, available)
+
+    def evict_layer(self, layer_idx: int, budget: int | None = None) -> int:
+        """Evict one layer down to its budget (the allocator's, unless given); an observer hears the cost."""
         layer = self.layers[layer_idx]
         if layer.positions is None or not self._compresses:
             return 0
         t0 = time.perf_counter()
-        budget = layer_budgets(self._config, self.shape.num_layers, layer.seen)[layer_idx]
+        if budget is None:
+            budget = layer_budgets(self._config, self.shape.num_layers, layer.seen)[layer_idx]
         before = layer.nbytes
         evicted = layer.evict(budget, self._config, self.policy, num_heads=self.shape.num_heads,
                               rope=self.rope, units_of=self.units_of)

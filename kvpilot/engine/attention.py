@@ -76,13 +76,13 @@ def kvpilot_attention(
                                              enable_gqa=group > 1)
     req = ex.stats_request
     if req is not None:
-        kv = None if valid is None else valid[None, :, : req.key_stop]
         st = attention_stats(
             query[:, :, req.q_start :],
             key[:, :, : req.key_stop],
             scaling=scaling,
             causal=req.causal,
-            key_valid=kv,
+            key_valid=ex.stats_key_valid(valid),
+            reduce=req.reduce,
         )
         ex.record_stats(st.key_mass[0])
     cache = ex.cache

@@ -105,7 +105,8 @@ class Engine:
         self._pending: KVConfig | None = None
         self._lock = threading.Lock()
         self.observer: Any = None  # a probe attached by kvpilot.attach (on_attention, on_evict)
-        self.request_hooks: list = []  # callables(result) run after each request
+        self.request_hooks: list = []
+        self._turn_ends: dict[str, list[int]] = {}  # callables(result) run after each request
 
     @classmethod
     def load(cls, model: str | None = None, config: KVConfig | None = None, **kwargs) -> Engine:
@@ -160,8 +161,32 @@ class Engine:
         cfg = cache.config
         units = unit_ids(self.tokenizer, context_ids, cfg.granularity, first_unit=cache.seen_tokens)
         scoring = self.encode(cfg.scoring_prompt) if cfg.scoring == "prompt" else None
+        reconstruction = self.reconstruction_queries if cfg.scoring == "reconstruct" else None
         with torch.inference_mode():
-            return prefill(self.model, cache, context_ids, unit_ids=units, scoring_ids=scoring)
+            return prefill(self.model, cache, context_ids, unit_ids=units, scoring_ids=scoring,
+                           reconstruction=reconstruction)
+
+    def reconstruction_queries(self, piece: Sequence[int], before: Sequence[int]) -> list[int]:
+        """KVzip's reconstruction input for ``piece``: an instruction to repeat the context (quoting the
+        tokens just ``before`` it, if any), the chat template's end of the user turn and start of the
+        assistant's, then ``piece`` itself: the model reproducing it reads what it needs from the cache."""
+        if self.tokenizer is None:
+            raise ValueError("scoring='reconstruct' needs the engine's tokenizer (the chat template's turn markers)")
+        if before:
+            quoted = self.tokenizer.decode(list(before), skip_special_tokens=True)
+            instruction = f"Repeat the part of the previous context exactly, starting with {quoted}"
+        else:
+            instruction = "Repeat the previous context exactly."
+        return self._turn_end(instruction) + list(piece)
+
+    def _turn_end(self, instruction: str) -> list[int]:
+        """Tokens of ``instruction`` closing the user's turn and opening the assistant's (cached per text)."""
+        cached = self._turn_ends.get(instruction)
+        if cached is None:
+            cached = chat_parts(self.tokenizer, "x", instruction).question_ids
+            if len(self._turn_ends) < 4096:
+                self._turn_ends[instruction] = cached
+        return list(cached)
 
     def generate(self, prompt: str, max_new_tokens: int = 32, chat: bool = True) -> GenerationResult:
         """Answer one prompt (compressing it as a whole, i.e. query-aware)."""

@@ -8,12 +8,16 @@ after each, so a layer never holds more than its budget plus one block.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from kvpilot.cache.managed import ManagedCache
+
+RECONSTRUCTION_TAIL = 8  # tokens before a chunk that its reconstruction instruction quotes (KVzip)
+# (chunk tokens, the tokens just before it) -> the reconstruction queries for that chunk
+Reconstruction = Callable[[Sequence[int], Sequence[int]], list[int]]
 
 
 @dataclass
@@ -46,12 +50,17 @@ def prefill(
     *,
     unit_ids: Sequence[int] | None = None,
     scoring_ids: Sequence[int] | None = None,
+    reconstruction: Reconstruction | None = None,
 ) -> torch.Tensor:
     """Feed a prompt under the cache's config; returns the last position's logits [vocab].
 
     With ``prefill_block_size`` the prompt goes in blocks with eviction after each; with
     ``scoring='prompt'`` the scoring prompt runs after each block as queries only (never stored) and its
-    attention decides what is kept.
+    attention decides what is kept. With ``scoring='reconstruct'`` each block is reproduced instead, in
+    chunks of at most ``reconstruction_chunk`` tokens: ``reconstruction(piece, before)`` gives the queries
+    that reproduce ``piece`` (``before``: the tokens just before it, empty at the start of the context), and
+    each chunk's tokens are scored by the attention of the queries that reproduce them (KVzip). Scoring a
+    block as it arrives keeps the peak at budget + block.
     """
     cfg = cache.config
     ids = list(ids)
@@ -59,16 +68,34 @@ def prefill(
         raise ValueError("cannot prefill an empty prompt")
     block = cfg.prefill_block_size or len(ids)
     use_prompt = cfg.scoring == "prompt" and cfg.compresses and scoring_ids is not None
+    use_reconstruction = cfg.scoring == "reconstruct" and cfg.compresses and reconstruction is not None
     logits: torch.Tensor | None = None
     for start in range(0, len(ids), block):
         chunk = ids[start : start + block]
         if unit_ids is not None:
             cache.set_units(cache.seen_tokens, torch.as_tensor(unit_ids[start : start + block]))
-        if use_prompt:
+        if use_reconstruction:
+            assert reconstruction is not None
+            first = cache.seen_tokens
+            with cache.prompt_scoring_driven():
+                logits = forward(model, cache, chunk)
+            step = cfg.reconstruction_chunk
+            for offset in range(0, len(chunk), step):
+                piece = chunk[offset : offset + step]
+                at = start + offset
+                queries = reconstruction(piece, ids[max(0, at - RECONSTRUCTION_TAIL) : at] if at else [])
+                with cache.scoring_pass(restrict=(first + offset, first + offset + len(piece))):
+                    forward(model, cache, queries)
+            cache.evict()
+        elif use_prompt:
             with cache.prompt_scoring_driven():
                 logits = forward(model, cache, chunk)
             with cache.scoring_pass():
                 forward(model, cache, scoring_ids)  # type: ignore[arg-type]  # checked in use_prompt
+            cache.evict()
+        elif cache.evicts_all_layers_at_once:  # a cross-layer allocator weighs every layer's scores together
+            with cache.prompt_scoring_driven():
+                logits = forward(model, cache, chunk)
             cache.evict()
         else:
             logits = forward(model, cache, chunk)

@@ -9,8 +9,11 @@ the mean row entropy per head. Softmax and accumulation are done in fp32.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+Reduce = Literal["sum", "mean", "max"]
 
 
 @dataclass
@@ -70,8 +73,14 @@ def attention_stats_reference(
     key_valid: torch.Tensor | None = None,
     need_output: bool = False,
     query_chunk: int = 256,
+    reduce: Reduce = "sum",
 ) -> AttentionStats:
     """Attention statistics for ``query`` [b, H, q, d] over ``key``/``value`` [b, H_kv, n, d].
+
+    ``reduce`` says how a key's attention from many queries becomes one number: "sum" (the mass),
+    "mean" (the mass over the number of queries) or "max" (the largest weight any one query, and any
+    query head of the GQA group, gave it: KVzip's and EpiCache's score, one query that needs a pair is
+    enough to keep it).
 
     ``key_valid`` [b, H_kv, n] bool excludes padding slots. Every query row must see at least one key.
     Per chunk of ``query_chunk`` queries it holds one [H, chunk, n] fp32 block (and a few
@@ -114,10 +123,19 @@ def attention_stats_reference(
         if valid is not None:
             logits.masked_fill_(~valid[..., :n_vis], float("-inf"))
         p = torch.softmax(logits, dim=-1)
-        head_mass[..., :n_vis] += p.sum(dim=3).view(b, h, n_vis)
+        if reduce == "max":
+            torch.maximum(head_mass[..., :n_vis], p.amax(dim=3).view(b, h, n_vis), out=head_mass[..., :n_vis])
+        else:
+            head_mass[..., :n_vis] += p.sum(dim=3).view(b, h, n_vis)
         entropy += torch.special.entr(p).sum(dim=(-1, -2)).view(b, h)  # entr(p) = -p log p, 0 at p = 0
         if out is not None and v32 is not None:
             o = torch.matmul(p.view(b, h_kv, group * rows, n_vis), v32[:, :, :n_vis])
             out[:, :, start:stop] = o.view(b, h, rows, -1).to(query.dtype)
-    key_mass = head_mass.view(b, h_kv, group, n).sum(dim=2)
+    if reduce == "max":
+        key_mass = head_mass.view(b, h_kv, group, n).amax(dim=2)
+    elif reduce == "mean":
+        head_mass /= max(q_len, 1)
+        key_mass = head_mass.view(b, h_kv, group, n).sum(dim=2) / group
+    else:
+        key_mass = head_mass.view(b, h_kv, group, n).sum(dim=2)
     return AttentionStats(head_mass, key_mass, entropy / max(q_len, 1), out, q_len)

@@ -126,13 +126,16 @@ class Policy(Plugin):
     window / last query / scoring prompt), "accumulated" (every query, H2O) or "queries" (query moments,
     Expected Attention). last_query_only: score with the last query alone (TOVA). evicts: False for the
     uncompressed baseline. observation_window: how many last queries score the cache (a policy that owns the
-    knob declares it as a parameter).
+    knob declares it as a parameter). reduce: "sum" (attention mass, SnapKV/H2O), "mean" or "max" (the
+    largest weight any one query and query head gave a key: KVzip, EpiCache); a policy that lets users choose
+    declares it as a parameter.
     """
 
     stats: ClassVar[Stats] = "none"
     last_query_only: ClassVar[bool] = False
     evicts: ClassVar[bool] = True
     observation_window: int = DEFAULT_OBSERVATION_WINDOW
+    reduce: str = "sum"  # how a key's weights from many scoring queries combine: sum, mean or max
 
     def score(self, inp: ScoringInputs) -> torch.Tensor:
         raise NotImplementedError

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from kvpilot.plugins import Plugin, Registry, param
 
@@ -24,6 +24,7 @@ class LayerAllocator(Plugin):
     """
 
     absolute: ClassVar[bool] = False
+    needs_scores: ClassVar[bool] = False  # budgets come from the policy's scores (`from_scores`), at eviction
 
     def allocate(self, config: ConfigView, num_layers: int, seen: int) -> list[int]:
         """Tokens kept per KV head in each layer, each in [1, seen]."""
@@ -89,6 +90,51 @@ class ExplicitLayers(LayerAllocator):
 
     def allocate(self, config: ConfigView, num_layers: int, seen: int) -> list[int]:
         return [max(1, min(seen, b)) for b in self.budgets]
+
+
+@LAYER_ALLOCATORS.register
+@dataclass(frozen=True)
+class GlobalLayers(LayerAllocator):
+    """KVzip's non-uniform budgets: the layers compete for one total, each slot by its score.
+
+    The cache evicts every layer at once (after the scoring queries of a block have run) and asks
+    `from_scores` how the total splits; the KV heads of a layer keep the same number of tokens, so no head
+    is padded and every byte saved is freed. Without scores (the dashboard's budget view) it is uniform.
+    """
+
+    name = "global"
+    description = "KVzip: one top-k over every layer's scores decides how many tokens each layer keeps"
+    needs_scores = True
+
+    floor: float = param(0.0, low=0.0, high=1.0, description="smallest budget of a layer, as a fraction of "
+                         "the average (0: a layer may keep only its sinks and window)")
+
+    def from_scores(self, avg: int, candidates: list[Any], protected: list[int], available: list[int]) -> list[int]:
+        """Per-layer budgets (tokens per KV head) summing to ``avg * layers`` where the slots allow.
+
+        ``candidates[l]`` [H_kv, n_l]: layer l's scores, -inf where a slot is protected or padding;
+        ``protected[l]``: slots per head layer l keeps anyway; ``available[l]``: valid slots per head. The
+        k-th extra slot of a layer is worth the mean over its heads of their k-th best score: the global
+        top-k over those values, with heads kept equal within a layer.
+        """
+        import torch
+
+        budgets = [min(a, max(p, math.ceil(avg * self.floor))) for p, a in zip(protected, available, strict=True)]
+        left = avg * len(candidates) - sum(budgets)
+        if left <= 0:
+            return budgets
+        values, owners = [], []
+        for layer, (scores, b, p) in enumerate(zip(candidates, budgets, protected, strict=True)):
+            ranked = scores.float().sort(dim=-1, descending=True).values.mean(dim=0)  # [n_l]
+            extra = ranked[b - p :]
+            extra = extra[torch.isfinite(extra)]
+            values.append(extra)
+            owners.append(torch.full((extra.numel(),), layer, dtype=torch.long))
+        pooled, who = torch.cat(values), torch.cat(owners)
+        won = who[pooled.topk(min(left, pooled.numel())).indices]
+        for layer, count in enumerate(torch.bincount(won, minlength=len(candidates)).tolist()):
+            budgets[layer] = min(available[layer], budgets[layer] + count)
+        return budgets
 
 
 def make_layer_allocator(config: ConfigView) -> LayerAllocator:

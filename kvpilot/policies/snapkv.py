@@ -35,6 +35,9 @@ class SnapKVPolicy(Policy):
                                                    description="smoothing of scores over neighbouring keys")
     pooling_kernel: int = param(5, low=1, high=63, check=_odd, legacy="pooling_kernel",
                                 description="width of the pooling window (odd)")
+    reduce: Literal["sum", "mean", "max"] = param(
+        "sum", description="how a key's weights from the scoring queries combine: the mass (the paper), the "
+        "mean, or the largest weight any one query gave it")
 
     def score(self, inp: ScoringInputs) -> torch.Tensor:
         import torch.nn.functional as F

@@ -19,9 +19,15 @@ MODES: dict[str, dict[str, Any]] = {
     "block-wise": {"prefill_block_size": 16},
     "decode-evict": {"decode_interval": 1},
     "scoring-prompt": {"scoring": "prompt", "scoring_prompt": "Summarise the facts."},
+    "reconstruct-blocks": {"scoring": "reconstruct", "prefill_block_size": 32, "reconstruction_chunk": 16},
     "adaptive-heads": {"head_allocation": "adaptive"},
     "turn-units": {"granularity": "chunk", "chunk_size": 5},
 }
+
+
+def toy_reconstruction(piece, before) -> list[int]:
+    """A reconstruction input for a model without a tokenizer: two instruction tokens, the quote, the piece."""
+    return [9, 10, *before, *piece]
 
 
 def assert_zero_compression_exact(model, policy: str, mode: str, policy_params: dict[str, Any] | None = None) -> None:
@@ -30,7 +36,7 @@ def assert_zero_compression_exact(model, policy: str, mode: str, policy_params: 
     cont = torch.randint(3, 128, (6,), generator=gen).tolist()
     cfg = KVConfig(policy=policy, policy_params=policy_params or {}, budget=100_000, **MODES[mode])
     scoring = [5, 6, 7, 8] if cfg.scoring == "prompt" else None
-    got, cache = managed_logits(model, cfg, ids, cont, scoring)
+    got, cache = managed_logits(model, cfg, ids, cont, scoring, reconstruction=toy_reconstruction)
     ref = reference_logits(model, ids, cont)
     assert (got - ref).abs().max().item() < 1e-4, (policy, mode)
     assert cache.seen_tokens == len(ids) + len(cont) - 1

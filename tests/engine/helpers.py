@@ -16,10 +16,10 @@ def reference_logits(model, ids: list[int], cont: list[int]) -> torch.Tensor:
     return out.logits[0, len(ids) - 1 : -1].float()
 
 
-def managed_logits(model, config: KVConfig, ids: list[int], cont: list[int], scoring_ids=None):
-    """Logits through the managed cache: prefill (blocks, scoring prompt) then teacher-forced decode."""
+def managed_logits(model, config: KVConfig, ids: list[int], cont: list[int], scoring_ids=None, reconstruction=None):
+    """Logits through the managed cache: prefill (blocks, scoring prompt, reconstruction) then teacher-forced decode."""
     cache = ManagedCache.for_model(model, config)
     with torch.inference_mode():
-        first = prefill(model, cache, ids, scoring_ids=scoring_ids)
+        first = prefill(model, cache, ids, scoring_ids=scoring_ids, reconstruction=reconstruction)
         dec = greedy_decode(model, cache, first, len(cont), forced=cont)
     return torch.stack(dec.step_logits), cache

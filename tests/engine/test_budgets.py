@@ -151,3 +151,62 @@ def test_layer_budgets_are_torch_free():
             "assert 'torch' not in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert sum(eval(out)) == 120
+
+
+def test_reconstruction_scores_each_block_and_keeps_the_peak_within_budget_plus_block(tiny_model):
+    """KVzip's reconstruction composed with block-wise prefill: every block is reproduced as it arrives,
+    scored (max over queries), evicted; the reconstruction queries are never stored."""
+    from tests.engine.exactness import toy_reconstruction
+
+    budget, block = 32, 24
+    cfg = KVConfig(policy="kvzip", budget=budget, prefill_block_size=block, scoring="reconstruct",
+                   reconstruction_chunk=16)
+    cache = ManagedCache.for_model(tiny_model, cfg)
+    ids = torch.randint(3, 128, (N,), generator=torch.Generator().manual_seed(3)).tolist()
+    calls = []
+
+    def reconstruction(piece, before):
+        calls.append((len(piece), len(before)))
+        return toy_reconstruction(piece, before)
+
+    with torch.inference_mode():
+        prefill(tiny_model, cache, ids, reconstruction=reconstruction)
+    per_token = 2 * 2 * 16 * 4
+    assert cache.seen_tokens == N  # the reconstruction queries left no slot behind
+    for peak in cache.layer_peak_bytes:
+        assert peak <= (budget + block) * per_token
+    assert all(k <= budget for kept in cache.kept_tokens() for k in kept)
+    # blocks of 24 in chunks of at most 16: the first chunk quotes nothing, every later one the 8 tokens before it
+    assert calls[0] == (16, 0) and all(before == 8 for _, before in calls[1:])
+    assert sum(n for n, _ in calls) == N
+
+
+@pytest.mark.parametrize("scoring", ["window", "reconstruct"])
+def test_global_selection_holds_exactly_the_requested_total_without_padding(tiny_model, scoring):
+    """KVzip's global budgets: layers keep different numbers of tokens, the total is exactly L x budget, and
+    the heads of a layer stay equal, so nothing is padded and the bytes held are what was asked for."""
+    from tests.engine.exactness import toy_reconstruction
+
+    budget = 30
+    cfg = KVConfig(policy="kvzip", budget=budget, layer_allocation="global", scoring=scoring)
+    cache = ManagedCache.for_model(tiny_model, cfg)
+    ids = torch.randint(3, 128, (N,), generator=torch.Generator().manual_seed(3)).tolist()
+    with torch.inference_mode():
+        prefill(tiny_model, cache, ids, reconstruction=toy_reconstruction)
+    kept = cache.kept_tokens()
+    per_layer = [k[0] for k in kept]
+    assert sum(per_layer) == budget * len(kept)
+    assert len(set(per_layer)) > 1  # the scores, not a schedule, decided
+    assert all(len(set(k)) == 1 for k in kept) and all(layer.valid is None for layer in cache.layers)
+    per_token = 2 * 16 * 4  # one KV head's K and V slot: head_dim 16, fp32
+    assert cache.physical_bytes == sum(per_layer) * 2 * per_token  # 2 KV heads, no padding
+
+
+def test_global_layers_floor_and_cap():
+    import torch as t
+
+    from kvpilot.policies.layers import GlobalLayers
+
+    strong, weak = t.tensor([[5.0, 4.0, 3.0, 2.0]]), t.tensor([[0.1, 0.1, 0.1, 0.1]])
+    assert GlobalLayers().from_scores(3, [strong, weak], [1, 1], [5, 5]) == [5, 1]
+    assert GlobalLayers(floor=0.9).from_scores(3, [strong, weak], [1, 1], [5, 5]) == [3, 3]

@@ -81,14 +81,14 @@ OLD_JSON = {
 
 def test_flat_legacy_keywords_move_into_the_plugins_params():
     cfg = KVConfig(policy="snapkv", compression_ratio=0.75, pooling="max", observation_window=16)
-    assert cfg.policy_params == {"observation_window": 16, "pooling": "max", "pooling_kernel": 5}
+    assert cfg.policy_params == {"observation_window": 16, "pooling": "max", "pooling_kernel": 5, "reduce": "sum"}
     assert cfg == KVConfig(policy="snapkv", compression_ratio=0.75,
                            policy_params={"pooling": "max", "observation_window": 16})
 
 
 def test_old_stored_json_still_parses_with_the_same_meaning():
     cfg = KVConfig.parse(json.dumps(OLD_JSON))
-    assert cfg.policy_params == {"observation_window": 16, "pooling": "max", "pooling_kernel": 7}
+    assert cfg.policy_params == {"observation_window": 16, "pooling": "max", "pooling_kernel": 7, "reduce": "sum"}
     assert cfg.layer_allocation_params == {"beta": 4.0}
     assert cfg.head_allocation_params == {"alpha": 0.3}
     assert cfg.session_ttl_params == {"memory_price": 2e-9, "max_ttl_s": 120.0}  # the old 0 meant 120 s
