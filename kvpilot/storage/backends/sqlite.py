@@ -58,7 +58,9 @@ class SQLiteBackend(Backend):
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see module docstring)
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout={busy_ms}")
-            if not memory:
+            # Switching to WAL takes an exclusive lock; a file already in WAL (every file after its first
+            # open) is only read, so processes opening a busy store at once do not queue for that lock.
+            if not memory and str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
                 cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
