@@ -99,6 +99,18 @@ class QueryStore(EntityStore):
         )
         return list(conn.execute(q).scalars())
 
+    def _layer_conds(
+        self, conn: Connection, sc: Scope, level: Level, layers: Sequence[int] | None
+    ) -> list[ColumnElement[bool]] | None:
+        """The layer-stat filters every layer reader shares: owner and window, level, chosen layers."""
+        conds = self._owner_conds(conn, LS, sc)
+        if conds is None:
+            return None
+        conds += self._level(level)
+        if layers is not None:
+            conds.append(LS.c.layer.in_(list(layers)))
+        return conds
+
     @staticmethod
     def _level(level: Level) -> list[ColumnElement[bool]]:
         if level == "layer":
@@ -161,12 +173,9 @@ class QueryStore(EntityStore):
         sc = Scope.of(scope, **filters)
 
         def run(conn: Connection) -> list[LayerStat]:
-            conds = self._owner_conds(conn, LS, sc)
+            conds = self._layer_conds(conn, sc, level, layers)
             if conds is None:
                 return []
-            conds += self._level(level)
-            if layers is not None:
-                conds.append(LS.c.layer.in_(list(layers)))
             q = select(*LS.c).where(*conds).order_by(LS.c.ts, LS.c.id).limit(limit)
             return [LAYER_STATS.record_of(r) for r in conn.execute(q)]
 
@@ -183,12 +192,9 @@ class QueryStore(EntityStore):
         bucket = self._backend.time_bucket(LS.c.ts, sc.bucket_s(DEFAULT_POINTS, bucket_s)).label("bucket")
 
         def run(conn: Connection) -> list[LayerStatBucket]:
-            conds = self._owner_conds(conn, LS, sc)
+            conds = self._layer_conds(conn, sc, level, layers)
             if conds is None:
                 return []
-            conds += self._level(level)
-            if layers is not None:
-                conds.append(LS.c.layer.in_(list(layers)))
             q = (
                 select(bucket, LS.c.layer, LS.c.head, func.count(), *(func.avg(LS.c[m]) for m in LAYER_METRICS))
                 .where(*conds)
