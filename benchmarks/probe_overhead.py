@@ -35,44 +35,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import random_llama_engine  # noqa: E402
+
 from kvpilot.attach import attach  # noqa: E402
 from kvpilot.config import KVConfig  # noqa: E402
 from kvpilot.engine import Engine  # noqa: E402
 from kvpilot.probes import SamplingPolicy  # noqa: E402
-
-
-class _IdsTokenizer:
-    """Engine.run needs only EOS ids and decode; random-weight models get this (no EOS: fixed length)."""
-
-    eos_token_id = None
-    unk_token_id = 0
-
-    def convert_tokens_to_ids(self, token: str) -> int:
-        return 0
-
-    def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        return ""
-
-
-def llama3_8b_engine(device: str) -> Engine:
-    """Llama-3-8B shape (32 layers, 32 heads, 8 KV heads, d=128), random bf16 weights, kvpilot attention."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from kvpilot.engine.attention import ATTN_IMPLEMENTATION, register_attention
-
-    register_attention()
-    cfg = LlamaConfig(
-        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=32768,
-        rope_theta=500000.0, attn_implementation=ATTN_IMPLEMENTATION,
-    )
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):
-            model = LlamaForCausalLM(cfg)
-    finally:
-        torch.set_default_dtype(torch.float32)
-    return Engine(model.eval(), _IdsTokenizer())
 
 
 def environment(args: argparse.Namespace) -> dict:
@@ -129,7 +99,7 @@ def main() -> int:
     prompt_tokens = args.prompt_tokens or (4096 if args.device == "cuda" else 512)
     new_tokens = args.new_tokens or (256 if args.device == "cuda" else 64)
 
-    engine = Engine.load() if args.device == "cpu" else llama3_8b_engine("cuda")
+    engine = Engine.load() if args.device == "cpu" else random_llama_engine("llama3-8b", "cuda")
     model_desc = "bundled SmolLM2-135M fp32" if args.device == "cpu" else "Llama-3-8B shape, random bf16"
     engine.apply_config(KVConfig(policy=args.policy, compression_ratio=args.compression_ratio))
     vocab = engine.model.config.vocab_size

@@ -7,6 +7,7 @@ eager attention that materialises the weights (``output_attentions``).
 Methods (all compute the attention of ``q`` queries over ``n`` keys, GQA, causal bottom-right):
   triton_stats            Triton kernel: output + per-key mass + row entropy (one call)
   triton_stats_only       Triton kernel, statistics only (what runs next to SDPA)
+  triton_stats_only_max   the same with reduce="max" (KVzip's max over queries, reconstruction scoring)
   sdpa                    torch SDPA, output only, no statistics (the speed bar)
   sdpa+triton_stats_only  SDPA for the output, then the Triton statistics: the registered
                           attention function's path
@@ -111,6 +112,8 @@ def build_methods(use_triton: bool) -> dict[str, Callable]:
             q, k, v, scaling=s, need_output=True
         )
         methods["triton_stats_only"] = lambda q, k, v, s: attention_stats_triton(q, k, scaling=s)
+        # KVzip's score: the largest weight any query gave a key (reconstruction scoring's kernel call)
+        methods["triton_stats_only_max"] = lambda q, k, v, s: attention_stats_triton(q, k, scaling=s, reduce="max")
         methods["sdpa+triton_stats_only"] = lambda q, k, v, s: (
             _sdpa(q, k, v, s),
             attention_stats_triton(q, k, scaling=s),

@@ -82,8 +82,6 @@ def attention_stats(query, key, value=None, **kwargs) -> AttentionStats:
     """
     global _triton_error
     backend = kernel_backend(query, key, value if kwargs.get("need_output") else None)
-    if kwargs.get("reduce", "sum") != "sum":  # the Triton kernel sums; max and mean run in the reference
-        backend = "reference"
     if backend == "reference":
         return attention_stats_reference(query, key, value, **kwargs)
     fn = _load_triton()

@@ -10,7 +10,8 @@ from a query row needs that row's final log-sum-exp:
    per-split partial results are merged in torch, as in flash-decoding.
 2. ``_mass_kernel``, one program per (key block, batch*head): walks the query blocks that can see
    its keys, recomputes the logits, and sums ``p = exp(s - lse)`` over the queries into the key's
-   mass, plus each row's entropy term ``-p log p``. Every program owns its keys, so mass is written
+   mass (or keeps the largest ``p`` with ``reduce="max"``, KVzip's score), plus each row's entropy
+   term ``-p log p``. Every program owns its keys, so mass is written
    once, without atomics, and the result is deterministic.
 
 GQA maps query head ``h`` to KV head ``h // group``; keys are never repeated in memory. Logits
@@ -24,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kvpilot.kernels.reference import AttentionStats
+from kvpilot.kernels.reference import AttentionStats, Reduce
 
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
@@ -154,9 +155,10 @@ def _mass_kernel(
     s_ab, s_ah, s_an,
     s_eb, s_eh, s_en,
     H_KV, GROUP, Q_LEN, N_KEYS, D, scale_log2,
-    CAUSAL: tl.constexpr, HAS_VALID: tl.constexpr, PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_VALID: tl.constexpr, PRECISION: tl.constexpr, REDUCE_MAX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
+    # REDUCE_MAX: a key keeps the largest weight any one query gave it instead of the sum.
     # One program owns BLOCK_N keys of one KV head and walks every query head of its group, so
     # the K tile is loaded once and each key's mass is written once (no atomics).
     pid_n = tl.program_id(0)
@@ -204,7 +206,10 @@ def _mass_kernel(
             if CAUSAL:
                 allowed = allowed & (offs_n[None, :] <= offs_m[:, None] + offset)
             p = tl.exp2(tl.where(allowed, s - lse[:, None], float("-inf")))  # masked: exactly 0, no overflow
-            mass += tl.sum(p, 0)
+            if REDUCE_MAX:
+                mass = tl.maximum(mass, tl.max(p, 0))
+            else:
+                mass += tl.sum(p, 0)
             ent += tl.sum(p * tl.where(allowed, lse[:, None] - s, 0.0), 1)  # -p*log(p), in log2 units
         tl.store(MASS + b * s_ab + h * s_ah + (offs_n * s_an), mass, mask=offs_n < N_KEYS)
         tl.store(ENT + b * s_eb + h * s_eh + pid_n * s_en, tl.sum(ent, 0) * 0.6931471805599453)
@@ -280,6 +285,7 @@ def attention_stats_triton(
     num_splits: int | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
+    reduce: Reduce = "sum",
 ) -> AttentionStats:
     """Triton version of ``attention_stats_reference`` (same arguments and result).
 
@@ -288,6 +294,8 @@ def attention_stats_triton(
     the GPU's SM count). Rows that see no key get zero mass, zero entropy and a zero output.
     """
     del query_chunk
+    if reduce not in ("sum", "mean", "max"):
+        raise ValueError(f"reduce must be 'sum', 'mean' or 'max', got {reduce!r}")
     if need_output and value is None:
         raise ValueError("need_output=True requires value")
     value_t = value if value is not None else query  # never read without need_output
@@ -377,11 +385,17 @@ def attention_stats_triton(
         query, key, valid, lse, head_mass, ent_part,
         *query.stride(), *key.stride(), *vs, *lse.stride(), *head_mass.stride(), *ent_part.stride(),
         h_kv, group, q_len, n, d, scale_log2,
-        CAUSAL=causal, HAS_VALID=key_valid is not None, PRECISION=precision,
+        CAUSAL=causal, HAS_VALID=key_valid is not None, PRECISION=precision, REDUCE_MAX=reduce == "max",
         BLOCK_M=bm2, BLOCK_N=bn2, BLOCK_D=block_d,
         num_warps=warps2, num_stages=2, enable_fp_fusion=True,
     )  # fmt: skip
-    key_mass = head_mass.view(b, h_kv, group, n).sum(dim=2)
+    if reduce == "max":
+        key_mass = head_mass.view(b, h_kv, group, n).amax(dim=2)
+    elif reduce == "mean":
+        head_mass /= max(q_len, 1)
+        key_mass = head_mass.view(b, h_kv, group, n).sum(dim=2) / group
+    else:
+        key_mass = head_mass.view(b, h_kv, group, n).sum(dim=2)
     row_entropy = ent_part.sum(dim=2) / max(q_len, 1)
     return AttentionStats(head_mass, key_mass, row_entropy, out, q_len, backend="triton")
 

@@ -135,5 +135,12 @@ TRITON_CASES = [
     Case("fp16_d128_splits", 1, 8, 2, 24, 200, 128, dtype="float16", extra=(("num_splits", 2),)),
 ]
 
+# Shapes on which reduce="max"/"mean" are compared with the reference (GQA, padding, key splits).
+REDUCE_CASES = [
+    Case("reduce_gqa_pad", 1, 9, 3, 40, 100, 64, pad=True, need_output=False),
+    Case("reduce_noncausal_splits", 1, 8, 2, 24, 150, 32, causal=False, extra=(("num_splits", 3),)),
+    Case("reduce_q70", 1, 8, 2, 70, 110, 32, need_output=False),
+]
+
 # Output tolerance (max-norm relative) by input dtype: 16-bit runs cast p to 16 bits for P@V.
 OUTPUT_TOL = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 2e-2}

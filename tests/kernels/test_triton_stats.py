@@ -93,6 +93,28 @@ def test_dispatcher_forced_triton(interp_results):
     assert row["mass_sum"] == pytest.approx([8.0] * 4, abs=1e-5)
 
 
+def test_triton_interpreter_reduce_max_and_mean(interp_results):
+    row = interp_results["reduce"]
+    assert row["ok"], row.get("error")
+    assert set(row["max_abs_err"]) == {f"{c.name}/{r}" for c in sc.REDUCE_CASES for r in ("max", "mean")}
+    assert max(row["max_abs_err"].values()) < 1e-5, row["max_abs_err"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case", sc.REDUCE_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("reduce", ["max", "mean"])
+def test_triton_on_gpu_reduce_matches_reference(case, reduce):
+    from kvpilot.kernels.reference import attention_stats_reference
+    from kvpilot.kernels.triton_stats import attention_stats_triton
+
+    inputs = sc.make_inputs(case)
+    cuda = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    got = attention_stats_triton(**cuda, **dict(case.extra), reduce=reduce)
+    want = attention_stats_reference(**cuda, reduce=reduce)
+    torch.testing.assert_close(got.head_mass, want.head_mass, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got.key_mass, want.key_mass, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("case", sc.TRITON_CASES, ids=lambda c: c.name)
 def test_triton_on_gpu_matches_float64(case):

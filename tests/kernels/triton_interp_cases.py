@@ -80,6 +80,21 @@ def _check_dispatcher() -> dict:
     }
 
 
+def _check_reduce(sc, attention_stats_triton, attention_stats_reference) -> dict:
+    """reduce="max" and "mean" agree with the reference on GQA, padded and key-split shapes."""
+    errors = {}
+    for case in sc.REDUCE_CASES:
+        inputs = sc.make_inputs(case)
+        for reduce in ("max", "mean"):
+            got = attention_stats_triton(**inputs, **dict(case.extra), reduce=reduce)
+            want = attention_stats_reference(**inputs, reduce=reduce)
+            errors[f"{case.name}/{reduce}"] = max(
+                (got.head_mass - want.head_mass).abs().max().item(),
+                (got.key_mass - want.key_mass).abs().max().item(),
+            )
+    return {"max_abs_err": errors}
+
+
 def main() -> int:
     if os.environ.get("TRITON_INTERPRET") != "1":
         print("set TRITON_INTERPRET=1 before running this script", file=sys.stderr)
@@ -95,6 +110,7 @@ def main() -> int:
     checks += [
         ("empty_rows", lambda: _check_empty_rows(attention_stats_triton)),
         ("dispatcher", _check_dispatcher),
+        ("reduce", lambda: _check_reduce(sc, attention_stats_triton, attention_stats_reference)),
     ]
     for name, fn in checks:
         try:
