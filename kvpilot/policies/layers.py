@@ -129,7 +129,7 @@ class GlobalLayers(LayerAllocator):
             extra = ranked[b - p :]
             extra = extra[torch.isfinite(extra)]
             values.append(extra)
-            owners.append(torch.full((extra.numel(),), layer, dtype=torch.long))
+            owners.append(torch.full((extra.numel(),), layer, dtype=torch.long, device=extra.device))
         pooled, who = torch.cat(values), torch.cat(owners)
         won = who[pooled.topk(min(left, pooled.numel())).indices]
         for layer, count in enumerate(torch.bincount(won, minlength=len(candidates)).tolist()):
