@@ -33,6 +33,8 @@ FAMILIES: dict[str, dict] = {
     "previous best (snapkv, scoring prompt, turns)": {"policy": "snapkv", "scoring": "prompt", "granularity": "turn"},
     "kvzip (reconstruction, max)": {"policy": "kvzip", "scoring": "reconstruct"},
     "kvzip + global layers": {"policy": "kvzip", "scoring": "reconstruct", "layer_allocation": "global"},
+    "kvzip + global heads": {"policy": "kvzip", "scoring": "reconstruct", "layer_allocation": "global",
+                             "layer_allocation_params": {"heads": True}},
     "kvzip + adaptive heads": {"policy": "kvzip", "scoring": "reconstruct", "head_allocation": "adaptive"},
     "keydiff": {"policy": "keydiff"},
     "snapkv (window)": {"policy": "snapkv"},

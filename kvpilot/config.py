@@ -179,6 +179,10 @@ class KVConfig(BaseModel):
         if self.layer_allocation == "global" and self.decode_interval:
             problems.append(f"layer_allocation='global' splits the budget over layers at prefill; "
                             f"decode_interval={self.decode_interval} (eviction while decoding) does not go with it")
+        if (self.layer_allocation == "global" and self.layer_allocation_params.get("heads")
+                and self.head_allocation != "uniform"):
+            problems.append(f"layer_allocation='global' with heads=true decides every KV head's budget; "
+                            f"head_allocation={self.head_allocation!r} does not go with it (use 'uniform')")
         if self.scoring == "prompt" and not self.scoring_prompt.strip():
             problems.append("scoring='prompt': scoring_prompt must not be empty")
         if problems:

@@ -183,9 +183,9 @@ class ManagedLayer(CacheLayerMixin):
 
     def candidate_scores(
         self, budget: int, config: KVConfig, policy: Any, *, num_heads: int, rope: RopeInfo | None
-    ) -> tuple[torch.Tensor, int, int]:
-        """This layer's scores with protected and padding slots at -inf, the protected count per head and the
-        valid slots per head (the smallest over heads): what a cross-layer allocator weighs."""
+    ) -> tuple[torch.Tensor, list[int], list[int]]:
+        """This layer's scores with protected and padding slots at -inf, the protected slots of each head and
+        the valid slots of each head: what a cross-layer allocator weighs."""
         assert self.positions is not None and self.keys is not None and self.values is not None
         valid = self.valid_mask()
         inputs = ScoringInputs(layer_idx=self.layer_idx, keys=self.keys[0], values=self.values[0],
@@ -194,7 +194,7 @@ class ManagedLayer(CacheLayerMixin):
         scores = policy.score(inputs)
         protected = protected_slots(self.positions, valid, self.seen, config.sink_tokens, config.window, budget)
         masked = scores.float().masked_fill(protected | ~valid, float("-inf"))
-        return masked, int(protected.sum(dim=-1).max()), int(valid.sum(dim=-1).min())
+        return masked, protected.sum(dim=-1).tolist(), valid.sum(dim=-1).tolist()
 
     def evict(
         self,
@@ -205,13 +205,17 @@ class ManagedLayer(CacheLayerMixin):
         num_heads: int,
         rope: RopeInfo | None,
         units_of: Callable[[torch.Tensor], torch.Tensor | None],
+        per_head: list[int] | None = None,
     ) -> int:
-        """Keep at most ``budget`` tokens per KV head (split over heads as the config says); returns evicted."""
+        """Keep at most ``budget`` tokens per KV head (split over heads as the config says, or as ``per_head``
+        says when a cross-layer allocator decided each head's share); returns the number evicted."""
         if self.positions is None:
             return 0
         valid = self.valid_mask()
         kept_now = valid.sum(dim=-1).tolist()
-        if within_budget(config, kept_now, budget):
+        if per_head is None and within_budget(config, kept_now, budget):
+            return 0
+        if per_head is not None and all(k <= b for k, b in zip(kept_now, per_head, strict=True)):
             return 0
         assert self.keys is not None and self.values is not None
         inputs = ScoringInputs(
@@ -228,7 +232,8 @@ class ManagedLayer(CacheLayerMixin):
         )
         scores = policy.score(inputs)
         protected = protected_slots(self.positions, valid, self.seen, config.sink_tokens, config.window, budget)
-        per_head = head_budgets(config, scores, valid, protected, budget)
+        if per_head is None:
+            per_head = head_budgets(config, scores, valid, protected, budget)
         if per_head == kept_now:
             return 0
         keep = keep_indices(scores, valid, protected, per_head, units_of(self.positions), config.unit_pooling)

@@ -244,18 +244,22 @@ class ManagedCache(Cache):
 
         With an allocator that needs scores (``layer_allocation="global"``) the layers' budgets are decided
         here, together, from every layer's scores."""
-        budgets: list[int | None] = [None] * len(self.layers)
+        head_budgets: list[list[int] | None] = [None] * len(self.layers)
         allocator = make_layer_allocator(self._config)
         if allocator.needs_scores and self._compresses and self.layers[0].positions is not None:
-            budgets = list(self._scored_budgets(allocator))
-        return sum(self.evict_layer(i, budget=b) for i, b in enumerate(budgets))
+            head_budgets = list(self._scored_budgets(allocator))
+        per_head = bool(getattr(allocator, "heads", False))  # else the layer's head allocation splits its budget
+        return sum(
+            self.evict_layer(i, budget=None if b is None else max(b), per_head=b if per_head else None)
+            for i, b in enumerate(head_budgets)
+        )
 
     @property
     def evicts_all_layers_at_once(self) -> bool:
         """True when eviction must wait for every layer's scores (the prefill then calls `evict()`)."""
         return self._compresses and make_layer_allocator(self._config).needs_scores
 
-    def _scored_budgets(self, allocator: Any) -> list[int]:
+    def _scored_budgets(self, allocator: Any) -> list[list[int]]:
         seen = self.seen_tokens
         avg = average_budget(self._config, seen)
         candidates, protected, available = [], [], []
@@ -267,8 +271,9 @@ class ManagedCache(Cache):
             available.append(n_valid)
         return allocator.from_scores(avg, candidates, protected, available)
 
-    def evict_layer(self, layer_idx: int, budget: int | None = None) -> int:
-        """Evict one layer down to its budget (the allocator's, unless given); an observer hears the cost."""
+    def evict_layer(self, layer_idx: int, budget: int | None = None, per_head: list[int] | None = None) -> int:
+        """Evict one layer down to its budget (the allocator's, unless given; ``per_head``: each KV head's own
+        budget, decided across layers); an observer hears the cost."""
         layer = self.layers[layer_idx]
         if layer.positions is None or not self._compresses:
             return 0
@@ -277,7 +282,7 @@ class ManagedCache(Cache):
             budget = layer_budgets(self._config, self.shape.num_layers, layer.seen)[layer_idx]
         before = layer.nbytes
         evicted = layer.evict(budget, self._config, self.policy, num_heads=self.shape.num_heads,
-                              rope=self.rope, units_of=self.units_of)
+                              rope=self.rope, units_of=self.units_of, per_head=per_head)
         if evicted:
             self.eviction_count += 1
             self._add_bytes(layer.nbytes - before)

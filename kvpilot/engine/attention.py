@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 
 from kvpilot.cache.exchange import ForwardExchange
-from kvpilot.kernels import attention_stats
+from kvpilot.kernels import attention_stats, key_mass_over_subset
 from kvpilot.policies.base import RopeInfo
 
 ATTN_IMPLEMENTATION = "kvpilot"
@@ -76,15 +76,20 @@ def kvpilot_attention(
                                              enable_gqa=group > 1)
     req = ex.stats_request
     if req is not None:
-        st = attention_stats(
-            query[:, :, req.q_start :],
-            key[:, :, : req.key_stop],
-            scaling=scaling,
-            causal=req.causal,
-            key_valid=ex.stats_key_valid(valid),
-            reduce=req.reduce,
-        )
-        ex.record_stats(st.key_mass[0])
+        stats_valid = ex.stats_key_valid(valid)
+        if req.restrict is not None and stats_valid is not None:  # a few keys compete: score only those
+            key_mass = key_mass_over_subset(query[:, :, req.q_start :], key[:, :, : req.key_stop], stats_valid,
+                                            scaling=scaling, causal=req.causal, reduce=req.reduce)
+        else:
+            key_mass = attention_stats(
+                query[:, :, req.q_start :],
+                key[:, :, : req.key_stop],
+                scaling=scaling,
+                causal=req.causal,
+                key_valid=stats_valid,
+                reduce=req.reduce,
+            ).key_mass
+        ex.record_stats(key_mass[0])
     cache = ex.cache
     position_ids = kwargs.get("position_ids")
     if ex.wants_query_moments and position_ids is not None and cache.rope is not None:

@@ -98,8 +98,30 @@ def attention_stats(query, key, value=None, **kwargs) -> AttentionStats:
         return attention_stats_reference(query, key, value, **kwargs)
 
 
+def key_mass_over_subset(query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, **kwargs) -> torch.Tensor:
+    """``attention_stats(query, key, key_valid=allowed, **kwargs).key_mass`` [b, H_kv, n], computed on the
+    allowed keys alone.
+
+    A reconstruction pass lets only a few keys compete (the sinks, one chunk, the queries' own keys); masking
+    the rest would still cost a pass over every key of the cache per query. The allowed keys of each KV
+    head are gathered in order, left-padded to the widest head (so the queries' own keys stay last and the
+    bottom-right causal alignment holds), scored, and the mass is scattered back to the original slots.
+    """
+    counts = allowed.sum(dim=-1)  # [b, H_kv]
+    width = int(counts.max())
+    n = key.shape[-2]
+    # stable sort puts every head's disallowed slots first and its allowed ones last, in their order
+    order = torch.argsort(allowed.to(torch.int8), dim=-1, stable=True)[..., n - width :]  # [b, H_kv, width]
+    gathered = key.gather(2, order[..., None].expand(-1, -1, -1, key.shape[-1]))
+    valid = torch.arange(width, device=key.device) >= (width - counts)[..., None]
+    st = attention_stats(query, gathered, key_valid=None if bool(valid.all()) else valid, **kwargs)
+    mass = st.key_mass.new_zeros(*allowed.shape)
+    return mass.scatter_(-1, order, st.key_mass)
+
+
 __all__ = [
     "AttentionStats",
+    "key_mass_over_subset",
     "attention_bias",
     "attention_stats",
     "attention_stats_reference",

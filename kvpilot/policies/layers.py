@@ -95,11 +95,13 @@ class ExplicitLayers(LayerAllocator):
 @LAYER_ALLOCATORS.register
 @dataclass(frozen=True)
 class GlobalLayers(LayerAllocator):
-    """KVzip's non-uniform budgets: the layers compete for one total, each slot by its score.
+    """KVzip's non-uniform budgets: the layers (and, with ``heads``, the KV heads) compete for one total.
 
     The cache evicts every layer at once (after the scoring queries of a block have run) and asks
-    `from_scores` how the total splits; the KV heads of a layer keep the same number of tokens, so no head
-    is padded and every byte saved is freed. Without scores (the dashboard's budget view) it is uniform.
+    `from_scores` how the total splits. By default the KV heads of a layer keep the same number of tokens,
+    so no head is padded and every byte saved is freed; with ``heads`` every (layer, head) pair competes,
+    as in KVzip's own selection, and the heads of a layer end with different lengths. Without scores (the
+    dashboard's budget view) it is uniform.
     """
 
     name = "global"
@@ -108,15 +110,29 @@ class GlobalLayers(LayerAllocator):
 
     floor: float = param(0.0, low=0.0, high=1.0, description="smallest budget of a layer, as a fraction of "
                          "the average (0: a layer may keep only its sinks and window)")
+    heads: bool = param(False, search=(False, True), description="also let the KV heads compete (KVzip's "
+                        "pair-level top-k): a layer's heads keep different numbers of tokens, the shorter "
+                        "ones padded, and the padding counts in the bytes held")
 
-    def from_scores(self, avg: int, candidates: list[Any], protected: list[int], available: list[int]) -> list[int]:
-        """Per-layer budgets (tokens per KV head) summing to ``avg * layers`` where the slots allow.
+    def from_scores(
+        self, avg: int, candidates: list[Any], protected: list[list[int]], available: list[list[int]]
+    ) -> list[list[int]]:
+        """Tokens each KV head of each layer keeps, summing to ``avg`` x heads x layers where slots allow.
 
         ``candidates[l]`` [H_kv, n_l]: layer l's scores, -inf where a slot is protected or padding;
-        ``protected[l]``: slots per head layer l keeps anyway; ``available[l]``: valid slots per head. The
-        k-th extra slot of a layer is worth the mean over its heads of their k-th best score: the global
-        top-k over those values, with heads kept equal within a layer.
+        ``protected[l][h]``: slots head h of layer l keeps anyway; ``available[l][h]``: its valid slots.
+        Layer mode: the k-th extra slot of a layer is worth the mean over its heads of their k-th best
+        score, one top-k over those values, heads kept equal within a layer. Head mode: one top-k over
+        every candidate slot of every head.
         """
+        if self.heads:
+            return self._per_head(avg, candidates, protected, available)
+        layer_budgets = self._per_layer(
+            avg, candidates, [max(p) for p in protected], [min(a) for a in available]
+        )
+        return [[min(b, a) for a in avail] for b, avail in zip(layer_budgets, available, strict=True)]
+
+    def _per_layer(self, avg: int, candidates: list[Any], protected: list[int], available: list[int]) -> list[int]:
         import torch
 
         budgets = [min(a, max(p, math.ceil(avg * self.floor))) for p, a in zip(protected, available, strict=True)]
@@ -135,6 +151,35 @@ class GlobalLayers(LayerAllocator):
         for layer, count in enumerate(torch.bincount(won, minlength=len(candidates)).tolist()):
             budgets[layer] = min(available[layer], budgets[layer] + count)
         return budgets
+
+    def _per_head(
+        self, avg: int, candidates: list[Any], protected: list[list[int]], available: list[list[int]]
+    ) -> list[list[int]]:
+        import torch
+
+        floor = math.ceil(avg * self.floor)
+        budgets = [[min(a, max(p, floor)) for p, a in zip(ps, avs, strict=True)]
+                   for ps, avs in zip(protected, available, strict=True)]
+        heads = [len(b) for b in budgets]
+        left = avg * sum(heads) - sum(map(sum, budgets))
+        if left <= 0:
+            return budgets
+        values, owners, base = [], [], 0
+        for scores, bs, ps in zip(candidates, budgets, protected, strict=True):
+            ranked = scores.float().sort(dim=-1, descending=True).values  # [H_kv, n_l], candidates first
+            for h, (b, p) in enumerate(zip(bs, ps, strict=True)):
+                extra = ranked[h, b - p :]  # the floor already took this head's best b - p candidates
+                extra = extra[torch.isfinite(extra)]
+                values.append(extra)
+                owners.append(torch.full((extra.numel(),), base + h, dtype=torch.long, device=extra.device))
+            base += len(bs)
+        pooled, who = torch.cat(values), torch.cat(owners)
+        won = torch.bincount(who[pooled.topk(min(left, pooled.numel())).indices], minlength=base).tolist()
+        out, i = [], 0
+        for bs, avs in zip(budgets, available, strict=True):
+            out.append([min(a, b + won[i + h]) for h, (b, a) in enumerate(zip(bs, avs, strict=True))])
+            i += len(bs)
+        return out
 
 
 def make_layer_allocator(config: ConfigView) -> LayerAllocator:

@@ -208,5 +208,34 @@ def test_global_layers_floor_and_cap():
     from kvpilot.policies.layers import GlobalLayers
 
     strong, weak = t.tensor([[5.0, 4.0, 3.0, 2.0]]), t.tensor([[0.1, 0.1, 0.1, 0.1]])
-    assert GlobalLayers().from_scores(3, [strong, weak], [1, 1], [5, 5]) == [5, 1]
-    assert GlobalLayers(floor=0.9).from_scores(3, [strong, weak], [1, 1], [5, 5]) == [3, 3]
+    assert GlobalLayers().from_scores(3, [strong, weak], [[1], [1]], [[5], [5]]) == [[5], [1]]
+    assert GlobalLayers(floor=0.9).from_scores(3, [strong, weak], [[1], [1]], [[5], [5]]) == [[3], [3]]
+
+
+@pytest.mark.parametrize("scoring", ["window", "reconstruct"])
+def test_global_heads_hold_exactly_the_requested_total(tiny_model, scoring):
+    """KVzip's pair-level top-k: every (layer, head) competes; the total over layers and heads is exact and
+    the heads of a layer keep different numbers of tokens (the shorter ones padded and the padding counted)."""
+    from tests.engine.exactness import toy_reconstruction
+
+    budget = 30
+    cfg = KVConfig(policy="kvzip", budget=budget, layer_allocation="global",
+                   layer_allocation_params={"heads": True}, scoring=scoring)
+    cache = ManagedCache.for_model(tiny_model, cfg)
+    ids = torch.randint(3, 128, (N,), generator=torch.Generator().manual_seed(3)).tolist()
+    with torch.inference_mode():
+        prefill(tiny_model, cache, ids, reconstruction=toy_reconstruction)
+    kept = cache.kept_tokens()
+    assert sum(map(sum, kept)) == budget * sum(len(k) for k in kept)
+    assert any(len(set(k)) > 1 for k in kept)  # heads of a layer differ: the scores decided
+    per_token = 2 * 16 * 4
+    widths = [layer.physical_length for layer in cache.layers]
+    assert cache.physical_bytes == sum(w * len(k) for w, k in zip(widths, kept, strict=True)) * per_token
+
+
+def test_global_heads_refuse_a_head_allocation():
+    from kvpilot.config import KVConfigError
+
+    with pytest.raises(KVConfigError, match="head_allocation"):
+        KVConfig.parse({"policy": "kvzip", "compression_ratio": 0.5, "layer_allocation": "global",
+                        "layer_allocation_params": {"heads": True}, "head_allocation": "adaptive"})

@@ -153,3 +153,22 @@ def test_dispatcher_sends_unsupported_inputs_to_reference(monkeypatch):
     monkeypatch.delenv("KVPILOT_KERNEL", raising=False)
     q = torch.randn(1, 4, 8, 16, dtype=torch.float64)
     assert kernel_backend(q, torch.randn(1, 2, 30, 16, dtype=torch.float64)) == "reference"
+
+
+@pytest.mark.parametrize("reduce", ["sum", "max"])
+def test_key_mass_over_subset_equals_masking(reduce):
+    """Scoring only the allowed keys (gathered, left-padded) gives the masked computation's mass, per head."""
+    from kvpilot.kernels import attention_stats, key_mass_over_subset
+
+    g = torch.Generator().manual_seed(7)
+    q_len, n = 12, 90
+    query = torch.randn(1, 6, q_len, 16, generator=g) * 2
+    key = torch.randn(1, 3, n, 16, generator=g)
+    allowed = torch.rand(1, 3, n, generator=g) > 0.6
+    allowed[..., :2] = True  # sinks
+    allowed[..., n - q_len :] = True  # the queries' own keys always compete
+    allowed[0, 1, 10:40] = True  # heads keep different numbers of keys
+    want = attention_stats(query, key, scaling=0.25, key_valid=allowed, reduce=reduce).key_mass
+    got = key_mass_over_subset(query, key, allowed, scaling=0.25, causal=True, reduce=reduce)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert bool((got[~allowed] == 0).all())
