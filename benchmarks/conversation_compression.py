@@ -36,6 +36,8 @@ FAMILIES: dict[str, dict] = {
     "kvzip + global heads": {"policy": "kvzip", "scoring": "reconstruct", "layer_allocation": "global",
                              "layer_allocation_params": {"heads": True}},
     "kvzip + adaptive heads": {"policy": "kvzip", "scoring": "reconstruct", "head_allocation": "adaptive"},
+    "surrogate (fitted reconstruction score)": {"policy": "surrogate"},
+    "surrogate + global layers": {"policy": "surrogate", "layer_allocation": "global"},
     "keydiff": {"policy": "keydiff"},
     "snapkv (window)": {"policy": "snapkv"},
 }

@@ -51,8 +51,11 @@ def prefill(
     unit_ids: Sequence[int] | None = None,
     scoring_ids: Sequence[int] | None = None,
     reconstruction: Reconstruction | None = None,
+    evict: bool = True,
 ) -> torch.Tensor:
     """Feed a prompt under the cache's config; returns the last position's logits [vocab].
+
+    ``evict=False`` scores as configured but keeps every slot with its scores (calibration reads them).
 
     With ``prefill_block_size`` the prompt goes in blocks with eviction after each; with
     ``scoring='prompt'`` the scoring prompt runs after each block as queries only (never stored) and its
@@ -86,17 +89,20 @@ def prefill(
                 queries = reconstruction(piece, ids[max(0, at - RECONSTRUCTION_TAIL) : at] if at else [])
                 with cache.scoring_pass(restrict=(first + offset, first + offset + len(piece))):
                     forward(model, cache, queries)
-            cache.evict()
+            if evict:
+                cache.evict()
         elif use_prompt:
             with cache.prompt_scoring_driven():
                 logits = forward(model, cache, chunk)
             with cache.scoring_pass():
                 forward(model, cache, scoring_ids)  # type: ignore[arg-type]  # checked in use_prompt
-            cache.evict()
+            if evict:
+                cache.evict()
         elif cache.evicts_all_layers_at_once:  # a cross-layer allocator weighs every layer's scores together
             with cache.prompt_scoring_driven():
                 logits = forward(model, cache, chunk)
-            cache.evict()
+            if evict:
+                cache.evict()
         else:
             logits = forward(model, cache, chunk)
     assert logits is not None  # ids is not empty

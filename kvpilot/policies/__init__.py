@@ -17,6 +17,7 @@ from kvpilot.policies import (  # noqa: F401  (importing a policy's module regis
     random,
     snapkv,
     streaming,
+    surrogate,
     tova,
 )
 from kvpilot.policies.base import (

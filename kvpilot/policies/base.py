@@ -128,12 +128,14 @@ class Policy(Plugin):
     uncompressed baseline. observation_window: how many last queries score the cache (a policy that owns the
     knob declares it as a parameter). reduce: "sum" (attention mass, SnapKV/H2O), "mean" or "max" (the
     largest weight any one query and query head gave a key: KVzip, EpiCache); a policy that lets users choose
-    declares it as a parameter.
+    declares it as a parameter. needs_profile: it scores with data fitted per model (a file its parameters
+    name), so it runs only on a model it was fitted for; generic test matrices and default searches skip it.
     """
 
     stats: ClassVar[Stats] = "none"
     last_query_only: ClassVar[bool] = False
     evicts: ClassVar[bool] = True
+    needs_profile: ClassVar[bool] = False
     observation_window: int = DEFAULT_OBSERVATION_WINDOW
     reduce: str = "sum"  # how a key's weights from many scoring queries combine: sum, mean or max
 

@@ -65,13 +65,13 @@ class SearchSpace:
     fixed: values held in every trial (e.g. a scoring_prompt, "layer_allocation.sensitivity.profile").
     """
 
-    policy: tuple[str, ...] = ("snapkv", "tova", "h2o", "knorm", "streaming", "expected_attention")
+    policy: tuple[str, ...] = ("snapkv", "tova", "h2o", "knorm", "streaming", "expected_attention", "kvzip", "keydiff")
     compression_ratio: tuple[float, float, float] = (0.5, 0.9, 0.05)
-    layer_allocation: tuple[str, ...] = ("uniform", "pyramid")
+    layer_allocation: tuple[str, ...] = ("uniform", "pyramid", "global")
     head_allocation: tuple[str, ...] = ("uniform", "adaptive")
     window: tuple[int, ...] = (8, 16, 32, 64)
     sink_tokens: tuple[int, ...] = (4,)
-    scoring: tuple[str, ...] = ("window", "prompt")
+    scoring: tuple[str, ...] = ("window", "prompt", "reconstruct")
     granularity: tuple[str, ...] = ("token", "sentence")
     session_ttl: tuple[str, ...] = ("none",)
     params: dict[str, tuple[Any, ...]] = field(default_factory=dict)

@@ -1,0 +1,67 @@
+"""`kvpilot surrogate fit`: fit the `surrogate` policy's per-model weights on reconstruction scores.
+
+The expensive reconstruction pass (KVzip) runs once here, on calibration conversations, instead of on
+every request: the fitted linear model then predicts each cached pair's reconstruction score from its key
+and value during a plain prefill. The held-out Spearman printed at the end says how well the prediction
+ranks the pairs (1 = the same order as reconstruction scoring). Use the weights with
+
+    {"policy": "surrogate", "policy_params": {"weights": "PATH"}, "compression_ratio": 0.875}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("surrogate", help="fit the surrogate policy's weights for a model",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = p.add_subparsers(dest="verb", metavar="VERB")
+    fit = verbs.add_parser("fit", help="fit weights on calibration conversations and save them",
+                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fit.add_argument("--model", default=None, help="local HF model directory (default: the bundled model)")
+    fit.add_argument("--workload", default="convqa", help="calibration workload (default convqa)")
+    fit.add_argument("-n", "--samples", type=int, default=8, help="calibration contexts, held-out ones included "
+                     "(default 8)")
+    fit.add_argument("--held-out", type=int, default=2, help="contexts kept out of the fit to check it (default 2)")
+    fit.add_argument("--tokens", type=int, default=1000, help="tokens per calibration context (default 1000)")
+    fit.add_argument("--seed", type=int, default=101, help="calibration seed; keep it apart from evaluation seeds")
+    fit.add_argument("--ridge", type=float, default=1e-3, help="ridge strength, relative (default 1e-3)")
+    fit.add_argument("--out", default=None, help="weights file (default: $KVPILOT_HOME/surrogates/<model>.json)")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.set_defaults(func=run_fit)
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    if args.samples <= args.held_out or args.held_out < 1:
+        print(f"error: --samples ({args.samples}) must exceed --held-out ({args.held_out}), which must be >= 1",
+              file=sys.stderr)
+        return 2
+    if args.tokens < 64:
+        print(f"error: --tokens must be at least 64, got {args.tokens}", file=sys.stderr)
+        return 2
+    from kvpilot.engine import Engine
+    from kvpilot.engine.model import resolve_model_dir
+    from kvpilot.engine.prompts import chat_parts
+    from kvpilot.evaluation.surrogate import fit_surrogate, save_weights
+    from kvpilot.paths import kvpilot_home
+    from kvpilot.workloads.registry import generate
+
+    model_dir = resolve_model_dir(args.model)
+    engine = Engine.load(args.model)
+    samples = generate(args.workload, args.samples, args.tokens, seed=args.seed, tokenizer=engine.tokenizer)
+    contexts = [chat_parts(engine.tokenizer, s.context, s.qa[0].question if s.qa else "").context_ids
+                for s in samples]
+    progress = (lambda it: it) if args.quiet else None
+    data = fit_surrogate(engine.model, contexts, engine.reconstruction_queries, held_out=args.held_out,
+                         ridge=args.ridge, name=model_dir.name, progress=progress)
+    out = save_weights(data, args.out or kvpilot_home() / "surrogates" / f"{model_dir.name}.json")
+    fit = data["fit"]
+    print(f"fitted on {fit['contexts']} contexts ({fit['pairs']} pairs); held-out Spearman "
+          f"{fit['held_out_spearman_mean']:.3f} over {fit['held_out_contexts']} contexts")
+    print(f"wrote {out}")
+    print(json.dumps({"policy": "surrogate", "policy_params": {"weights": str(out)}}))
+    return 0
