@@ -146,8 +146,10 @@ def test_bundled_space_files_load():
 
 
 def test_default_space_draws_what_it_drew_before_the_registries():
-    """A seeded study of the default space draws the same configs (the order of suggestions is kept)."""
-    space = SearchSpace()
+    """A seeded study of the default space (as it was then) draws the same configs (the order of suggestions
+    is kept). The default space has since gained kvzip, keydiff, global layers and reconstruction scoring."""
+    space = SearchSpace(policy=("snapkv", "tova", "h2o", "knorm", "streaming", "expected_attention"),
+                        layer_allocation=("uniform", "pyramid"), scoring=("window", "prompt"))
     got = [(c.policy, c.compression_ratio, c.layer_allocation, c.layer_allocation_params.get("beta"),
             c.head_allocation, c.head_allocation_params.get("alpha"), c.window, c.scoring, c.granularity)
            for _, c in _suggestions(space, 4)]
