@@ -1,9 +1,14 @@
 """One layer of the managed cache: its slots, their logical positions, padding, statistics and eviction.
 
 Keys and values are stored per KV head ([1, H_kv, n, d], never repeated for GQA). Heads may keep
-different numbers of tokens (Ada-KV); the shorter ones are padded and the padding is marked invalid and
-masked in attention. Padding is real memory, so it counts in the physical bytes. The layer owns its state
-and evicts itself down to the budget the cache hands it (cross-layer decisions stay in the cache).
+different numbers of tokens (Ada-KV, KVzip's pair-level selection): in a forward the shorter heads are
+padded, the padding marked invalid and masked in attention; at rest (between forwards) such a layer is
+*packed*: only its valid slots are held, flattened head after head, so the memory a ragged selection saves
+is really freed. Positions and the validity mask keep the padded layout (a few bytes per slot), and the
+padded tensors are rebuilt from the packed ones when a forward, a scoring pass or an eviction needs them.
+The byte figures count what is held: the packed slots at rest, the padded tensors while they exist. The
+layer owns its state and evicts itself down to the budget the cache hands it (cross-layer decisions stay
+in the cache).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from kvpilot.config import KVConfig
 from kvpilot.policies.base import LayerStats, RopeInfo, ScoringInputs
 from kvpilot.policies.heads import head_budgets, within_budget
 
-SNAPSHOT_FIELDS = ("keys", "values", "positions", "valid", "seen", "decode_steps")
+SNAPSHOT_FIELDS = ("positions", "valid", "seen", "decode_steps")
 
 
 class ManagedLayer(CacheLayerMixin):
@@ -30,6 +35,10 @@ class ManagedLayer(CacheLayerMixin):
     is_croppable = False
 
     def __init__(self, layer_idx: int = 0, **kwargs: Any) -> None:
+        self._k: torch.Tensor | None = None  # padded [1, H_kv, n, d] while a forward or an eviction needs it
+        self._v: torch.Tensor | None = None
+        self._packed: tuple[torch.Tensor, torch.Tensor] | None = None  # valid slots only, [T, d] each, at rest
+        self.slot_bytes = 0  # bytes of one slot of one KV head (its key and value)
         super().__init__()
         self.layer_idx = layer_idx
         self.positions: torch.Tensor | None = None  # [H_kv, n] logical position of each slot
@@ -43,6 +52,58 @@ class ManagedLayer(CacheLayerMixin):
         self.peak_nbytes = 0
         self._buffers: dict[str, torch.Tensor] = {}  # spare capacity behind keys/values/positions/valid
 
+    # ----- storage: padded in use, packed at rest when the heads are ragged ------------------------
+
+    @property
+    def keys(self) -> torch.Tensor | None:  # type: ignore[override]
+        if self._k is None and self._packed is not None:
+            self._unpack()
+        return self._k
+
+    @keys.setter
+    def keys(self, value: torch.Tensor | None) -> None:
+        if value is not None and self._k is None and self._packed is not None:
+            self._packed = None  # the values half is replaced right after (compaction, restore)
+        self._k = value
+
+    @property
+    def values(self) -> torch.Tensor | None:  # type: ignore[override]
+        if self._v is None and self._packed is not None:
+            self._unpack()
+        return self._v
+
+    @values.setter
+    def values(self, value: torch.Tensor | None) -> None:
+        self._v = value
+
+    @property
+    def packed(self) -> bool:
+        """True while the layer holds only its valid slots (ragged heads, between forwards)."""
+        return self._packed is not None and self._k is None
+
+    def _unpack(self) -> None:
+        """Rebuild the padded tensors from the packed slots (the validity mask says where each goes)."""
+        assert self._packed is not None and self.valid is not None
+        pk, pv = self._packed
+        h_kv, width = self.valid.shape
+        k = pk.new_zeros(1, h_kv, width, pk.shape[-1])
+        v = pv.new_zeros(1, h_kv, width, pv.shape[-1])
+        k[0][self.valid] = pk
+        v[0][self.valid] = pv
+        self._k, self._v, self._packed = k, v, None
+        self._account()
+
+    def settle(self) -> None:
+        """Between forwards: a layer whose heads hold different numbers of tokens keeps only its valid slots.
+
+        Called by the cache once a layer's forward (and any eviction it triggers) is over."""
+        if self._k is None or self._v is None or self.valid is None or self.scoring_past >= 0:
+            return
+        self._packed = (self._k[0][self.valid], self._v[0][self.valid])
+        self._k = self._v = None
+        self._buffers.clear()
+        self._account()
+
     # ----- transformers' CacheLayerMixin -------------------------------------------------------
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any) -> None:
@@ -51,6 +112,7 @@ class ManagedLayer(CacheLayerMixin):
         self.keys = key_states.new_empty(1, h_kv, 0, d)
         self.values = value_states.new_empty(1, h_kv, 0, value_states.shape[-1])
         self.positions = torch.empty(h_kv, 0, dtype=torch.long, device=self.device)
+        self.slot_bytes = d * key_states.element_size() + value_states.shape[-1] * value_states.element_size()
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
@@ -117,7 +179,8 @@ class ManagedLayer(CacheLayerMixin):
 
     @property
     def physical_length(self) -> int:
-        return 0 if self.keys is None else self.keys.shape[-2]
+        """Slots per KV head in the padded layout (the longest head)."""
+        return 0 if self.positions is None else self.positions.shape[-1]
 
     def key_valid(self, key_len: int) -> torch.Tensor | None:
         """[H_kv, key_len] validity of the keys the attention sees (None: all valid)."""
@@ -272,19 +335,25 @@ class ManagedLayer(CacheLayerMixin):
     # ----- snapshots and accounting -------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """A cheap copy of this layer's state (tensors are replaced, never mutated, so references suffice)."""
-        return {k: getattr(self, k) for k in SNAPSHOT_FIELDS} | {"stats": LayerStats(**vars(self.stats))}
+        """A cheap copy of this layer's state (tensors are replaced, never mutated, so references suffice);
+        a packed layer is saved packed."""
+        saved = {k: getattr(self, k) for k in SNAPSHOT_FIELDS}
+        saved |= {"_k": self._k, "_v": self._v, "_packed": self._packed, "stats": LayerStats(**vars(self.stats))}
+        return saved
 
     def restore(self, saved: dict[str, Any]) -> None:
         for k, v in saved.items():
             setattr(self, k, LayerStats(**vars(v)) if k == "stats" else v)
         self._buffers.clear()  # the restored tensors may be views another snapshot still holds
-        self.is_initialized = self.keys is not None
+        self.is_initialized = self._k is not None or self._packed is not None
         self._account()
 
     def _account(self) -> None:
-        """Bytes of the slots held now (padding included; not the spare capacity behind them), and the peak."""
-        keys, values = self.keys, self.values
-        self.nbytes = 0 if keys is None or values is None else keys.nbytes + values.nbytes
+        """Bytes of the slots held now (the padded tensors while they exist, padding included, else the packed
+        slots; not the spare capacity behind them), and the peak."""
+        held = sum(t.nbytes for t in (self._k, self._v) if t is not None)
+        if self._packed is not None:
+            held += sum(t.nbytes for t in self._packed)
+        self.nbytes = held
         if self.nbytes > self.peak_nbytes:
             self.peak_nbytes = self.nbytes

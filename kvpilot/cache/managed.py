@@ -150,6 +150,7 @@ class ManagedCache(Cache):
             self._restrict = None
             for layer in self.layers:
                 layer.scoring_past = -1
+            self.settle()
 
     @property
     def in_scoring_pass(self) -> bool:
@@ -212,7 +213,24 @@ class ManagedCache(Cache):
         )
 
     def after_attention(self, layer: ManagedLayer, q_len: int) -> None:
-        """Called once the layer's attention output exists: evict now if this forward calls for it."""
+        """Called once the layer's attention output exists: evict now if this forward calls for it, then let
+        a layer with ragged heads go back to holding only its valid slots."""
+        self._evict_after_attention(layer, q_len)
+        self._settle_layer(layer)
+
+    def settle(self) -> None:
+        """Every layer with ragged heads back to holding only its valid slots (after a pass that unpacked
+        them all: a cross-layer eviction, a scoring pass)."""
+        for layer in self.layers:
+            self._settle_layer(layer)
+
+    def _settle_layer(self, layer: ManagedLayer) -> None:
+        before = layer.nbytes
+        layer.settle()
+        if layer.nbytes != before:
+            self._add_bytes(layer.nbytes - before)
+
+    def _evict_after_attention(self, layer: ManagedLayer, q_len: int) -> None:
         if layer.scoring_past >= 0 or not self._auto_evict or not self._compresses:
             return
         if q_len > 1:
@@ -249,10 +267,12 @@ class ManagedCache(Cache):
         if allocator.needs_scores and self._compresses and self.layers[0].positions is not None:
             head_budgets = list(self._scored_budgets(allocator))
         per_head = bool(getattr(allocator, "heads", False))  # else the layer's head allocation splits its budget
-        return sum(
+        evicted = sum(
             self.evict_layer(i, budget=None if b is None else max(b), per_head=b if per_head else None)
             for i, b in enumerate(head_budgets)
         )
+        self.settle()
+        return evicted
 
     @property
     def evicts_all_layers_at_once(self) -> bool:
@@ -323,10 +343,7 @@ class ManagedCache(Cache):
     def logical_bytes(self) -> int:
         """Bytes an uncompressed cache would occupy for the tokens seen."""
         layer = self.layers[0]
-        if layer.keys is None:
-            return 0
-        per_token = 2 * self.shape.num_kv_heads * self.shape.head_dim * layer.keys.element_size()
-        return per_token * layer.seen * len(self.layers)
+        return self.shape.num_kv_heads * layer.slot_bytes * layer.seen * len(self.layers)
 
     def compression_ratio(self) -> float:
         logical = self.logical_bytes()

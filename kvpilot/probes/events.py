@@ -23,10 +23,7 @@ class EvictionProbe(Probe):
         rows = []
         for layer_idx, (passes, slots, seconds) in sorted(req.evictions.items()):
             layer = req.cache.layers[layer_idx]
-            per_slot = 0
-            if layer.keys is not None:
-                per_slot = (layer.keys.shape[-1] * layer.keys.element_size()
-                            + layer.values.shape[-1] * layer.values.element_size())
+            per_slot = layer.slot_bytes  # one KV head's key and value (read without unpacking a packed layer)
             rows.append({
                 "ts": req.ts, "kind": "evict", "layer": layer_idx, "count": int(passes),
                 "bytes": int(slots) * per_slot, "detail": {"tokens": int(slots), "seconds": float(seconds)},

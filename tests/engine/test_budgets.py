@@ -56,9 +56,10 @@ def test_adaptive_heads_sum_to_layer_budget_and_save_memory_honestly(tiny_model)
     for layer, kept in zip(cache.layers, cache.kept_tokens(), strict=True):
         assert sum(kept) == 80
         assert min(kept) >= per_head_floor - 1
-        # physical storage is padded to the longest head, and that padding is counted
+        # in a forward the heads are padded to the longest; at rest only the kept slots are held
         assert layer.physical_length == max(kept)
-        assert layer.nbytes == 2 * 2 * max(kept) * 16 * 4
+        assert layer.packed == (min(kept) < max(kept))
+        assert layer.nbytes == sum(kept) * 2 * 16 * 4
 
 
 @pytest.mark.parametrize("allocation", ["pyramid", "sensitivity", "explicit"])
@@ -217,8 +218,8 @@ def test_global_layers_floor_and_cap():
 
 @pytest.mark.parametrize("scoring", ["window", "reconstruct"])
 def test_global_heads_hold_exactly_the_requested_total(tiny_model, scoring):
-    """KVzip's pair-level top-k: every (layer, head) competes; the total over layers and heads is exact and
-    the heads of a layer keep different numbers of tokens (the shorter ones padded and the padding counted)."""
+    """KVzip's pair-level top-k: every (layer, head) competes; the total over layers and heads is exact, the
+    heads of a layer keep different numbers of tokens, and at rest no padding is held or counted."""
     from tests.engine.exactness import toy_reconstruction
 
     budget = 30
@@ -232,8 +233,9 @@ def test_global_heads_hold_exactly_the_requested_total(tiny_model, scoring):
     assert sum(map(sum, kept)) == budget * sum(len(k) for k in kept)
     assert any(len(set(k)) > 1 for k in kept)  # heads of a layer differ: the scores decided
     per_token = 2 * 16 * 4
-    widths = [layer.physical_length for layer in cache.layers]
-    assert cache.physical_bytes == sum(w * len(k) for w, k in zip(widths, kept, strict=True)) * per_token
+    assert cache.physical_bytes == sum(map(sum, kept)) * per_token == budget * 4 * 2 * per_token
+    assert any(layer.packed for layer in cache.layers)
+    assert sum(layer.nbytes for layer in cache.layers) == cache.physical_bytes
 
 
 def test_global_heads_refuse_a_head_allocation():
@@ -242,3 +244,32 @@ def test_global_heads_refuse_a_head_allocation():
     with pytest.raises(KVConfigError, match="head_allocation"):
         KVConfig.parse({"policy": "kvzip", "compression_ratio": 0.5, "layer_allocation": "global",
                         "layer_allocation_params": {"heads": True}, "head_allocation": "adaptive"})
+
+
+def test_packing_ragged_heads_changes_no_logit(tiny_model, monkeypatch):
+    """Holding only the valid slots between forwards (and rebuilding the padded layout for each forward) is
+    lossless: block-wise prefill, a question and a greedy decode give the same logits as a cache that keeps
+    its padding, while holding fewer bytes."""
+    from kvpilot.cache.layer import ManagedLayer
+    from kvpilot.engine.generation import greedy_decode
+
+    cfg = KVConfig(policy="snapkv", budget=40, head_allocation="adaptive", prefill_block_size=32,
+                   decode_interval=4)
+    ids = torch.randint(3, 128, (N,), generator=torch.Generator().manual_seed(11)).tolist()
+
+    def serve() -> tuple[torch.Tensor, ManagedCache]:
+        cache = ManagedCache.for_model(tiny_model, cfg)
+        with torch.inference_mode():
+            first = prefill(tiny_model, cache, ids)
+            dec = greedy_decode(tiny_model, cache, first, 12, keep_logits=True)
+        return torch.stack(dec.step_logits), cache
+
+    packed_logits, packed = serve()
+    assert any(layer.packed for layer in packed.layers)
+    monkeypatch.setattr(ManagedLayer, "settle", lambda self: None)
+    padded_logits, padded = serve()
+    assert not any(layer.packed for layer in padded.layers)
+    assert torch.equal(packed_logits, padded_logits)
+    assert packed.kept_tokens() == padded.kept_tokens()
+    assert packed.physical_bytes < padded.physical_bytes
+    assert packed.physical_bytes == sum(map(sum, packed.kept_tokens())) * 2 * 16 * 4
