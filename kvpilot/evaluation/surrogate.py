@@ -28,7 +28,7 @@ CALIBRATION = KVConfig(policy="kvzip", scoring="reconstruct", compression_ratio=
 
 
 def scored_layers(model: Any, context_ids: Sequence[int], reconstruction: Reconstruction,
-                  config: KVConfig = CALIBRATION) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                  config: KVConfig = CALIBRATION, features: str = FEATURES) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer: features [H_kv, n, F] and log reconstruction scores [H_kv, n] of the context's pairs
     (the attention sinks left out: they are always kept)."""
     cache = ManagedCache.for_model(model, config)
@@ -41,7 +41,8 @@ def scored_layers(model: Any, context_ids: Sequence[int], reconstruction: Recons
         if scores is None:
             raise RuntimeError(f"layer {layer.layer_idx} recorded no reconstruction scores")
         keep = layer.positions[0] >= config.sink_tokens
-        feats = pair_features(layer.keys[0], layer.values[0])[:, keep]
+        feats = pair_features(layer.keys[0], layer.values[0], features=features, positions=layer.positions,
+                              seen=layer.seen, rope=cache.rope)[:, keep]
         target = scores[:, : keep.numel()][:, keep].float().clamp_min(SCORE_FLOOR).log()
         out.append((feats.cpu(), target.cpu()))
     return out
@@ -107,8 +108,7 @@ def fit_surrogate(
             pred = (feats @ w[:, :, None]).squeeze(-1)
             rhos += [spearman(pred[h], target[h]) for h in range(target.shape[0])]
         by_layer.append(sum(rhos) / len(rhos))
-    head_dim = (weights[0].shape[-1] - 2) * 2 // 3
-    assert feature_count(head_dim) == weights[0].shape[-1]
+    head_dim = next(d for d in range(2, 4096, 2) if feature_count(d) == weights[0].shape[-1])
     return {
         "format": FORMAT,
         "features": FEATURES,

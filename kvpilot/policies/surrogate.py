@@ -7,7 +7,8 @@ predicts the log of a pair's reconstruction score from features the cache alread
 
 - the norm of each RoPE rotation pair of the key (``|(k_j, k_j+d/2)|``): what the key can match, whatever
   its position (the rotation leaves these norms unchanged);
-- the value vector and its norm: what the pair would write if attended.
+- the value vector and its norm: what the pair would write if attended;
+- the key before its rotation and the pair's place in the context (position / tokens seen).
 
 One weight vector per (layer, KV head); scoring costs one small matrix product per layer, so the prefill
 costs what a plain prefill costs. The weights file records the model shape it was fitted on and is
@@ -24,13 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 from kvpilot.errors import KVPilotError
 from kvpilot.plugins import param
-from kvpilot.policies.base import POLICY_REGISTRY, Policy, ScoringInputs
+from kvpilot.policies.base import POLICY_REGISTRY, Policy, RopeInfo, ScoringInputs
 
 if TYPE_CHECKING:
     import torch
 
 FORMAT = 1
-FEATURES = "rope_pair_norms+value+value_norm+bias"
 BUNDLED = Path(__file__).with_name("surrogates") / "smollm2-135m-instruct.json"
 
 
@@ -38,19 +38,57 @@ class SurrogateError(KVPilotError, ValueError):
     """A surrogate weights file that is missing, malformed or fitted for another model shape."""
 
 
-def pair_features(keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """[H_kv, n, F] features of each cached pair: key RoPE-pair norms, the value, its norm, and 1."""
+def _pair_norms_and_value(keys: torch.Tensor, values: torch.Tensor, **_: Any) -> list[torch.Tensor]:
+    """Key RoPE-pair norms (what the key can match, at any position), the value and its norm."""
     import torch
 
     k, v = keys.float(), values.float()
     half = k.shape[-1] // 2
     pair_norms = torch.sqrt(k[..., :half] ** 2 + k[..., half : 2 * half] ** 2)
-    ones = torch.ones(*v.shape[:-1], 1, dtype=v.dtype, device=v.device)
-    return torch.cat([pair_norms, v, v.norm(dim=-1, keepdim=True), ones], dim=-1)
+    return [pair_norms, v, v.norm(dim=-1, keepdim=True)]
 
 
-def feature_count(head_dim: int) -> int:
-    return head_dim // 2 + head_dim + 2
+def _with_prerope_key(keys: torch.Tensor, values: torch.Tensor, *, positions: torch.Tensor, seen: int,
+                      rope: RopeInfo | None, **_: Any) -> list[torch.Tensor]:
+    """The above, plus the key before its rotation (what it is, not where) and its place in the context."""
+    import torch
+
+    base = _pair_norms_and_value(keys, values)
+    k = keys.float()
+    half = k.shape[-1] // 2
+    if rope is None:
+        raise SurrogateError("these surrogate weights need the model's rotary embedding (RoPE), which it lacks")
+    angles = positions.float()[..., None] * rope.inv_freq.to(k.device).float()[None, None, :half]
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    k1, k2 = k[..., :half], k[..., half : 2 * half]
+    pre = torch.cat([k1 * cos + k2 * sin, k2 * cos - k1 * sin], dim=-1) / rope.attention_scaling
+    where = (positions.float() / max(seen, 1))[..., None]
+    return [*base, pre, where]
+
+
+# feature sets by name (a weights file names the one it was fitted with); the last is what a new fit uses
+FEATURE_SETS = {
+    "rope_pair_norms+value+value_norm+bias": _pair_norms_and_value,
+    "rope_pair_norms+value+value_norm+prerope_key+position_fraction+bias": _with_prerope_key,
+}
+FEATURES = list(FEATURE_SETS)[-1]
+
+
+def pair_features(keys: torch.Tensor, values: torch.Tensor, *, features: str = FEATURES,
+                  positions: torch.Tensor | None = None, seen: int = 0, rope: RopeInfo | None = None) -> torch.Tensor:
+    """[H_kv, n, F] features of each cached pair (``features`` names the set), the last one a constant 1."""
+    import torch
+
+    parts = FEATURE_SETS[features](keys, values, positions=positions, seen=seen, rope=rope)  # type: ignore[operator,arg-type]
+    ones = torch.ones(*keys.shape[:-1], 1, dtype=torch.float32, device=keys.device)
+    return torch.cat([*parts, ones], dim=-1)
+
+
+def feature_count(head_dim: int, features: str = FEATURES) -> int:
+    """Features per pair: key pair norms (d/2), value (d), value norm, bias; the second set adds the
+    pre-RoPE key (d) and the position fraction."""
+    extra = head_dim + 1 if features != "rope_pair_norms+value+value_norm+bias" else 0
+    return head_dim // 2 + head_dim + 2 + extra
 
 
 @lru_cache(maxsize=8)
@@ -63,12 +101,12 @@ def load_weights(path: str) -> dict[str, Any]:
         raise SurrogateError(f"surrogate weights not found: {file} (write one with `kvpilot surrogate fit`)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise SurrogateError(f"{file}: not a surrogate weights file ({type(exc).__name__}: {exc})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("features") != FEATURES:
-        raise SurrogateError(f"{file}: not a format-{FORMAT} surrogate weights file with features {FEATURES}")
+    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("features") not in FEATURE_SETS:
+        raise SurrogateError(f"{file}: not a format-{FORMAT} surrogate weights file with a known feature set")
     w = data.get("weights")
     layers, heads, dim = data.get("num_layers"), data.get("num_kv_heads"), data.get("head_dim")
     if not (isinstance(w, list) and isinstance(dim, int) and len(w) == layers and all(len(h) == heads for h in w)
-            and all(len(f) == feature_count(dim) for h in w for f in h)):
+            and all(len(f) == feature_count(dim, data["features"]) for h in w for f in h)):
         raise SurrogateError(f"{file}: weights do not match the declared shape ({layers} layers, {heads} KV heads)")
     return data
 
@@ -98,4 +136,6 @@ class SurrogatePolicy(Policy):
                 f"x head dim {d} (fit one for it with `kvpilot surrogate fit`)"
             )
         w = torch.tensor(data["weights"][inp.layer_idx], dtype=torch.float32, device=inp.keys.device)  # [H, F]
-        return (pair_features(inp.keys, inp.values) @ w[:, :, None]).squeeze(-1)
+        feats = pair_features(inp.keys, inp.values, features=data["features"], positions=inp.positions,
+                              seen=inp.seen, rope=inp.rope)
+        return (feats @ w[:, :, None]).squeeze(-1)

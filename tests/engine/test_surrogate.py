@@ -45,7 +45,13 @@ def test_fitted_surrogate_ranks_unseen_contexts_like_reconstruction(tiny_model, 
         pred = (feats @ torch.tensor(w[li])[:, :, None]).squeeze(-1)
         rhos += [spearman(pred[h], target[h]) for h in range(target.shape[0])]
     assert sum(rhos) / len(rhos) > 0.2, rhos
-    assert pair_features(torch.ones(2, 3, 16), torch.ones(2, 3, 16)).shape == (2, 3, 8 + 16 + 2)
+    from kvpilot.policies.base import RopeInfo
+    from kvpilot.policies.surrogate import FEATURE_SETS, feature_count
+
+    for name in FEATURE_SETS:
+        feats = pair_features(torch.ones(2, 3, 16), torch.ones(2, 3, 16), features=name,
+                              positions=torch.arange(3).expand(2, 3), seen=3, rope=RopeInfo(torch.ones(8)))
+        assert feats.shape == (2, 3, feature_count(16, name))
 
 
 def test_surrogate_refuses_weights_of_another_model(tiny_model):
