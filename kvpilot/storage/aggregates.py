@@ -17,7 +17,20 @@ from sqlalchemy import exists, func, select, union_all
 from sqlalchemy.engine import Connection
 
 from kvpilot.storage.errors import StoreError
-from kvpilot.storage.queries import CACHE_EVENTS, EV, LAYER_METRICS, LS, RQ, QueryStore, opt_float
+from kvpilot.storage.queries import (
+    CACHE_EVENTS,
+    EV,
+    EVENT_NUMERIC,
+    LAYER_METRICS,
+    LAYER_STATS,
+    LS,
+    REQUEST_NUMERIC,
+    REQUESTS,
+    RQ,
+    QueryStore,
+    opt_float,
+)
+from kvpilot.storage.rollups import Agg
 from kvpilot.storage.schema import POOL_DETAIL_KEYS, SAMPLES, SESSION_KINDS, Deployment, Run, table_of
 from kvpilot.storage.scope import Scope, bucket_width
 from kvpilot.storage.types import (
@@ -54,25 +67,27 @@ class AggregateStore(QueryStore):
     # ----- requests -----------------------------------------------------------------------------------
 
     def request_totals(self, scope: Scope) -> RequestTotals:
-        """Requests in the window: counts, token sums, latency means, first and last time."""
-        c = RQ.c
+        """Requests in the window: counts, token sums, latency means, first and last time (from the coarsest
+        rollups that fit the window, raw rows for its edges and the newest minutes)."""
 
         def run(conn: Connection) -> RequestTotals:
-            conds = self._owner_conds(conn, RQ, scope, require_owner=True)
-            if conds is None:
+            src, _ = self._rollup_source(conn, REQUESTS, scope, None, numeric=REQUEST_NUMERIC, counted=("error",))
+            if src is None:
                 return RequestTotals()
+            a = Agg(src)
             q = select(
-                func.count(), func.count(c.error), func.coalesce(func.sum(c.prompt_tokens), 0),
-                func.coalesce(func.sum(c.output_tokens), 0), func.avg(c.ttft_s), func.avg(c.tpot_s), func.avg(c.e2e_s),
-                func.avg(c.kv_bytes), func.avg(c.compression_ratio), func.min(c.ts), func.max(c.ts),
-            ).where(*conds)
+                a.count(), a.count_of("error"), func.coalesce(a.sum("prompt_tokens"), 0),
+                func.coalesce(a.sum("output_tokens"), 0), a.avg("ttft_s"), a.avg("tpot_s"), a.avg("e2e_s"),
+                a.avg("kv_bytes"), a.avg("compression_ratio"), a.min("ts"), a.max("ts"),
+            )
             r = conn.execute(q).one()
-            return RequestTotals(int(r[0]), int(r[1]), int(r[2]), int(r[3]), *(opt_float(v) for v in r[4:]))
+            return RequestTotals(int(r[0] or 0), int(r[1] or 0), int(r[2]), int(r[3]), *(opt_float(v) for v in r[4:]))
 
         return self._read(run, analytic=True)
 
     def latency_histogram(self, scope: Scope, column: LatencyColumn, bins: int = 40) -> Histogram:
-        """Distribution of one latency column: one MAX query, then one GROUP BY bin query."""
+        """Distribution of one latency column: one MAX query (from the rollups where they reach), then one
+        GROUP BY bin query over the raw rows (a histogram of bins this fine is not in the rollups)."""
         if column not in LATENCY_COLUMNS:
             raise StoreError(f"latency column {column!r} unknown; use one of {', '.join(LATENCY_COLUMNS)}")
         col = RQ.c[column]
@@ -82,7 +97,8 @@ class AggregateStore(QueryStore):
             if conds is None:
                 return Histogram(column)
             conds.append(col.is_not(None))
-            top = conn.execute(select(func.max(col)).where(*conds)).scalar()
+            src, _ = self._rollup_source(conn, REQUESTS, scope, None, numeric=(column,))
+            top = None if src is None else conn.execute(select(Agg(src).max(column))).scalar()
             if top is None:
                 return Histogram(column)
             width = max(float(top), 1e-9) / bins
@@ -131,18 +147,33 @@ class AggregateStore(QueryStore):
         return SamplePlan(width, tuple(slices), length)
 
     def layer_view(self, scope: Scope, metric: str, points: int = SAMPLE_SLICES) -> LayerView:
-        """Heatmap data for `metric`: one GROUP BY (bucket, layer, head) query over the planned part of the
-        window; per-cell means are weighted from the buckets, so the database does the only pass over rows."""
+        """Heatmap data for `metric`: one GROUP BY (bucket, layer, head) query over the whole window from the
+        coarsest rollups that fit its buckets (raw rows for the newest minutes), else over the planned part of
+        the raw window; per-cell means are weighted from the buckets, so the database does the only pass."""
         if metric not in LAYER_METRICS:
             raise ValueError(f"unknown layer metric {metric!r}; use one of {', '.join(LAYER_METRICS)}")
 
         def run(conn: Connection) -> LayerView:
+            window_s, start = _window(scope)
+            width = bucket_width(window_s, points)
+            bounded = Scope(scope.deployment, scope.instance_id, None, run_id=scope.run_id, since=start,
+                            until=start + window_s)
+            src, grains = self._rollup_source(conn, LAYER_STATS, bounded, width, keys=("layer", "head"),
+                                              numeric=(metric,), require=True)
+            if src is not None:
+                a, b = Agg(src), self._backend.time_bucket(src.c.ts, width).label("bucket")
+                q = (
+                    select(b, src.c.layer, src.c.head, a.count_of(metric), a.avg(metric))
+                    .group_by(b, src.c.layer, src.c.head)
+                    .order_by(b, src.c.layer, src.c.head)
+                )
+                return _layer_view(metric, SamplePlan(width, rollups=grains), conn.execute(q).all())
             plan = self._layer_plan(conn, scope, points)
             owner = self._owner_conds(conn, LS, _unbounded(scope), require_owner=True)
             if owner is None:
                 return LayerView(metric, plan, [], [], [])
             cols = (LS.c.ts, LS.c.layer, LS.c.head, LS.c[metric].label("value"))
-            ranges: tuple[tuple[float, float | None], ...] = plan.slices or ((_window(scope)[1], None),)
+            ranges: tuple[tuple[float, float | None], ...] = plan.slices or ((_window(scope)[1], scope.until),)
             parts = [
                 select(*cols).where(*owner, LS.c.ts >= a, *(() if b is None else (LS.c.ts < b,))) for a, b in ranges
             ]
@@ -174,16 +205,14 @@ class AggregateStore(QueryStore):
         """Rows, summed counts and bytes per event kind over the window."""
 
         def run(conn: Connection) -> dict[str, KindTotal]:
-            conds = self._owner_conds(conn, EV, scope, require_owner=True)
-            if conds is None:
+            src, _ = self._rollup_source(conn, CACHE_EVENTS, scope, None, keys=("kind",), numeric=EVENT_NUMERIC)
+            if src is None:
                 return {}
-            if kinds is not None:
-                conds.append(EV.c.kind.in_(list(kinds)))
+            a = Agg(src)
             q = (
-                select(EV.c.kind, func.count(), func.coalesce(func.sum(EV.c.count), 0),
-                       func.coalesce(func.sum(EV.c.bytes), 0))
-                .where(*conds)
-                .group_by(EV.c.kind)
+                select(src.c.kind, a.count(), func.coalesce(a.sum("count"), 0), func.coalesce(a.sum("bytes"), 0))
+                .where(*(() if kinds is None else (src.c.kind.in_(list(kinds)),)))
+                .group_by(src.c.kind)
             )
             return {r[0]: KindTotal(r[0], int(r[1]), int(r[2]), int(r[3])) for r in conn.execute(q)}
 

@@ -8,14 +8,15 @@ drops a metric.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from kvpilot.storage.core import StoreCore
 from kvpilot.storage.errors import StoreError
+from kvpilot.storage.rollup_jobs import RollupJobs
 from kvpilot.storage.schema import (
     CACHE_EVENTS,
     LAYER_STATS,
@@ -28,14 +29,21 @@ from kvpilot.storage.schema import (
 from kvpilot.storage.tabledef import SampleRow, SampleTable
 
 _PARTS = table_of(IngestedPart)
+log = logging.getLogger(__name__)
 
 
-class SampleWriter(StoreCore):
+class SampleWriter(RollupJobs):
     """Bulk writers used by probes and the recorder. Each returns the number of rows stored.
 
     `instance_id` / `run_id` fill rows that do not name their own owner. With a `part_id` (the recorder's)
     the rows go in at most once: the id is claimed in the rows' own transaction, and a part whose id is
-    already stored is skipped (0)."""
+    already stored is skipped (0).
+
+    Every `rollup_every_s` seconds (None: never) a writer also refreshes the rollups, one chunk per table
+    after its own committed write, so a store written by engines keeps its rollups current by itself."""
+
+    rollup_every_s: float | None = 60.0
+    _rolled_at: float | None = None
 
     def add_samples(
         self,
@@ -91,7 +99,23 @@ class SampleWriter(StoreCore):
             self._backend.bulk_insert(conn, spec.table, spec.writable, tuples)
             return len(tuples)
 
-        return self._write(write)
+        stored = self._write(write)
+        self._maybe_refresh_rollups()
+        return stored
+
+    def _maybe_refresh_rollups(self) -> None:
+        every, now = self.rollup_every_s, time.monotonic()
+        if every is None:
+            return
+        if self._rolled_at is None:  # the first refresh comes one period after the first write
+            self._rolled_at = now
+        if now - self._rolled_at < every:
+            return
+        self._rolled_at = now
+        try:
+            self.refresh_rollups(max_chunks=1)
+        except StoreError as exc:  # the samples are stored; the next refresh picks their rollups up
+            log.warning("rollup refresh failed (retried in %g s): %s", every, exc)
 
 
 def _table(table: str | SampleTable[Any]) -> SampleTable[Any]:

@@ -322,12 +322,15 @@ class SamplePlan:
     bucket_s: float
     slices: tuple[tuple[float, float], ...] = ()
     slice_s: float = 0.0
+    rollups: tuple[str, ...] = ()  # rollup grains read ("1m", "1h"), raw rows for the rest
 
     @property
     def sampled(self) -> bool:
         return bool(self.slices)
 
     def describe(self) -> str:
+        if self.rollups:
+            return f"every sample in the window (from the {' and '.join(self.rollups)} rollups and the newest raw rows)"
         if not self.sampled:
             return "every sample in the window"
         return f"a sample: {self.slice_s:g} s (at a staggered offset) of every {self.bucket_s:g} s of the window"

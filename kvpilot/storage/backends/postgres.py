@@ -86,6 +86,13 @@ class PostgresBackend(Backend):
     def listener(self, engine: Engine, channel: str) -> Listener | None:
         return _PgListener(engine, channel)
 
+    def rollup_lock(self, conn: Connection, state: Table, raw: Table | None) -> None:
+        # EXCLUSIVE still lets readers read the state; SHARE on the raw table waits for in-flight COPYs (a
+        # sequence hands out ids before their transaction commits) and holds new ones off until commit.
+        conn.exec_driver_sql(f"LOCK TABLE {state.name} IN EXCLUSIVE MODE")
+        if raw is not None:
+            conn.exec_driver_sql(f"LOCK TABLE {raw.name} IN SHARE MODE")
+
     def migration_lock(self, conn: Connection) -> None:
         conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(b"kvpilot-migrations"),))
 
