@@ -79,6 +79,16 @@ def page_queries(store: Store, scope: Scope) -> dict[str, Callable[[], object]]:
     }
 
 
+def rollup_rows(store: Store) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from kvpilot.storage.schema import ROLLUPS
+
+    with store.engine.connect() as conn:
+        return {r.name: int(conn.execute(select(func.count()).select_from(r.table)).scalar_one())
+                for rs in ROLLUPS.values() for r in rs}
+
+
 def time_queries(store: Store, scope: Scope, repeat: int) -> dict:
     out = {}
     for name, fn in page_queries(store, scope).items():
@@ -92,6 +102,15 @@ def time_queries(store: Store, scope: Scope, repeat: int) -> dict:
         print(f"    {name:46} median {out[name]['median_ms']:8.1f} ms  max {out[name]['max_ms']:8.1f} ms", flush=True)
     view = store.layer_view(scope, "entropy")
     out["layers: plan"] = view.plan.describe()
+    # what one page's queries cost together (the sidebar runs on every page), medians summed
+    sidebar = out["sidebar: deployments + instances + is_empty"]["median_ms"]
+    pages: dict[str, float] = {}
+    for name, timing in out.items():
+        page = name.split(":")[0]
+        if isinstance(timing, dict) and page != "sidebar":
+            pages[page] = pages.get(page, sidebar) + timing["median_ms"]
+    out["page totals (ms, with the sidebar)"] = {p: round(v, 1) for p, v in pages.items()}
+    print(f"    page totals: {out['page totals (ms, with the sidebar)']}", flush=True)
     return out
 
 
@@ -139,14 +158,43 @@ def bench_backend(name: str, url: str, args: argparse.Namespace) -> dict:
     with Store.open(url) as store:
         fill = store_ingest.fill(store, args.rows)
         extras(store, url, args.trials)
+        print(f"  [{name}] rolling up", flush=True)
+        t = time.perf_counter()
+        rolled = store.refresh_rollups()
+        fill["rollup_refresh"] = {"seconds": round(time.perf_counter() - t, 1), "raw_rows": rolled,
+                                  "rollup_rows": rollup_rows(store)}
+        print(f"  [{name}] rollups: {fill['rollup_refresh']}", flush=True)
         result = {"fill": fill, "queries": {}}
         for window in args.windows:
             print(f"  [{name}] queries, window {window}", flush=True)
             scope = Scope(DEPLOYMENT, window_s=WINDOWS[window])
             result["queries"][window] = time_queries(store, scope, args.repeat)
-    print(f"  [{name}] whole pages (AppTest, cold caches)", flush=True)
-    result["pages"] = time_pages(url, args.windows, args.page_repeat)
+    if args.page_repeat:
+        print(f"  [{name}] whole pages (AppTest, cold caches)", flush=True)
+        result["pages"] = time_pages(url, args.windows, args.page_repeat)
+    if args.drop_after:
+        drop(name, url)
     return result
+
+
+def drop(name: str, url: str) -> None:
+    """Delete a generated store (they take tens of GiB at 100M rows)."""
+    from pathlib import Path
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    if name == "sqlite":
+        path = make_url(url).database
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        return
+    options = make_url(url).query.get("options", "")
+    schema = str(options).removeprefix("-csearch_path=")
+    eng = create_engine(make_url(url).set(query={}))
+    with eng.begin() as conn:
+        conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    eng.dispose()
 
 
 def main() -> None:
@@ -158,7 +206,8 @@ def main() -> None:
     ap.add_argument("--windows", default="15m,1h,6h,24h", help=f"comma-separated, from {', '.join(WINDOWS)}")
     ap.add_argument("--trials", type=int, default=200, help="trials in the Optuna study")
     ap.add_argument("--repeat", type=int, default=5, help="timed runs per query")
-    ap.add_argument("--page-repeat", type=int, default=3, help="timed renders per page")
+    ap.add_argument("--page-repeat", type=int, default=3, help="timed renders per page (0: skip the AppTest pages)")
+    ap.add_argument("--drop-after", action="store_true", help="delete each generated store when measured")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     args.windows = [w for w in args.windows.split(",") if w]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import socket
 import time
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 from kvpilot.config import KVConfig
 from kvpilot.storage.core import json_safe
 from kvpilot.storage.errors import NotFoundError, StoreError
-from kvpilot.storage.rollup_jobs import RollupJobs
+from kvpilot.storage.rollup_jobs import FINEST_S, RollupJobs
 from kvpilot.storage.schema import (
     RUN_KINDS,
     RUN_STATUSES,
@@ -356,8 +357,9 @@ class EntityStore(RollupJobs):
         if age < 0 or any(a < 0 for a in rollup_ages.values()):
             raise StoreError("prune: ages must be positive")
         now = time.time() if now is None else now
-        cutoff = now - age
+        cutoff = math.floor((now - age) / FINEST_S) * FINEST_S  # whole rollup buckets: no minute is half raw
         self.refresh_rollups()
+        self.cover_until(cutoff)
 
         def owners(conn: Connection) -> list[tuple[str, int]]:
             inst = conn.execute(select(EngineInstance.id)).scalars().all()

@@ -26,6 +26,7 @@ from kvpilot.storage.schema import ROLLUPS, SAMPLES, RollupState, table_of
 STATE = table_of(RollupState)
 LAG_S = 60.0  # readers use rollups up to this long before the newest rolled-up sample (late batches)
 CHUNK_IDS = 2_000_000  # raw ids per refresh transaction
+FINEST_S = min(r.grain_s for rs in ROLLUPS.values() for r in rs)
 
 
 def covered_until(conn: Connection, table: str) -> float | None:
@@ -99,6 +100,16 @@ class RollupJobs(StoreCore):
             conn.execute(STATE.update().where(STATE.c.table_name == name).values(**values))
         else:
             conn.execute(STATE.insert().values(table_name=name, **values))
+
+    def cover_until(self, ts: float) -> None:
+        """Let readers take rollups up to `ts` at least: called by prune once every raw row before `ts` is
+        rolled up and about to be deleted (from then on only the rollups hold them)."""
+
+        def run(conn: Connection) -> None:
+            self._backend.rollup_lock(conn, STATE, None)
+            conn.execute(STATE.update().where(STATE.c.covered_until < ts).values(covered_until=ts))
+
+        self._write(run)
 
     def prune_rollups(self, grain: str, older_than_s: float, *, now: float | None = None) -> dict[str, int]:
         """Delete `grain` ("1m" or "1h") rollup rows of buckets older than `older_than_s` seconds."""
