@@ -1,9 +1,12 @@
-"""Dashboard latency on a store of 10 million sample rows: every query a page makes, and every page rendered
-whole by Streamlit's AppTest with cold caches, for several time windows, on SQLite and PostgreSQL.
+"""Dashboard latency on a generated store: every query a page makes, and every page rendered whole by
+Streamlit's AppTest with cold caches, for several time windows, on SQLite and PostgreSQL.
 
-    python benchmarks/dashboard_latency.py                              # SQLite in /tmp, + PostgreSQL if set
+    python benchmarks/dashboard_latency.py --rows 100000000 --drop-after   # 100M layer-stat rows (58 h)
     python benchmarks/dashboard_latency.py --pg postgresql+psycopg://postgres@127.0.0.1:5432/test
     python benchmarks/dashboard_latency.py --rows 1000000 --skip-pg     # quick look
+
+After the fill the rollups are brought up to date (`Store.refresh_rollups`, timed), as engines' writers keep
+them; the 24 h window is then read from hourly and per-minute rollups plus the newest raw rows.
 
 The store is filled by `benchmarks/store_ingest.py`'s bulk INSERT ... SELECT (4 engines of one deployment,
 30 layers x (3 KV heads + the layer row) per second each, ending now; plus a memory sample, a request and two
@@ -154,9 +157,10 @@ def time_pages(url: str, windows: list[str], repeat: int) -> dict:
 
 
 def bench_backend(name: str, url: str, args: argparse.Namespace) -> dict:
-    print(f"[{name}] filling a store with {args.rows:,} layer-stat rows", flush=True)
+    rows = args.pg_rows if name == "postgresql" and args.pg_rows else args.rows
+    print(f"[{name}] filling a store with {rows:,} layer-stat rows", flush=True)
     with Store.open(url) as store:
-        fill = store_ingest.fill(store, args.rows)
+        fill = store_ingest.fill(store, rows)
         extras(store, url, args.trials)
         print(f"  [{name}] rolling up", flush=True)
         t = time.perf_counter()
@@ -199,10 +203,12 @@ def drop(name: str, url: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=10_000_000, help="layer-stat rows in the store")
+    ap.add_argument("--rows", type=int, default=100_000_000, help="layer-stat rows in the store")
     ap.add_argument("--sqlite-dir", default="/tmp")
     ap.add_argument("--pg", default=os.environ.get("KVPILOT_TEST_DATABASE_URL"), help="PostgreSQL URL")
     ap.add_argument("--skip-pg", action="store_true")
+    ap.add_argument("--skip-sqlite", action="store_true")
+    ap.add_argument("--pg-rows", type=int, default=None, help="layer-stat rows on PostgreSQL (default: --rows)")
     ap.add_argument("--windows", default="15m,1h,6h,24h", help=f"comma-separated, from {', '.join(WINDOWS)}")
     ap.add_argument("--trials", type=int, default=200, help="trials in the Optuna study")
     ap.add_argument("--repeat", type=int, default=5, help="timed runs per query")
@@ -227,9 +233,10 @@ def main() -> None:
         "row_budget_before_sampling": A.ROW_BUDGET,
         "results": {},
     }
-    sqlite_url = store_ingest._fresh_sqlite(Path(args.sqlite_dir) / "kvpilot_bench_dashboard.db")
-    report["results"]["sqlite"] = bench_backend("sqlite", sqlite_url, args)
-    store_ingest._write(report, args.out)
+    if not args.skip_sqlite:
+        sqlite_url = store_ingest._fresh_sqlite(Path(args.sqlite_dir) / "kvpilot_bench_dashboard.db")
+        report["results"]["sqlite"] = bench_backend("sqlite", sqlite_url, args)
+        store_ingest._write(report, args.out)
     if args.pg and not args.skip_pg:
         pg_url = store_ingest._fresh_pg(args.pg, "kvbench_dashboard")
         report["results"]["postgresql"] = bench_backend("postgresql", pg_url, args)

@@ -115,7 +115,6 @@ def _backends(args: argparse.Namespace) -> int:
 
 def _prune(args: argparse.Namespace) -> int:
     from kvpilot.storage import Store
-
     from kvpilot.storage.schema import SAMPLES
 
     age = parse_duration(args.older_than)

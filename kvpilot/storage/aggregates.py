@@ -30,7 +30,7 @@ from kvpilot.storage.queries import (
     QueryStore,
     opt_float,
 )
-from kvpilot.storage.rollups import Agg
+from kvpilot.storage.rollups import GRAINS, Agg
 from kvpilot.storage.schema import POOL_DETAIL_KEYS, SAMPLES, SESSION_KINDS, Deployment, Run, table_of
 from kvpilot.storage.scope import Scope, bucket_width
 from kvpilot.storage.types import (
@@ -156,6 +156,10 @@ class AggregateStore(QueryStore):
         def run(conn: Connection) -> LayerView:
             window_s, start = _window(scope)
             width = bucket_width(window_s, points)
+            # the coarsest rollup that still gives at least a third of the buckets asked for (24 h: hours)
+            fitting = [g for _, g in GRAINS if window_s / g >= points / 3]
+            if fitting:
+                width = math.ceil(width / max(fitting)) * max(fitting)
             bounded = Scope(scope.deployment, scope.instance_id, None, run_id=scope.run_id, since=start,
                             until=start + window_s)
             src, grains = self._rollup_source(conn, LAYER_STATS, bounded, width, keys=("layer", "head"),

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 
 from kvpilot.storage.core import StoreCore
 from kvpilot.storage.errors import StoreError
-from kvpilot.storage.rollups import RollupTable, insert_columns, refresh_select
+from kvpilot.storage.rollups import coarsen_select, insert_columns, refresh_select
 from kvpilot.storage.schema import ROLLUPS, SAMPLES, RollupState, table_of
 
 STATE = table_of(RollupState)
@@ -79,19 +79,21 @@ class RollupJobs(StoreCore):
         upto = min(top, last + chunk_ids)
         if upto <= last:
             return 0, True
-        n, newest = conn.execute(
-            select(func.count(), func.max(raw.c.ts)).where(raw.c.id > last, raw.c.id <= upto)
-        ).one()
+        # one pass over the raw rows, into the finest rollup; coarser ones and the count from its new rows
+        finest, *coarser = ROLLUPS[name]
+        fine = finest.table
+        before = int(conn.execute(select(func.coalesce(func.max(fine.c.id), 0))).scalar_one())
+        bucket = self._backend.time_bucket(raw.c.ts, finest.grain_s)
+        conn.execute(fine.insert().from_select(insert_columns(finest), refresh_select(finest, bucket, last, upto)))
+        n, newest = conn.execute(select(func.sum(fine.c.n), func.max(fine.c.ts_max)).where(fine.c.id > before)).one()
         if n:
-            for rollup in ROLLUPS[name]:
-                self._insert_rollup(conn, rollup, last, upto)
+            for rollup in coarser:
+                coarse = self._backend.time_bucket(fine.c.bucket, rollup.grain_s)
+                conn.execute(rollup.table.insert().from_select(insert_columns(rollup),
+                                                               coarsen_select(rollup, finest, coarse, before)))
             covered = max(covered, float(newest) - lag_s)
         self._save_state(conn, name, upto, covered, exists=state is not None)
-        return int(n), upto >= top
-
-    def _insert_rollup(self, conn: Connection, rollup: RollupTable, after: int, upto: int) -> None:
-        bucket = self._backend.time_bucket(rollup.source.table.c.ts, rollup.grain_s)
-        conn.execute(rollup.table.insert().from_select(insert_columns(rollup), refresh_select(rollup, bucket, after, upto)))
+        return int(n or 0), upto >= top
 
     @staticmethod
     def _save_state(conn: Connection, name: str, last_id: int, covered: float, *, exists: bool) -> None:

@@ -123,6 +123,18 @@ def refresh_select(rollup: RollupTable, bucket: ColumnElement[Any], after_id: in
     )
 
 
+def coarsen_select(rollup: RollupTable, finer: RollupTable, bucket: ColumnElement[Any], after_id: int) -> Select[Any]:
+    """The aggregates of `finer`'s rows with id > after_id at `rollup`'s grain (a multiple of the finer one):
+    sums of counts and sums, minima of minima, maxima of maxima equal the aggregates of the raw rows."""
+    f = finer.table.c
+    group = [bucket, f.instance_id, f.run_id, *(f[k] for k in rollup.keys)]
+    aggs: list[ColumnElement[Any]] = [func.sum(f.n)]
+    for c in rollup.numeric:
+        aggs += [func.sum(f[f"{c}_n"]), func.sum(f[f"{c}_sum"]), func.min(f[f"{c}_min"]), func.max(f[f"{c}_max"])]
+    aggs += [func.sum(f[f"{c}_n"]) for c in rollup.counted]
+    return select(*group, *aggs).where(f.id > after_id).group_by(*group)
+
+
 def insert_columns(rollup: RollupTable) -> list[str]:
     """The rollup's columns in `refresh_select` order (all but the id)."""
     return [c.name for c in rollup.table.c if c.name != "id"]
@@ -230,6 +242,7 @@ class Agg:
 
 
 __all__ = [
-    "GRAINS", "Agg", "ColumnSpec", "RollupTable", "Segment", "derive_rollup", "insert_columns", "plan_segments",
+    "GRAINS", "Agg", "ColumnSpec", "RollupTable", "Segment", "coarsen_select", "derive_rollup", "insert_columns",
+    "plan_segments",
     "refresh_select", "rollup_columns", "segment_select",
 ]
