@@ -54,6 +54,7 @@ ROW_BUDGET = 200_000
 SAMPLE_SLICES = 60
 SAMPLE_SPAN_S = 300.0
 PROBES, PROBE_S = 12, 2.0
+HISTOGRAM_ROW_BUDGET = 50_000  # latency values binned per histogram before it reads slices instead
 
 
 class AggregateStore(QueryStore):
@@ -86,27 +87,43 @@ class AggregateStore(QueryStore):
         return self._read(run, analytic=True)
 
     def latency_histogram(self, scope: Scope, column: LatencyColumn, bins: int = 40) -> Histogram:
-        """Distribution of one latency column: one MAX query (from the rollups where they reach), then one
-        GROUP BY bin query over the raw rows (a histogram of bins this fine is not in the rollups)."""
+        """Distribution of one latency column: the maximum and the count from the rollups where they reach,
+        then one GROUP BY bin query over the raw rows (bins this fine are not in the rollups). A window with
+        more than HISTOGRAM_ROW_BUDGET values is binned from SAMPLE_SLICES evenly spaced slices holding about
+        that many, and the counts are scaled to the window's exact count (`Histogram.sampled`)."""
         if column not in LATENCY_COLUMNS:
             raise StoreError(f"latency column {column!r} unknown; use one of {', '.join(LATENCY_COLUMNS)}")
         col = RQ.c[column]
 
         def run(conn: Connection) -> Histogram:
             conds = self._owner_conds(conn, RQ, scope, require_owner=True)
-            if conds is None:
+            src, _ = self._rollup_source(conn, REQUESTS, scope, None, numeric=(column,))
+            if conds is None or src is None:
                 return Histogram(column)
             conds.append(col.is_not(None))
-            src, _ = self._rollup_source(conn, REQUESTS, scope, None, numeric=(column,))
-            top = None if src is None else conn.execute(select(Agg(src).max(column))).scalar()
-            if top is None:
+            a = Agg(src)
+            top, total = conn.execute(select(a.max(column), a.count_of(column))).one()
+            if top is None or not total:
                 return Histogram(column)
             width = max(float(top), 1e-9) / bins
+            start, end = scope.bounds()
+            slices = _histogram_slices(start, end if scope.until is None else scope.until, int(total))
             b = self._backend.floor_div(col, width).label("bin")
+            if slices:
+                parts = [select(col.label("v")).where(*conds, RQ.c.ts >= lo, RQ.c.ts < hi) for lo, hi in slices]
+                sub = union_all(*parts).subquery()
+                sb = self._backend.floor_div(sub.c.v, width).label("bin")
+                q = select(sb, func.count()).group_by(sb)
+            else:
+                q = select(b, func.count()).where(*conds).group_by(b)
             counts = [0] * bins
-            for i, n in conn.execute(select(b, func.count()).where(*conds).group_by(b)):
+            for i, n in conn.execute(q):
                 counts[min(int(i), bins - 1)] += int(n)  # the maximum itself lands in the last bin
-            return Histogram(column, width, counts)
+            if not slices:
+                return Histogram(column, width, counts)
+            read = sum(counts)
+            scale = int(total) / read if read else 0.0
+            return Histogram(column, width, [round(c * scale) for c in counts], sampled=read)
 
         return self._read(run, analytic=True)
 
@@ -255,6 +272,17 @@ def _window(scope: Scope) -> tuple[float, float]:
 def _unbounded(scope: Scope) -> Scope:
     """The same owner without the window (the layer queries add their own time ranges)."""
     return Scope(scope.deployment, scope.instance_id, None, run_id=scope.run_id)
+
+
+def _histogram_slices(start: float | None, end: float, total: int) -> list[tuple[float, float]]:
+    """Evenly spaced slices of [start, end) holding about HISTOGRAM_ROW_BUDGET of its `total` values, or none
+    when the whole window is small enough (or unbounded)."""
+    if start is None or total <= HISTOGRAM_ROW_BUDGET or end <= start:
+        return []
+    step = (end - start) / SAMPLE_SLICES
+    length = step * HISTOGRAM_ROW_BUDGET / total
+    return [(start + k * step + _golden(k) * (step - length), start + k * step + _golden(k) * (step - length) + length)
+            for k in range(SAMPLE_SLICES)]
 
 
 def _golden(k: int) -> float:

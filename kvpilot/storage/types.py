@@ -289,6 +289,7 @@ class Histogram:
     column: str
     width: float = 0.0
     counts: list[int] = field(default_factory=list)
+    sampled: int = 0  # values the bins were read from when a long window was sampled (counts scaled); 0: all
 
     @property
     def total(self) -> int:

@@ -224,3 +224,18 @@ def test_segments_take_whole_buckets_coarsest_first():
     assert all(s.rollup is None for s in plan_segments(rollups, 0.0, 7200.0, 7200.0, 7.0))
     assert all(s.rollup is None for s in plan_segments(rollups, 0.0, 7200.0, None, None))
     assert [g for g, _ in GRAINS] == ["1m", "1h"] and not math.isnan(segs[0].end)
+
+
+def test_a_long_window_histogram_is_read_from_slices_and_scaled(store, filled, monkeypatch):
+    from kvpilot.storage import aggregates
+
+    store.refresh_rollups(lag_s=0)
+    sc = Scope("chat", since=T0, until=END)
+    exact = store.latency_histogram(sc, "ttft_s")
+    monkeypatch.setattr(aggregates, "HISTOGRAM_ROW_BUDGET", 600)
+    sampled = store.latency_histogram(sc, "ttft_s")
+    assert exact.sampled == 0 and 400 < sampled.sampled < 900
+    assert sampled.width == exact.width  # the same maximum, from the rollups
+    assert abs(sampled.total - exact.total) <= len(exact.counts)  # scaled to the exact count (rounding per bin)
+    for q in (0.25, 0.5, 0.9):  # ttft is uniform on [0, 1): a sample of ~600 keeps its quantiles within 0.1
+        assert abs(sampled.quantile(q) - exact.quantile(q)) < 0.1
