@@ -208,6 +208,7 @@ def main() -> None:
     ap.add_argument("--pg", default=os.environ.get("KVPILOT_TEST_DATABASE_URL"), help="PostgreSQL URL")
     ap.add_argument("--skip-pg", action="store_true")
     ap.add_argument("--skip-sqlite", action="store_true")
+    ap.add_argument("--pg-schema", default="kvbench_dashboard", help="the PostgreSQL schema the store is made in")
     ap.add_argument("--pg-rows", type=int, default=None, help="layer-stat rows on PostgreSQL (default: --rows)")
     ap.add_argument("--windows", default="15m,1h,6h,24h", help=f"comma-separated, from {', '.join(WINDOWS)}")
     ap.add_argument("--trials", type=int, default=200, help="trials in the Optuna study")
@@ -238,7 +239,7 @@ def main() -> None:
         report["results"]["sqlite"] = bench_backend("sqlite", sqlite_url, args)
         store_ingest._write(report, args.out)
     if args.pg and not args.skip_pg:
-        pg_url = store_ingest._fresh_pg(args.pg, "kvbench_dashboard")
+        pg_url = store_ingest._fresh_pg(args.pg, args.pg_schema)
         report["results"]["postgresql"] = bench_backend("postgresql", pg_url, args)
         store_ingest._write(report, args.out)
 
