@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import re
-
-from kvpilot.errors import KVPilotError
 
 DB_HELP = (
     "database URL: sqlite:///PATH, a plain file path, or postgresql+psycopg://USER@HOST:PORT/DBNAME "
     "(default: $KVPILOT_DB, else $KVPILOT_HOME/kvpilot.db)"
 )
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def add_db_option(parser: argparse.ArgumentParser) -> None:
@@ -19,11 +15,10 @@ def add_db_option(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_duration(text: str) -> float:
-    """'7d', '12h', '30m', '90s', '2w' or plain seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
-    if not m:
-        raise KVPilotError(f"cannot read duration {text!r}: use a number with s, m, h, d or w (e.g. 7d, 12h)")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    """'7d', '12h', '30m', '90s', '2w' or plain seconds (`kvpilot.storage.retention.parse_duration`)."""
+    from kvpilot.storage.retention import parse_duration as parse
+
+    return parse(text)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

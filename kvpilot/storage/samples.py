@@ -15,8 +15,9 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from kvpilot.storage.entities import EntityStore
 from kvpilot.storage.errors import StoreError
-from kvpilot.storage.rollup_jobs import RollupJobs
+from kvpilot.storage.retention import Retention
 from kvpilot.storage.schema import (
     CACHE_EVENTS,
     LAYER_STATS,
@@ -32,7 +33,7 @@ _PARTS = table_of(IngestedPart)
 log = logging.getLogger(__name__)
 
 
-class SampleWriter(RollupJobs):
+class SampleWriter(EntityStore):
     """Bulk writers used by probes and the recorder. Each returns the number of rows stored.
 
     `instance_id` / `run_id` fill rows that do not name their own owner. With a `part_id` (the recorder's)
@@ -44,6 +45,15 @@ class SampleWriter(RollupJobs):
 
     rollup_every_s: float | None = 60.0
     _rolled_at: float | None = None
+    # a standing retention policy (`kvpilot.storage.retention`; from $KVPILOT_RETENTION at open), applied
+    # every `retention_every_s` seconds by the writers
+    retention: Retention | None = None
+    retention_every_s: float = 3600.0
+    _pruned_at: float | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.retention = Retention.from_env()
 
     def add_samples(
         self,
@@ -101,7 +111,20 @@ class SampleWriter(RollupJobs):
 
         stored = self._write(write)
         self._maybe_refresh_rollups()
+        self._maybe_apply_retention()
         return stored
+
+    def _maybe_apply_retention(self) -> None:
+        policy, now = self.retention, time.monotonic()
+        if policy is None:
+            return
+        if self._pruned_at is not None and now - self._pruned_at < self.retention_every_s:
+            return
+        self._pruned_at = now
+        try:
+            self.prune(policy.raw_s, minute_rollups_older_than=policy.minute_s, hour_rollups_older_than=policy.hour_s)
+        except StoreError as exc:  # the samples are stored; the policy runs again next period
+            log.warning("retention (%s) failed, retried in %g s: %s", policy, self.retention_every_s, exc)
 
     def _maybe_refresh_rollups(self) -> None:
         every, now = self.rollup_every_s, time.monotonic()

@@ -239,3 +239,26 @@ def test_a_long_window_histogram_is_read_from_slices_and_scaled(store, filled, m
     assert abs(sampled.total - exact.total) <= len(exact.counts)  # scaled to the exact count (rounding per bin)
     for q in (0.25, 0.5, 0.9):  # ttft is uniform on [0, 1): a sample of ~600 keeps its quantiles within 0.1
         assert abs(sampled.quantile(q) - exact.quantile(q)) < 0.1
+
+
+def test_a_retention_policy_prunes_raw_rows_and_minutes_but_keeps_hours(db_url, monkeypatch):
+    import time
+
+    from kvpilot.storage import Store, StoreError
+
+    monkeypatch.setenv("KVPILOT_RETENTION", "raw=1h, 1m=2h")
+    now = time.time()
+    with Store.open(db_url) as s:
+        assert (s.retention.raw_s, s.retention.minute_s, s.retention.hour_s) == (3600, 7200, None)
+        inst = s.register_instance("chat", "engine-0").id
+        ages = (3 * 3600, 90 * 60, 10)  # seconds before now
+        s.add_requests([{"ts": now - age, "ttft_s": 0.1} for age in ages], instance_id=inst)  # applies the policy
+        assert [round(now - r.ts) for r in s.requests_window(instance_id=inst)] == [10]  # raw: the last hour
+        with s.engine.connect() as conn:
+            minutes = conn.execute(select(ROLLUPS["requests"][0].table.c.bucket)).scalars().all()
+            hours = conn.execute(select(func.sum(ROLLUPS["requests"][1].table.c.n))).scalar()
+        assert minutes and min(minutes) >= now - 7200 - 60  # the 3 h old minute is gone
+        assert hours == 3  # every sample is still in the hourly rollups
+    monkeypatch.setenv("KVPILOT_RETENTION", "raw=soon")
+    with pytest.raises(StoreError, match=r"\$KVPILOT_RETENTION: cannot read duration 'soon'"):
+        Store.open(db_url)
