@@ -183,11 +183,16 @@ def test_profiles(store):
 
 
 def test_prune(store, inst):
-    store.add_layer_stats(_layer_rows(10), instance_id=inst.id)
-    store.add_events([{"ts": T0 + i, "kind": "hit"} for i in range(10)], instance_id=inst.id)
-    deleted = store.prune(5, now=T0 + 10, batch_rows=7)  # keeps ts >= T0 + 5, in several batches
-    assert deleted["layer_stats"] == 5 * 9 and deleted["cache_events"] == 5
-    assert store.counts(instance_id=inst.id)["layer_stats"] == 5 * 9
+    rows = _layer_rows(10)
+    for r in rows:
+        r["ts"] = T0 + 30 * r["step"]  # a sample every 30 s
+    store.add_layer_stats(rows, instance_id=inst.id)
+    store.add_events([{"ts": T0 + 30 * i, "kind": "hit"} for i in range(10)], instance_id=inst.id)
+    # 100 s before T0 + 250 is T0 + 150; prune cuts at the start of that minute (T0 + 120), so every minute's
+    # rows are either all raw or all in the rollups only; several batches
+    deleted = store.prune(100, now=T0 + 250, batch_rows=7)
+    assert deleted["layer_stats"] == 4 * 9 and deleted["cache_events"] == 4
+    assert store.counts(instance_id=inst.id)["layer_stats"] == 6 * 9
     assert len(store.instances()) == 1  # metadata stays
 
 
