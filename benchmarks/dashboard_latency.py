@@ -1,9 +1,12 @@
-"""Dashboard latency on a store of 10 million sample rows: every query a page makes, and every page rendered
-whole by Streamlit's AppTest with cold caches, for several time windows, on SQLite and PostgreSQL.
+"""Dashboard latency on a generated store: every query a page makes, and every page rendered whole by
+Streamlit's AppTest with cold caches, for several time windows, on SQLite and PostgreSQL.
 
-    python benchmarks/dashboard_latency.py                              # SQLite in /tmp, + PostgreSQL if set
+    python benchmarks/dashboard_latency.py --rows 100000000 --drop-after   # 100M layer-stat rows (58 h)
     python benchmarks/dashboard_latency.py --pg postgresql+psycopg://postgres@127.0.0.1:5432/test
     python benchmarks/dashboard_latency.py --rows 1000000 --skip-pg     # quick look
+
+After the fill the rollups are brought up to date (`Store.refresh_rollups`, timed), as engines' writers keep
+them; the 24 h window is then read from hourly and per-minute rollups plus the newest raw rows.
 
 The store is filled by `benchmarks/store_ingest.py`'s bulk INSERT ... SELECT (4 engines of one deployment,
 30 layers x (3 KV heads + the layer row) per second each, ending now; plus a memory sample, a request and two
@@ -79,6 +82,16 @@ def page_queries(store: Store, scope: Scope) -> dict[str, Callable[[], object]]:
     }
 
 
+def rollup_rows(store: Store) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from kvpilot.storage.schema import ROLLUPS
+
+    with store.engine.connect() as conn:
+        return {r.name: int(conn.execute(select(func.count()).select_from(r.table)).scalar_one())
+                for rs in ROLLUPS.values() for r in rs}
+
+
 def time_queries(store: Store, scope: Scope, repeat: int) -> dict:
     out = {}
     for name, fn in page_queries(store, scope).items():
@@ -92,6 +105,15 @@ def time_queries(store: Store, scope: Scope, repeat: int) -> dict:
         print(f"    {name:46} median {out[name]['median_ms']:8.1f} ms  max {out[name]['max_ms']:8.1f} ms", flush=True)
     view = store.layer_view(scope, "entropy")
     out["layers: plan"] = view.plan.describe()
+    # what one page's queries cost together (the sidebar runs on every page), medians summed
+    sidebar = out["sidebar: deployments + instances + is_empty"]["median_ms"]
+    pages: dict[str, float] = {}
+    for name, timing in out.items():
+        page = name.split(":")[0]
+        if isinstance(timing, dict) and page != "sidebar":
+            pages[page] = pages.get(page, sidebar) + timing["median_ms"]
+    out["page totals (ms, with the sidebar)"] = {p: round(v, 1) for p, v in pages.items()}
+    print(f"    page totals: {out['page totals (ms, with the sidebar)']}", flush=True)
     return out
 
 
@@ -135,30 +157,64 @@ def time_pages(url: str, windows: list[str], repeat: int) -> dict:
 
 
 def bench_backend(name: str, url: str, args: argparse.Namespace) -> dict:
-    print(f"[{name}] filling a store with {args.rows:,} layer-stat rows", flush=True)
+    rows = args.pg_rows if name == "postgresql" and args.pg_rows else args.rows
+    print(f"[{name}] filling a store with {rows:,} layer-stat rows", flush=True)
     with Store.open(url) as store:
-        fill = store_ingest.fill(store, args.rows)
+        fill = store_ingest.fill(store, rows)
         extras(store, url, args.trials)
+        print(f"  [{name}] rolling up", flush=True)
+        t = time.perf_counter()
+        rolled = store.refresh_rollups()
+        fill["rollup_refresh"] = {"seconds": round(time.perf_counter() - t, 1), "raw_rows": rolled,
+                                  "rollup_rows": rollup_rows(store)}
+        print(f"  [{name}] rollups: {fill['rollup_refresh']}", flush=True)
         result = {"fill": fill, "queries": {}}
         for window in args.windows:
             print(f"  [{name}] queries, window {window}", flush=True)
             scope = Scope(DEPLOYMENT, window_s=WINDOWS[window])
             result["queries"][window] = time_queries(store, scope, args.repeat)
-    print(f"  [{name}] whole pages (AppTest, cold caches)", flush=True)
-    result["pages"] = time_pages(url, args.windows, args.page_repeat)
+    if args.page_repeat:
+        print(f"  [{name}] whole pages (AppTest, cold caches)", flush=True)
+        result["pages"] = time_pages(url, args.windows, args.page_repeat)
+    if args.drop_after:
+        drop(name, url)
     return result
+
+
+def drop(name: str, url: str) -> None:
+    """Delete a generated store (they take tens of GiB at 100M rows)."""
+    from pathlib import Path
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    if name == "sqlite":
+        path = make_url(url).database
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        return
+    options = make_url(url).query.get("options", "")
+    schema = str(options).removeprefix("-csearch_path=")
+    eng = create_engine(make_url(url).set(query={}))
+    with eng.begin() as conn:
+        conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    eng.dispose()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=10_000_000, help="layer-stat rows in the store")
+    ap.add_argument("--rows", type=int, default=100_000_000, help="layer-stat rows in the store")
     ap.add_argument("--sqlite-dir", default="/tmp")
     ap.add_argument("--pg", default=os.environ.get("KVPILOT_TEST_DATABASE_URL"), help="PostgreSQL URL")
     ap.add_argument("--skip-pg", action="store_true")
+    ap.add_argument("--skip-sqlite", action="store_true")
+    ap.add_argument("--pg-schema", default="kvbench_dashboard", help="the PostgreSQL schema the store is made in")
+    ap.add_argument("--pg-rows", type=int, default=None, help="layer-stat rows on PostgreSQL (default: --rows)")
     ap.add_argument("--windows", default="15m,1h,6h,24h", help=f"comma-separated, from {', '.join(WINDOWS)}")
     ap.add_argument("--trials", type=int, default=200, help="trials in the Optuna study")
     ap.add_argument("--repeat", type=int, default=5, help="timed runs per query")
-    ap.add_argument("--page-repeat", type=int, default=3, help="timed renders per page")
+    ap.add_argument("--page-repeat", type=int, default=3, help="timed renders per page (0: skip the AppTest pages)")
+    ap.add_argument("--drop-after", action="store_true", help="delete each generated store when measured")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     args.windows = [w for w in args.windows.split(",") if w]
@@ -178,11 +234,12 @@ def main() -> None:
         "row_budget_before_sampling": A.ROW_BUDGET,
         "results": {},
     }
-    sqlite_url = store_ingest._fresh_sqlite(Path(args.sqlite_dir) / "kvpilot_bench_dashboard.db")
-    report["results"]["sqlite"] = bench_backend("sqlite", sqlite_url, args)
-    store_ingest._write(report, args.out)
+    if not args.skip_sqlite:
+        sqlite_url = store_ingest._fresh_sqlite(Path(args.sqlite_dir) / "kvpilot_bench_dashboard.db")
+        report["results"]["sqlite"] = bench_backend("sqlite", sqlite_url, args)
+        store_ingest._write(report, args.out)
     if args.pg and not args.skip_pg:
-        pg_url = store_ingest._fresh_pg(args.pg, "kvbench_dashboard")
+        pg_url = store_ingest._fresh_pg(args.pg, args.pg_schema)
         report["results"]["postgresql"] = bench_backend("postgresql", pg_url, args)
         store_ingest._write(report, args.out)
 

@@ -57,54 +57,117 @@ def machine() -> dict:
 
 
 # ----- ingest -------------------------------------------------------------------------------------------
+#
+# The previous write paths, kept here verbatim so one run measures old against new on the same machine and
+# database, in alternating pairs: SQLAlchemy's exec_driver_sql executemany on SQLite, a text-format COPY
+# with a per-value NaN check on PostgreSQL.
 
 
-def ingest(store: Store, seconds: float, steps_per_call: int) -> dict:
+def _previous_sqlite(conn, table, columns, rows) -> None:
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    conn.exec_driver_sql(sql, rows)
+
+
+def _previous_postgres(conn, table, columns, rows) -> None:
+    import math
+
+    def finite(value):
+        if value.__class__ is float and not math.isfinite(value):
+            return None
+        return value
+
+    with conn.connection.driver_connection.cursor() as cur:
+        with cur.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(tuple(map(finite, row)))
+
+
+PREVIOUS = {"sqlite": _previous_sqlite, "postgresql": _previous_postgres}
+
+
+def _rows(rnd: random.Random, step: int, steps: int) -> list[dict]:
+    now = time.time()
+    return [
+        {
+            "ts": now,
+            "step": step + s,
+            "layer": layer,
+            "head": head,
+            "entropy": rnd.random() * 5,
+            "retained_mass": rnd.random(),
+            "tokens_90": rnd.random() * 500,
+            "sink_mass": rnd.random() * 0.3,
+            "recent_mass": rnd.random() * 0.3,
+            "gini": rnd.random(),
+            "kv_bytes": 4096 * (layer + 1),
+            "kept_tokens": 256,
+            "seen_tokens": 1024 + step,
+        }
+        for s in range(steps)
+        for layer in range(LAYERS)
+        for head in (-1, *range(HEADS))
+    ]
+
+
+def ingest(store: Store, seconds: float, steps_per_call: int, calls_per_turn: int = 4) -> dict:
+    """The current write path against the previous one, through `Store.add_layer_stats` with dict rows.
+
+    Turns of `calls_per_turn` calls alternate between the paths (new, old, old, new, ...), so load changes
+    on the shared machine hit both; each pair of turns gives one new/old ratio. Building the dicts is not
+    timed; validation, the transaction and the commit are."""
     ids = [store.register_instance("bench", f"engine-{i}").id for i in range(INSTANCES)]
+    current = store._backend.bulk_insert
+    previous = PREVIOUS[store.backend_name]
     rnd = random.Random(0)
-    rows_total, busy, calls, rates = 0, 0.0, 0, []
-    step = 0
+    stats = {"new": {"rows": 0, "busy": 0.0, "rates": []}, "previous": {"rows": 0, "busy": 0.0, "rates": []}}
+    ratios = []
+    step, calls, turn = 0, 0, 0
     wall0 = time.perf_counter()
-    while time.perf_counter() - wall0 < seconds:
-        inst = ids[calls % INSTANCES]
-        now = time.time()
-        rows = [
-            {
-                "ts": now,
-                "step": step + s,
-                "layer": layer,
-                "head": head,
-                "entropy": rnd.random() * 5,
-                "retained_mass": rnd.random(),
-                "tokens_90": rnd.random() * 500,
-                "sink_mass": rnd.random() * 0.3,
-                "recent_mass": rnd.random() * 0.3,
-                "gini": rnd.random(),
-                "kv_bytes": 4096 * (layer + 1),
-                "kept_tokens": 256,
-                "seen_tokens": 1024 + step,
-            }
-            for s in range(steps_per_call)
-            for layer in range(LAYERS)
-            for head in (-1, *range(HEADS))
-        ]
-        t = time.perf_counter()
-        n = store.add_layer_stats(rows, instance_id=inst)
-        dt = time.perf_counter() - t
-        busy += dt
-        rows_total += n
-        rates.append(n / dt)
-        calls += 1
-        step += steps_per_call
-    assert store.counts()["layer_stats"] == rows_total
+    try:
+        while time.perf_counter() - wall0 < seconds or turn % 2:
+            order = ("new", "previous") if (turn // 2) % 2 == 0 else ("previous", "new")
+            path = order[turn % 2]
+            store._backend.bulk_insert = current if path == "new" else previous  # type: ignore[method-assign]
+            rows_turn, busy_turn = 0, 0.0
+            for _ in range(calls_per_turn):
+                rows = _rows(rnd, step, steps_per_call)
+                t = time.perf_counter()
+                n = store.add_layer_stats(rows, instance_id=ids[calls % INSTANCES])
+                dt = time.perf_counter() - t
+                rows_turn += n
+                busy_turn += dt
+                stats[path]["rates"].append(n / dt)
+                calls += 1
+                step += steps_per_call
+            stats[path]["rows"] += rows_turn
+            stats[path]["busy"] += busy_turn
+            stats[path].setdefault("turns", []).append(rows_turn / busy_turn)
+            if turn % 2:
+                new, old = stats["new"]["turns"][-1], stats["previous"]["turns"][-1]
+                ratios.append(new / old)
+            turn += 1
+    finally:
+        store._backend.bulk_insert = current  # type: ignore[method-assign]
+    assert store.counts()["layer_stats"] == stats["new"]["rows"] + stats["previous"]["rows"]
+
+    def summary(s: dict) -> dict:
+        return {
+            "rows": s["rows"],
+            "seconds_in_add_layer_stats": round(s["busy"], 3),
+            "rows_per_s": round(s["rows"] / s["busy"]),
+            "rows_per_s_median_turn": round(statistics.median(s["turns"])),
+            "rows_per_s_p10_call": round(statistics.quantiles(s["rates"], n=10)[0]) if len(s["rates"]) >= 10 else None,
+        }
+
     return {
-        "rows": rows_total,
-        "calls": calls,
         "rows_per_call": steps_per_call * ROWS_PER_STEP,
-        "seconds_in_add_layer_stats": round(busy, 3),
-        "rows_per_s": round(rows_total / busy),
-        "rows_per_s_p10_call": round(statistics.quantiles(rates, n=10)[0]) if len(rates) >= 10 else None,
-        "rows_per_s_min_call": round(min(rates)),
+        "calls_per_turn": calls_per_turn,
+        "pairs": len(ratios),
+        "new": summary(stats["new"]),
+        "previous": summary(stats["previous"]),
+        "speedup_median_pair": round(statistics.median(ratios), 3),
+        "speedup_pairs": [round(r, 3) for r in ratios],
+        "rows_per_s": round(stats["new"]["rows"] / stats["new"]["busy"]),
     }
 
 
@@ -139,6 +202,18 @@ def _escape(backend: str, sql: str) -> str:
     return sql.replace("%", "%%") if backend == "postgresql" else sql
 
 
+def _fast_fill(conn, backend: str) -> None:
+    """PostgreSQL only, for this generator's transaction: no commit flush, and no per-row foreign-key
+    trigger (the generated owners exist by construction; needs a superuser, as the test server's postgres)."""
+    if backend == "postgresql":
+        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+        try:
+            with conn.begin_nested():
+                conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+        except sqlalchemy.exc.DBAPIError:
+            pass  # not a superuser: the triggers run, the fill is slower
+
+
 def fill(store: Store, rows: int, chunk: int = 1_000_000) -> dict:
     """Fill layer_stats to `rows` rows ending now, plus memory samples, requests and events."""
     backend = store.backend_name
@@ -150,9 +225,6 @@ def fill(store: Store, rows: int, chunk: int = 1_000_000) -> dict:
     run = store.start_run("serving", deployment="dash", instance_id=1, started_at=t0)
     run_from_step = steps - 1800  # the run covers the last 30 minutes of engine-0
     started = time.perf_counter()
-    with store.engine.begin() as conn:
-        if backend == "postgresql":
-            conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
     done = 0
     while done < rows:
         n = min(chunk, rows - done)
@@ -165,6 +237,7 @@ def fill(store: Store, rows: int, chunk: int = 1_000_000) -> dict:
         else:
             sql = f"INSERT INTO layer_stats ({FILL_COLUMNS}) {sel} FROM generate_series({done}, {done + n - 1}) AS i"
         with store.engine.begin() as conn:
+            _fast_fill(conn, backend)
             conn.exec_driver_sql(_escape(backend, sql))
         done += n
         print(f"  filled {done:,}/{rows:,} layer-stat rows ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -178,6 +251,8 @@ def fill(store: Store, rows: int, chunk: int = 1_000_000) -> dict:
     src = "FROM s" if backend == "sqlite" else f"FROM generate_series(0, {other - 1}) AS i"
     rnd = "(abs(random() % 1000) / 1000.0)" if backend == "sqlite" else "random()"
     with store.engine.begin() as conn:
+        _fast_fill(conn, backend)
+
         def execute(sql: str) -> None:
             conn.exec_driver_sql(_escape(backend, sql))
 
@@ -294,7 +369,9 @@ def bench_backend(name: str, make_url, args) -> dict:
         if name == "postgresql":
             with store.engine.connect() as conn:
                 result["server_version"] = conn.execute(text("SHOW server_version")).scalar()
-    print(f"[{name}] ingest: {result['ingest']['rows_per_s']:,} rows/s", flush=True)
+    ing = result["ingest"]
+    print(f"[{name}] ingest: {ing['new']['rows_per_s']:,} rows/s now, {ing['previous']['rows_per_s']:,} rows/s on the "
+          f"previous path; median pair ratio x{ing['speedup_median_pair']}", flush=True)
     if args.rows:
         print(f"[{name}] filling a store with {args.rows:,} layer-stat rows", flush=True)
         with Store.open(make_url("dash")) as store:

@@ -1,17 +1,13 @@
-"""`kvpilot db ...`: create or migrate the store's schema, show where it stands, prune old samples."""
+"""`kvpilot db ...`: create or migrate the store's schema, show where it stands, roll up and prune samples."""
 
 from __future__ import annotations
 
 import argparse
-import re
-
-from kvpilot.errors import KVPilotError
 
 DB_HELP = (
     "database URL: sqlite:///PATH, a plain file path, or postgresql+psycopg://USER@HOST:PORT/DBNAME "
     "(default: $KVPILOT_DB, else $KVPILOT_HOME/kvpilot.db)"
 )
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def add_db_option(parser: argparse.ArgumentParser) -> None:
@@ -19,11 +15,10 @@ def add_db_option(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_duration(text: str) -> float:
-    """'7d', '12h', '30m', '90s', '2w' or plain seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
-    if not m:
-        raise KVPilotError(f"cannot read duration {text!r}: use a number with s, m, h, d or w (e.g. 7d, 12h)")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    """'7d', '12h', '30m', '90s', '2w' or plain seconds (`kvpilot.storage.retention.parse_duration`)."""
+    from kvpilot.storage.retention import parse_duration as parse
+
+    return parse(text)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,13 +48,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     pr = sub.add_parser(
         "prune",
-        help="delete samples older than a given age",
+        help="delete samples older than a given age (their rollups stay)",
         description="Delete layer stats, requests, memory samples and cache events older than --older-than. "
+        "The per-minute and per-hour rollups are brought up to date first and stay, so dashboards keep long "
+        "windows (at minute or hour resolution) after the raw rows are gone, until the rollups' own ages. "
         "Deployments, runs, profiles and config versions are kept.",
     )
     pr.add_argument("--older-than", required=True, metavar="AGE", help="age such as 7d, 12h, 30m or 3600 (seconds)")
+    pr.add_argument("--minute-rollups-older-than", metavar="AGE", help="also delete per-minute rollups this old")
+    pr.add_argument("--hour-rollups-older-than", metavar="AGE", help="also delete per-hour rollups this old")
     add_db_option(pr)
     pr.set_defaults(func=_prune)
+
+    ru = sub.add_parser(
+        "rollup",
+        help="bring the per-minute and per-hour rollups up to date",
+        description="Roll up the samples stored since the last refresh (engines' writers do this every minute "
+        "on their own; run it after a bulk import, or after `kvpilot db upgrade` to roll up existing samples).",
+    )
+    add_db_option(ru)
+    ru.set_defaults(func=_rollup)
 
 
 def _upgrade(args: argparse.Namespace) -> int:
@@ -102,10 +110,26 @@ def _backends(args: argparse.Namespace) -> int:
 
 def _prune(args: argparse.Namespace) -> int:
     from kvpilot.storage import Store
+    from kvpilot.storage.schema import SAMPLES
 
     age = parse_duration(args.older_than)
+    minutes = None if args.minute_rollups_older_than is None else parse_duration(args.minute_rollups_older_than)
+    hours = None if args.hour_rollups_older_than is None else parse_duration(args.hour_rollups_older_than)
     with Store.open(args.db) as store:
-        deleted = store.prune(age)
-    total = sum(deleted.values())
-    print(f"deleted {total:,} samples older than {args.older_than}: " + ", ".join(f"{k} {v:,}" for k, v in deleted.items()))
+        deleted = store.prune(age, minute_rollups_older_than=minutes, hour_rollups_older_than=hours)
+    samples = {k: v for k, v in deleted.items() if k in SAMPLES or k == "ingested_parts"}
+    rollups = {k: v for k, v in deleted.items() if k not in samples}
+    total = sum(v for k, v in samples.items() if k in SAMPLES)
+    print(f"deleted {total:,} samples older than {args.older_than}: " + ", ".join(f"{k} {v:,}" for k, v in samples.items()))
+    if rollups:
+        print(f"deleted {sum(rollups.values()):,} rollup rows: " + ", ".join(f"{k} {v:,}" for k, v in rollups.items()))
+    return 0
+
+
+def _rollup(args: argparse.Namespace) -> int:
+    from kvpilot.storage import Store
+
+    with Store.open(args.db) as store:
+        rolled = store.refresh_rollups()
+    print("rolled up " + ", ".join(f"{k} {v:,}" for k, v in rolled.items()) + " new samples")
     return 0

@@ -17,7 +17,20 @@ from sqlalchemy import exists, func, select, union_all
 from sqlalchemy.engine import Connection
 
 from kvpilot.storage.errors import StoreError
-from kvpilot.storage.queries import CACHE_EVENTS, EV, LAYER_METRICS, LS, RQ, QueryStore, opt_float
+from kvpilot.storage.queries import (
+    CACHE_EVENTS,
+    EV,
+    EVENT_NUMERIC,
+    LAYER_METRICS,
+    LAYER_STATS,
+    LS,
+    REQUEST_NUMERIC,
+    REQUESTS,
+    RQ,
+    QueryStore,
+    opt_float,
+)
+from kvpilot.storage.rollups import GRAINS, Agg
 from kvpilot.storage.schema import POOL_DETAIL_KEYS, SAMPLES, SESSION_KINDS, Deployment, Run, table_of
 from kvpilot.storage.scope import Scope, bucket_width
 from kvpilot.storage.types import (
@@ -41,6 +54,7 @@ ROW_BUDGET = 200_000
 SAMPLE_SLICES = 60
 SAMPLE_SPAN_S = 300.0
 PROBES, PROBE_S = 12, 2.0
+HISTOGRAM_ROW_BUDGET = 50_000  # latency values binned per histogram before it reads slices instead
 
 
 class AggregateStore(QueryStore):
@@ -54,43 +68,66 @@ class AggregateStore(QueryStore):
     # ----- requests -----------------------------------------------------------------------------------
 
     def request_totals(self, scope: Scope) -> RequestTotals:
-        """Requests in the window: counts, token sums, latency means, first and last time."""
-        c = RQ.c
+        """Requests in the window: counts, token sums, latency means, first and last time (from the coarsest
+        rollups that fit the window, raw rows for its edges and the newest minutes)."""
 
         def run(conn: Connection) -> RequestTotals:
-            conds = self._owner_conds(conn, RQ, scope, require_owner=True)
-            if conds is None:
+            src, _ = self._rollup_source(conn, REQUESTS, scope, None, numeric=REQUEST_NUMERIC, counted=("error",))
+            if src is None:
                 return RequestTotals()
+            a = Agg(src)
             q = select(
-                func.count(), func.count(c.error), func.coalesce(func.sum(c.prompt_tokens), 0),
-                func.coalesce(func.sum(c.output_tokens), 0), func.avg(c.ttft_s), func.avg(c.tpot_s), func.avg(c.e2e_s),
-                func.avg(c.kv_bytes), func.avg(c.compression_ratio), func.min(c.ts), func.max(c.ts),
-            ).where(*conds)
+                a.count(), a.count_of("error"), func.coalesce(a.sum("prompt_tokens"), 0),
+                func.coalesce(a.sum("output_tokens"), 0), a.avg("ttft_s"), a.avg("tpot_s"), a.avg("e2e_s"),
+                a.avg("kv_bytes"), a.avg("compression_ratio"), a.min("ts"), a.max("ts"),
+            )
             r = conn.execute(q).one()
-            return RequestTotals(int(r[0]), int(r[1]), int(r[2]), int(r[3]), *(opt_float(v) for v in r[4:]))
+            return RequestTotals(int(r[0] or 0), int(r[1] or 0), int(r[2]), int(r[3]), *(opt_float(v) for v in r[4:]))
 
         return self._read(run, analytic=True)
 
     def latency_histogram(self, scope: Scope, column: LatencyColumn, bins: int = 40) -> Histogram:
-        """Distribution of one latency column: one MAX query, then one GROUP BY bin query."""
+        """Distribution of one latency column: the maximum and the count from the rollups where they reach,
+        then one GROUP BY bin query over the raw rows (bins this fine are not in the rollups). A window with
+        more than HISTOGRAM_ROW_BUDGET values is binned from SAMPLE_SLICES evenly spaced slices holding about
+        that many, and the counts are scaled to the window's exact count (`Histogram.sampled`)."""
         if column not in LATENCY_COLUMNS:
             raise StoreError(f"latency column {column!r} unknown; use one of {', '.join(LATENCY_COLUMNS)}")
         col = RQ.c[column]
 
         def run(conn: Connection) -> Histogram:
             conds = self._owner_conds(conn, RQ, scope, require_owner=True)
-            if conds is None:
+            src, _ = self._rollup_source(conn, REQUESTS, scope, None, numeric=(column,))
+            if conds is None or src is None:
                 return Histogram(column)
             conds.append(col.is_not(None))
-            top = conn.execute(select(func.max(col)).where(*conds)).scalar()
-            if top is None:
+            a = Agg(src)
+            top, total = conn.execute(select(a.max(column), a.count_of(column))).one()
+            if top is None or not total:
                 return Histogram(column)
             width = max(float(top), 1e-9) / bins
+            start, end = scope.bounds()
+            slices = _histogram_slices(start, end if scope.until is None else scope.until, int(total))
             b = self._backend.floor_div(col, width).label("bin")
+            if slices:
+                # the owner alone plus each slice's bounds: with the window's own lower bound beside a slice's,
+                # SQLite ranges the index from the window's start and filters, reading the window 30 times over
+                owner = self._owner_conds(conn, RQ, _unbounded(scope), require_owner=True) or []
+                parts = [select(col.label("v")).where(*owner, col.is_not(None), RQ.c.ts >= lo, RQ.c.ts < hi)
+                         for lo, hi in slices]
+                sub = union_all(*parts).subquery()
+                sb = self._backend.floor_div(sub.c.v, width).label("bin")
+                q = select(sb, func.count()).group_by(sb)
+            else:
+                q = select(b, func.count()).where(*conds).group_by(b)
             counts = [0] * bins
-            for i, n in conn.execute(select(b, func.count()).where(*conds).group_by(b)):
+            for i, n in conn.execute(q):
                 counts[min(int(i), bins - 1)] += int(n)  # the maximum itself lands in the last bin
-            return Histogram(column, width, counts)
+            if not slices:
+                return Histogram(column, width, counts)
+            read = sum(counts)
+            scale = int(total) / read if read else 0.0
+            return Histogram(column, width, [round(c * scale) for c in counts], sampled=read)
 
         return self._read(run, analytic=True)
 
@@ -131,18 +168,37 @@ class AggregateStore(QueryStore):
         return SamplePlan(width, tuple(slices), length)
 
     def layer_view(self, scope: Scope, metric: str, points: int = SAMPLE_SLICES) -> LayerView:
-        """Heatmap data for `metric`: one GROUP BY (bucket, layer, head) query over the planned part of the
-        window; per-cell means are weighted from the buckets, so the database does the only pass over rows."""
+        """Heatmap data for `metric`: one GROUP BY (bucket, layer, head) query over the whole window from the
+        coarsest rollups that fit its buckets (raw rows for the newest minutes), else over the planned part of
+        the raw window; per-cell means are weighted from the buckets, so the database does the only pass."""
         if metric not in LAYER_METRICS:
             raise ValueError(f"unknown layer metric {metric!r}; use one of {', '.join(LAYER_METRICS)}")
 
         def run(conn: Connection) -> LayerView:
+            window_s, start = _window(scope)
+            width = bucket_width(window_s, points)
+            # the coarsest rollup that still gives at least a third of the buckets asked for (24 h: hours)
+            fitting = [g for _, g in GRAINS if window_s / g >= points / 3]
+            if fitting:
+                width = math.ceil(width / max(fitting)) * max(fitting)
+            bounded = Scope(scope.deployment, scope.instance_id, None, run_id=scope.run_id, since=start,
+                            until=start + window_s)
+            src, grains = self._rollup_source(conn, LAYER_STATS, bounded, width, keys=("layer", "head"),
+                                              numeric=(metric,), require=True)
+            if src is not None:
+                a, b = Agg(src), self._backend.time_bucket(src.c.ts, width).label("bucket")
+                q = (
+                    select(b, src.c.layer, src.c.head, a.count_of(metric), a.avg(metric))
+                    .group_by(b, src.c.layer, src.c.head)
+                    .order_by(b, src.c.layer, src.c.head)
+                )
+                return _layer_view(metric, SamplePlan(width, rollups=grains), conn.execute(q).all())
             plan = self._layer_plan(conn, scope, points)
             owner = self._owner_conds(conn, LS, _unbounded(scope), require_owner=True)
             if owner is None:
                 return LayerView(metric, plan, [], [], [])
             cols = (LS.c.ts, LS.c.layer, LS.c.head, LS.c[metric].label("value"))
-            ranges: tuple[tuple[float, float | None], ...] = plan.slices or ((_window(scope)[1], None),)
+            ranges: tuple[tuple[float, float | None], ...] = plan.slices or ((_window(scope)[1], scope.until),)
             parts = [
                 select(*cols).where(*owner, LS.c.ts >= a, *(() if b is None else (LS.c.ts < b,))) for a, b in ranges
             ]
@@ -174,16 +230,14 @@ class AggregateStore(QueryStore):
         """Rows, summed counts and bytes per event kind over the window."""
 
         def run(conn: Connection) -> dict[str, KindTotal]:
-            conds = self._owner_conds(conn, EV, scope, require_owner=True)
-            if conds is None:
+            src, _ = self._rollup_source(conn, CACHE_EVENTS, scope, None, keys=("kind",), numeric=EVENT_NUMERIC)
+            if src is None:
                 return {}
-            if kinds is not None:
-                conds.append(EV.c.kind.in_(list(kinds)))
+            a = Agg(src)
             q = (
-                select(EV.c.kind, func.count(), func.coalesce(func.sum(EV.c.count), 0),
-                       func.coalesce(func.sum(EV.c.bytes), 0))
-                .where(*conds)
-                .group_by(EV.c.kind)
+                select(src.c.kind, a.count(), func.coalesce(a.sum("count"), 0), func.coalesce(a.sum("bytes"), 0))
+                .where(*(() if kinds is None else (src.c.kind.in_(list(kinds)),)))
+                .group_by(src.c.kind)
             )
             return {r[0]: KindTotal(r[0], int(r[1]), int(r[2]), int(r[3])) for r in conn.execute(q)}
 
@@ -196,6 +250,12 @@ class AggregateStore(QueryStore):
         def run(conn: Connection) -> list[PoolBucket]:
             conds = self._owner_conds(conn, EV, scope, require_owner=True)
             if conds is None:
+                return []
+            # the rollups count session events with a detail: none in the window, no scan of its raw events
+            src, _ = self._rollup_source(conn, CACHE_EVENTS, scope, None, keys=("kind",), counted=("detail",))
+            if src is None or not conn.execute(
+                select(Agg(src).count_of("detail")).where(src.c.kind.in_(list(SESSION_KINDS)))
+            ).scalar():
                 return []
             b = self._backend.time_bucket(EV.c.ts, bucket_s).label("bucket")
             fields = [func.max(detail[k].as_float()) for k in POOL_DETAIL_KEYS]
@@ -222,6 +282,17 @@ def _window(scope: Scope) -> tuple[float, float]:
 def _unbounded(scope: Scope) -> Scope:
     """The same owner without the window (the layer queries add their own time ranges)."""
     return Scope(scope.deployment, scope.instance_id, None, run_id=scope.run_id)
+
+
+def _histogram_slices(start: float | None, end: float, total: int) -> list[tuple[float, float]]:
+    """Evenly spaced slices of [start, end) holding about HISTOGRAM_ROW_BUDGET of its `total` values, or none
+    when the whole window is small enough (or unbounded)."""
+    if start is None or total <= HISTOGRAM_ROW_BUDGET or end <= start:
+        return []
+    step = (end - start) / SAMPLE_SLICES
+    length = step * HISTOGRAM_ROW_BUDGET / total
+    return [(start + k * step + _golden(k) * (step - length), start + k * step + _golden(k) * (step - length) + length)
+            for k in range(SAMPLE_SLICES)]
 
 
 def _golden(k: int) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import socket
 import time
@@ -15,8 +16,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from kvpilot.config import KVConfig
-from kvpilot.storage.core import StoreCore, json_safe
+from kvpilot.storage.core import json_safe
 from kvpilot.storage.errors import NotFoundError, StoreError
+from kvpilot.storage.rollup_jobs import FINEST_S, RollupJobs
 from kvpilot.storage.schema import (
     RUN_KINDS,
     RUN_STATUSES,
@@ -73,7 +75,7 @@ def _seconds(value: float | timedelta) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-class EntityStore(StoreCore):
+class EntityStore(RollupJobs):
     """Metadata writers and readers."""
 
     # ----- deployments and instances ---------------------------------------------------------------
@@ -335,18 +337,29 @@ class EntityStore(StoreCore):
     # ----- retention ---------------------------------------------------------------------------------
 
     def prune(
-        self, older_than: float | timedelta, *, now: float | None = None, batch_rows: int = 50_000
+        self, older_than: float | timedelta, *, now: float | None = None, batch_rows: int = 50_000,
+        minute_rollups_older_than: float | timedelta | None = None,
+        hour_rollups_older_than: float | timedelta | None = None,
     ) -> dict[str, int]:
         """Delete samples older than `older_than` (seconds or a timedelta); metadata and configs stay.
+
+        Retention by downsampling: the rollups are refreshed first, so every raw row deleted is already in
+        the per-minute and per-hour rollups, which stay (dashboards keep their long windows) until their own
+        ages, `minute_rollups_older_than` / `hour_rollups_older_than`, when given.
 
         Deletes per owner (instance or run) through the (owner, ts) indexes, in batches of `batch_rows`,
         each its own short transaction, so engines writing to a SQLite file wait at most one batch for the
         lock. Returns rows deleted per table.
         """
         age = _seconds(older_than)
-        if age < 0:
-            raise StoreError("prune: older_than must be positive")
-        cutoff = (time.time() if now is None else now) - age
+        ages = {"1m": minute_rollups_older_than, "1h": hour_rollups_older_than}
+        rollup_ages = {g: _seconds(a) for g, a in ages.items() if a is not None}
+        if age < 0 or any(a < 0 for a in rollup_ages.values()):
+            raise StoreError("prune: ages must be positive")
+        now = time.time() if now is None else now
+        cutoff = math.floor((now - age) / FINEST_S) * FINEST_S  # whole rollup buckets: no minute is half raw
+        self.refresh_rollups()
+        self.cover_until(cutoff)
 
         def owners(conn: Connection) -> list[tuple[str, int]]:
             inst = conn.execute(select(EngineInstance.id)).scalars().all()
@@ -368,6 +381,8 @@ class EntityStore(StoreCore):
         deleted["ingested_parts"] = self._write(
             lambda conn: conn.execute(parts.delete().where(parts.c.ts < cutoff)).rowcount
         )
+        for grain, rollup_age in rollup_ages.items():
+            deleted.update(self.prune_rollups(grain, rollup_age, now=now))
         return deleted
 
 

@@ -9,21 +9,25 @@ declarations (`kvpilot.storage.schema`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import Table, func, select, union_all
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql import ColumnElement
+from sqlalchemy.sql import ColumnElement, Subquery
 
 from kvpilot.storage.entities import EntityStore
 from kvpilot.storage.errors import StoreError
+from kvpilot.storage.rollup_jobs import covered_until
+from kvpilot.storage.rollups import Agg, plan_segments, segment_select
 from kvpilot.storage.schema import (
     CACHE_EVENTS,
     EVENT_KINDS,
     LAYER_STATS,
     MEMORY_SAMPLES,
     REQUESTS,
+    ROLLUPS,
     SAMPLES,
     Deployment,
     EngineInstance,
@@ -32,6 +36,7 @@ from kvpilot.storage.schema import (
     Request,
 )
 from kvpilot.storage.scope import Scope, ScopeFilters, Unpack
+from kvpilot.storage.tabledef import SampleTable
 from kvpilot.storage.types import (
     EventBucket,
     LayerStatBucket,
@@ -48,6 +53,13 @@ MEM = MEMORY_SAMPLES.table
 EV = CACHE_EVENTS.table
 LAYER_METRICS = LAYER_STATS.names(metric=True)  # every averaged layer-stat column, in table order
 DEFAULT_POINTS = 300
+# the columns the rollup-backed readers aggregate (means, sums, maxima), per table
+REQUEST_NUMERIC = ("ts", "prompt_tokens", "output_tokens", "ttft_s", "tpot_s", "e2e_s", "kv_bytes", "compression_ratio")
+MEMORY_NUMERIC = (
+    "kv_bytes_physical", "kv_bytes_logical", "kv_bytes_peak", "device_allocated", "device_reserved", "device_peak",
+    "nvml_used", "nvml_total", "nvml_util", "rss_bytes",
+)
+EVENT_NUMERIC = ("count", "bytes")
 
 
 def opt_float(v: Any) -> float | None:
@@ -89,6 +101,34 @@ class QueryStore(EntityStore):
         if scope.until is not None:
             conds.append(table.c.ts < scope.until)
         return conds
+
+    def _rollup_source(
+        self, conn: Connection, spec: SampleTable[Any], scope: Scope, width: float | None, *,
+        keys: Sequence[str] = (), numeric: Sequence[str] = (), counted: Sequence[str] = (), require: bool = False,
+    ) -> tuple[Subquery | None, tuple[str, ...]]:
+        """The scope's rows of a sample table in the rollups' normalised form (`rollups.segment_select`):
+        whole rollup buckets, coarsest first, where they fit `width` (None: no time buckets) and the rollups
+        reach, raw rows elsewhere. Returns (None, ()) when the scope selects nothing or, with `require`, when no
+        rollup fits (the caller's raw query is the faster one then); else (source, the rollup grains used)."""
+        owner = self._owner_conds(conn, spec.table, Scope(scope.deployment, scope.instance_id, None,
+                                                          run_id=scope.run_id), require_owner=True)
+        if owner is None:
+            return None, ()
+        start = scope.start  # like `_owner_conds`, no upper bound unless `until` is given
+        end = math.inf if scope.until is None else scope.until
+        segments = plan_segments(ROLLUPS[spec.name], -math.inf if start is None else start, end,
+                                 covered_until(conn, spec.name), width)
+        used = tuple(sorted({seg.rollup.label for seg in segments if seg.rollup is not None}))
+        if require and not used:
+            return None, ()
+        parts = []
+        for seg in segments:
+            table = spec.table if seg.rollup is None else seg.rollup.table
+            conds = owner if seg.rollup is None else self._owner_conds(
+                conn, table, Scope(scope.deployment, scope.instance_id, None, run_id=scope.run_id))
+            parts.append(segment_select(seg, spec, conds or [], keys, numeric, counted))
+        src = parts[0] if len(parts) == 1 else union_all(*parts)
+        return src.subquery("src"), used
 
     @staticmethod
     def _deployment_instance_ids(conn: Connection, deployment: str) -> list[int]:
@@ -191,10 +231,30 @@ class QueryStore(EntityStore):
         sc = Scope.of(scope, **filters)
         bucket = self._backend.time_bucket(LS.c.ts, sc.bucket_s(DEFAULT_POINTS, bucket_s)).label("bucket")
 
+        width = sc.bucket_s(DEFAULT_POINTS, bucket_s)
+
         def run(conn: Connection) -> list[LayerStatBucket]:
             conds = self._layer_conds(conn, sc, level, layers)
             if conds is None:
                 return []
+            src, _ = self._rollup_source(conn, LAYER_STATS, sc, width, keys=("layer", "head"), numeric=LAYER_METRICS,
+                                         require=True)
+            if src is not None:
+                a = Agg(src)
+                b = self._backend.time_bucket(src.c.ts, width).label("bucket")
+                sel = [src.c.head == -1] if level == "layer" else [src.c.head >= 0] if level == "head" else []
+                if layers is not None:
+                    sel.append(src.c.layer.in_(list(layers)))
+                q = (
+                    select(b, src.c.layer, src.c.head, a.count(), *(a.avg(m) for m in LAYER_METRICS))
+                    .where(*sel)
+                    .group_by(b, src.c.layer, src.c.head)
+                    .order_by(b, src.c.layer, src.c.head)
+                )
+                return [
+                    LayerStatBucket(float(r[0]), int(r[1]), int(r[2]), int(r[3]), _means(r[4:]))
+                    for r in conn.execute(q)
+                ]
             q = (
                 select(bucket, LS.c.layer, LS.c.head, func.count(), *(func.avg(LS.c[m]) for m in LAYER_METRICS))
                 .where(*conds)
@@ -231,10 +291,19 @@ class QueryStore(EntityStore):
         sc = Scope.of(scope, **filters)
         bucket = self._backend.time_bucket(RQ.c.ts, sc.bucket_s(DEFAULT_POINTS, bucket_s)).label("bucket")
 
+        width = sc.bucket_s(DEFAULT_POINTS, bucket_s)
+
         def run(conn: Connection) -> list[RequestBucket]:
             conds = self._owner_conds(conn, RQ, sc)
             if conds is None:
                 return []
+            if sc.has_owner:
+                src, _ = self._rollup_source(conn, REQUESTS, sc, width, numeric=REQUEST_NUMERIC, counted=("error",))
+                if src is None:
+                    return []
+                b = self._backend.time_bucket(src.c.ts, width).label("bucket")
+                q = select(b, *request_aggregates(Agg(src))).group_by(b).order_by(b)
+                return [RequestBucket(float(r[0]), *_request_values(r[1:])) for r in conn.execute(q)]
             q = select(bucket, *_request_aggregates()).where(*conds).group_by(bucket).order_by(bucket)
             return [RequestBucket(float(r[0]), *_request_values(r[1:])) for r in conn.execute(q)]
 
@@ -250,21 +319,39 @@ class QueryStore(EntityStore):
         bucket = self._backend.time_bucket(MEM.c.ts, sc.bucket_s(DEFAULT_POINTS, bucket_s)).label("bucket")
         c = MEM.c
 
+        width = sc.bucket_s(DEFAULT_POINTS, bucket_s)
+
         def run(conn: Connection) -> list[MemoryBucket]:
             conds = self._owner_conds(conn, MEM, sc)
             if conds is None:
                 return []
-            q = (
-                select(
-                    bucket, c.instance_id, func.count(), func.avg(c.kv_bytes_physical), func.max(c.kv_bytes_physical),
-                    func.avg(c.kv_bytes_logical), func.max(c.kv_bytes_peak), func.avg(c.device_allocated),
-                    func.max(c.device_reserved), func.max(c.device_peak), func.max(c.nvml_used),
-                    func.max(c.nvml_total), func.avg(c.nvml_util), func.max(c.rss_bytes),
+            if sc.has_owner:
+                src, _ = self._rollup_source(conn, MEMORY_SAMPLES, sc, width, numeric=MEMORY_NUMERIC)
+                if src is None:
+                    return []
+                a, b = Agg(src), self._backend.time_bucket(src.c.ts, width).label("bucket")
+                q = (
+                    select(
+                        b, src.c.instance_id, a.count(), a.avg("kv_bytes_physical"), a.max("kv_bytes_physical"),
+                        a.avg("kv_bytes_logical"), a.max("kv_bytes_peak"), a.avg("device_allocated"),
+                        a.max("device_reserved"), a.max("device_peak"), a.max("nvml_used"), a.max("nvml_total"),
+                        a.avg("nvml_util"), a.max("rss_bytes"),
+                    )
+                    .group_by(b, src.c.instance_id)
+                    .order_by(b, src.c.instance_id)
                 )
-                .where(*conds)
-                .group_by(bucket, c.instance_id)
-                .order_by(bucket, c.instance_id)
-            )
+            else:
+                q = (
+                    select(
+                        bucket, c.instance_id, func.count(), func.avg(c.kv_bytes_physical),
+                        func.max(c.kv_bytes_physical), func.avg(c.kv_bytes_logical), func.max(c.kv_bytes_peak),
+                        func.avg(c.device_allocated), func.max(c.device_reserved), func.max(c.device_peak),
+                        func.max(c.nvml_used), func.max(c.nvml_total), func.avg(c.nvml_util), func.max(c.rss_bytes),
+                    )
+                    .where(*conds)
+                    .group_by(bucket, c.instance_id)
+                    .order_by(bucket, c.instance_id)
+                )
             return [
                 MemoryBucket(
                     float(r[0]), opt_int(r[1]), int(r[2]), opt_float(r[3]), opt_int(r[4]), opt_float(r[5]),
@@ -304,17 +391,33 @@ class QueryStore(EntityStore):
         bucket = self._backend.time_bucket(EV.c.ts, sc.bucket_s(DEFAULT_POINTS, bucket_s)).label("bucket")
         kind_conds = _kind_conds(kinds)
 
+        width = sc.bucket_s(DEFAULT_POINTS, bucket_s)
+
         def run(conn: Connection) -> list[EventBucket]:
             conds = self._owner_conds(conn, EV, sc)
             if conds is None:
                 return []
-            q = (
-                select(bucket, EV.c.kind, func.count(), func.sum(EV.c.count), func.coalesce(func.sum(EV.c.bytes), 0))
-                .where(*conds, *kind_conds)
-                .group_by(bucket, EV.c.kind)
-                .order_by(bucket, EV.c.kind)
-            )
-            return [EventBucket(float(r[0]), r[1], int(r[2]), int(r[3] or 0), int(r[4])) for r in conn.execute(q)]
+            if sc.has_owner:
+                src, _ = self._rollup_source(conn, CACHE_EVENTS, sc, width, keys=("kind",), numeric=EVENT_NUMERIC)
+                if src is None:
+                    return []
+                a, b = Agg(src), self._backend.time_bucket(src.c.ts, width).label("bucket")
+                q = (
+                    select(b, src.c.kind, a.count(), a.sum("count"), func.coalesce(a.sum("bytes"), 0))
+                    .where(*_kind_conds(kinds, src.c.kind))
+                    .group_by(b, src.c.kind)
+                    .order_by(b, src.c.kind)
+                )
+            else:
+                q = (
+                    select(bucket, EV.c.kind, func.count(), func.sum(EV.c.count),
+                           func.coalesce(func.sum(EV.c.bytes), 0))
+                    .where(*conds, *kind_conds)
+                    .group_by(bucket, EV.c.kind)
+                    .order_by(bucket, EV.c.kind)
+                )
+            return [EventBucket(float(r[0]), r[1], int(r[2] or 0), int(r[3] or 0), int(r[4] or 0))
+                    for r in conn.execute(q)]
 
         return self._read(run, analytic=True)
 
@@ -409,10 +512,19 @@ def _request_values(r: Sequence[Any]) -> tuple:
     )
 
 
-def _kind_conds(kinds: Sequence[str] | None) -> list[ColumnElement[bool]]:
+def _kind_conds(kinds: Sequence[str] | None, column: ColumnElement[Any] | None = None) -> list[ColumnElement[bool]]:
     if kinds is None:
         return []
     unknown = sorted(set(kinds) - set(EVENT_KINDS))
     if unknown:
         raise StoreError(f"event kind(s) {unknown} unknown; allowed: {', '.join(EVENT_KINDS)}")
-    return [EV.c.kind.in_(list(kinds))]
+    return [(EV.c.kind if column is None else column).in_(list(kinds))]
+
+
+def request_aggregates(a: Agg) -> list[ColumnElement[Any]]:
+    """`_request_aggregates` over a rollup source."""
+    return [
+        a.count(), a.count_of("error"), func.coalesce(a.sum("prompt_tokens"), 0),
+        func.coalesce(a.sum("output_tokens"), 0), a.avg("ttft_s"), a.max("ttft_s"), a.avg("tpot_s"),
+        a.max("tpot_s"), a.avg("e2e_s"), a.avg("kv_bytes"), a.avg("compression_ratio"),
+    ]

@@ -8,14 +8,16 @@ drops a metric.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from kvpilot.storage.core import StoreCore
+from kvpilot.storage.entities import EntityStore
 from kvpilot.storage.errors import StoreError
+from kvpilot.storage.retention import Retention
 from kvpilot.storage.schema import (
     CACHE_EVENTS,
     LAYER_STATS,
@@ -28,14 +30,30 @@ from kvpilot.storage.schema import (
 from kvpilot.storage.tabledef import SampleRow, SampleTable
 
 _PARTS = table_of(IngestedPart)
+log = logging.getLogger(__name__)
 
 
-class SampleWriter(StoreCore):
+class SampleWriter(EntityStore):
     """Bulk writers used by probes and the recorder. Each returns the number of rows stored.
 
     `instance_id` / `run_id` fill rows that do not name their own owner. With a `part_id` (the recorder's)
     the rows go in at most once: the id is claimed in the rows' own transaction, and a part whose id is
-    already stored is skipped (0)."""
+    already stored is skipped (0).
+
+    Every `rollup_every_s` seconds (None: never) a writer also refreshes the rollups, one chunk per table
+    after its own committed write, so a store written by engines keeps its rollups current by itself."""
+
+    rollup_every_s: float | None = 60.0
+    _rolled_at: float | None = None
+    # a standing retention policy (`kvpilot.storage.retention`; from $KVPILOT_RETENTION at open), applied
+    # every `retention_every_s` seconds by the writers
+    retention: Retention | None = None
+    retention_every_s: float = 3600.0
+    _pruned_at: float | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.retention = Retention.from_env()
 
     def add_samples(
         self,
@@ -91,7 +109,36 @@ class SampleWriter(StoreCore):
             self._backend.bulk_insert(conn, spec.table, spec.writable, tuples)
             return len(tuples)
 
-        return self._write(write)
+        stored = self._write(write)
+        self._maybe_refresh_rollups()
+        self._maybe_apply_retention()
+        return stored
+
+    def _maybe_apply_retention(self) -> None:
+        policy, now = self.retention, time.monotonic()
+        if policy is None:
+            return
+        if self._pruned_at is not None and now - self._pruned_at < self.retention_every_s:
+            return
+        self._pruned_at = now
+        try:
+            self.prune(policy.raw_s, minute_rollups_older_than=policy.minute_s, hour_rollups_older_than=policy.hour_s)
+        except StoreError as exc:  # the samples are stored; the policy runs again next period
+            log.warning("retention (%s) failed, retried in %g s: %s", policy, self.retention_every_s, exc)
+
+    def _maybe_refresh_rollups(self) -> None:
+        every, now = self.rollup_every_s, time.monotonic()
+        if every is None:
+            return
+        if self._rolled_at is None:  # the first refresh comes one period after the first write
+            self._rolled_at = now
+        if now - self._rolled_at < every:
+            return
+        self._rolled_at = now
+        try:
+            self.refresh_rollups(max_chunks=1)
+        except StoreError as exc:  # the samples are stored; the next refresh picks their rollups up
+            log.warning("rollup refresh failed (retried in %g s): %s", every, exc)
 
 
 def _table(table: str | SampleTable[Any]) -> SampleTable[Any]:

@@ -30,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from kvpilot.storage.rollups import GRAINS, RollupTable, derive_rollup
 from kvpilot.storage.tabledef import Instrument, InstrumentKind, SampleRecord, SampleTable, TableOtel, column
 
 RUN_KINDS = ("serving", "eval", "tuning_trial", "probe")
@@ -234,8 +235,8 @@ class LayerStat(SampleRecord):
     """Attention statistics of one layer (head = -1) or one KV head at one moment."""
 
     step: int | None = column()
-    layer: int = column(SmallInteger, required=True)
-    head: int = column(SmallInteger, default=-1)  # -1: the whole layer (means over its heads)
+    layer: int = column(SmallInteger, required=True, key=True)
+    head: int = column(SmallInteger, default=-1, key=True)  # -1: the whole layer (means over its heads)
     entropy: float | None = _skew(
         "entropy", "attention entropy (nats): high = attention spread over many tokens, hard to compress")
     retained_mass: float | None = _skew(
@@ -298,7 +299,7 @@ class MemorySample(SampleRecord):
 class Event(SampleRecord):
     """Something that happened to the cache or its config; `count`/`bytes` let one row stand for a batch."""
 
-    kind: str = column(String(30), required=True, choices=EVENT_KINDS)
+    kind: str = column(String(30), required=True, choices=EVENT_KINDS, key=True)
     layer: int | None = column(SmallInteger)
     count: int = column(BigInteger, default=1)
     bytes: int | None = column(BigInteger)
@@ -339,3 +340,22 @@ class IngestedPart(Base):
 # The sample tables by name, in the order `Store.counts` and `kvpilot db status` list them.
 SAMPLES: dict[str, SampleTable[Any]] = {t.name: t for t in (LAYER_STATS, REQUESTS, MEMORY_SAMPLES, CACHE_EVENTS)}
 SAMPLE_TABLES = {name: t.table for name, t in SAMPLES.items()}  # the SQLAlchemy tables
+
+
+# Per-minute and per-hour rollups of every sample table (`kvpilot.storage.rollups`), derived from the
+# declarations above: ROLLUPS["layer_stats"] lists layer_stats_1m, layer_stats_1h.
+ROLLUPS: dict[str, tuple[RollupTable, ...]] = {
+    name: tuple(derive_rollup(spec, label, grain, Base.metadata, BigId) for label, grain in GRAINS)
+    for name, spec in SAMPLES.items()
+}
+
+
+class RollupState(Base):
+    """How far each sample table's rollups reach: raw rows with id <= `last_id` are in them, and readers
+    take whole rollup buckets before `covered_until` (epoch seconds) and raw rows after it."""
+
+    __tablename__ = "rollup_state"
+    table_name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+    covered_until: Mapped[float] = mapped_column(Time)
+    updated_at: Mapped[float] = mapped_column(Time)

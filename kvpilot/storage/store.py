@@ -21,8 +21,9 @@ class Store(SampleWriter, AggregateStore, RegistryStore):
 
     - writers (`kvpilot.storage.samples`): add_samples, add_layer_stats, add_requests, add_memory_samples,
       add_events;
+    - rollups (`kvpilot.storage.rollup_jobs`): refresh_rollups, prune_rollups, cover_until;
     - metadata (`kvpilot.storage.entities`): register_instance, heartbeat, instances, deployments,
-      start_run, finish_run, runs, save_profile, profiles, prune;
+      start_run, finish_run, runs, save_profile, profiles, prune (raw rows; rollups stay);
     - readers (`kvpilot.storage.queries`), all taking a `Scope` or its fields: layer_stats_latest,
       layer_stats_window, layer_stats_series, requests_window, requests_series, memory_window, events,
       event_series, run_summary, counts;

@@ -9,7 +9,9 @@ it, its default, whether readers aggregate it, its help text and the OpenTelemet
 - the SQLAlchemy `Table` (on the ORM's metadata, so Alembic compares it with the migrations),
 - the writer's validation and dict -> tuple conversion (`tuples`), used by every `Store.add_*`,
 - the readers' record conversion (`record`) and metric lists,
-- the OpenTelemetry mapping (`instruments`), read by `kvpilot.probes.otel`.
+- the OpenTelemetry mapping (`instruments`), read by `kvpilot.probes.otel`,
+- its per-minute and per-hour rollup tables (`kvpilot.storage.rollups`): `key` columns are kept per
+  bucket, numeric columns get counts, sums, minima and maxima, other columns counts.
 
 So a column is added in one place (plus an Alembic migration: migrations are history, never derived).
 """
@@ -81,6 +83,7 @@ class ColumnInfo:
     help: str = ""
     choices: tuple[str, ...] | None = None
     otel: Instrument | None = None
+    key: bool = False  # a rollup dimension (kept per bucket, like the owner), not an aggregated value
 
 
 def column(
@@ -93,9 +96,10 @@ def column(
     help: str = "",
     choices: Sequence[str] | None = None,
     otel: Instrument | None = None,
+    key: bool = False,
 ) -> Any:
     """A record field declaring one column (see the module docstring)."""
-    info = ColumnInfo(sql, required, default, metric, group, help, tuple(choices) if choices else None, otel)
+    info = ColumnInfo(sql, required, default, metric, group, help, tuple(choices) if choices else None, otel, key)
     return field(metadata={_META: info})
 
 

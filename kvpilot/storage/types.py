@@ -289,6 +289,7 @@ class Histogram:
     column: str
     width: float = 0.0
     counts: list[int] = field(default_factory=list)
+    sampled: int = 0  # values the bins were read from when a long window was sampled (counts scaled); 0: all
 
     @property
     def total(self) -> int:
@@ -322,12 +323,15 @@ class SamplePlan:
     bucket_s: float
     slices: tuple[tuple[float, float], ...] = ()
     slice_s: float = 0.0
+    rollups: tuple[str, ...] = ()  # rollup grains read ("1m", "1h"), raw rows for the rest
 
     @property
     def sampled(self) -> bool:
         return bool(self.slices)
 
     def describe(self) -> str:
+        if self.rollups:
+            return f"every sample in the window (from the {' and '.join(self.rollups)} rollups and the newest raw rows)"
         if not self.sampled:
             return "every sample in the window"
         return f"a sample: {self.slice_s:g} s (at a staggered offset) of every {self.bucket_s:g} s of the window"

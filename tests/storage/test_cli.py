@@ -135,3 +135,27 @@ def test_help_mentions_the_essentials(capsys):
 def test_db_backends_lists_the_registry(capsys):
     code, out, _ = run(capsys, "db", "backends")
     assert code == 0 and "sqlite:///PATH" in out and "postgresql+psycopg://USER@HOST:PORT/DBNAME" in out
+
+
+def test_db_rollup_and_prune_keep_rollups(db_url, capsys):
+    with Store.open(db_url) as store:
+        inst = store.register_instance("chat", "engine-0").id
+        store.add_requests([{"ts": 1_000_000.0 + i, "ttft_s": 0.1} for i in range(120)], instance_id=inst)
+    code, out, _ = run(capsys, "db", "rollup", "--db", db_url)
+    assert code == 0 and "requests 120" in out
+    code, out, _ = run(capsys, "db", "prune", "--older-than", "1d", "--db", db_url)
+    assert code == 0 and "requests 120" in out and "rollup rows" not in out
+    hour = {"instance_id": inst, "since": 997_200.0, "until": 1_000_800.0}  # the whole hour around the samples
+    with Store.open(db_url) as store:
+        [bucket] = store.requests_series(**hour, bucket_s=3600)
+        assert bucket.requests == 120  # from the rollups: the raw rows are gone
+        assert [b.requests for b in store.requests_series(**hour, bucket_s=60)] == [20, 60, 40]
+    code, out, _ = run(capsys, "db", "prune", "--older-than", "1d", "--minute-rollups-older-than", "2d", "--db", db_url)
+    assert code == 0 and "requests_1m 3" in out and "requests_1h" not in out
+    with Store.open(db_url) as store:
+        assert [b.requests for b in store.requests_series(**hour, bucket_s=3600)] == [120]  # the hourly rollup
+        assert store.requests_series(**hour, bucket_s=60) == []
+    code, out, _ = run(capsys, "db", "prune", "--older-than", "1d", "--hour-rollups-older-than", "3d", "--db", db_url)
+    assert code == 0 and "requests_1h 1" in out
+    code, _, err = run(capsys, "db", "prune", "--older-than", "1d", "--hour-rollups-older-than", "soon", "--db", db_url)
+    assert code == 2 and "cannot read duration 'soon'" in err and "Traceback" not in err

@@ -126,6 +126,25 @@ def test_bad_rows_are_refused_and_nothing_stored(store, inst):
     assert store.add_layer_stats([]) == 0
 
 
+def test_values_that_do_not_fit_their_column_are_never_stored_wrong(store, inst):
+    """Binary COPY packs integers to the column's width: PostgreSQL's `integer` step refuses 2**40 instead of
+    storing it wrapped; SQLite's integers are 64-bit, so it keeps the value exactly."""
+    big = {"ts": T0, "layer": 0, "step": 2**40}
+    if store.backend_name == "postgresql":
+        with pytest.raises(StoreError, match="step 1099511627776 is out of range"):
+            store.add_layer_stats([big], instance_id=inst.id)
+        assert store.counts()["layer_stats"] == 0
+    else:
+        store.add_layer_stats([big], instance_id=inst.id)
+        assert [r.step for r in store.layer_stats_window(instance_id=inst.id, since=T0)] == [2**40]
+    store.add_layer_stats([{"ts": T0 + 1, "layer": 0, "step": 2**31 - 1, "kv_bytes": 2**40}], instance_id=inst.id)
+    row = store.layer_stats_window(instance_id=inst.id, since=T0 + 1)[0]
+    assert (row.step, row.kv_bytes) == (2**31 - 1, 2**40)
+    if store.backend_name == "postgresql":
+        with pytest.raises(StoreError, match="does not fit the column types"):
+            store.add_layer_stats([{"ts": T0, "layer": 0, "step": 1.5}], instance_id=inst.id)
+
+
 def test_non_finite_floats_become_null(store, inst):
     store.add_layer_stats([{"ts": T0, "layer": 0, "entropy": math.nan, "gini": math.inf}], instance_id=inst.id)
     store.add_layer_stats([{"ts": T0, "layer": 0, "entropy": 2.0}], instance_id=inst.id)
@@ -164,11 +183,16 @@ def test_profiles(store):
 
 
 def test_prune(store, inst):
-    store.add_layer_stats(_layer_rows(10), instance_id=inst.id)
-    store.add_events([{"ts": T0 + i, "kind": "hit"} for i in range(10)], instance_id=inst.id)
-    deleted = store.prune(5, now=T0 + 10, batch_rows=7)  # keeps ts >= T0 + 5, in several batches
-    assert deleted["layer_stats"] == 5 * 9 and deleted["cache_events"] == 5
-    assert store.counts(instance_id=inst.id)["layer_stats"] == 5 * 9
+    rows = _layer_rows(10)
+    for r in rows:
+        r["ts"] = T0 + 30 * r["step"]  # a sample every 30 s
+    store.add_layer_stats(rows, instance_id=inst.id)
+    store.add_events([{"ts": T0 + 30 * i, "kind": "hit"} for i in range(10)], instance_id=inst.id)
+    # 100 s before T0 + 250 is T0 + 150; prune cuts at the start of that minute (T0 + 120), so every minute's
+    # rows are either all raw or all in the rollups only; several batches
+    deleted = store.prune(100, now=T0 + 250, batch_rows=7)
+    assert deleted["layer_stats"] == 4 * 9 and deleted["cache_events"] == 4
+    assert store.counts(instance_id=inst.id)["layer_stats"] == 6 * 9
     assert len(store.instances()) == 1  # metadata stays
 
 

@@ -82,6 +82,11 @@ class Backend(abc.ABC):
         """A Listener for `channel`, or None when the database has no notifications."""
         return None
 
+    def rollup_lock(self, conn: Connection, state: Table, raw: Table | None) -> None:  # noqa: B027 - optional hook
+        """Serialise rollup refreshes on `state`, inside `conn`'s write transaction; with `raw`, also wait for
+        the transactions writing to it, so every id up to the max(id) read next is committed (SQLite's
+        BEGIN IMMEDIATE already gives both)."""
+
     def migration_lock(self, conn: Connection) -> None:  # noqa: B027 - optional hook
         """Serialise concurrent first-time migrations, inside `conn`'s transaction."""
 

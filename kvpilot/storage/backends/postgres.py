@@ -1,8 +1,7 @@
-"""PostgreSQL (psycopg 3): COPY for bulk samples, advisory locks for migrations, LISTEN/NOTIFY for pushes."""
+"""PostgreSQL (psycopg 3): binary COPY for bulk samples (`pgcopy`), advisory locks for migrations, LISTEN/NOTIFY for pushes."""
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -17,13 +16,6 @@ from kvpilot.storage.backends.base import Backend, Listener
 from kvpilot.storage.errors import BadDatabaseURLError
 
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
-
-
-def _finite(value: Any) -> Any:
-    # PostgreSQL keeps NaN, which would poison AVG() in every dashboard query; store NULL as SQLite does.
-    if value.__class__ is float and not math.isfinite(value):
-        return None
-    return value
 
 
 class PostgresBackend(Backend):
@@ -56,15 +48,14 @@ class PostgresBackend(Backend):
     def bulk_insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
         import psycopg
 
-        statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+        from kvpilot.storage.backends.pgcopy import copy_rows
+
         dbapi: Any = conn.connection.driver_connection
         try:
             with dbapi.cursor() as cur:
-                with cur.copy(statement) as copy:
-                    for row in rows:
-                        copy.write_row(tuple(map(_finite, row)))
+                copy_rows(cur, table, columns, rows)
         except psycopg.Error as exc:  # the raw cursor bypasses SQLAlchemy: wrap like SQLAlchemy would
-            raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+            raise DBAPIError.instance(f"COPY {table.name}", None, exc, psycopg.Error) from exc
 
     def insert(self, table: Table) -> Any:
         return insert(table)
@@ -94,6 +85,13 @@ class PostgresBackend(Backend):
 
     def listener(self, engine: Engine, channel: str) -> Listener | None:
         return _PgListener(engine, channel)
+
+    def rollup_lock(self, conn: Connection, state: Table, raw: Table | None) -> None:
+        # EXCLUSIVE still lets readers read the state; SHARE on the raw table waits for in-flight COPYs (a
+        # sequence hands out ids before their transaction commits) and holds new ones off until commit.
+        conn.exec_driver_sql(f"LOCK TABLE {state.name} IN EXCLUSIVE MODE")
+        if raw is not None:
+            conn.exec_driver_sql(f"LOCK TABLE {raw.name} IN SHARE MODE")
 
     def migration_lock(self, conn: Connection) -> None:
         conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(b"kvpilot-migrations"),))

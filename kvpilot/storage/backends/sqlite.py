@@ -21,7 +21,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql import ColumnElement
 
 from kvpilot.storage.backends.base import Backend
-from kvpilot.storage.errors import BadDatabaseURLError
+from kvpilot.storage.errors import BadDatabaseURLError, StoreError
 
 WRITE_OPTION = "kvpilot_write"
 
@@ -75,9 +75,17 @@ class SQLiteBackend(Backend):
         return engine
 
     def bulk_insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
-        # SQLite stores a NaN float as NULL by itself, so rows go to the driver untouched.
+        # Straight to sqlite3's executemany on the raw connection, inside the transaction the store began:
+        # the statement is prepared once (sqlite3's statement cache) and stepped per row in C, without
+        # SQLAlchemy's per-row parameter processing. SQLite stores a NaN float as NULL by itself.
         sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        conn.exec_driver_sql(sql, rows)
+        dbapi: Any = conn.connection.driver_connection
+        try:
+            dbapi.executemany(sql, rows)
+        except sqlite3.Error as exc:  # the raw connection bypasses SQLAlchemy: wrap like SQLAlchemy would
+            raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise StoreError(f"{table.name} row does not fit the column types ({exc})") from None
 
     def insert(self, table: Table) -> Any:
         return insert(table)

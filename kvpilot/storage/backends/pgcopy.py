@@ -1,0 +1,116 @@
+"""PostgreSQL bulk loading through psycopg 3's binary COPY with typed rows.
+
+Binary COPY skips the server's text parsing and psycopg's text formatting: each value is packed by the C
+dumper of the column's own type (`Copy.set_types`). Two things the text format did for free are checked
+here, per batch and column (C-level passes over the transposed batch, not a Python loop per value):
+
+- a NaN or infinite float would be stored as such and poison every AVG(); it becomes NULL, as on SQLite;
+- binary integers are packed to the column's width without a range check (2**40 into an `integer` column
+  arrives as 0), so an out-of-range value is refused with a StoreError instead.
+
+JSON columns arrive as JSON text (the writers serialise them) and are wrapped so psycopg sends that text as
+jsonb instead of encoding it a second time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql
+
+from kvpilot.storage.errors import StoreError
+
+_INT_RANGES = {
+    "smallint": (-(2**15), 2**15 - 1),
+    "integer": (-(2**31), 2**31 - 1),
+    "bigint": (-(2**63), 2**63 - 1),
+}
+_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True)
+class CopyPlan:
+    """How one table's columns are sent: their PostgreSQL type names and which need a batch check."""
+
+    statement: str
+    types: tuple[str, ...]
+    floats: tuple[int, ...]
+    ints: tuple[tuple[int, str, int, int], ...]  # (index, column, low, high) for columns narrower than Python ints
+    json: tuple[int, ...]
+
+
+@lru_cache(maxsize=64)
+def copy_plan(table: Table, columns: tuple[str, ...]) -> CopyPlan:
+    """The binary COPY statement and column types for `columns` of `table` (cached per table)."""
+    types: list[str] = []
+    floats, ints, json = [], [], []
+    for i, name in enumerate(columns):
+        sql = re.sub(r"\(.*\)", "", table.c[name].type.compile(dialect=_DIALECT)).strip().lower()
+        types.append(sql)
+        if sql in ("double precision", "real", "float"):
+            floats.append(i)
+        elif sql in _INT_RANGES:
+            ints.append((i, name, *_INT_RANGES[sql]))
+        elif sql in ("json", "jsonb"):
+            json.append(i)
+    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+    return CopyPlan(statement, tuple(types), tuple(floats), tuple(ints), tuple(json))
+
+
+def copy_rows(cursor: Any, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
+    """Send `rows` (tuples in `columns` order) to `table` with one binary COPY on a psycopg cursor."""
+    plan = copy_plan(table, tuple(columns))
+    rows = prepare(plan, table.name, columns, rows)
+    with cursor.copy(plan.statement) as copy:
+        copy.set_types(list(plan.types))
+        write = copy.write_row
+        try:
+            for row in rows:
+                write(row)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise StoreError(f"{table.name} row does not fit the column types ({exc}): {row}") from None
+
+
+def prepare(plan: CopyPlan, name: str, columns: Sequence[str], rows: list[tuple]) -> list[tuple]:
+    """`rows` with non-finite floats as NULL and JSON wrapped; out-of-range integers refused."""
+    if not rows:
+        return rows
+    by_column = list(zip(*rows, strict=True))
+    for i, column, low, high in plan.ints:
+        values = [v for v in by_column[i] if v is not None] if None in by_column[i] else by_column[i]
+        if values and (min(values) < low or max(values) > high):
+            bad = next(v for v in values if v < low or v > high)
+            raise StoreError(f"{name} {column} {bad!r} is out of range for its column ({low}..{high})")
+    fix = [i for i in plan.floats if not _all_finite(by_column[i])]
+    if not fix and not plan.json:
+        return rows
+    from psycopg.types.json import Jsonb
+
+    for i in fix:
+        by_column[i] = tuple(v if v is None or v.__class__ is not float or math.isfinite(v) else None
+                             for v in by_column[i])
+    for i in plan.json:
+        by_column[i] = tuple(None if v is None else Jsonb(v, dumps=_as_is) for v in by_column[i])
+    return list(zip(*by_column, strict=True))
+
+
+def _all_finite(values: Sequence[Any]) -> bool:
+    """True when no value is a NaN or infinite float (one C-level sum; None and ints pass)."""
+    if None in values:
+        values = [v for v in values if v is not None]
+    try:
+        return math.isfinite(math.fsum(values))
+    except (OverflowError, ValueError):  # inf - inf, or a sum beyond float range: look value by value
+        return all(v is None or math.isfinite(v) for v in values)
+    except TypeError:  # not numbers at all: psycopg's dumper refuses them with the column named
+        return True
+
+
+def _as_is(text: str) -> str:
+    return text
