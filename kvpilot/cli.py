@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "kvpilot.commands.profile",
     "kvpilot.commands.tune",
     "kvpilot.commands.replay",
+    "kvpilot.commands.vllm",
 ]
 
 
