@@ -138,6 +138,32 @@ class MemoryBucket:
 
 
 @dataclass(frozen=True)
+class VLLMBucket:
+    """A vLLM server over one time bucket: means of gauges and rates, hits over queries, sums of preemptions,
+    the mean of the scrapes' p50s and the worst of their p99s."""
+
+    ts: float
+    instance_id: int | None
+    scrapes: int
+    kv_usage: float | None
+    kv_bytes: float | None
+    prefix_queries: int
+    prefix_hits: int
+    preemptions: int
+    prompt_tokens_per_s: float | None
+    generation_tokens_per_s: float | None
+    requests_per_s: float | None
+    ttft_p50_s: float | None
+    ttft_p99_s: float | None
+    tpot_p50_s: float | None
+    tpot_p99_s: float | None
+
+    @property
+    def prefix_hit_ratio(self) -> float | None:
+        return self.prefix_hits / self.prefix_queries if self.prefix_queries else None
+
+
+@dataclass(frozen=True)
 class EventBucket:
     """Events of one kind in one time bucket: rows, summed counts and bytes."""
 
