@@ -25,6 +25,7 @@ from kvpilot.vllm.metrics import RSS, Scrape, interval_row, parse
 
 log = logging.getLogger(__name__)
 
+KEEP_ROWS = 10_000
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
 
 
@@ -62,14 +63,17 @@ def bytes_per_token(model_dir: str | Path | None, cache_config: dict[str, str]) 
 
 
 class Collector:
-    """Scrape `base_url`/metrics every `interval_s` and record it; `start()` runs it in a thread."""
+    """Scrape `base_url`/metrics every `interval_s` and record it; `start()` runs it in a thread.
+
+    Rows belong to the instance `instance` of `deployment` (registered, heartbeating), or with
+    `deployment=None` only to the run `run_id` (a tuning trial's short-lived server)."""
 
     def __init__(
         self,
         base_url: str,
         store: Any,  # a ConfigSource and SampleSink (a Store)
-        deployment: str,
-        instance: str,
+        deployment: str | None,
+        instance: str | None,
         *,
         interval_s: float = 5.0,
         model_dir: str | Path | None = None,
@@ -77,6 +81,7 @@ class Collector:
         telemetry: Any = None,
         pid: int | None = None,
         spool: str | None = None,
+        run_id: int | None = None,
     ):
         if not isinstance(store, ConfigSource) or not isinstance(store, SampleSink):
             raise TypeError("the collector needs a store that registers instances and writes samples")
@@ -88,7 +93,10 @@ class Collector:
         self.model_dir = model_dir
         self.model = model
         self.pid = pid
+        if deployment is None and run_id is None:
+            raise ValueError("the collector records under a deployment's instance or a run: give one")
         self.recorder = Recorder(store, telemetry=telemetry, spool=spool)
+        self.recorder.run_id = run_id
         if telemetry is not None and hasattr(telemetry, "bind_recorder"):
             telemetry.bind_recorder(self.recorder)
         self.instance_id: int | None = None
@@ -99,11 +107,11 @@ class Collector:
         self._thread: threading.Thread | None = None
         self.scrapes = 0
         self.errors = 0
-        self.last_row: dict[str, Any] | None = None
+        self.rows: list[dict[str, Any]] = []  # this collector's vllm_samples rows, oldest first
 
-    def register(self) -> int:
-        """Register the instance (idempotent) and point the recorder at it."""
-        if self.instance_id is None:
+    def register(self) -> int | None:
+        """Register the instance (idempotent) and point the recorder at it (None: rows go to the run only)."""
+        if self.instance_id is None and self.deployment is not None and self.instance is not None:
             info = self.store.register_instance(self.deployment, self.instance, model=self.model, pid=self.pid)
             self.instance_id = info.id
             self.recorder.instance_id = info.id
@@ -131,12 +139,15 @@ class Collector:
         }
         self.recorder.submit("vllm_samples", [row])
         self.recorder.submit("memory_samples", [memory])
-        try:
-            self.store.heartbeat(instance_id, config_version=self.config_version)
-        except KVPilotError as exc:
-            log.warning("vllm collector: heartbeat failed: %s", exc)
+        if instance_id is not None:
+            try:
+                self.store.heartbeat(instance_id, config_version=self.config_version)
+            except KVPilotError as exc:
+                log.warning("vllm collector: heartbeat failed: %s", exc)
         self.scrapes += 1
-        self.last_row = row
+        self.rows.append(row)
+        if len(self.rows) > 2 * KEEP_ROWS:  # a long `watch` keeps only the newest rows in memory
+            del self.rows[:-KEEP_ROWS]
         return row
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -151,7 +162,7 @@ class Collector:
         self.recorder.start()
         if self._thread is None:
             self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name=f"kvpilot-vllm-{self.instance}", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=f"kvpilot-vllm-{self.base_url}", daemon=True)
             self._thread.start()
         return self
 
