@@ -215,3 +215,66 @@ def _serve(args: argparse.Namespace) -> int:
                 telemetry.shutdown()
     print(f"stopped; {sup.restarts} restart(s) for new configs", file=sys.stderr)
     return 0
+
+
+def tune_vllm(args: argparse.Namespace) -> int:
+    """`kvpilot tune --target vllm`: an Optuna study whose trials are vLLM servers (kvpilot.vllm.target)."""
+    from kvpilot.engine.model import resolve_model_dir
+    from kvpilot.storage import Store
+    from kvpilot.vllm.load import LoadSpec
+    from kvpilot.vllm.server import vllm_python
+    from kvpilot.vllm.target import Bound, VLLMSpace, VLLMTarget, VLLMTuner
+    from kvpilot.vllm_config import VLLMConfig
+
+    if args.trials < 0:
+        raise KVPilotError(f"--trials must be >= 0, got {args.trials}")
+    if args.programs < 1:
+        raise KVPilotError(f"--programs must be at least 1, got {args.programs}")
+    constraints = [] if (args.constraint or ["none"]) == ["none"] else [Bound.parse(t) for t in args.constraint]
+    space = VLLMSpace()
+    if args.space:
+        try:
+            raw = json.loads(Path(args.space).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise KVPilotError(f"cannot read the vLLM space {args.space}: {exc}") from None
+        if not isinstance(raw, dict) or not all(isinstance(v, list) and v for v in raw.get("choices", {}).values()):
+            raise KVPilotError(f"{args.space}: expected {{\"base\": {{...}}, \"choices\": {{\"field\": [values]}}}}")
+        space = VLLMSpace(VLLMConfig.parse(raw.get("base", {})), {k: tuple(v) for k, v in raw["choices"].items()})
+    if args.show_space:
+        print(json.dumps({"base": space.base.to_dict(), "choices": space.choices}, indent=2))
+        return 0
+    python = vllm_python()
+    load = LoadSpec(programs=args.programs, seed=args.seed)
+    with Store.open(args.db) as store:
+        target = VLLMTarget(resolve_model_dir(args.model), load, store=store, python=python)
+        study = args.study or f"vllm-{args.programs}p-seed{args.seed}"
+        tuner = VLLMTuner(target, study_name=study, store=store, objectives=args.objective,
+                          constraints=constraints, space=space, pick=args.pick, seed=args.sampler_seed)
+        result = tuner.optimize(args.trials)
+        pushed = tuner.push(args.push, result) if args.push else None
+        best = result.best
+        out = {
+            "study": study, "store": store.url, "objectives": result.objectives, "trials": len(result.trials),
+            "grid_size": len(space.grid()),
+            "best": None if best is None else {"trial": best.number, "config": best.user_attrs["config"],
+                                               "metrics": best.user_attrs["metrics"]},
+            "pushed_version": pushed,
+        }
+    if args.json:
+        print(json.dumps(out, sort_keys=True, default=str))
+    else:
+        print(f"study {study!r} in {out['store']}: {out['trials']} complete trials "
+              f"(the space holds {out['grid_size']} configs)")
+        for t in result.trials:
+            m = t.user_attrs.get("metrics", {})
+            print(f"  trial {t.number:>3}  " + "  ".join(f"{o}={m.get(o)!s:.8}" for o in result.objectives)
+                  + "  " + json.dumps({k: t.params[k] for k in sorted(t.params)}))
+        if best is None:
+            print("no trial meets the constraints")
+        else:
+            print(f"winner: trial {best.number}: {json.dumps(best.params)}")
+        if pushed is not None:
+            print(f"pushed to deployment '{args.push}' as version {pushed}")
+    if args.push and pushed is None:
+        return 1
+    return 0
