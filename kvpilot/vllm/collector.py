@@ -133,7 +133,7 @@ class Collector:
             "ts": cur.ts,
             "device": "vllm",
             "kv_bytes_physical": row.get("kv_bytes"),
-            "kv_bytes_logical": row.get("kv_capacity_bytes"),
+            "kv_bytes_logical": row.get("kv_bytes"),  # vLLM evicts whole requests, never compresses a cache
             "kv_bytes_peak": self._peak_bytes if row.get("kv_bytes") is not None else None,
             "rss_bytes": int(cur.values[RSS]) if RSS in cur.values else None,
         }
