@@ -3,8 +3,9 @@ against an exhaustive grid over the same space.
 
 1. A tuning study (`kvpilot.vllm.target.VLLMTuner`, TPE) of --trials trials over the space below, each trial a
    vLLM server on the bundled model under the generated agent sessions (`LoadSpec(programs, seed)`).
-2. With --grid, every config of the space under the same load: the true optimum of the space, and how
-   many evaluations the tuner needed to reach the best config it found (the grid needs all of them).
+2. With --grid, every config of the space under the same load (those the tuner measured are taken from
+   its trials): the true optimum of the space, and how many evaluations the tuner needed to reach the best
+   config it found (the grid needs all of them).
 3. Default vs tuned in --pairs alternating pairs (default, tuned, default, tuned, ...), same load and seed:
    throughput, p99 TTFT and prefix hit ratio as tuned/default ratios per pair, so machine load drifts
    cancel. `uptime` is recorded before and after.
@@ -17,6 +18,7 @@ Saves benchmarks/results/vllm_tuning.json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -100,9 +102,13 @@ def main() -> None:
 
         if args.grid:
             grid = []
+            measured = {json.dumps(t.user_attrs["config"], sort_keys=True): t.user_attrs["metrics"]
+                        for t in result.trials}
             for i, cfg in enumerate(space.grid()):
-                m = target.evaluate(cfg, name=f"grid{i}")
-                grid.append({"config": {k: getattr(cfg, k) for k in SPACE}, **shown(m)})
+                known = measured.get(json.dumps(cfg.to_dict(), sort_keys=True))  # the tuner ran it already
+                m = known if known is not None else target.evaluate(cfg, name=f"grid{i}")
+                grid.append({"config": {k: getattr(cfg, k) for k in SPACE}, "from_tuner": known is not None,
+                             **shown(m)})
                 print(f"grid {i + 1}/{len(space.grid())}: {grid[-1]}", flush=True)
             feasible = [g for g in grid if g["error_rate"] == 0]
             top = max(feasible, key=lambda g: g[OBJECTIVE])

@@ -211,15 +211,11 @@ class VLLMTuner:
             raise VLLMTuningError(f"--pick {self.pick!r} is not one of the objectives {self.objectives}")
         self.constraints = constraints or []
         self.space = space or VLLMSpace()
-        sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=self._constraints)
+        sampler = optuna.samplers.TPESampler(seed=seed)
         self.study = optuna.create_study(
             study_name=study_name, storage=open_storage(store.url, create=True), load_if_exists=True,
             directions=[OBJECTIVES[o] for o in self.objectives], sampler=sampler,
         )
-
-    @staticmethod
-    def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-        return list(trial.user_attrs.get("constraints", []))
 
     def optimize(self, n_trials: int) -> StudyResult:
         for _ in range(n_trials):
@@ -243,11 +239,16 @@ class VLLMTuner:
                 metrics = self.target.evaluate(config, run_id=run_id, name=f"{self.study_name}-t{trial.number}")
             except ServerStartError as exc:
                 trial.set_user_attr("error", str(exc)[:2000])
+                for c in self.constraints:
+                    trial.set_constraint(f"{c.metric}{c.op}{c.value:g}", 1.0)
                 self.store.finish_run(run_id, status="failed", metrics={"error": str(exc)[:500]})
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 return
         trial.set_user_attr(METRICS_ATTR, metrics)
-        trial.set_user_attr("constraints", [c.violation(metrics) for c in self.constraints])
+        violations = [c.violation(metrics) for c in self.constraints]
+        trial.set_user_attr("constraints", violations)
+        for c, v in zip(self.constraints, violations, strict=True):
+            trial.set_constraint(f"{c.metric}{c.op}{c.value:g}", v)  # TPE learns from the amounts
         if run_id is not None:
             self.store.finish_run(run_id, metrics=metrics)
         values = [metrics.get(o) for o in self.objectives]
