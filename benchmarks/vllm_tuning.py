@@ -10,7 +10,7 @@ against an exhaustive grid over the same space.
    throughput, p99 TTFT and prefix hit ratio as tuned/default ratios per pair, so machine load drifts
    cancel. `uptime` is recorded before and after.
 
-    .venv/bin/python benchmarks/vllm_tuning.py --trials 6 --grid --pairs 2
+    .venv/bin/python benchmarks/vllm_tuning.py --trials 4 --grid --pairs 2 --programs 6
 
 Saves benchmarks/results/vllm_tuning.json.
 """
@@ -40,7 +40,7 @@ from kvpilot.vllm_config import VLLMConfig  # noqa: E402
 OBJECTIVE = "throughput_tok_s"
 SPACE = {
     "enable_prefix_caching": (True, False),
-    "max_num_seqs": (2, 8, 32),
+    "max_num_seqs": (2, 32),
     "max_num_batched_tokens": (512, 2048),
 }
 SHOWN = ("throughput_tok_s", "p50_ttft_s", "p99_ttft_s", "p99_tpot_s", "prefix_hit_ratio", "preemptions",

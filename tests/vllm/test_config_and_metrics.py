@@ -98,6 +98,15 @@ def test_vllm_config_validates_and_maps_to_server_arguments():
     assert is_vllm_document(cfg.to_json()) and not is_vllm_document(KVConfig().to_json())
 
 
+def test_a_kv_cache_the_machine_cannot_hold_is_refused_counting_what_the_old_server_frees():
+    from kvpilot.vllm.supervisor import check_fits
+
+    gib = 1 << 30
+    check_fits(VLLMConfig(kv_cache_gib=4), VLLMConfig(kv_cache_gib=1), available_bytes=4 * gib)  # 4 + 1 freed >= 5
+    with pytest.raises(VLLMConfigError, match="kv_cache_gib=8: needs 9 GiB"):
+        check_fits(VLLMConfig(kv_cache_gib=8), VLLMConfig(kv_cache_gib=1), available_bytes=4 * gib)
+
+
 def test_registry_versions_vllm_configs_and_a_kvpilot_engine_rejects_them(db_url):
     with Store.open(db_url) as store:
         v1 = store.push("chat-vllm", VLLMConfig(), pushed_by="t")

@@ -74,6 +74,24 @@ def test_watch_command_records_a_running_server(supervised, tmp_path):
     assert "Traceback" not in bad.stderr
 
 
+def test_serve_command_refuses_a_busy_port_and_a_kvconfig_deployment(supervised, tmp_path):
+    sup, _ = supervised
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    db = f"sqlite:///{tmp_path / 'serve.db'}"
+    busy = subprocess.run([sys.executable, "-m", "kvpilot.cli", "vllm", "serve", "-d", "x", "--port", str(sup.port),
+                           "--db", db], capture_output=True, text=True, env=env, timeout=120)
+    assert busy.returncode == 2 and f"port {sup.port} is already in use" in busy.stderr
+    from kvpilot.config import KVConfig
+    from kvpilot.storage import Store
+    from kvpilot.vllm.server import free_port
+
+    with Store.open(db) as store:
+        store.push("chat", KVConfig())
+    taken = subprocess.run([sys.executable, "-m", "kvpilot.cli", "vllm", "serve", "-d", "chat", "--port",
+                            str(free_port()), "--db", db], capture_output=True, text=True, env=env, timeout=120)
+    assert taken.returncode == 2 and "runs KVConfigs" in taken.stderr and "Traceback" not in taken.stderr
+
+
 def test_pushed_config_restarts_the_server_and_is_acknowledged(supervised):
     sup, store = supervised
     restarts = sup.restarts
