@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: never)")
     w.add_argument("--model", default=None, help="the served model's local directory (KV bytes per token when "
                    "the server does not state its cache size)")
+    w.add_argument("--kv-events", default=None, metavar="ENDPOINT",
+                   help="also record the server's KV events from its ZMQ publisher, e.g. tcp://127.0.0.1:5557 (the "
+                   "server needs --kv-events-config '{\"enable_kv_cache_events\": true, \"publisher\": \"zmq\"}')")
     _add_otel(w)
     add_db_option(w)
     w.set_defaults(func=_watch)
@@ -143,16 +146,28 @@ def _watch(args: argparse.Namespace) -> int:
     telemetry = _telemetry(args.otel)
     with Store.open(args.db) as store:
         collector = Collector(args.vllm, store, args.deployment, instance, interval_s=args.interval,
-                              model_dir=args.model, model=args.model, telemetry=telemetry).start()
+                              model_dir=args.model, model=args.model, telemetry=telemetry)
+        collector.register()
+        collector.start()
+        events = None
+        if args.kv_events:
+            from kvpilot.vllm.collector import bytes_per_token
+            from kvpilot.vllm.events import KVEventListener
+
+            events = KVEventListener(args.kv_events, collector.recorder,
+                                     bytes_per_token=bytes_per_token(args.model, {})).start()
         print(f"recording {args.vllm}/metrics every {args.interval:g} s as {args.deployment}/{instance} "
               f"into {store.url}", flush=True)
         try:
             _until_interrupted(args.duration)
         finally:
+            if events is not None:
+                events.stop()
             collector.stop()
             if telemetry is not None:
                 telemetry.shutdown()
-    print(f"{collector.scrapes} scrapes recorded, {collector.errors} failed")
+    extra = f", {events.batches} KV-event batches" if events is not None else ""
+    print(f"{collector.scrapes} scrapes recorded, {collector.errors} failed{extra}")
     return 0
 
 

@@ -46,6 +46,10 @@ EVENT_KINDS = (
     "recorder_drop",
     "probe_unavailable",
     "error",
+    # a vLLM server's prefix-cache blocks (kvpilot.vllm.events): count = blocks, bytes = their KV bytes
+    "kv_block_stored",
+    "kv_block_removed",
+    "kv_blocks_cleared",
 )
 ACK_STATUSES = ("applied", "rejected")
 # Session-pool events (the Sessions page); `detail` may carry these keys so occupancy can be drawn.

@@ -68,6 +68,7 @@ class VLLMServer:
     host: str = "127.0.0.1"
     served_name: str = SERVED_NAME
     enforce_eager: bool = True  # skip torch.compile: minutes on a small CPU, nothing gained for a 135M model
+    extra_args: tuple[str, ...] = ()  # arguments kvpilot adds besides the config's (e.g. --kv-events-config)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -82,7 +83,7 @@ class VLLMServer:
             "--host", self.host, "--port", str(self.port),
             *self.config.server_args(),
         ]
-        return cmd + (["--enforce-eager"] if self.enforce_eager else [])
+        return cmd + (["--enforce-eager"] if self.enforce_eager else []) + list(self.extra_args)
 
     def start(self, timeout_s: float = 600.0) -> VLLMServer:
         """Start the process and wait for /health; ServerStartError (process stopped) if it never answers."""

@@ -1,6 +1,7 @@
 """The supervisor: keep one vLLM server on its deployment's versioned VLLMConfig, and record its metrics.
 
-It follows the deployment with the same `ConfigWatcher` kvpilot engines use (poll, LISTEN on PostgreSQL,
+Its KV events (blocks stored and removed, `kvpilot.vllm.events`) are recorded as cache events. It follows
+the deployment with the same `ConfigWatcher` kvpilot engines use (poll, LISTEN on PostgreSQL,
 acknowledgements, rollback by re-activating an older version). A new version is applied by a graceful
 restart: checks that need no restart first (the KV cache must fit in the memory the machine has), then
 drain in-flight requests, stop, start with the new arguments and wait for /health. A version the server
@@ -21,7 +22,8 @@ import psutil
 from kvpilot.engine.watcher import ConfigWatcher
 from kvpilot.errors import KVPilotError
 from kvpilot.storage.types import ConfigVersionInfo
-from kvpilot.vllm.collector import Collector
+from kvpilot.vllm.collector import Collector, bytes_per_token
+from kvpilot.vllm.events import KVEventListener, events_config
 from kvpilot.vllm.server import ServerStartError, VLLMServer, free_port
 from kvpilot.vllm_config import VLLMConfig, VLLMConfigError
 
@@ -66,6 +68,7 @@ class Supervisor:
         drain_timeout_s: float = 60.0,
         telemetry: Any = None,
         python: Path | None = None,
+        kv_events: bool = True,
     ):
         self.store = store
         self.deployment = deployment
@@ -78,6 +81,7 @@ class Supervisor:
         self.python = python
         self.restarts = 0
         self._lock = threading.Lock()
+        self.events_port = free_port() if kv_events else None  # the same port across restarts
         active = store.active_version(deployment)
         config = initial or VLLMConfig()
         if active is not None and active.is_vllm:
@@ -91,6 +95,12 @@ class Supervisor:
             self.server.url, store, deployment, self.instance, interval_s=scrape_s, model_dir=self.model_dir,
             model=str(self.model_dir), telemetry=telemetry,
         )
+        self.events: KVEventListener | None = None
+        if self.events_port is not None:
+            self.events = KVEventListener(
+                f"tcp://127.0.0.1:{self.events_port}", self.collector.recorder,
+                bytes_per_token=bytes_per_token(self.model_dir, {"cache_dtype": config.kv_cache_dtype}),
+            )
         self.watcher = ConfigWatcher(
             store, deployment, self.instance, self.apply, poll_s=poll_s, model=str(self.model_dir),
             initial=config, parse=_parse_version,
@@ -105,8 +115,10 @@ class Supervisor:
         return self.server.url
 
     def _server(self, config: VLLMConfig) -> VLLMServer:
+        extra = ("--kv-events-config", events_config(self.events_port)) if self.events_port is not None else ()
         return VLLMServer(
             config, self.model_dir, self.port, self.log_dir / f"vllm-{self.port}.log", python=self.python,
+            extra_args=extra,
         )
 
     # ----- lifecycle ----------------------------------------------------------------------------------
@@ -114,12 +126,17 @@ class Supervisor:
     def start(self) -> Supervisor:
         """Start the server, then the collector and the config watcher (which applies a newer version)."""
         self.server.start(self.start_timeout_s)
+        self.collector.register()  # KV events may arrive before the first scrape: they need the instance
         self.collector.start()
+        if self.events is not None:
+            self.events.start()
         self.watcher.start()
         return self
 
     def stop(self) -> None:
         self.watcher.stop()
+        if self.events is not None:
+            self.events.stop()
         self.collector.stop()
         self.server.stop()
 

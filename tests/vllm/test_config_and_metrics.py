@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from kvpilot.config import KVConfig
 from kvpilot.engine.watcher import ConfigWatcher
-from kvpilot.storage import Store
+from kvpilot.storage import Scope, Store
 from kvpilot.vllm.metrics import interval_row, parse, quantile
 from kvpilot.vllm_config import VLLMConfig, VLLMConfigError, is_vllm_document
 
@@ -96,6 +96,38 @@ def test_vllm_config_validates_and_maps_to_server_arguments():
     with pytest.raises(VLLMConfigError, match="chunked prefill"):
         VLLMConfig.parse({"enable_chunked_prefill": False, "max_num_batched_tokens": 256, "max_model_len": 2048})
     assert is_vllm_document(cfg.to_json()) and not is_vllm_document(KVConfig().to_json())
+
+
+def test_kv_event_batches_become_cache_events(db_url):
+    """Messages as vLLM's ZMQ publisher sends them: (topic, sequence number, msgpack batch)."""
+    import msgspec
+
+    from kvpilot.vllm.events import KVEventListener
+
+    stored = {"type": "BlockStored", "block_hashes": [11, 12], "parent_block_hash": None,
+              "token_ids": list(range(256)), "block_size": 128, "lora_id": None, "medium": "GPU"}
+    removed = {"type": "BlockRemoved", "block_hashes": [11], "medium": "GPU"}
+    enc = msgspec.msgpack.encode
+
+    class Sink:
+        rows: list = []
+
+        def submit(self, table, rows):
+            assert table == "cache_events"
+            self.rows.extend(rows)
+
+    sink = Sink()
+    listener = KVEventListener("tcp://127.0.0.1:1", sink, bytes_per_token=1000)
+    assert listener.handle([b"kv", (0).to_bytes(8, "big"), enc([1000.5, [stored], None])]) == 1
+    assert listener.handle([b"kv", (3).to_bytes(8, "big"), enc([1001.0, [removed], None])]) == 1  # 1, 2 lost
+    first, second = sink.rows
+    assert (first["kind"], first["count"], first["bytes"], first["ts"]) == ("kv_block_stored", 2, 256_000, 1000.5)
+    assert (second["kind"], second["count"], second["bytes"]) == ("kv_block_removed", 1, 128_000)
+    assert second["detail"]["missed_batches"] == 2 and listener.missed == 2
+    with Store.open(db_url) as store:  # the kinds are ones the store accepts
+        inst = store.register_instance("chat-vllm", "vllm@test")
+        assert store.add_events(sink.rows, instance_id=inst.id) == 2
+        assert store.event_totals(Scope(deployment="chat-vllm"))["kv_block_stored"].count == 2
 
 
 def test_a_kv_cache_the_machine_cannot_hold_is_refused_counting_what_the_old_server_frees():

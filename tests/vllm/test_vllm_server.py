@@ -53,6 +53,9 @@ def test_metrics_of_a_loaded_server_are_recorded(supervised):
     assert mem and max(b.kv_bytes_physical_max or 0 for b in mem) > 0  # the repeats held KV blocks
     (inst,) = store.instances("chat-vllm")
     assert inst.alive and inst.config_version == 1
+    # the server's KV events (its ZMQ publisher) arrive as cache events: blocks the prompts stored
+    stored = wait_for(lambda: store.events(deployment="chat-vllm", kinds=["kv_block_stored"]), 30, "KV events")
+    assert sum(e.count for e in stored) >= 4 and all(e.bytes for e in stored)
 
 
 def test_watch_command_records_a_running_server(supervised, tmp_path):
