@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from kvpilot.config import KVConfig
 from kvpilot.engine.watcher import ConfigWatcher
-from kvpilot.storage import Scope, Store
+from kvpilot.storage import Store
 from kvpilot.vllm.metrics import interval_row, parse, quantile
 from kvpilot.vllm_config import VLLMConfig, VLLMConfigError, is_vllm_document
 
@@ -127,7 +127,8 @@ def test_kv_event_batches_become_cache_events(db_url):
     with Store.open(db_url) as store:  # the kinds are ones the store accepts
         inst = store.register_instance("chat-vllm", "vllm@test")
         assert store.add_events(sink.rows, instance_id=inst.id) == 2
-        assert store.event_totals(Scope(deployment="chat-vllm"))["kv_block_stored"].count == 2
+        (row,) = store.events(deployment="chat-vllm", kinds=["kv_block_stored"])
+        assert row.count == 2 and row.bytes == 256_000 and row.detail["tokens"] == 256
 
 
 def test_a_kv_cache_the_machine_cannot_hold_is_refused_counting_what_the_old_server_frees():
