@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--programs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--db", default=None, help="store URL (default: a temporary SQLite file)")
+    ap.add_argument("--study", default=None, help="study name; an existing study on --db is continued up to --trials")
     args = ap.parse_args()
 
     python = vllm_python()
@@ -82,10 +83,10 @@ def main() -> None:
     t0 = time.perf_counter()
     with Store.open(db) as store:
         target = VLLMTarget(converted_bundled_dir(), load, store=store, log_dir=work / "logs", python=python)
-        tuner = VLLMTuner(target, study_name=f"vllm-bench-{int(time.time())}", store=store,
+        tuner = VLLMTuner(target, study_name=args.study or f"vllm-bench-{int(time.time())}", store=store,
                           objectives=[OBJECTIVE, "p99_ttft_s", "prefix_hit_ratio"],
                           constraints=[Bound.parse("error_rate<=0")], space=space, seed=args.seed)
-        result = tuner.optimize(args.trials)
+        result = tuner.optimize(max(0, args.trials - len(tuner.result().trials)))
         if result.best is None:
             raise SystemExit("no feasible trial: nothing to compare")
         tuned = result.config(result.best)
@@ -99,21 +100,6 @@ def main() -> None:
             "best_config": tuned.to_dict(),
         }
         print(f"tuner: best trial {result.best.number} {result.best.params} {OBJECTIVE}={best_value:.2f}", flush=True)
-
-        if args.grid:
-            grid = []
-            measured = {json.dumps(t.user_attrs["config"], sort_keys=True): t.user_attrs["metrics"]
-                        for t in result.trials}
-            for i, cfg in enumerate(space.grid()):
-                known = measured.get(json.dumps(cfg.to_dict(), sort_keys=True))  # the tuner ran it already
-                m = known if known is not None else target.evaluate(cfg, name=f"grid{i}")
-                grid.append({"config": {k: getattr(cfg, k) for k in SPACE}, "from_tuner": known is not None,
-                             **shown(m)})
-                print(f"grid {i + 1}/{len(space.grid())}: {grid[-1]}", flush=True)
-            feasible = [g for g in grid if g["error_rate"] == 0]
-            top = max(feasible, key=lambda g: g[OBJECTIVE])
-            record["grid"] = {"results": grid, "best": top,
-                              "tuned_vs_grid_best": best_value / top[OBJECTIVE] if top[OBJECTIVE] else None}
 
         pairs = []
         for i in range(args.pairs):
@@ -130,6 +116,24 @@ def main() -> None:
             "throughput_ratio_median": statistics.median(p["throughput_ratio"] for p in pairs),
             "p99_ttft_ratio_median": statistics.median(p["p99_ttft_ratio"] for p in pairs),
         } if pairs else {}
+        save("vllm_tuning", {**record, "uptime_now": uptime()})  # kept if the grid is cut short
+
+        if args.grid:
+            grid = []
+            measured = {json.dumps(t.user_attrs["config"], sort_keys=True): t.user_attrs["metrics"]
+                        for t in result.trials}
+            for i, cfg in enumerate(space.grid()):
+                known = measured.get(json.dumps(cfg.to_dict(), sort_keys=True))  # the tuner ran it already
+                m = known if known is not None else target.evaluate(cfg, name=f"grid{i}")
+                grid.append({"config": {k: getattr(cfg, k) for k in SPACE}, "from_tuner": known is not None,
+                             **shown(m)})
+                print(f"grid {i + 1}/{len(space.grid())}: {grid[-1]}", flush=True)
+                save("vllm_tuning", {**record, "grid_partial": grid, "uptime_now": uptime()})
+            feasible = [g for g in grid if g["error_rate"] == 0]
+            top = max(feasible, key=lambda g: g[OBJECTIVE])
+            record["grid"] = {"results": grid, "best": top,
+                              "tuned_vs_grid_best": best_value / top[OBJECTIVE] if top[OBJECTIVE] else None}
+
     record["wall_s"] = time.perf_counter() - t0
     record["uptime_after"] = uptime()
     print(save("vllm_tuning", record))

@@ -142,9 +142,9 @@ def measure(load: LoadResult, scrapes: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class VLLMTarget:
-    """Evaluates VLLMConfigs as servers under `load`; records each as a run when given a store."""
+    """Evaluates VLLMConfigs as servers under `load`, each recorded as a run with its requests and scrapes."""
 
-    def __init__(self, model_dir: Path, load: LoadSpec, *, store: Any = None, log_dir: Path | None = None,
+    def __init__(self, model_dir: Path, load: LoadSpec, *, store: Any, log_dir: Path | None = None,
                  start_timeout_s: float = 600.0, scrape_s: float = 1.0, python: Path | None = None):
         self.model_dir = Path(model_dir)
         self.load = load
@@ -156,28 +156,36 @@ class VLLMTarget:
 
     def evaluate(self, config: VLLMConfig, *, run_id: int | None = None, name: str = "trial") -> dict[str, Any]:
         """Start a server on `config`, drive the load, stop it; the metrics (ServerStartError if it never
-        became healthy)."""
+        became healthy). Without `run_id` the evaluation is recorded as an `eval` run of its own."""
+        own_run = run_id is None
+        if own_run:
+            run_id = self.store.start_run("eval", name=f"vllm {name}", config=config.to_dict())
         port = free_port()
         server = VLLMServer(config, self.model_dir, port, self.log_dir / f"{name}-{port}.log", python=self.python)
-        t0 = time.perf_counter()
-        server.start(self.start_timeout_s)
-        start_s = time.perf_counter() - t0
         collector = Collector(server.url, self.store, None, None, interval_s=self.scrape_s,
                               model_dir=self.model_dir, run_id=run_id)
         try:
+            t0 = time.perf_counter()
+            server.start(self.start_timeout_s)
+            start_s = time.perf_counter() - t0
             collector.scrape_once()  # the baseline the first interval counts from
             collector.start()
             load = run_load(server.url, self.load, model=server.served_name)
             collector.stop()
             collector.scrape_once()  # everything up to the last answer
             collector.flush()
+        except BaseException:
+            if own_run:
+                self.store.finish_run(run_id, status="failed")
+            raise
         finally:
             collector.stop()
             server.stop()
         metrics = measure(load, collector.rows[1:])
         metrics["server_start_s"] = start_s
-        if self.store is not None and run_id is not None:
-            self.store.add_requests([r.row() for r in load.results], run_id=run_id)
+        self.store.add_requests([r.row() for r in load.results], run_id=run_id)
+        if own_run:
+            self.store.finish_run(run_id, metrics=metrics)
         return metrics
 
 
