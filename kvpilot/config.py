@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import (
     BaseModel,
@@ -291,8 +291,14 @@ class KVConfig(BaseModel):
             raise KVConfigError(problems)
 
 
-def config_hash(config: KVConfig) -> str:
-    """The config's id: 8 hex digits of the SHA-256 of its canonical JSON (every field, defaults included)."""
+class _Document(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def config_hash(config: _Document) -> str:
+    """The config's id: 8 hex digits of the SHA-256 of its canonical JSON (every field, defaults included).
+
+    Any versioned config document with `to_dict` (a KVConfig, a `kvpilot.vllm_config.VLLMConfig`)."""
     canonical = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 

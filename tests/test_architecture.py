@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "kvpilot.plugins": 0,
     "kvpilot.config": 0,
     "kvpilot.policies": 0,
+    "kvpilot.vllm_config": 0,  # VLLMConfig: pydantic only, validated by the registry
     # 1 data and control plane (torch-free) and the torch-side cache and kernels
     "kvpilot.storage": 1,
     "kvpilot.workloads": 1,
@@ -41,6 +42,7 @@ LAYERS: dict[str, int] = {
     "kvpilot.evaluation": 3,
     "kvpilot.probes": 3,
     "kvpilot.tuner": 3,
+    "kvpilot.vllm": 3,  # a vLLM server's collector, supervisor and tuning target (HTTP only, no torch)
     # 4 entry points
     "kvpilot.attach": 4,
     "kvpilot.commands": 4,
@@ -67,10 +69,11 @@ TORCH_FREE = [
     "kvpilot.probes.recorder",
     "kvpilot.probes.otel",
     "kvpilot.dashboard.app",
+    "kvpilot.vllm_config",
 ]
 # ... and every submodule of these packages (walked, so a new module is covered without editing this list)
 TORCH_FREE_PACKAGES = ["kvpilot.storage", "kvpilot.workloads", "kvpilot.dashboard", "kvpilot.plugins",
-                       "kvpilot.policies"]
+                       "kvpilot.policies", "kvpilot.vllm"]
 HEAVY = ("torch", "transformers", "triton")
 # The bottom of the package: importable from anywhere because they import nothing from kvpilot.
 LEAVES = ("kvpilot.errors", "kvpilot.version")

@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler-seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--push", metavar="DEPLOYMENT", default=None, help="push the winner to this deployment")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+    p.add_argument("--target", choices=("kvpilot", "vllm"), default="kvpilot",
+                   help="what a trial runs: kvpilot's engine (default), or a vLLM server under generated agent "
+                   "sessions (see README 'With vLLM'; --programs, --seed, --model, --objective, --constraint apply)")
     agents = p.add_argument_group(
         "agent sessions (--workload agents): tune the session pool's time-to-live on a replayed trace; default "
         f"objectives {', '.join(AGENT_OBJECTIVES)} (winner: the shortest mean job time), no constraint, space: "
@@ -68,6 +71,10 @@ def _tune(args: argparse.Namespace) -> int:
     from kvpilot.tuner import Constraint, SearchSpace, Tuner
     from kvpilot.tuner.objectives import DEFAULT_OBJECTIVES, objective
 
+    if args.target == "vllm":
+        from kvpilot.commands.vllm import tune_vllm
+
+        return tune_vllm(args)
     if args.show_space:
         print(json.dumps(SearchSpace().to_dict(), indent=2))
         return 0

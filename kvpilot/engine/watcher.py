@@ -6,7 +6,9 @@ acknowledgement, or a rejection with the reason. The engine's config only change
 rejected or corrupt version leaves the last good config in force. A version already applied or already
 rejected is never handed over again. Store outages are logged and retried; they never stop the engine.
 
-No torch here: the watcher only knows `apply(KVConfig)`, which raises KVConfigError to reject.
+No torch here: the watcher only knows `apply(KVConfig)`, which raises KVConfigError to reject. A process
+that applies another kind of versioned document (the vLLM supervisor's VLLMConfig) passes `parse`, which
+reads its kind from a stored version.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from kvpilot.config import KVConfig, KVConfigError
+from kvpilot.config import KVConfigError
 from kvpilot.errors import KVPilotError
 
 if TYPE_CHECKING:
     from kvpilot.storage.protocols import ConfigSource
+    from kvpilot.storage.types import ConfigVersionInfo
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +50,14 @@ class ConfigWatcher:
         store: ConfigSource,
         deployment: str,
         instance_name: str,
-        apply: Callable[[KVConfig], None],
+        apply: Callable[[Any], None],
         *,
         poll_s: float = 2.0,
         heartbeat_s: float | None = None,
         listen: bool = True,
         model: str | None = None,
-        initial: KVConfig | None = None,
+        initial: Any = None,
+        parse: Callable[[ConfigVersionInfo], Any] | None = None,
     ):
         self.store = store
         self.deployment = deployment
@@ -62,13 +66,14 @@ class ConfigWatcher:
         self.heartbeat_s = poll_s if heartbeat_s is None else heartbeat_s
         self.model = model
         self._apply = apply
+        self._parse: Callable[[ConfigVersionInfo], Any] = parse or (lambda v: v.config())
         self._listen = listen
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._instance_id: int | None = None
         self._applied_version: int | None = None
-        self._config: KVConfig | None = initial
+        self._config: Any = initial
         self._rejected: dict[int, str] = {}
         self._pending: list[tuple[int, str, str | None]] = []  # acks the store could not take yet
         self._last_heartbeat = 0.0
@@ -87,8 +92,8 @@ class ConfigWatcher:
         return self._applied_version
 
     @property
-    def config(self) -> KVConfig | None:
-        """The last config handed to `apply` successfully (or `initial`)."""
+    def config(self) -> Any:
+        """The last config handed to `apply` successfully (or `initial`): a KVConfig unless `parse` says."""
         return self._config
 
     @property
@@ -111,7 +116,7 @@ class ConfigWatcher:
             if active is None or active.version == self._applied_version or active.version in self._rejected:
                 return None
             try:
-                cfg = active.config()
+                cfg = self._parse(active)
             except KVPilotError as exc:  # CorruptConfigError: a stored row that no longer parses
                 return self._finish(active.version, "rejected", str(exc))
             if cfg == self._config:
@@ -125,7 +130,7 @@ class ConfigWatcher:
                 return self._finish(active.version, "rejected", f"{type(exc).__name__}: {exc}")
             return self._finish(active.version, "applied", None, cfg)
 
-    def _finish(self, version: int, status: str, reason: str | None, cfg: KVConfig | None = None) -> CheckResult:
+    def _finish(self, version: int, status: str, reason: str | None, cfg: Any = None) -> CheckResult:
         if status == "applied":
             self._applied_version, self._config = version, cfg
             log.info("%s/%s: applied config version %s", self.deployment, self.instance_name, version)

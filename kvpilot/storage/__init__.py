@@ -24,7 +24,7 @@ _EXPORTS = {
     "CHANNEL": "registry",
     **dict.fromkeys(
         ("ACK_STATUSES", "EVENT_KINDS", "RUN_KINDS", "RUN_STATUSES", "SESSION_KINDS", "POOL_DETAIL_KEYS", "SAMPLES",
-         "LAYER_STATS", "REQUESTS", "MEMORY_SAMPLES", "CACHE_EVENTS", "SKEW_METRICS", "LayerStat", "Request",
+         "LAYER_STATS", "REQUESTS", "MEMORY_SAMPLES", "CACHE_EVENTS", "VLLM_SAMPLES", "SKEW_METRICS", "LayerStat", "Request",
          "MemorySample", "Event"),
         "schema",
     ),
@@ -53,7 +53,7 @@ __all__ = [  # the keys of _EXPORTS (a test keeps them equal), spelled out for t
     "RUN_KINDS", "RUN_STATUSES", "RegistryError", "Request", "RequestBucket", "RequestRow", "RequestTotals",
     "RunInfo", "RunRecorder", "RunSummary", "SAMPLES", "SESSION_KINDS", "SKEW_METRICS", "SamplePlan", "SampleRow",
     "SampleSink", "SchemaError", "SchemaOutdatedError", "SchemaTooNewError", "Scope", "Store", "StoreError",
-    "bucket_width", "default_db_path", "register_backend", "resolve_url",
+    "VLLM_SAMPLES", "bucket_width", "default_db_path", "register_backend", "resolve_url",
 ]
 
 
@@ -99,6 +99,7 @@ if TYPE_CHECKING:
         SAMPLES,
         SESSION_KINDS,
         SKEW_METRICS,
+        VLLM_SAMPLES,
         Event,
         LayerStat,
         MemorySample,

@@ -50,6 +50,11 @@ class SampleSink(Protocol):
         part_id: str | None = None,
     ) -> int: ...
 
+    def add_vllm_samples(
+        self, rows: Iterable[SampleRow], *, instance_id: int | None = None, run_id: int | None = None,
+        part_id: str | None = None,
+    ) -> int: ...
+
 
 class SampleWriterFn(Protocol):
     """One of a SampleSink's writers."""
@@ -66,6 +71,7 @@ SINK_WRITERS: dict[str, Callable[[SampleSink], SampleWriterFn]] = {
     "requests": lambda sink: sink.add_requests,
     "memory_samples": lambda sink: sink.add_memory_samples,
     "cache_events": lambda sink: sink.add_events,
+    "vllm_samples": lambda sink: sink.add_vllm_samples,
 }
 
 

@@ -29,11 +29,13 @@ from kvpilot.storage.schema import (
     REQUESTS,
     ROLLUPS,
     SAMPLES,
+    VLLM_SAMPLES,
     Deployment,
     EngineInstance,
     Event,
     LayerStat,
     Request,
+    VLLMSample,
 )
 from kvpilot.storage.scope import Scope, ScopeFilters, Unpack
 from kvpilot.storage.tabledef import SampleTable
@@ -44,6 +46,7 @@ from kvpilot.storage.types import (
     MemoryBucket,
     RequestBucket,
     RunSummary,
+    VLLMBucket,
 )
 
 Level = Literal["layer", "head", "all"]
@@ -51,6 +54,7 @@ LS = LAYER_STATS.table
 RQ = REQUESTS.table
 MEM = MEMORY_SAMPLES.table
 EV = CACHE_EVENTS.table
+VS = VLLM_SAMPLES.table
 LAYER_METRICS = LAYER_STATS.names(metric=True)  # every averaged layer-stat column, in table order
 DEFAULT_POINTS = 300
 # the columns the rollup-backed readers aggregate (means, sums, maxima), per table
@@ -357,6 +361,57 @@ class QueryStore(EntityStore):
                     float(r[0]), opt_int(r[1]), int(r[2]), opt_float(r[3]), opt_int(r[4]), opt_float(r[5]),
                     opt_int(r[6]), opt_float(r[7]), opt_int(r[8]), opt_int(r[9]), opt_int(r[10]),
                     opt_int(r[11]), opt_float(r[12]), opt_int(r[13]),
+                )
+                for r in conn.execute(q)
+            ]
+
+        return self._read(run, analytic=True)
+
+    # ----- vLLM servers -------------------------------------------------------------------------------
+
+    def vllm_samples(
+        self, scope: Scope | None = None, *, limit: int = 10_000, **filters: Unpack[ScopeFilters]
+    ) -> list[VLLMSample]:
+        """Raw scrapes of vLLM servers (`kvpilot.vllm`), newest first."""
+        sc = Scope.of(scope, **filters)
+
+        def run(conn: Connection) -> list[VLLMSample]:
+            conds = self._owner_conds(conn, VS, sc)
+            if conds is None:
+                return []
+            q = select(*VS.c).where(*conds).order_by(VS.c.ts.desc(), VS.c.id.desc()).limit(limit)
+            return [VLLM_SAMPLES.record_of(r) for r in conn.execute(q)]
+
+        return self._read(run)
+
+    def vllm_series(
+        self, scope: Scope | None = None, *, bucket_s: float | None = None, **filters: Unpack[ScopeFilters]
+    ) -> list[VLLMBucket]:
+        """vLLM scrapes per instance and time bucket, aggregated in SQL (see `VLLMBucket`)."""
+        sc = Scope.of(scope, **filters)
+        bucket = self._backend.time_bucket(VS.c.ts, sc.bucket_s(DEFAULT_POINTS, bucket_s)).label("bucket")
+        c = VS.c
+
+        def run(conn: Connection) -> list[VLLMBucket]:
+            conds = self._owner_conds(conn, VS, sc)
+            if conds is None:
+                return []
+            q = (
+                select(
+                    bucket, c.instance_id, func.count(), func.avg(c.kv_usage), func.avg(c.kv_bytes),
+                    func.coalesce(func.sum(c.prefix_queries), 0), func.coalesce(func.sum(c.prefix_hits), 0),
+                    func.coalesce(func.sum(c.preemptions), 0), func.avg(c.prompt_tokens_per_s),
+                    func.avg(c.generation_tokens_per_s), func.avg(c.requests_per_s), func.avg(c.ttft_p50_s),
+                    func.max(c.ttft_p99_s), func.avg(c.tpot_p50_s), func.max(c.tpot_p99_s),
+                )
+                .where(*conds)
+                .group_by(bucket, c.instance_id)
+                .order_by(bucket, c.instance_id)
+            )
+            return [
+                VLLMBucket(
+                    float(r[0]), opt_int(r[1]), int(r[2]), opt_float(r[3]), opt_float(r[4]), int(r[5]), int(r[6]),
+                    int(r[7]), *(opt_float(v) for v in r[8:]),
                 )
                 for r in conn.execute(q)
             ]

@@ -27,13 +27,16 @@ from kvpilot.storage.schema import (
     EngineInstance,
 )
 from kvpilot.storage.types import Ack, Activation, ConfigVersionInfo, FieldChange
+from kvpilot.vllm_config import VLLMConfig, is_vllm_document
 
 CHANNEL = "kvpilot_config"  # PostgreSQL NOTIFY channel; the payload is the deployment name
 
 
-def _as_config(config: KVConfig | dict[str, Any] | str | bytes) -> KVConfig:
-    """Validate first: raises KVConfigError, and the caller stores nothing."""
-    return config if isinstance(config, KVConfig) else KVConfig.parse(config)
+def _as_config(config: KVConfig | VLLMConfig | dict[str, Any] | str | bytes) -> KVConfig | VLLMConfig:
+    """Validate first: raises KVConfigError (VLLMConfigError for a vLLM document), and the caller stores nothing."""
+    if isinstance(config, (KVConfig, VLLMConfig)):
+        return config
+    return VLLMConfig.parse(config) if is_vllm_document(config) else KVConfig.parse(config)
 
 
 def _info(v: ConfigVersion, deployment: str, active: int | None) -> ConfigVersionInfo:
@@ -82,7 +85,7 @@ class RegistryStore(EntityStore):
     def push(
         self,
         deployment: str,
-        config: KVConfig | dict[str, Any] | str | bytes,
+        config: KVConfig | VLLMConfig | dict[str, Any] | str | bytes,
         *,
         pushed_by: str | None = None,
         source: str | None = None,
@@ -90,6 +93,8 @@ class RegistryStore(EntityStore):
     ) -> ConfigVersionInfo:
         """Validate and store a new config version (and make it active unless `activate` is false).
 
+        A document with `"engine": "vllm"` is a VLLMConfig (a deployment that `kvpilot vllm serve` supervises);
+        anything else is a KVConfig.
         `source` says what produced it, e.g. 'user:alice' or 'tuner:study/trial-12'."""
         cfg = _as_config(config)
 
@@ -127,7 +132,7 @@ class RegistryStore(EntityStore):
         def run(s: Session) -> ConfigVersionInfo:
             d = self._deployment_row(s, deployment, lock=True)
             v = self._version_row(s, d, version)
-            _info(v, d.name, None).config()  # refuse to activate a corrupt row
+            _info(v, d.name, None).document()  # refuse to activate a corrupt row
             if d.active_version != version:
                 self._set_active(s, d, version, "activate", by)
             return _info(v, d.name, d.active_version)
@@ -147,7 +152,7 @@ class RegistryStore(EntityStore):
                     "versions and `kvpilot activate` to pick one"
                 )
             target = self._version_row(s, d, stack[-2])
-            _info(target, d.name, None).config()
+            _info(target, d.name, None).document()
             self._set_active(s, d, target.version, "rollback", by)
             return _info(target, d.name, d.active_version)
 

@@ -24,6 +24,7 @@ from kvpilot.storage.schema import (
     MEMORY_SAMPLES,
     REQUESTS,
     SAMPLES,
+    VLLM_SAMPLES,
     IngestedPart,
     table_of,
 )
@@ -95,6 +96,13 @@ class SampleWriter(EntityStore):
     ) -> int:
         """Cache events; `kind` must be one of `schema.EVENT_KINDS`, `detail` any JSON-able dict."""
         return self.add_samples(CACHE_EVENTS, rows, instance_id=instance_id, run_id=run_id, part_id=part_id)
+
+    def add_vllm_samples(
+        self, rows: Iterable[SampleRow], *, instance_id: int | None = None, run_id: int | None = None,
+        part_id: str | None = None,
+    ) -> int:
+        """Scrapes of a vLLM server's metrics (`schema.VLLMSample` columns), see `kvpilot.vllm.metrics`."""
+        return self.add_samples(VLLM_SAMPLES, rows, instance_id=instance_id, run_id=run_id, part_id=part_id)
 
     def _insert(self, spec: SampleTable[Any], tuples: list[tuple], part_id: str | None = None) -> int:
         """Bulk-insert in one transaction, claiming `part_id` in the same one (see the class docstring)."""

@@ -47,6 +47,10 @@ EVENT_KINDS = (
     "recorder_drop",
     "probe_unavailable",
     "error",
+    # a vLLM server's prefix-cache blocks (kvpilot.vllm.events): count = blocks, bytes = their KV bytes
+    "kv_block_stored",
+    "kv_block_removed",
+    "kv_blocks_cleared",
 )
 ACK_STATUSES = ("applied", "rejected")
 # Session-pool events (the Sessions page); `detail` may carry these keys so occupancy can be drawn.
@@ -306,6 +310,44 @@ class Event(SampleRecord):
     detail: dict[str, Any] | None = column()
 
 
+def _vllm(name: str, unit: str, description: str, *, kind: InstrumentKind = "gauge", **kw: Any) -> Any:
+    """A vLLM server metric column: averaged by readers, reported as `kvpilot.vllm.*` in OpenTelemetry."""
+    return column(metric=True, group="vllm", help=description,
+                  otel=Instrument(f"kvpilot.vllm.{name}", unit, description, kind=kind), **kw)
+
+
+@dataclass(frozen=True)
+class VLLMSample(SampleRecord):
+    """One scrape of a vLLM server's /metrics: gauges as read, counters as deltas and rates over the interval
+    since the previous scrape, latency quantiles from the histograms' bucket deltas over that interval."""
+
+    interval_s: float | None = column(help="seconds since the previous scrape (None: the first one)")
+    kv_usage: float | None = _vllm("kv_cache.usage", "1", "fraction of the KV cache's blocks in use")
+    kv_bytes: int | None = _vllm("kv_cache.used_bytes", "By", "KV bytes in use (usage x cache size)", sql=BigInteger)
+    kv_capacity_bytes: int | None = _vllm("kv_cache.capacity_bytes", "By", "KV cache size", sql=BigInteger)
+    requests_running: int | None = _vllm("requests.running", "{request}", "requests being served")
+    requests_waiting: int | None = _vllm("requests.waiting", "{request}", "requests queued")
+    prefix_queries: int | None = _vllm(
+        "prefix_cache.queries", "{token}", "prompt tokens looked up in the prefix cache", kind="counter",
+        sql=BigInteger)
+    prefix_hits: int | None = _vllm(
+        "prefix_cache.hits", "{token}", "prompt tokens found in the prefix cache", kind="counter", sql=BigInteger)
+    prefix_hit_ratio: float | None = _vllm("prefix_cache.hit_ratio", "1", "prefix-cache hits / queries this interval")
+    preemptions: int | None = _vllm("preemptions", "{preemption}", "requests preempted (KV cache full)",
+                                    kind="counter")
+    prompt_tokens_per_s: float | None = _vllm("prompt_tokens.rate", "{token}/s", "prompt tokens processed per second")
+    generation_tokens_per_s: float | None = _vllm(
+        "generation_tokens.rate", "{token}/s", "tokens generated per second")
+    requests_per_s: float | None = _vllm("requests.rate", "{request}/s", "requests finished per second")
+    ttft_p50_s: float | None = _vllm("ttft.p50", "s", "median time to first token this interval")
+    ttft_p99_s: float | None = _vllm("ttft.p99", "s", "99th-percentile time to first token this interval")
+    tpot_p50_s: float | None = _vllm("tpot.p50", "s", "median time per output token this interval")
+    tpot_p99_s: float | None = _vllm("tpot.p99", "s", "99th-percentile time per output token this interval")
+    e2e_p50_s: float | None = _vllm("e2e.p50", "s", "median request latency this interval")
+    e2e_p99_s: float | None = _vllm("e2e.p99", "s", "99th-percentile request latency this interval")
+    cache_config: dict[str, Any] | None = column(help="vllm:cache_config_info labels (first scrape and on change)")
+
+
 def _sample_table(name: str, record: type[Any], **kw: Any) -> SampleTable[Any]:
     return SampleTable(name, record, Base.metadata, types=_SQL_TYPES, id_type=BigId, **kw)
 
@@ -323,6 +365,7 @@ MEMORY_SAMPLES: SampleTable[MemorySample] = _sample_table(
     "memory_samples", MemorySample, otel=TableOtel(hw_id="device")
 )
 CACHE_EVENTS: SampleTable[Event] = _sample_table("cache_events", Event, indexes=[("kind", "ts")])
+VLLM_SAMPLES: SampleTable[VLLMSample] = _sample_table("vllm_samples", VLLMSample)
 
 # The attention-skew metrics of a layer_stats row, in column order (what the skew probe computes).
 SKEW_METRICS = LAYER_STATS.names(group="skew")
@@ -338,7 +381,9 @@ class IngestedPart(Base):
 
 
 # The sample tables by name, in the order `Store.counts` and `kvpilot db status` list them.
-SAMPLES: dict[str, SampleTable[Any]] = {t.name: t for t in (LAYER_STATS, REQUESTS, MEMORY_SAMPLES, CACHE_EVENTS)}
+SAMPLES: dict[str, SampleTable[Any]] = {
+    t.name: t for t in (LAYER_STATS, REQUESTS, MEMORY_SAMPLES, CACHE_EVENTS, VLLM_SAMPLES)
+}
 SAMPLE_TABLES = {name: t.table for name, t in SAMPLES.items()}  # the SQLAlchemy tables
 
 

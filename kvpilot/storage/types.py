@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kvpilot.config import KVConfig, KVConfigError
 from kvpilot.storage.rows import SampleRow
+
+if TYPE_CHECKING:
+    from kvpilot.vllm_config import VLLMConfig
 
 # the sample records, declared with their tables and re-exported here with the other reader types
 from kvpilot.storage.schema import Event as Event
@@ -135,6 +138,32 @@ class MemoryBucket:
 
 
 @dataclass(frozen=True)
+class VLLMBucket:
+    """A vLLM server over one time bucket: means of gauges and rates, hits over queries, sums of preemptions,
+    the mean of the scrapes' p50s and the worst of their p99s."""
+
+    ts: float
+    instance_id: int | None
+    scrapes: int
+    kv_usage: float | None
+    kv_bytes: float | None
+    prefix_queries: int
+    prefix_hits: int
+    preemptions: int
+    prompt_tokens_per_s: float | None
+    generation_tokens_per_s: float | None
+    requests_per_s: float | None
+    ttft_p50_s: float | None
+    ttft_p99_s: float | None
+    tpot_p50_s: float | None
+    tpot_p99_s: float | None
+
+    @property
+    def prefix_hit_ratio(self) -> float | None:
+        return self.prefix_hits / self.prefix_queries if self.prefix_queries else None
+
+
+@dataclass(frozen=True)
 class EventBucket:
     """Events of one kind in one time bucket: rows, summed counts and bytes."""
 
@@ -212,6 +241,27 @@ class ConfigVersionInfo:
             return KVConfig.parse(self.config_json)
         except KVConfigError as exc:
             raise CorruptConfigError(self.deployment, self.version, "; ".join(exc.problems)) from None
+
+    def vllm_config(self) -> VLLMConfig:
+        """The VLLMConfig of a vLLM deployment's version, or CorruptConfigError if the row does not parse as one."""
+        from kvpilot.storage.errors import CorruptConfigError
+        from kvpilot.vllm_config import VLLMConfig
+
+        try:
+            return VLLMConfig.parse(self.config_json)
+        except KVConfigError as exc:
+            raise CorruptConfigError(self.deployment, self.version, "; ".join(exc.problems)) from None
+
+    @property
+    def is_vllm(self) -> bool:
+        """Whether this version is a vLLM server's config (`"engine": "vllm"`) rather than a KVConfig."""
+        from kvpilot.vllm_config import is_vllm_document
+
+        return is_vllm_document(self.config_json)
+
+    def document(self) -> KVConfig | VLLMConfig:
+        """The version parsed as what it is (KVConfig or VLLMConfig); CorruptConfigError if it does not parse."""
+        return self.vllm_config() if self.is_vllm else self.config()
 
     def config_dict(self) -> dict[str, Any]:
         """The stored JSON object as is (for diffs); CorruptConfigError if it is not a JSON object."""

@@ -175,3 +175,34 @@ def test_unreachable_database_is_one_clear_error(app, monkeypatch):
     at = app("postgresql+psycopg://nobody@127.0.0.1:1/nothing")
     assert not at.exception
     assert any("Cannot open the store" in e.value and "cannot reach database" in e.value for e in at.error)
+
+
+def test_overview_shows_a_vllm_deployment(app, store, db_url):
+    """A vLLM server's scrapes (as `kvpilot watch --vllm` records them) and its VLLMConfig on the Overview page."""
+    import time
+
+    from kvpilot.vllm.metrics import interval_row, parse
+    from kvpilot.vllm_config import VLLMConfig
+    from tests.vllm.test_config_and_metrics import FakeVLLM
+
+    fake = FakeVLLM()
+    now = time.time()
+    first = parse(fake.text(), now - 20)
+    fake.usage.labels("0", "m").set(0.4)
+    fake.queries.labels("0", "m").inc(800)
+    fake.hits.labels("0", "m").inc(200)
+    fake.preempt.labels("0", "m").inc(2)
+    fake.gen.labels("0", "m").inc(100)
+    second = parse(fake.text(), now - 10)
+    store.push("chat-vllm", VLLMConfig(max_num_seqs=8), pushed_by="test")
+    inst = store.register_instance("chat-vllm", "vllm@test")
+    store.add_vllm_samples([interval_row(None, first), interval_row(first, second)], instance_id=inst.id)
+    at = app(db_url)
+    assert not at.exception
+    m = metrics(at)
+    assert m["Prefix hit ratio"] == "25.0%" and m["Preemptions"] == "2" and m["KV usage (latest)"] == "40.0%"
+    assert m["Generation"] == "10.0 tok/s"
+    assert "vLLM config in force on chat-vllm: v1" in texts(at) and "max_num_seqs 8" in texts(at)
+    assert {"Throughput", "Prefix hits and KV usage"} <= set(charts(at))
+    open_page(at, "layers")
+    assert "is a vLLM server" in texts(at) and not at.exception

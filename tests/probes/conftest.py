@@ -81,6 +81,9 @@ class FlakyStore:
     def add_events(self, *a, **k):
         return self.__getattr__("add_events")(*a, **k)
 
+    def add_vllm_samples(self, *a, **k):
+        return self.__getattr__("add_vllm_samples")(*a, **k)
+
 
 @pytest.fixture
 def flaky(store):

@@ -122,7 +122,7 @@ def test_bad_rows_are_refused_and_nothing_stored(store, inst):
         store.add_requests([{"ttft_s": 0.1}])
     with pytest.raises(StoreError, match="refused"):
         store.add_layer_stats([{"layer": 0}], instance_id=inst.id + 1000)  # unknown instance (foreign key)
-    assert store.counts() == {"layer_stats": 0, "requests": 0, "memory_samples": 0, "cache_events": 0}
+    assert store.counts() == {"layer_stats": 0, "requests": 0, "memory_samples": 0, "cache_events": 0, "vllm_samples": 0}
     assert store.add_layer_stats([]) == 0
 
 

@@ -40,6 +40,7 @@ def test_a_test_double_needs_only_its_seam():
         def add_requests(self, rows, **kw): return 0
         def add_memory_samples(self, rows, **kw): return 0
         def add_events(self, rows, **kw): return 0
+        def add_vllm_samples(self, rows, **kw): return 0
 
     assert isinstance(Sink(), SampleSink) and not isinstance(Sink(), RunRecorder)
     assert not isinstance(object(), SampleSink)

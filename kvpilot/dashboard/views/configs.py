@@ -12,6 +12,7 @@ import streamlit as st
 from kvpilot.config import KVConfig, KVConfigError
 from kvpilot.dashboard import context as C
 from kvpilot.storage import Activation, ConfigVersionInfo, Store
+from kvpilot.vllm_config import VLLMConfig, is_vllm_document
 
 
 def render() -> None:
@@ -165,14 +166,15 @@ def _activate(ctx: C.Ctx, versions: list[ConfigVersionInfo], active: ConfigVersi
 def _push(deployment: str | None, active: ConfigVersionInfo | None) -> None:
     st.subheader("Push a new version")
     name = deployment or st.text_input("Deployment", key="push_deployment")
-    start = active.config().to_json(indent=2) if active else KVConfig().to_json(indent=2)
-    text = st.text_area("KVConfig (JSON)", value=start, height=260, key=f"push_text:{deployment}")
+    start = active.document().to_json(indent=2) if active else KVConfig().to_json(indent=2)
+    kind = "VLLMConfig" if active is not None and active.is_vllm else "KVConfig"
+    text = st.text_area(f"{kind} (JSON)", value=start, height=260, key=f"push_text:{deployment}")
     try:
-        cfg = KVConfig.parse(text)
+        cfg: KVConfig | VLLMConfig = VLLMConfig.parse(text) if is_vllm_document(text) else KVConfig.parse(text)
     except KVConfigError as exc:
         st.error(str(exc))
         return
-    changed = [k for k, v in cfg.to_dict().items() if active is None or active.config().to_dict().get(k) != v]
+    changed = [k for k, v in cfg.to_dict().items() if active is None or active.config_dict().get(k) != v]
     summary = ", ".join(f"{k}={json.dumps(cfg.to_dict()[k])}" for k in changed[:8]) or "no field changes"
     C.confirm(
         f"push:{deployment}", "Push", f"Push this config to {name} as its next version and activate it? ({summary})",

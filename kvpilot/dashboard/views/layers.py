@@ -74,6 +74,10 @@ def _budgets(ctx: C.Ctx) -> None:
     if active is None:
         st.info(f"No config pushed to {ctx.deployment} yet: `kvpilot push -d {ctx.deployment} -c config.json`.")
         return
+    if active.is_vllm:
+        st.info(f"{ctx.deployment} is a vLLM server (v{active.version}): vLLM keeps whole blocks per layer, so "
+                "there are no per-layer budgets; the Overview page shows its KV usage and prefix-cache hits.")
+        return
     cfg = active.config()
     shape = C.query(Store.layer_shape, ctx.scope)
     per_layer = cfg.per_layer_values()  # e.g. explicit budgets or a sensitivity profile: one value per layer

@@ -30,6 +30,7 @@ def _live(ctx: C.Ctx) -> None:
                 f"deployment=...)`), and `kvpilot push` creates one with its first config; or run {C.FILL_HINT}.")
         return
     _config_in_force(ctx)
+    _vllm(ctx)
     _traffic(ctx)
     _memory(ctx)
     _latency(ctx)
@@ -70,6 +71,16 @@ def _config_in_force(ctx: C.Ctx) -> None:
         st.info(f"No config pushed to {ctx.deployment} yet: `kvpilot push -d {ctx.deployment} -c config.json`, "
                 "or promote a trial on the Tuning page.")
         return
+    if active.is_vllm:
+        v = active.vllm_config()
+        st.markdown(
+            f"**vLLM config in force on {ctx.deployment}: v{active.version}**: KV cache {v.kv_cache_gib} GiB, "
+            f"block size {v.block_size}, prefix caching {'on' if v.enable_prefix_caching else 'off'}, "
+            f"max_num_seqs {v.max_num_seqs}, max_num_batched_tokens {v.max_num_batched_tokens or 'default'}, "
+            f"KV dtype `{v.kv_cache_dtype}` (pushed by {active.pushed_by or '?'} from {active.source or '?'}, "
+            f"{C.ago(active.created_at)})."
+        )
+        return
     cfg = active.config()
     size = (f"budget {cfg.budget} tokens" if cfg.budget is not None
             else f"compression {cfg.compression_ratio:.0%}" if cfg.compression_ratio is not None else "no eviction")
@@ -78,6 +89,50 @@ def _config_in_force(ctx: C.Ctx) -> None:
         f"layers `{cfg.layer_allocation}`, heads `{cfg.head_allocation}` "
         f"(pushed by {active.pushed_by or '?'} from {active.source or '?'}, {C.ago(active.created_at)})."
     )
+
+
+def _vllm(ctx: C.Ctx) -> None:
+    """A vLLM server's scrapes (`kvpilot watch --vllm` / `kvpilot vllm serve`): throughput, prefix-cache hit
+    ratio, KV usage, preemptions and latency quantiles, per instance."""
+    width = ctx.scope.bucket_s()
+    buckets = C.query(Store.vllm_series, ctx.scope, bucket_s=width)
+    if not buckets:
+        return
+    st.subheader("vLLM server")
+    names: dict[int | None, str] = {i.id: i.name for i in C.query(Store.instances, ctx.deployment)}
+    queries = sum(b.prefix_queries for b in buckets)
+    hits = sum(b.prefix_hits for b in buckets)
+    last = buckets[-1]
+    cols = st.columns(5)
+    cols[0].metric("Generation", "-" if last.generation_tokens_per_s is None
+                   else f"{last.generation_tokens_per_s:.1f} tok/s")
+    cols[1].metric("Prefix hit ratio", "-" if not queries else f"{hits / queries:.1%}",
+                   help="prompt tokens found in vLLM's prefix cache / looked up, over the window")
+    cols[2].metric("KV usage (latest)", "-" if last.kv_usage is None else f"{last.kv_usage:.1%}")
+    cols[3].metric("Preemptions", f"{sum(b.preemptions for b in buckets):,}")
+    cols[4].metric("TTFT p99 (worst)", _ms(max((b.ttft_p99_s for b in buckets if b.ttft_p99_s is not None),
+                                               default=None)))
+    rows = []
+    for b in buckets:
+        time = pd.to_datetime(b.ts, unit="s", utc=True)
+        who = names.get(b.instance_id, str(b.instance_id))
+        for panel, name, v in (
+            ("rate", "prompt tok/s", b.prompt_tokens_per_s), ("rate", "generated tok/s", b.generation_tokens_per_s),
+            ("ratio", "prefix hit ratio", b.prefix_hit_ratio), ("ratio", "KV usage", b.kv_usage),
+            ("latency", "TTFT p50", b.ttft_p50_s), ("latency", "TTFT p99", b.ttft_p99_s),
+            ("latency", "TPOT p50", b.tpot_p50_s), ("latency", "TPOT p99", b.tpot_p99_s),
+        ):
+            if v is not None:
+                rows.append({"time": time, "series": f"{who}: {name}", "value": float(v), "panel": panel})
+    df = pd.DataFrame(rows)
+    if not len(df):
+        return
+    left, mid, right = st.columns(3)
+    for col, panel, unit, title in ((left, "rate", "tokens/s", "Throughput"), (mid, "ratio", "fraction",
+                                    "Prefix hits and KV usage"), (right, "latency", "seconds", "Latency quantiles")):
+        part = df[df.panel == panel]
+        if len(part):
+            col.altair_chart(charts.lines(part, unit, fmt=".3~f", title=title))
 
 
 def _traffic(ctx: C.Ctx) -> None:
