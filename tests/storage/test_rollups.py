@@ -65,6 +65,17 @@ def filled(store):
             ],
             instance_id=inst,
         )
+        store.add_vllm_samples(
+            [
+                {"ts": T0 + t, "interval_s": 15.0 if t else None, "kv_usage": rnd.random(),
+                 "kv_bytes": rnd.randrange(10**9), "kv_capacity_bytes": 10**9, "requests_running": rnd.randrange(8),
+                 "prefix_queries": rnd.randrange(10**5), "prefix_hits": rnd.randrange(10**4),
+                 "prefix_hit_ratio": rnd.random() if t % 4 else None, "ttft_p99_s": rnd.random(),
+                 "cache_config": {"block_size": "16"} if t == 0 else None}
+                for t in range(0, HOURS * 3600, 15)
+            ],
+            instance_id=inst,
+        )
     store.add_requests([{"ts": T0 + t, "ttft_s": 0.5, "prompt_tokens": 10} for t in range(0, 3600, 30)], run_id=run)
     return {"a": a, "b": b, "run": run}
 
@@ -175,8 +186,7 @@ def test_late_rows_are_added_once_and_concurrent_refreshes_count_once(store, fil
     store.add_requests([{"ts": T0 + 100 + i, "ttft_s": 9.0, "prompt_tokens": 1} for i in range(10)],
                        instance_id=filled["a"])
     store.add_layer_stats([{"ts": END + i, "layer": 0, "entropy": 1.0} for i in range(5)], instance_id=filled["a"])
-    assert store.refresh_rollups(lag_s=0) == {"layer_stats": 5, "requests": 10, "memory_samples": 0,
-                                              "cache_events": 0}
+    assert store.refresh_rollups(lag_s=0) == {**dict.fromkeys(SAMPLES, 0), "layer_stats": 5, "requests": 10}
     assert store.refresh_rollups(lag_s=0) == dict.fromkeys(SAMPLES, 0)  # nothing twice
     rolled = _answers(store, filled)
     _raw_only(store)
