@@ -79,7 +79,7 @@ def _push(args: argparse.Namespace) -> int:
     from kvpilot.config import KVConfig
     from kvpilot.storage import Store
 
-    cfg = KVConfig.parse(sys.stdin.read()) if args.config == "-" else KVConfig.from_file(args.config)
+    cfg = KVConfig.parse(sys.stdin.buffer.read()) if args.config == "-" else KVConfig.from_file(args.config)
     by = args.by or _user()
     with Store.open(args.db) as store:
         v = store.push(args.deployment, cfg, pushed_by=by, source=args.source or f"user:{by}",
