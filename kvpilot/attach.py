@@ -210,8 +210,11 @@ class ProbeHandle:
         return out
 
     def _apply(self, config: Any) -> None:
-        """The watcher's apply: the engine's, counted for OpenTelemetry (the store gets the watcher's events)."""
+        """The watcher's apply: a dry run, then the engine's, counted for OpenTelemetry (the store gets events)."""
+        from kvpilot.engine.dryrun import dry_run  # torch: only once an engine runs
+
         try:
+            dry_run(config, self.engine.model)  # a config that cannot serve is rejected, never "applied"
             self.engine.apply_config(config)
         except Exception:
             self._count_config("rejected")
