@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -139,9 +138,6 @@ def _owner(
 
     return owner
 
-
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:120]
 
 
 class ProbeHandle:
@@ -295,7 +291,7 @@ def attach(
     from kvpilot.probes.otel import Telemetry
     from kvpilot.probes.recorder import Recorder
     from kvpilot.probes.registry import build_probes, default_probes
-    from kvpilot.probes.spool import Spool
+    from kvpilot.probes.spool import Spool, spool_path
 
     engine = _as_engine(model_or_engine, tokenizer)
     if engine.observer is not None:
@@ -318,10 +314,11 @@ def attach(
     spool = owner = None
     if opened is not None:
         folder = Path(spool_dir) if spool_dir is not None else kvpilot_home() / "spool"
-        spool = Spool(folder / f"{_safe_name(deployment)}.{_safe_name(instance_name)}.jsonl")
+        spool = Spool(spool_path(folder, deployment, instance_name))
         owner = _owner(opened, engine, deployment, instance_name, model_name, run_kind, run_name, sampling)
 
-    recorder = Recorder(opened, telemetry=telemetry, spool=spool, owner=owner, flush_interval_s=flush_interval_s)
+    recorder = Recorder(opened, telemetry=telemetry, spool=spool, owner=owner, flush_interval_s=flush_interval_s,
+                        adopt_orphans=True)
     if telemetry is not None:
         telemetry.bind_recorder(recorder)
     device = next(engine.model.parameters()).device
