@@ -36,7 +36,7 @@ Deferred = Callable[[], Iterable[tuple[str, Rows]]]  # built off the inference t
 
 def is_outage(exc: BaseException) -> bool:
     """True when the store is unreachable or busy (retry later), False when it refused the rows (a bug)."""
-    from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+    from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 
     from kvpilot.storage.errors import DatabaseUnavailableError, StoreError
 
@@ -44,7 +44,7 @@ def is_outage(exc: BaseException) -> bool:
         return True
     if isinstance(exc, StoreError):  # lock timeouts carry their DBAPI error as the cause
         cause = exc.__cause__
-        return isinstance(cause, DBAPIError) and not isinstance(cause, IntegrityError)
+        return isinstance(cause, DBAPIError) and not isinstance(cause, (IntegrityError, DataError))
     return isinstance(exc, (OperationalError, InterfaceError, OSError, ConnectionError, TimeoutError))
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import TypeVar
 
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DatabaseError as SADatabaseError
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from kvpilot.storage import migrate
@@ -79,7 +80,7 @@ class StoreCore:
 
     def upgrade_schema(self) -> tuple[str | None, str | None]:
         """Migrate the database to this kvpilot's schema; returns (revision before, revision after)."""
-        return self._guard(lambda: migrate.upgrade(self._engine, self._backend))
+        return self._guard(lambda: migrate.upgrade(self._engine, self._backend), bounded=False)
 
     def schema_revision(self) -> str | None:
         return self._read(lambda conn: migrate.current_revision(conn))
@@ -148,11 +149,12 @@ class StoreCore:
 
         return self._read(body)
 
-    def _guard(self, run: Callable[[], T], *, retry: bool = False) -> T:
+    def _guard(self, run: Callable[[], T], *, retry: bool = False, bounded: bool = True) -> T:
         delay = 0.05
         for attempt in range(RETRIES):
             try:
-                return run()
+                with self._backend.deadline(self._engine) if bounded else nullcontext():  # a frozen network
+                    return run()
             except DBAPIError as exc:
                 if retry and attempt < RETRIES - 1 and self._backend.is_transient(exc):
                     time.sleep(delay)
@@ -171,6 +173,9 @@ class StoreCore:
             )
         if isinstance(exc, IntegrityError):
             return StoreError(f"database {self.url} refused the write: {detail}")
+        if isinstance(exc, DataError):  # e.g. a name longer than its column (PostgreSQL checks, SQLite does not)
+            return StoreError(f"database {self.url} refused a value: {detail}; names (deployment, instance, "
+                              "run, study, --by) hold at most 200 characters, --source 500")
         if isinstance(exc, (OperationalError, InterfaceError)):
             return DatabaseUnavailableError(self._backend.unavailable_message(self.url, detail))
         if isinstance(exc, SADatabaseError):

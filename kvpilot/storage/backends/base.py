@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import importlib
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,10 @@ class Backend(abc.ABC):
     def listener(self, engine: Engine, channel: str) -> Listener | None:
         """A Listener for `channel`, or None when the database has no notifications."""
         return None
+
+    def deadline(self, engine: Engine) -> AbstractContextManager[None]:
+        """A guard bounding how long one store operation may block on the network (none by default)."""
+        return nullcontext()
 
     def migration_lock(self, conn: Connection) -> None:  # noqa: B027 - optional hook
         """Serialise concurrent first-time migrations, inside `conn`'s transaction."""
