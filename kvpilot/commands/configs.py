@@ -93,7 +93,7 @@ def _configs(args: argparse.Namespace) -> int:
     from kvpilot.errors import KVPilotError
     from kvpilot.storage import Store
 
-    with Store.open(args.db) as store:
+    with Store.open(args.db, create=False) as store:  # a read: never creates or migrates a schema
         if args.deployment is None:
             if args.show or args.diff or args.acks:
                 raise KVPilotError("--show, --diff and --acks need --deployment NAME")

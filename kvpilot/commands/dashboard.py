@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -92,4 +93,33 @@ def _run(args: argparse.Namespace) -> int:
     mode = ", read-only" if args.read_only else ""
     url_host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"kvpilot dashboard on http://{url_host}:{args.port} (store {shown}{mode}); Ctrl-C stops it", flush=True)
-    return subprocess.call(argv, env=env)
+    return run_child(argv, env)
+
+
+def run_child(argv: list[str], env: dict[str, str]) -> int:
+    """Run Streamlit and wait for it; SIGTERM or SIGHUP to this process stops the child first.
+
+    With `subprocess.call` alone, `kill <pid>` ended this process and left Streamlit serving the port.
+    """
+    child = subprocess.Popen(argv, env=env)
+
+    def stop(signum: int, _frame: object) -> None:
+        child.terminate()
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return child.wait()
+    except KeyboardInterrupt:  # Ctrl-C reaches the child too (same process group); let it finish
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if child.poll() is None:
+            child.kill()
+            child.wait()

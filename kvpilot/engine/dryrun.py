@@ -78,7 +78,7 @@ def _rehearse(config: KVConfig, cache: ManagedCache) -> list[str]:
     except Exception as exc:
         return [f"dry run: filling the cache failed: {_what(exc)}"]
     for layer in cache.layers:
-        assert layer.positions is not None
+        assert layer.positions is not None and layer.keys is not None and layer.values is not None
         valid = torch.ones(shape.num_kv_heads, n, dtype=torch.bool)
         inputs = ScoringInputs(layer_idx=layer.layer_idx, keys=layer.keys[0], values=layer.values[0],
                                positions=layer.positions, valid=valid, seen=layer.seen,

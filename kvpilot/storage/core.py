@@ -12,6 +12,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import TypeVar
 
+from sqlalchemy import inspect
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
@@ -21,7 +22,7 @@ from kvpilot.storage import migrate
 from kvpilot.storage.backends import Backend, backend_for
 from kvpilot.storage.errors import DatabaseUnavailableError, SchemaOutdatedError, StoreError
 from kvpilot.storage.tabledef import json_safe
-from kvpilot.storage.url import describe, resolve_url
+from kvpilot.storage.url import describe, missing_sqlite_file, resolve_url
 
 __all__ = ["RETRIES", "StoreCore", "json_safe", "open_for_migration"]
 
@@ -58,6 +59,8 @@ class StoreCore:
         raises SchemaOutdatedError (naming `kvpilot db upgrade`) unless `upgrade` is true.
         """
         checked = resolve_url(url)
+        if not create and (missing := missing_sqlite_file(checked)):
+            raise StoreError(missing)
         backend = backend_for(checked)
         engine = backend.create_engine(checked, busy_timeout_s=busy_timeout_s, connect_timeout_s=connect_timeout_s)
         store = cls(engine, backend, checked, busy_timeout_s=busy_timeout_s)
@@ -76,6 +79,10 @@ class StoreCore:
             raise SchemaOutdatedError(migrate.outdated_message(self.url, rev))
         if state is migrate.SchemaState.EMPTY and not create:
             raise StoreError(f"database {self.url} has no kvpilot tables; create them with `kvpilot db upgrade`")
+        if state is migrate.SchemaState.EMPTY and (others := self._read(lambda c: inspect(c).get_table_names())):
+            raise StoreError(f"database {self.url} holds another application's tables ({', '.join(others[:5])}) "
+                             "and no kvpilot schema; kvpilot adds its tables there only when asked: "
+                             "`kvpilot db upgrade --db ...`, or point --db / KVPILOT_DB at its own database")
         self.upgrade_schema()
 
     def upgrade_schema(self) -> tuple[str | None, str | None]:

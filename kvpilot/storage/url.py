@@ -56,3 +56,17 @@ def _check(url: URL) -> URL:
 def describe(url: URL) -> str:
     """The URL as shown to users (password hidden)."""
     return url.render_as_string(hide_password=True)
+
+
+def missing_sqlite_file(url: URL) -> str | None:
+    """Why a store that must not be created cannot be opened at a SQLite ``url`` (no file, or an empty one),
+    or None. Checked before connecting: SQLite creates a missing file, and switching an empty one to WAL
+    turns it into a database, which a read command must never do."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    path = Path(url.database).expanduser()
+    if not path.exists():
+        return f"database {describe(url)} does not exist; record something first, or check --db / KVPILOT_DB"
+    if path.is_file() and path.stat().st_size == 0:
+        return f"database {describe(url)} is an empty file, not a kvpilot database; check --db / KVPILOT_DB"
+    return None
