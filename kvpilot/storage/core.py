@@ -79,7 +79,7 @@ class StoreCore:
             raise SchemaOutdatedError(migrate.outdated_message(self.url, rev))
         if state is migrate.SchemaState.EMPTY and not create:
             raise StoreError(f"database {self.url} has no kvpilot tables; create them with `kvpilot db upgrade`")
-        if state is migrate.SchemaState.EMPTY and (others := self._read(lambda c: inspect(c).get_table_names())):
+        if state is migrate.SchemaState.EMPTY and (others := self._read(_foreign_tables)):
             raise StoreError(f"database {self.url} holds another application's tables ({', '.join(others[:5])}) "
                              "and no kvpilot schema; kvpilot adds its tables there only when asked: "
                              "`kvpilot db upgrade --db ...`, or point --db / KVPILOT_DB at its own database")
@@ -190,6 +190,19 @@ class StoreCore:
             if unusable is not None:
                 return DatabaseUnavailableError(unusable)
         return exc
+
+
+# Optuna keeps its studies in kvpilot's database (kvpilot.tuner.storage): its tables are not foreign.
+OPTUNA_TABLES = frozenset({
+    "alembic_version", "version_info", "studies", "study_directions", "study_user_attributes",
+    "study_system_attributes", "trials", "trial_params", "trial_values", "trial_intermediate_values",
+    "trial_user_attributes", "trial_system_attributes", "trial_heartbeats",
+})
+
+
+def _foreign_tables(conn: Connection) -> list[str]:
+    """Tables of another application in a database without a kvpilot schema."""
+    return sorted(set(inspect(conn).get_table_names()) - OPTUNA_TABLES)
 
 
 def open_for_migration(url: str | URL | None) -> StoreCore:

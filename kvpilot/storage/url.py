@@ -66,7 +66,9 @@ def missing_sqlite_file(url: URL) -> str | None:
         return None
     path = Path(url.database).expanduser()
     if not path.exists():
-        return f"database {describe(url)} does not exist; record something first, or check --db / KVPILOT_DB"
+        return (f"database {describe(url)} does not exist; check --db / KVPILOT_DB, or create it with "
+                "`kvpilot db upgrade`")
     if path.is_file() and path.stat().st_size == 0:
-        return f"database {describe(url)} is an empty file, not a kvpilot database; check --db / KVPILOT_DB"
+        return (f"database {describe(url)} is an empty file, not a kvpilot database; check --db / KVPILOT_DB, "
+                "or make it one with `kvpilot db upgrade`")
     return None
