@@ -210,7 +210,7 @@ class ProbeHandle:
         from kvpilot.engine.dryrun import dry_run  # torch: only once an engine runs
 
         try:
-            dry_run(config, self.engine.model)  # a config that cannot serve is rejected, never "applied"
+            dry_run(config, self.engine)  # a config that cannot serve is rejected, never "applied"
             self.engine.apply_config(config)
         except Exception:
             self._count_config("rejected")

@@ -32,7 +32,7 @@ from pydantic import (
 )
 
 from kvpilot.errors import KVPilotError
-from kvpilot.inputs import InputError, check_document, parse_json, read_text, short
+from kvpilot.inputs import InputError, check_document, clip, parse_json, read_text, short
 from kvpilot.plugins import Plugin, Registry
 from kvpilot.policies import HEAD_ALLOCATORS, LAYER_ALLOCATORS, POLICY_REGISTRY, TTL_RULES
 
@@ -390,7 +390,7 @@ def _describe(exc: ValidationError) -> list[str]:
     """Turn pydantic errors into 'field=value: what is allowed' lines."""
     out: list[str] = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err.get("loc", ())) or "config"
+        field = clip(".".join(str(p) for p in err.get("loc", ()))) or "config"
         value = err.get("input")
         msg = err.get("msg", "invalid")
         inner = err.get("ctx", {}).get("error")

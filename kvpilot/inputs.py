@@ -115,6 +115,11 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{name}" if path else str(name)
 
 
+def clip(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters (a name or key in a message)."""
+    return text if len(text) <= limit else f"{text[: limit - 14]}... ({len(text)} chars)"
+
+
 def short(value: Any, limit: int = 80) -> str:
     """``repr(value)`` cut to ``limit`` characters, so a 10 MB value makes a readable message."""
     return _short(value, limit)

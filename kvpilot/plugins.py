@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 from pydantic import TypeAdapter, ValidationError
 
 from kvpilot.errors import KVPilotError
+from kvpilot.inputs import clip, short
 
 _META_KEY = "kvpilot.param"
 MAX_INT = 2**63 - 1  # an integer parameter without bounds still fits a torch int64 and a database BIGINT
@@ -185,7 +186,7 @@ class Plugin:
         declared = cls.params()
         names = [p.name for p in declared]
         problems = [
-            f"{where}.{key}: unknown parameter of {cls.name!r}; "
+            f"{where}.{clip(str(key), 60)}: unknown parameter of {cls.name!r}; "
             + (f"its parameters: {', '.join(names)}" if names else "it takes none")
             for key in values
             if key not in names
@@ -202,7 +203,7 @@ class Plugin:
             try:
                 out[p.name] = p.validate(values[p.name])
             except ParamError as exc:
-                problems.append(f"{where}.{p.name}={values[p.name]!r}: {exc}")
+                problems.append(f"{where}.{p.name}={short(values[p.name])}: {exc}")
         return out, problems
 
     @classmethod

@@ -5,9 +5,11 @@ length holding 1e308 gives NaN budgets, a plug-in can overflow on a value its de
 a config is acknowledged, every request fails. `dry_run` plans the per-layer budgets for a range of context
 lengths, then fills a managed cache shaped like the model with a few dozen synthetic tokens per layer and
 synthetic statistics, runs the policy's scores, the head split and the eviction itself (block prefill,
-units, the global allocator), and asks the TTL rule for a decision. Anything that raises or yields a
-non-finite score or an out-of-range budget becomes a KVConfigError naming the step, so the watcher rejects
-the version with that reason and the engine keeps its config. It costs milliseconds and no forward pass.
+units, the global allocator), and asks the TTL rule for a decision. Last, it serves one short request
+(synthetic token ids, two prefill blocks and one token when the config prefills block-wise, at most
+MAX_REHEARSAL_TOKENS) on a private Engine over the same model, so no probe records it. Anything that
+raises, or yields a non-finite score or an out-of-range budget, becomes a KVConfigError naming the step,
+so the watcher rejects the version with that reason and the engine keeps its config.
 """
 
 from __future__ import annotations
@@ -29,8 +31,15 @@ SYNTHETIC_TOKENS = 48  # tokens put in each layer of the rehearsal cache
 QUERY_COUNT = 8
 
 
-def dry_run(config: KVConfig, model: Any) -> None:
-    """Raise KVConfigError if ``config`` cannot serve a request on ``model``; change nothing otherwise."""
+MAX_REHEARSAL_TOKENS = 160
+
+
+def dry_run(config: KVConfig, engine: Any) -> None:
+    """Raise KVConfigError if ``config`` cannot serve a request on ``engine``'s model; change nothing otherwise.
+
+    ``engine``: a `kvpilot.engine.Engine` (its model and tokenizer are used, its config and probes are not).
+    """
+    model = engine.model
     problems: list[str] = []
     try:
         cache = ManagedCache.for_model(model, config)  # validates the per-layer lists against the model
@@ -44,8 +53,29 @@ def dry_run(config: KVConfig, model: Any) -> None:
     if not problems:
         problems += _rehearse(config, cache)
     problems += _ttl(config)
+    if not problems:
+        problems += _request(config, engine)
     if problems:
         raise KVConfigError(problems)
+
+
+def _request(config: KVConfig, engine: Any) -> list[str]:
+    """Serve one short request under ``config`` on a private Engine (no observer, no hooks)."""
+    from kvpilot.engine.engine import Engine, Request
+
+    block = config.prefill_block_size
+    n = min(2 * block + 1, MAX_REHEARSAL_TOKENS) if block else 96
+    vocab = int(getattr(engine.model.config.get_text_config(), "vocab_size", 0) or 0) if hasattr(
+        engine.model.config, "get_text_config") else int(getattr(engine.model.config, "vocab_size", 0) or 0)
+    span = max(2, min(vocab, 1000) - 1) if vocab else 100
+    ids = [(7 * i + 3) % span + 1 for i in range(n)]
+    steps = min(4, (config.decode_interval or 0) + 2)
+    try:
+        private = Engine(engine.model, engine.tokenizer)
+        private.serve(Request(ids, [ids[:5]], max_new_tokens=steps, config=config, stop_at_eos=False))
+    except Exception as exc:
+        return [f"dry run: a {n}-token request failed under this config: {_what(exc)}"]
+    return []
 
 
 def _plan_budgets(config: KVConfig, num_layers: int) -> list[str]:
