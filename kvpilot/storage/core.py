@@ -22,7 +22,7 @@ from kvpilot.storage import migrate
 from kvpilot.storage.backends import Backend, backend_for
 from kvpilot.storage.errors import DatabaseUnavailableError, SchemaOutdatedError, StoreError
 from kvpilot.storage.tabledef import json_safe
-from kvpilot.storage.url import describe, missing_sqlite_file, resolve_url
+from kvpilot.storage.url import OPTUNA_TABLES, describe, resolve_url, sqlite_refusal
 
 __all__ = ["RETRIES", "StoreCore", "json_safe", "open_for_migration"]
 
@@ -59,8 +59,8 @@ class StoreCore:
         raises SchemaOutdatedError (naming `kvpilot db upgrade`) unless `upgrade` is true.
         """
         checked = resolve_url(url)
-        if not create and (missing := missing_sqlite_file(checked)):
-            raise StoreError(missing)
+        if refusal := sqlite_refusal(checked, create=create):  # read-only checks before SQLite writes anything
+            raise StoreError(refusal)
         backend = backend_for(checked)
         engine = backend.create_engine(checked, busy_timeout_s=busy_timeout_s, connect_timeout_s=connect_timeout_s)
         store = cls(engine, backend, checked, busy_timeout_s=busy_timeout_s)
@@ -190,14 +190,6 @@ class StoreCore:
             if unusable is not None:
                 return DatabaseUnavailableError(unusable)
         return exc
-
-
-# Optuna keeps its studies in kvpilot's database (kvpilot.tuner.storage): its tables are not foreign.
-OPTUNA_TABLES = frozenset({
-    "alembic_version", "version_info", "studies", "study_directions", "study_user_attributes",
-    "study_system_attributes", "trials", "trial_params", "trial_values", "trial_intermediate_values",
-    "trial_user_attributes", "trial_system_attributes", "trial_heartbeats",
-})
 
 
 def _foreign_tables(conn: Connection) -> list[str]:
