@@ -283,8 +283,8 @@ class Tuner:
                     continue
             elif age < STALE_AFTER_S:
                 continue
-            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
             study._storage.set_trial_user_attr(t._trial_id, "error", "stale: its tune process died")
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
             if worker.get("run_id") is not None and self.store is not None:
                 self.store.finish_run(worker["run_id"], status="failed", metrics={"error": "tune process died"})
             study.enqueue_trial({**t.params, **t.system_attrs.get("fixed_params", {})})
