@@ -150,7 +150,7 @@ def test_3_broken_model_folders_and_a_too_small_profile(tmp_path, capsys, monkey
 # ----- 6. kill -9 during `kvpilot tune` ------------------------------------------------------------------
 
 
-def test_6_kill_9_during_tune_leaves_no_running_trial(tmp_path):
+def test_6_kill_9_during_tune_leaves_no_running_trial(tmp_path, record_figures):
     import optuna
     from optuna.trial import TrialState
 
@@ -203,6 +203,8 @@ def test_6_kill_9_during_tune_leaves_no_running_trial(tmp_path):
     with Store.open(db, create=False) as store:
         runs = {r.trial_number: r.status for r in store.runs(kind="tuning_trial")}
     assert runs[killed] == "failed" and "running" not in runs.values()
+    record_figures("tune_kill_9", {"trials_running_after_kill": 1, "trials_running_after_resume": 0,
+                                   "runs_running_after_resume": 0})
 
 
 # ----- 7. over-long values on PostgreSQL --------------------------------------------------------------------

@@ -8,16 +8,15 @@ sentence units and reconstruction run for real): the watcher applies or rejects 
 "applied" a request with a question is served. A smaller seeded sample, shaped for the bundled model's
 30 layers, is dry-run and served on the bundled model itself.
 
-Set KVPILOT_FUZZ_REPORT=PATH to write the figures as JSON (the README's Reliability section).
+Slow (minutes): every accepted document is dry-run and served. KVPILOT_RELIABILITY_REPORT=PATH records the
+figures (see conftest.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
-import os
-import platform
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -35,8 +34,9 @@ from tests.reliability.hostile import documents
 
 SEED = 13
 N_DOCS = 1200
-N_BUNDLED = 60
-REPORT_ENV = "KVPILOT_FUZZ_REPORT"
+N_BUNDLED = 30
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def text_engine():
 
 
 CONTEXT = ("Anna lives in Oslo. She has a cat named Pixel. Her passkey is 48213.\n"
-           "Ben works as a baker in Lyon. He plans a trip to Kyoto in May.\n") * 3
+           "Ben works as a baker in Lyon. He plans a trip to Kyoto in May.\n") * 2
 QUESTION = "What is Anna's passkey?"
 
 
@@ -75,7 +75,7 @@ def _push(path: Path, db: str) -> tuple[int, str]:
     return code, err.getvalue()
 
 
-def test_hostile_configs_break_nothing(text_engine, bundled_engine, tmp_path):
+def test_hostile_configs_break_nothing(text_engine, bundled_engine, tmp_path, record_figures):
     docs = documents(N_DOCS, SEED, num_layers=4)
     figures: Counter[str] = Counter(documents=len(docs))
     reasons: Counter[str] = Counter()
@@ -88,10 +88,12 @@ def test_hostile_configs_break_nothing(text_engine, bundled_engine, tmp_path):
         except KVConfigError as exc:
             assert exc.problems and all(p.strip() for p in exc.problems)
             figures["api_rejected"] += 1
-            reasons[exc.problems[0].split(":")[0].split("=")[0][:40]] += 1
+            reasons[re.sub(r"\d+", "N", ":".join(exc.problems[0].split(":")[:2]))[:70]] += 1
             continue
         figures["api_accepted"] += 1
         assert KVConfig.parse(cfg.to_json()) == cfg  # what is stored always parses back
+
+    figures["api_seconds"] = round(time.perf_counter() - t0)
 
     # 2. `kvpilot push`, 3. an engine following the deployment
     db = f"sqlite:///{tmp_path / 'fuzz.db'}"
@@ -128,6 +130,8 @@ def test_hostile_configs_break_nothing(text_engine, bundled_engine, tmp_path):
     assert figures["api_accepted"] == figures["pushed"]  # the CLI and the API agree
     assert figures["api_accepted"] > 300 and figures["engine_applied"] > 200  # the fuzz reaches the engine
 
+    figures["push_and_engine_seconds"] = round(time.perf_counter() - t0) - figures["api_seconds"]
+
     # 4. the bundled model: documents shaped for its 30 layers, dry run then a request under the config
     bundled = documents(N_BUNDLED, SEED + 1, num_layers=bundled_engine.shape.num_layers)
     for doc in bundled:
@@ -141,12 +145,4 @@ def test_hostile_configs_break_nothing(text_engine, bundled_engine, tmp_path):
         figures["bundled_applied"] += 1
         _serve(bundled_engine, cfg)
     figures["seconds"] = round(time.perf_counter() - t0)
-
-    report = os.environ.get(REPORT_ENV)
-    if report:
-        Path(report).write_text(json.dumps({
-            "seed": SEED, "figures": dict(figures), "top_rejection_fields": reasons.most_common(12),
-            "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                            "machine": platform.machine(), "load": os.getloadavg()},
-        }, indent=2) + "\n")
-    print(json.dumps(dict(figures)))
+    record_figures("fuzz", {"seed": SEED, **figures, "top_rejections": reasons.most_common(8)})

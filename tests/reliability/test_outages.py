@@ -44,7 +44,7 @@ def _spool_while_down(url: str, spool_dir: Path, deployment: str, requests: int)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_restart_mid_outage_replays_what_dead_instances_spooled(tiny_engine, tmp_path):
+def test_restart_mid_outage_replays_what_dead_instances_spooled(tiny_engine, tmp_path, record_figures):
     db_file = tmp_path / "kvpilot.db"
     db_file.mkdir()  # a directory where the file should be: SQLite cannot open it, an outage
     url = f"sqlite:///{db_file}"
@@ -62,8 +62,11 @@ def test_restart_mid_outage_replays_what_dead_instances_spooled(tiny_engine, tmp
     handle.flush(30)
     stats = handle.detach()
     with Store.open(url) as store:
-        assert _stored(store) == spooled + stats["written_rows"]
+        stored = _stored(store)
+        assert stored == spooled + stats["written_rows"]
         assert stats["replayed_rows"] == spooled
+    record_figures("restart_mid_outage", {"processes_killed": 2, "rows_spooled": spooled,
+                                          "rows_recorded_after": stats["written_rows"], "rows_stored": stored})
     assert not list((spool_dir / "chat").glob("*"))  # spools and their locks gone: nothing left to replay
 
     # a fourth process replays nothing again
@@ -112,7 +115,7 @@ def _layer(i: int) -> dict:
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 @pytest.mark.postgres
-def test_frozen_and_cut_network_rows_are_spooled_and_stored_once(db_url, tmp_path, monkeypatch):
+def test_frozen_and_cut_network_rows_are_spooled_and_stored_once(db_url, tmp_path, monkeypatch, record_figures):
     monkeypatch.setenv("KVPILOT_DB_TIMEOUT_S", "2")
     base = make_url(db_url)
     proxy = TcpProxy(base.host or "127.0.0.1", base.port or 5432)
@@ -121,6 +124,7 @@ def test_frozen_and_cut_network_rows_are_spooled_and_stored_once(db_url, tmp_pat
                    spool=Spool(tmp_path / "net" / "e0.jsonl"), retry_s=(0.2, 0.5), flush_interval_s=0.2).start()
     watcher = ConfigWatcher(store, "net", "e0", lambda cfg: None, listen=False)
     recorded = 0
+    waits: dict[str, float] = {}
     try:
         for phase in ("up", "frozen", "cut", "back"):
             if phase == "frozen":
@@ -135,6 +139,7 @@ def test_frozen_and_cut_network_rows_are_spooled_and_stored_once(db_url, tmp_pat
                 rec.submit("layer_stats", [_layer(recorded + k * 20 + i) for i in range(20)])
             recorded += 100
             assert rec.flush(timeout=30), f"{phase}: the recorder is blocked"
+            waits[phase] = round(time.monotonic() - t0, 1)
             if phase in ("frozen", "cut"):
                 errors = watcher.store_errors
                 assert watcher.check_once() is None and watcher.store_errors == errors + 1
@@ -147,4 +152,9 @@ def test_frozen_and_cut_network_rows_are_spooled_and_stored_once(db_url, tmp_pat
         proxy.close()
         store.close()
     with Store.open(db_url) as direct:
-        assert direct.counts()["layer_stats"] == recorded == 400
+        stored = direct.counts()["layer_stats"]
+        assert stored == recorded == 400
+    record_figures("postgresql_frozen_then_cut", {
+        "rows_recorded": recorded, "rows_spooled": st["spooled_rows"], "rows_replayed": st["replayed_rows"],
+        "rows_stored": stored, "rows_dropped": st.get("dropped_rows", 0), "operation_deadline_s": 2,
+        "seconds_to_spool_100_rows": waits})
