@@ -91,8 +91,10 @@ def sqlite_refusal(url: URL, *, create: bool) -> str | None:
             conn.close()
     except sqlite3.Error:
         return None  # not a database, locked, unreadable: the store's own error says it
-    if KVPILOT_VERSION_TABLE in tables:
-        return None
+    from kvpilot.storage.schema import Base
+
+    if KVPILOT_VERSION_TABLE in tables or tables & set(Base.metadata.tables):
+        return None  # kvpilot's (or kvpilot-like without a version: the schema check says so)
     foreign = sorted(t for t in tables - OPTUNA_TABLES if not t.startswith("sqlite_"))
     if foreign:
         return (f"database {describe(url)} holds another application's tables ({', '.join(foreign[:5])}) and no "
