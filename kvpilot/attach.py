@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -140,9 +139,6 @@ def _owner(
     return owner
 
 
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:120]
-
 
 class ProbeHandle:
     """What `attach` returns: the running probes, recorder and watcher, and `detach()`."""
@@ -210,8 +206,11 @@ class ProbeHandle:
         return out
 
     def _apply(self, config: Any) -> None:
-        """The watcher's apply: the engine's, counted for OpenTelemetry (the store gets the watcher's events)."""
+        """The watcher's apply: a dry run, then the engine's, counted for OpenTelemetry (the store gets events)."""
+        from kvpilot.engine.dryrun import dry_run  # torch: only once an engine runs
+
         try:
+            dry_run(config, self.engine)  # a config that cannot serve is rejected, never "applied"
             self.engine.apply_config(config)
         except Exception:
             self._count_config("rejected")
@@ -292,7 +291,7 @@ def attach(
     from kvpilot.probes.otel import Telemetry
     from kvpilot.probes.recorder import Recorder
     from kvpilot.probes.registry import build_probes, default_probes
-    from kvpilot.probes.spool import Spool
+    from kvpilot.probes.spool import Spool, spool_path
 
     engine = _as_engine(model_or_engine, tokenizer)
     if engine.observer is not None:
@@ -315,10 +314,11 @@ def attach(
     spool = owner = None
     if opened is not None:
         folder = Path(spool_dir) if spool_dir is not None else kvpilot_home() / "spool"
-        spool = Spool(folder / f"{_safe_name(deployment)}.{_safe_name(instance_name)}.jsonl")
+        spool = Spool(spool_path(folder, deployment, instance_name))
         owner = _owner(opened, engine, deployment, instance_name, model_name, run_kind, run_name, sampling)
 
-    recorder = Recorder(opened, telemetry=telemetry, spool=spool, owner=owner, flush_interval_s=flush_interval_s)
+    recorder = Recorder(opened, telemetry=telemetry, spool=spool, owner=owner, flush_interval_s=flush_interval_s,
+                        adopt_orphans=True)
     if telemetry is not None:
         telemetry.bind_recorder(recorder)
     device = next(engine.model.parameters()).device

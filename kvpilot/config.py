@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from kvpilot.errors import KVPilotError
+from kvpilot.inputs import InputError, check_document, clip, parse_json, read_text, short
 from kvpilot.plugins import Plugin, Registry
 from kvpilot.policies import HEAD_ALLOCATORS, LAYER_ALLOCATORS, POLICY_REGISTRY, TTL_RULES
 
@@ -39,6 +40,11 @@ DEFAULT_SCORING_PROMPT = (
     "\n\nExtract the essential information from this conversation: the speakers' names, "
     "places, dates, numbers, pets, jobs, preferences and plans each person mentioned."
 )
+# Every scoring-prompt token is a query run against the whole cache at each block: 2 KB of prompt made a
+# request 6x slower and 20 KB did not finish. A prompt is a short instruction; 1,024 characters is plenty.
+MAX_SCORING_PROMPT_CHARS = 1024
+MAX_TOKENS = 2**31 - 1  # token counts (budgets, block sizes): what a torch int32 index and any model hold
+MAX_PROBLEMS = 20  # problems listed in one KVConfigError (a document with 10^5 bad keys stays readable)
 
 
 @dataclass(frozen=True)
@@ -82,9 +88,13 @@ LEGACY_DEFAULTS: dict[str, Any] = {
 class KVConfigError(KVPilotError, ValueError):
     """A KVConfig was rejected. The message names each bad field, its value and what is allowed."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], source: str | None = None):
+        if len(problems) > MAX_PROBLEMS:
+            problems = [*problems[:MAX_PROBLEMS], f"... and {len(problems) - MAX_PROBLEMS} more problems"]
         self.problems = problems
-        super().__init__("invalid KVConfig:\n  - " + "\n  - ".join(problems))
+        self.source = source
+        where = f" in {source}" if source else ""
+        super().__init__(f"invalid KVConfig{where}:\n  - " + "\n  - ".join(problems))
 
 
 def _params_field(description: str) -> Any:
@@ -99,11 +109,13 @@ class KVConfig(BaseModel):
     (fraction of the tokens seen that is evicted) sets the size; ``full`` ignores both.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=False, frozen=True)
+    # strict: `"budget": true` is not 1 and "4" is not 4; no NaN or infinity (JSON cannot store them)
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, frozen=True, strict=True,
+                              allow_inf_nan=False)
 
     policy: str = Field(default="full", description="eviction policy (kvpilot.policies.POLICY_REGISTRY)")
     policy_params: dict[str, Any] = _params_field("the policy's own parameters")
-    budget: int | None = Field(default=None, ge=1, description="average tokens kept per KV head per layer")
+    budget: int | None = Field(default=None, ge=1, le=MAX_TOKENS, description="average tokens kept per KV head per layer")
     compression_ratio: float | None = Field(
         default=None, ge=0.0, lt=1.0, description="fraction of seen tokens evicted, in [0, 1)"
     )
@@ -123,8 +135,9 @@ class KVConfig(BaseModel):
     reconstruction_chunk: int = Field(
         default=2048, ge=16, le=65536, description='`scoring="reconstruct"`: context tokens reproduced per '
         "reconstruction pass (a prefill block is reproduced in chunks of at most this size)")
-    scoring_prompt: str = Field(default=DEFAULT_SCORING_PROMPT, description='the prompt run as scoring queries when '
-                                '`scoring="prompt"` (never stored in the cache)')
+    scoring_prompt: str = Field(default=DEFAULT_SCORING_PROMPT, max_length=MAX_SCORING_PROMPT_CHARS,
+                                description='the prompt run as scoring queries when `scoring="prompt"` '
+                                f'(never stored in the cache; at most {MAX_SCORING_PROMPT_CHARS} characters)')
 
     granularity: Literal["token", "sentence", "turn", "chunk"] = Field(
         default="token", description="what is kept or dropped whole: single tokens, sentences, turns (a newline "
@@ -133,18 +146,30 @@ class KVConfig(BaseModel):
     unit_pooling: Literal["max", "mean"] = Field(
         default="max", description="how the scores of a unit's tokens combine into the unit's score")
 
-    prefill_block_size: int | None = Field(default=None, ge=16, description="block-wise prefill size C")
-    decode_interval: int | None = Field(default=None, ge=1, description="evict every N decode steps")
+    prefill_block_size: int | None = Field(default=None, ge=16, le=MAX_TOKENS, description="block-wise prefill size C")
+    decode_interval: int | None = Field(default=None, ge=1, le=MAX_TOKENS, description="evict every N decode steps")
 
     session_ttl: str = Field(
         default="none", description="keep a session's cache while its agent runs a tool (a TTL rule)"
     )
     session_ttl_params: dict[str, Any] = _params_field("the TTL rule's own parameters")
 
+    def __init__(self, **data: Any) -> None:
+        """``KVConfig(budget=...)`` raises KVConfigError (a kvpilot error the CLI prints), like `parse`."""
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise KVConfigError(_describe(exc)) from None
+
     @model_validator(mode="before")
     @classmethod
     def _nest_legacy(cls, data: Any) -> Any:
-        return _nest_legacy(data) if isinstance(data, dict) else data
+        if not isinstance(data, dict):
+            return data
+        problem = check_document(data)  # what no field validator sees: depth, surrogates, NaN inside params
+        if problem:
+            raise ValueError(problem)
+        return _nest_legacy(data)
 
     @field_validator("policy", "layer_allocation", "head_allocation", "session_ttl")
     @classmethod
@@ -194,26 +219,30 @@ class KVConfig(BaseModel):
     @classmethod
     def parse(cls, data: dict[str, Any] | str | bytes) -> KVConfig:
         """Build a config from a dict or JSON text, raising KVConfigError with readable problems."""
-        if isinstance(data, (str, bytes)):
-            try:
-                data = json.loads(data)
-            except json.JSONDecodeError as exc:
-                raise KVConfigError([f"not valid JSON: {exc}"]) from None
-        if not isinstance(data, dict):
-            raise KVConfigError([f"expected a JSON object, got {type(data).__name__}"])
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise KVConfigError(_describe(exc)) from None
+        return cls._parse(data, None)
 
     @classmethod
     def from_file(cls, path: str) -> KVConfig:
+        """Read a JSON config file; any unreadable or invalid file is a KVConfigError naming it."""
         try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as exc:
-            raise KVConfigError([f"cannot read config file {path}: {exc.strerror}"]) from None
-        return cls.parse(text)
+            text = read_text(path, "config file")
+        except InputError as exc:
+            raise KVConfigError([str(exc)], source=path) from None
+        return cls._parse(text, path)
+
+    @classmethod
+    def _parse(cls, data: dict[str, Any] | str | bytes, source: str | None) -> KVConfig:
+        if isinstance(data, (str, bytes)):
+            try:
+                data = parse_json(data, "config" if source is None else f"config file {source}")
+            except InputError as exc:
+                raise KVConfigError([str(exc)], source=source) from None
+        if not isinstance(data, dict):
+            raise KVConfigError([f"expected a JSON object, got {type(data).__name__}"], source=source)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise KVConfigError(_describe(exc), source=source) from None
 
     def to_json(self, indent: int | None = None) -> str:
         return self.model_dump_json(indent=indent, exclude_defaults=False)
@@ -357,9 +386,9 @@ def _nest_legacy(data: dict[str, Any]) -> dict[str, Any]:
         if value in defaults:
             continue
         if not owners:
-            problems.append(f"{key}={value!r}: no registered plug-in takes this parameter any more")
+            problems.append(f"{key}={short(value)}: no registered plug-in takes this parameter any more")
         problems.extend(
-            f"{key}={value!r}: only {field} {' or '.join(names)} uses it; this config's {field} is {choices[field]!r}"
+            f"{key}={short(value)}: only {field} {' or '.join(names)} uses it; this config's {field} is {choices[field]!r}"
             for field, names in owners.items()
         )
     if problems:
@@ -371,20 +400,24 @@ def _describe(exc: ValidationError) -> list[str]:
     """Turn pydantic errors into 'field=value: what is allowed' lines."""
     out: list[str] = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err.get("loc", ())) or "config"
+        field = clip(".".join(str(p) for p in err.get("loc", ()))) or "config"
         value = err.get("input")
         msg = err.get("msg", "invalid")
+        inner = err.get("ctx", {}).get("error")
+        if isinstance(inner, KVConfigError):  # model_validate runs our __init__, whose error pydantic wraps
+            out.extend(inner.problems)
+            continue
         if err.get("type") == "extra_forbidden":
             allowed = ", ".join(KVConfig.model_fields)
             out.append(f"{field}: unknown field; allowed fields: {allowed}")
             continue
         if err.get("type") == "literal_error":
             expected = err.get("ctx", {}).get("expected", "")
-            out.append(f"{field}={value!r}: not allowed; allowed values: {expected}")
+            out.append(f"{field}={short(value)}: not allowed; allowed values: {expected}")
             continue
         msg = msg.removeprefix("Value error, ")
         if err.get("type") == "value_error" and (field == "config" or field.endswith("_params")):
             out.extend(msg.split("\n"))  # these messages name their own fields
         else:
-            out.append(f"{field}={value!r}: {msg}")
+            out.append(f"{field}={short(value)}: {msg}")
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -18,8 +19,11 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 from pydantic import TypeAdapter, ValidationError
 
 from kvpilot.errors import KVPilotError
+from kvpilot.inputs import clip, short
 
 _META_KEY = "kvpilot.param"
+MAX_INT = 2**63 - 1  # an integer parameter without bounds still fits a torch int64 and a database BIGINT
+MAX_ITEMS = 4096  # items in a list parameter (per-layer lists: no model has this many layers)
 
 
 class _Required:
@@ -79,16 +83,22 @@ class Param:
             return None
         if self.choices is not None and value not in self.choices:
             raise ParamError(f"not allowed; allowed values: {', '.join(map(str, self.choices))}")
-        try:
-            value = _adapter(self.type).validate_python(value)
+        if isinstance(value, (list, tuple)) and len(value) > MAX_ITEMS:
+            raise ParamError(f"a list of {len(value)} items; at most {MAX_ITEMS}")
+        try:  # strict: true is not 1, "4" is not 4 (an int is still a float)
+            value = _adapter(self.type).validate_python(value, strict=True)
         except ValidationError:
             raise ParamError(f"expected {self.kind()}") from None
         items = value if isinstance(value, list) else [value]
         if self.per_layer and not items:
             raise ParamError("must list one value per layer")
         for item in items:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ParamError(f"must be a finite number in {self.bounds()}")
             if isinstance(item, (int, float)) and not _within(item, self.low, self.high):
                 raise ParamError(f"must be in {self.bounds()}")
+            if isinstance(item, int) and not -MAX_INT - 1 <= item <= MAX_INT:
+                raise ParamError("does not fit in 64 bits")
         problem = self.check(value) if self.check is not None else None
         if problem:
             raise ParamError(problem)
@@ -101,9 +111,7 @@ class Param:
         return str(self.type) if typing.get_args(self.type) else getattr(self.type, "__name__", str(self.type))
 
     def bounds(self) -> str:
-        low = "-inf" if self.low is None else f"{self.low:g}"
-        high = "inf" if self.high is None else f"{self.high:g}"
-        return f"[{low}, {high}]"
+        return f"[{_number(self.low, '-inf')}, {_number(self.high, 'inf')}]"
 
     def allowed(self) -> str:
         """What a value may be, in words (for messages and docs)."""
@@ -178,7 +186,7 @@ class Plugin:
         declared = cls.params()
         names = [p.name for p in declared]
         problems = [
-            f"{where}.{key}: unknown parameter of {cls.name!r}; "
+            f"{where}.{clip(str(key), 60)}: unknown parameter of {cls.name!r}; "
             + (f"its parameters: {', '.join(names)}" if names else "it takes none")
             for key in values
             if key not in names
@@ -195,7 +203,7 @@ class Plugin:
             try:
                 out[p.name] = p.validate(values[p.name])
             except ParamError as exc:
-                problems.append(f"{where}.{p.name}={values[p.name]!r}: {exc}")
+                problems.append(f"{where}.{p.name}={short(values[p.name])}: {exc}")
         return out, problems
 
     @classmethod
@@ -279,6 +287,12 @@ class Registry(Generic[S]):
 @functools.cache
 def _adapter(tp: Any) -> TypeAdapter[Any]:
     return TypeAdapter(tp)
+
+
+def _number(value: float | None, missing: str) -> str:
+    if value is None:
+        return missing
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _within(value: float, low: float | None, high: float | None) -> bool:

@@ -282,16 +282,21 @@ def _bounds(metadata: list[Any]) -> str:
     low = high = None
     for m in metadata:
         if isinstance(m, annotated_types.Ge):
-            low = f"[{m.ge:g}"
+            low = f"[{_num(m.ge)}"
         elif isinstance(m, annotated_types.Gt):
-            low = f"({m.gt:g}"
+            low = f"({_num(m.gt)}"
         elif isinstance(m, annotated_types.Le):
-            high = f"{m.le:g}]"
+            high = f"{_num(m.le)}]"
         elif isinstance(m, annotated_types.Lt):
-            high = f"{m.lt:g})"
+            high = f"{_num(m.lt)})"
     if low is None and high is None:
         return "-"
     return f"{low or '(-inf'}, {high or 'inf)'}"
+
+
+def _num(value: Any) -> str:
+    """A bound as written: integers exactly (2147483647, not 2.14748e+09), floats compactly."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _type_name(tp: Any) -> str:

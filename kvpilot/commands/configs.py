@@ -79,7 +79,7 @@ def _push(args: argparse.Namespace) -> int:
     from kvpilot.config import KVConfig
     from kvpilot.storage import Store
 
-    cfg = KVConfig.parse(sys.stdin.read()) if args.config == "-" else KVConfig.from_file(args.config)
+    cfg = KVConfig.parse(sys.stdin.buffer.read()) if args.config == "-" else KVConfig.from_file(args.config)
     by = args.by or _user()
     with Store.open(args.db) as store:
         v = store.push(args.deployment, cfg, pushed_by=by, source=args.source or f"user:{by}",
@@ -93,7 +93,7 @@ def _configs(args: argparse.Namespace) -> int:
     from kvpilot.errors import KVPilotError
     from kvpilot.storage import Store
 
-    with Store.open(args.db) as store:
+    with Store.open(args.db, create=False) as store:  # a read: never creates or migrates a schema
         if args.deployment is None:
             if args.show or args.diff or args.acks:
                 raise KVPilotError("--show, --diff and --acks need --deployment NAME")

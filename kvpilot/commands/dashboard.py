@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 from kvpilot.commands.db import add_db_option
 from kvpilot.errors import KVPilotError
@@ -92,4 +94,38 @@ def _run(args: argparse.Namespace) -> int:
     mode = ", read-only" if args.read_only else ""
     url_host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"kvpilot dashboard on http://{url_host}:{args.port} (store {shown}{mode}); Ctrl-C stops it", flush=True)
-    return subprocess.call(argv, env=env)
+    return run_child(argv, env)
+
+
+def run_child(argv: list[str], env: dict[str, str], grace_s: float = 10.0) -> int:
+    """Run Streamlit and wait for it; SIGTERM or SIGHUP to this process stops the child first.
+
+    With `subprocess.call` alone, `kill <pid>` ended this process and left Streamlit serving the port. The
+    handler only asks the child to stop (waiting inside a handler would deadlock on Popen's wait lock);
+    the loop below waits, and kills the child if it has not stopped ``grace_s`` seconds later.
+    """
+    child = subprocess.Popen(argv, env=env)
+    asked: list[tuple[int, float]] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        asked.append((signum, time.monotonic()))
+        child.terminate()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        while True:
+            try:
+                code = child.wait(0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if asked and time.monotonic() - asked[0][1] > grace_s:
+                    child.kill()
+            except KeyboardInterrupt:  # Ctrl-C reaches the child too (same process group); let it finish
+                asked.append((signal.SIGINT, time.monotonic()))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return 128 + asked[0][0] if asked else code

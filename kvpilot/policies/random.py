@@ -20,7 +20,9 @@ class RandomPolicy(Policy):
     name = "random"
     description = "uniform random scores: the floor any real policy must beat"
 
-    seed: int = param(0, legacy="seed", description="seed of the scores (with the layer and the tokens seen)")
+    # bounded so that seed * 1_000_003 + layer * 7919 + seen stays a valid torch generator seed (< 2**64)
+    seed: int = param(0, low=0, high=2**32 - 1, legacy="seed",
+                      description="seed of the scores (with the layer and the tokens seen)")
 
     def score(self, inp: ScoringInputs) -> torch.Tensor:
         import torch

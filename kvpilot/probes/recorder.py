@@ -20,12 +20,13 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from kvpilot.probes.spool import Part, Spool
+from kvpilot.probes.spool import Part, Spool, orphans
 from kvpilot.storage.protocols import SINK_WRITERS, SampleSink, sink_writer
 
 log = logging.getLogger(__name__)
 
 TABLES = tuple(SINK_WRITERS)  # the stored sample tables, each written by its SampleSink method
+ADOPT_EVERY_S = 30.0  # how often the spool folder is searched for spools of dead processes
 EXPORT_ONLY = ("spans",)  # rows for OpenTelemetry only (request spans), never stored
 OWNER_KEYS = ("instance_id", "run_id")
 
@@ -35,7 +36,7 @@ Deferred = Callable[[], Iterable[tuple[str, Rows]]]  # built off the inference t
 
 def is_outage(exc: BaseException) -> bool:
     """True when the store is unreachable or busy (retry later), False when it refused the rows (a bug)."""
-    from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+    from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 
     from kvpilot.storage.errors import DatabaseUnavailableError, StoreError
 
@@ -43,7 +44,7 @@ def is_outage(exc: BaseException) -> bool:
         return True
     if isinstance(exc, StoreError):  # lock timeouts carry their DBAPI error as the cause
         cause = exc.__cause__
-        return isinstance(cause, DBAPIError) and not isinstance(cause, IntegrityError)
+        return isinstance(cause, DBAPIError) and not isinstance(cause, (IntegrityError, DataError))
     return isinstance(exc, (OperationalError, InterfaceError, OSError, ConnectionError, TimeoutError))
 
 
@@ -67,10 +68,15 @@ class Recorder:
         flush_interval_s: float = 1.0,
         part_rows: int = 5_000,
         retry_s: tuple[float, float] = (1.0, 30.0),
+        adopt_orphans: bool = False,
     ):
         self.store = store
         self.telemetry = telemetry
         self.spool = Spool(spool) if isinstance(spool, str) else spool
+        # spools left by dead processes of the same deployment (a restart), replayed after our own
+        self._adopt = adopt_orphans and self.spool is not None
+        self._adopted: list[Spool] = []
+        self._next_adopt = 0.0
         self._owner = owner
         self.instance_id: int | None = None
         self.run_id: int | None = None
@@ -168,6 +174,10 @@ class Recorder:
         if not finished:
             log.warning("recorder did not stop within %.1f s; %d item(s) still queued", timeout, len(self._queue))
         self._thread = None
+        if finished:  # let the next process adopt what is still pending
+            for spool in [*self._adopted, *([self.spool] if self.spool is not None else [])]:
+                spool.close()
+            self._adopted = []
         return finished
 
     def retry_now(self) -> None:
@@ -178,7 +188,8 @@ class Recorder:
     def stats(self) -> dict[str, int]:
         out = {k: int(v) for k, v in self.counters.items()}
         out["queued_items"] = len(self._queue)
-        out["spooled_pending_rows"] = self.spool.pending_rows if self.spool is not None else 0
+        spools = [self.spool, *self._adopted] if self.spool is not None else []
+        out["spooled_pending_rows"] = sum(s.pending_rows for s in spools)
         return out
 
     # ----- recorder thread ------------------------------------------------------------------------------
@@ -287,15 +298,22 @@ class Recorder:
         """Write spooled parts oldest first; False (stop) as soon as the store fails again."""
         if self.spool is None:
             return True
-        for part in self.spool.pending():
-            status = self._write(part)
-            if status == "down":
-                return False
-            if status == "ok":
-                self.counters["replayed_rows"] += len(part.rows)
-            else:
-                self._drop("refused", len(part.rows))
-            self.spool.ack(part.id)
+        if self._adopt and time.monotonic() >= self._next_adopt:
+            self._next_adopt = time.monotonic() + ADOPT_EVERY_S
+            self._adopted += orphans(self.spool)
+        for spool in [self.spool, *self._adopted]:
+            for part in spool.pending():
+                status = self._write(part)
+                if status == "down":
+                    return False
+                if status == "ok":
+                    self.counters["replayed_rows"] += len(part.rows)
+                else:
+                    self._drop("refused", len(part.rows))
+                spool.ack(part.id)
+        for spool in [s for s in self._adopted if not len(s)]:
+            spool.close()
+            self._adopted.remove(spool)
         return True
 
     def _spool(self, part: Part) -> None:

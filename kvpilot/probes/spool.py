@@ -7,6 +7,12 @@ answers again each part is written and then an ``ack`` line is appended. Loading
 parts, so a part written once is never written again, even across a process restart. When nothing is
 pending the file is removed.
 
+Restarts: each deployment has its own spool folder, one file per instance. A process holds an exclusive
+lock (``<file>.lock``, flock) on its own file while it lives, so when it dies (kill -9, a crash, a restart
+under a new default instance name ``<host>-<pid>``) the lock goes with it. `orphans` finds every file in
+the folder whose lock nobody holds and adopts it (taking the lock), so the next process of the deployment,
+whatever its instance name, replays those parts too, each exactly once.
+
 The one window the spool cannot close (the process dies after the store committed a part and before its
 ack line reached the disk, or a PostgreSQL COMMIT whose answer was lost) is closed by the store: the part
 id is claimed in the rows' own transaction, so a part already stored is skipped (see docs/telemetry.md).
@@ -14,9 +20,11 @@ id is claimed in the rows' own transaction, so a part already stored is skipped 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +42,32 @@ class Part:
     rows: list[dict[str, Any]]
 
 
+def spool_path(folder: str | os.PathLike[str], deployment: str, instance: str) -> Path:
+    """Where an instance of a deployment spools: ``<folder>/<deployment>/<instance>.jsonl``."""
+    return Path(folder) / _safe_name(deployment) / f"{_safe_name(instance)}.jsonl"
+
+
+def orphans(own: Spool) -> list[Spool]:
+    """Spools in ``own``'s folder that no live process holds, adopted (locked) by this process."""
+    found = []
+    try:
+        paths = sorted(own.path.parent.glob("*.jsonl"))
+    except OSError:
+        return []
+    for path in paths:
+        if path == own.path or not _lock_path(path).exists():  # every spool has its lock file beside it
+            continue
+        spool = Spool.adopt(path, max_bytes=own.max_bytes, fsync=own.fsync)
+        if spool is not None:
+            found.append(spool)
+    return found
+
+
 class Spool:
     """Append-only file of pending parts and acknowledgements."""
 
-    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = 256 << 20, fsync: bool = True):
+    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = 256 << 20, fsync: bool = True,
+                 _locked: Any = None):
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.fsync = fsync
@@ -45,19 +75,42 @@ class Spool:
         self._pending: dict[str, Part] = {}
         self._size = 0
         self.corrupt_lines = 0
+        self._owner = _locked if _locked is not None else _try_lock(self.path)
+        if self._owner is None:  # another live process runs under the same instance name: share, as before
+            log.warning("spool %s is in use by another process with the same instance name", self.path)
         self._load()
+
+    @classmethod
+    def adopt(cls, path: Path, **kwargs: Any) -> Spool | None:
+        """The spool at ``path`` if its writer is gone (its lock is free), now held by us; else None."""
+        owner = _try_lock(path)
+        if owner is None:
+            return None
+        if not path.exists():  # a lock file left by a process that finished cleanly
+            _release(owner, path, unlink=True)
+            return None
+        return cls(path, _locked=owner, **kwargs)
+
+    def close(self) -> None:
+        """Release the lock; the lock file goes too when nothing is pending (the spool file is gone)."""
+        with self._lock:
+            if self._owner is not None:
+                _release(self._owner, self.path, unlink=not self._pending)
+                self._owner = None
 
     def _load(self) -> None:
         """Read an existing spool (e.g. left by a previous process of the same instance)."""
         if not self.path.exists():
             return
         acked: set[str] = set()
-        with self.path.open("r", encoding="utf-8") as fh:
+        with self.path.open("r", encoding="utf-8", errors="replace") as fh:
             for line in fh:
-                self._size += len(line.encode("utf-8"))
+                self._size += len(line.encode("utf-8", errors="replace"))
                 try:
                     rec = json.loads(line)
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):
+                    rec = None
+                if not isinstance(rec, dict):
                     self.corrupt_lines += 1  # a torn last line after a crash: that part was never acked
                     continue
                 if rec.get("t") == "part":
@@ -128,3 +181,33 @@ class Spool:
         except OSError as exc:
             log.warning("cannot remove spool %s: %s", self.path, exc)
         self._size = 0
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:120] or "_"
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _try_lock(path: Path) -> Any:
+    """An open lock file held exclusively (flock) for ``path``, or None if another process holds it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = _lock_path(path).open("a")
+    except OSError as exc:
+        log.warning("cannot create the lock of spool %s: %s", path, exc)
+        return None
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    return fh
+
+
+def _release(fh: Any, path: Path, *, unlink: bool) -> None:
+    if unlink:
+        _lock_path(path).unlink(missing_ok=True)
+    fh.close()  # closing the descriptor releases the flock

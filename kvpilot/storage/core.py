@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import TypeVar
 
+from sqlalchemy import inspect
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DatabaseError as SADatabaseError
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from kvpilot.storage import migrate
 from kvpilot.storage.backends import Backend, backend_for
 from kvpilot.storage.errors import DatabaseUnavailableError, SchemaOutdatedError, StoreError
 from kvpilot.storage.tabledef import json_safe
-from kvpilot.storage.url import describe, resolve_url
+from kvpilot.storage.url import OPTUNA_TABLES, describe, resolve_url, sqlite_refusal
 
 __all__ = ["RETRIES", "StoreCore", "json_safe", "open_for_migration"]
 
@@ -57,6 +59,8 @@ class StoreCore:
         raises SchemaOutdatedError (naming `kvpilot db upgrade`) unless `upgrade` is true.
         """
         checked = resolve_url(url)
+        if refusal := sqlite_refusal(checked, create=create):  # read-only checks before SQLite writes anything
+            raise StoreError(refusal)
         backend = backend_for(checked)
         engine = backend.create_engine(checked, busy_timeout_s=busy_timeout_s, connect_timeout_s=connect_timeout_s)
         store = cls(engine, backend, checked, busy_timeout_s=busy_timeout_s)
@@ -75,11 +79,15 @@ class StoreCore:
             raise SchemaOutdatedError(migrate.outdated_message(self.url, rev))
         if state is migrate.SchemaState.EMPTY and not create:
             raise StoreError(f"database {self.url} has no kvpilot tables; create them with `kvpilot db upgrade`")
+        if state is migrate.SchemaState.EMPTY and (others := self._read(_foreign_tables)):
+            raise StoreError(f"database {self.url} holds another application's tables ({', '.join(others[:5])}) "
+                             "and no kvpilot schema; kvpilot adds its tables there only when asked: "
+                             "`kvpilot db upgrade --db ...`, or point --db / KVPILOT_DB at its own database")
         self.upgrade_schema()
 
     def upgrade_schema(self) -> tuple[str | None, str | None]:
         """Migrate the database to this kvpilot's schema; returns (revision before, revision after)."""
-        return self._guard(lambda: migrate.upgrade(self._engine, self._backend))
+        return self._guard(lambda: migrate.upgrade(self._engine, self._backend), bounded=False)
 
     def schema_revision(self) -> str | None:
         return self._read(lambda conn: migrate.current_revision(conn))
@@ -148,11 +156,12 @@ class StoreCore:
 
         return self._read(body)
 
-    def _guard(self, run: Callable[[], T], *, retry: bool = False) -> T:
+    def _guard(self, run: Callable[[], T], *, retry: bool = False, bounded: bool = True) -> T:
         delay = 0.05
         for attempt in range(RETRIES):
             try:
-                return run()
+                with self._backend.deadline(self._engine) if bounded else nullcontext():  # a frozen network
+                    return run()
             except DBAPIError as exc:
                 if retry and attempt < RETRIES - 1 and self._backend.is_transient(exc):
                     time.sleep(delay)
@@ -171,6 +180,9 @@ class StoreCore:
             )
         if isinstance(exc, IntegrityError):
             return StoreError(f"database {self.url} refused the write: {detail}")
+        if isinstance(exc, DataError):  # e.g. a name longer than its column (PostgreSQL checks, SQLite does not)
+            return StoreError(f"database {self.url} refused a value: {detail}; names (deployment, instance, "
+                              "run, study, --by) hold at most 200 characters, --source 500")
         if isinstance(exc, (OperationalError, InterfaceError)):
             return DatabaseUnavailableError(self._backend.unavailable_message(self.url, detail))
         if isinstance(exc, SADatabaseError):
@@ -178,6 +190,11 @@ class StoreCore:
             if unusable is not None:
                 return DatabaseUnavailableError(unusable)
         return exc
+
+
+def _foreign_tables(conn: Connection) -> list[str]:
+    """Tables of another application in a database without a kvpilot schema."""
+    return sorted(set(inspect(conn).get_table_names()) - OPTUNA_TABLES)
 
 
 def open_for_migration(url: str | URL | None) -> StoreCore:

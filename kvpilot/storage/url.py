@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
@@ -12,6 +13,13 @@ from kvpilot.paths import kvpilot_home
 from kvpilot.storage.errors import BadDatabaseURLError
 
 ENV_VAR = "KVPILOT_DB"
+KVPILOT_VERSION_TABLE = "kvpilot_alembic_version"  # kvpilot.storage.migrate.VERSION_TABLE
+# Optuna keeps its studies in kvpilot's database (kvpilot.tuner.storage): its tables are not foreign.
+OPTUNA_TABLES = frozenset({
+    "alembic_version", "version_info", "studies", "study_directions", "study_user_attributes",
+    "study_system_attributes", "trials", "trial_params", "trial_values", "trial_intermediate_values",
+    "trial_user_attributes", "trial_system_attributes", "trial_heartbeats",
+})
 DEFAULT_FILENAME = "kvpilot.db"
 
 
@@ -56,3 +64,40 @@ def _check(url: URL) -> URL:
 def describe(url: URL) -> str:
     """The URL as shown to users (password hidden)."""
     return url.render_as_string(hide_password=True)
+
+
+def sqlite_refusal(url: URL, *, create: bool) -> str | None:
+    """Why kvpilot must not open the SQLite file at ``url``, found without writing to it, or None.
+
+    Opening writes (SQLite creates a missing file; the store switches the file to WAL), so these checks
+    read first, in read-only mode: a read command (``create=False``) needs an existing kvpilot database,
+    and no command adds kvpilot's tables to a file that holds another application's tables.
+    """
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    path = Path(url.database).expanduser()
+    fix = "check --db / KVPILOT_DB, or create it with `kvpilot db upgrade`"
+    if not path.exists():
+        return None if create else f"database {describe(url)} does not exist; {fix}"
+    if not path.is_file():
+        return None  # let SQLite say what is wrong (a directory: cannot open)
+    if path.stat().st_size == 0:
+        return None if create else f"database {describe(url)} is an empty file, not a kvpilot database; {fix}"
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None  # not a database, locked, unreadable: the store's own error says it
+    from kvpilot.storage.schema import Base
+
+    if KVPILOT_VERSION_TABLE in tables or tables & set(Base.metadata.tables):
+        return None  # kvpilot's (or kvpilot-like without a version: the schema check says so)
+    foreign = sorted(t for t in tables - OPTUNA_TABLES if not t.startswith("sqlite_"))
+    if foreign:
+        return (f"database {describe(url)} holds another application's tables ({', '.join(foreign[:5])}) and no "
+                "kvpilot schema; kvpilot adds its tables there only when asked (`kvpilot db upgrade --db ...`); "
+                "point --db / KVPILOT_DB at a kvpilot database")
+    return None if create else f"database {describe(url)} has no kvpilot tables; {fix}"

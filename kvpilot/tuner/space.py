@@ -19,7 +19,6 @@ own parameters) so that a seeded study of the default space draws the same confi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -28,6 +27,7 @@ import optuna
 
 from kvpilot.config import LEGACY_DEFAULTS, SLOT_OF, SLOTS, KVConfig, KVConfigError, Slot
 from kvpilot.errors import KVPilotError
+from kvpilot.inputs import InputError, parse_json, read_text
 from kvpilot.plugins import Param, ParamError
 from kvpilot.policies import POLICY_REGISTRY, Policy
 
@@ -121,12 +121,9 @@ class SearchSpace:
     @classmethod
     def from_file(cls, path: str) -> SearchSpace:
         try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except OSError as exc:
-            raise SearchSpaceError(f"cannot read search-space file {path}: {exc.strerror}") from None
-        except json.JSONDecodeError as exc:
-            raise SearchSpaceError(f"{path} is not valid JSON: {exc}") from None
+            data = parse_json(read_text(path, "search-space file"), f"search-space file {path}")
+        except InputError as exc:
+            raise SearchSpaceError(str(exc)) from None
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:

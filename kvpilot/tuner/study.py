@@ -17,6 +17,9 @@ fewest KV bytes), ties broken by the other objectives in order.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,6 +50,8 @@ METRICS_ATTR = "metrics"  # trial user attribute: the run's headline metrics
 BASELINE_ATTR = "baseline"  # study user attribute: the full cache's metrics on the same samples
 INVALID_CONSTRAINT = "valid_config"  # constraint set to 1 when a config cannot run on the model
 MAX_CONSECUTIVE_FAILURES = 3
+WORKER_ATTR = "worker"  # trial user attribute: host, pid and run id of the process evaluating it
+STALE_AFTER_S = 6 * 3600.0  # a RUNNING trial of another host (or of no known process) this old is dead
 
 
 class TuningError(KVPilotError):
@@ -196,6 +201,7 @@ class Tuner:
         if n_trials < 0:
             raise TuningError(f"n_trials must be >= 0, got {n_trials}")
         study = self.study
+        self._requeue_stale_trials(study)
         baseline = self.baseline()
         self._seed_policies(study, n_trials)
         computed_before = self.evaluator.computed_runs
@@ -226,6 +232,7 @@ class Tuner:
 
     def _one_trial(self, study: optuna.Study, baseline: dict[str, Any]) -> bool:
         trial = study.ask()
+        trial.set_user_attr(WORKER_ATTR, {"host": socket.gethostname(), "pid": os.getpid(), "run_id": None})
         try:
             config = self.space.suggest(trial)
             self.evaluator.engine.validate(config)
@@ -234,6 +241,7 @@ class Tuner:
             return True
         trial.set_user_attr(CONFIG_ATTR, config.to_dict())
         run_id = self._start_run(trial, config)
+        trial.set_user_attr(WORKER_ATTR, {"host": socket.gethostname(), "pid": os.getpid(), "run_id": run_id})
         try:
             result = self.evaluator.run(config)
             values = objective_values(self.objectives, result.metrics)
@@ -252,6 +260,37 @@ class Tuner:
         study.tell(trial, values)
         self._finish_run(run_id, "completed", metrics)
         return True
+
+    def _requeue_stale_trials(self, study: optuna.Study) -> int:
+        """Fail the trials a killed `kvpilot tune` left RUNNING, mark their runs failed, and queue their
+        params again, so a resumed study evaluates them (a policy queued by `_seed_policies` included).
+
+        A trial is stale when the process that ran it (user attr `worker`) is gone from this host, or, for
+        another host's worker or a trial killed before it recorded one, when it started more than
+        STALE_AFTER_S ago. Returns how many were requeued."""
+        now = time.time()
+        requeued = 0
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            worker = t.user_attrs.get(WORKER_ATTR) or {}
+            age = now - t.datetime_start.timestamp() if t.datetime_start is not None else float("inf")
+            if worker.get("host") == socket.gethostname() and isinstance(worker.get("pid"), int):
+                try:
+                    os.kill(worker["pid"], 0)
+                    continue  # that process is alive: another worker of this study
+                except ProcessLookupError:
+                    pass
+                except PermissionError:
+                    continue
+            elif age < STALE_AFTER_S:
+                continue
+            study._storage.set_trial_user_attr(t._trial_id, "error", "stale: its tune process died")
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            if worker.get("run_id") is not None and self.store is not None:
+                self.store.finish_run(worker["run_id"], status="failed", metrics={"error": "tune process died"})
+            study.enqueue_trial({**t.params, **t.system_attrs.get("fixed_params", {})})
+            requeued += 1
+            log.warning("trial %d was left RUNNING by a process that died: failed and queued again", t.number)
+        return requeued
 
     def _tell_invalid(self, study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
         """A config the model cannot run: complete, infeasible and worst on every objective, so the sampler

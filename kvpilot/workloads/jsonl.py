@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from kvpilot.inputs import InputError, loads, read_text
 from kvpilot.workloads.sample import QA, Sample
 
 DEFAULT_MAX_NEW_TOKENS = 32
@@ -119,29 +120,35 @@ def parse_sample(obj: Any) -> Sample:
 
 
 def load_jsonl(path: str | os.PathLike) -> tuple[list[Sample], list[LineError]]:
-    """Load every valid line; return the samples and one error per rejected line (blank lines are skipped)."""
+    """Load every valid line; return the samples and one error per rejected line (blank lines are skipped).
+
+    A file that is not UTF-8 text at all (binary, UTF-16) raises InputError naming it.
+    """
     samples: list[Sample] = []
     errors: list[LineError] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as fh:
-        for n, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                errors.append(LineError(n, f"bad JSON: {exc.msg} (column {exc.colno})"))
-                continue
-            try:
-                sample = parse_sample(obj)
-            except _Bad as exc:
-                errors.append(LineError(n, str(exc)))
-                continue
-            if sample.id in seen:
-                errors.append(LineError(n, f"duplicate id {sample.id!r} (first on line {seen[sample.id]})"))
-                continue
-            seen[sample.id] = n
-            samples.append(sample)
+    text = read_text(path, "JSONL file")
+    for n, raw in enumerate(text.split("\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            errors.append(LineError(n, f"bad JSON: {exc.msg} (column {exc.colno})"))
+            continue
+        except (RecursionError, ValueError):
+            pass  # nested too deeply or a huge integer: `loads` below says which
+        try:
+            obj = loads(raw)
+            sample = parse_sample(obj)
+        except (_Bad, InputError) as exc:
+            errors.append(LineError(n, str(exc)))
+            continue
+        if sample.id in seen:
+            errors.append(LineError(n, f"duplicate id {sample.id!r} (first on line {seen[sample.id]})"))
+            continue
+        seen[sample.id] = n
+        samples.append(sample)
     return samples, errors
 
 

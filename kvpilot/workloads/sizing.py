@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from kvpilot.errors import KVPilotError
 from kvpilot.workloads.sample import QA
 
 TOLERANCE = 0.05  # generators promise |tokens - target| <= 5 % of the target
@@ -42,7 +43,7 @@ class Built:
 Builder = Callable[[int], Built]
 
 
-class TargetTooSmallError(ValueError):
+class TargetTooSmallError(KVPilotError, ValueError):
     """The fixed parts of a sample (instructions, needles, facts) alone exceed the requested length."""
 
 

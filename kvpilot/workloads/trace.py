@@ -12,6 +12,8 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from kvpilot.inputs import InputError, loads, read_text
+
 
 @dataclass(frozen=True)
 class TraceEvent:
@@ -83,14 +85,13 @@ def _event(obj: object) -> TraceEvent:
 def read_trace(path: str | os.PathLike) -> list[TraceEvent]:
     """Read a trace; raises ValueError naming the first bad line. Unknown extra fields are ignored."""
     events: list[TraceEvent] = []
-    with open(path, encoding="utf-8") as fh:
-        for n, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                events.append(_event(json.loads(raw)))
-            except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
-                raise ValueError(f"{path}: line {n}: {exc}") from None
+    for n, raw in enumerate(read_text(path, "trace file").split("\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            events.append(_event(loads(raw)))
+        except (ValueError, TypeError) as exc:  # InputError is a ValueError
+            raise InputError(f"trace file {path}: line {n}: {exc}") from None
     return events
 
 

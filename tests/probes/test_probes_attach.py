@@ -96,7 +96,7 @@ def test_attach_while_the_database_is_down(tiny_engine, tmp_path):
     tiny_engine.run(ids(40), [], 3)
     stats = handle.detach()
     assert stats["spooled_rows"] == stats["rows"] > 0 and stats.get("dropped_rows", 0) == 0
-    assert list(tmp_path.glob("*.jsonl"))  # kept for the next attach of this instance
+    assert list(tmp_path.glob("*/*.jsonl"))  # kept for the next attach of this deployment
 
 
 def test_watcher_applies_a_pushed_config_at_the_next_request(tiny_engine, store, tmp_path):

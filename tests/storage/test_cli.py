@@ -92,6 +92,7 @@ def test_errors_are_one_clear_line(tmp_path, capsys, monkeypatch):
     assert code == 2 and "cannot reach database" in err
     code, _, err = run(capsys, "db", "prune", "--older-than", "soon")
     assert code == 2 and "cannot read duration" in err
+    Store.open().close()  # the default store must exist: a read command never creates one
     code, _, err = run(capsys, "configs", "-d", "nope")
     assert code == 2 and "no deployment named 'nope'" in err
 

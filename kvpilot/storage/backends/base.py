@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import importlib
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,10 @@ class Backend(abc.ABC):
         """Serialise rollup refreshes on `state`, inside `conn`'s write transaction; with `raw`, also wait for
         the transactions writing to it, so every id up to the max(id) read next is committed (SQLite's
         BEGIN IMMEDIATE already gives both)."""
+
+    def deadline(self, engine: Engine) -> AbstractContextManager[None]:
+        """A guard bounding how long one store operation may block on the network (none by default)."""
+        return nullcontext()
 
     def migration_lock(self, conn: Connection) -> None:  # noqa: B027 - optional hook
         """Serialise concurrent first-time migrations, inside `conn`'s transaction."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import Table, create_engine, func
@@ -12,9 +13,15 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ColumnElement
 
+from kvpilot.storage.backends import deadline as deadlines
 from kvpilot.storage.backends.base import Backend, Listener
 from kvpilot.storage.errors import BadDatabaseURLError
 
+# libpq: probe an idle connection after 10 s, give up after 3 unanswered probes 5 s apart; drop a connection
+# whose sent data stays unacknowledged for 30 s (a partition that drops packets). Operation deadlines
+# (`deadline`) catch what these cannot: a peer whose kernel still acknowledges but never answers.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+              "tcp_user_timeout": 30_000}
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
 
 
@@ -37,13 +44,18 @@ class PostgresBackend(Backend):
         return url.set(drivername="postgresql+psycopg")
 
     def create_engine(self, url: URL, *, busy_timeout_s: float, connect_timeout_s: float) -> Engine:
-        return create_engine(
+        engine = create_engine(
             url,
             pool_pre_ping=True,
             pool_size=5,
             max_overflow=10,
-            connect_args={"connect_timeout": max(1, int(connect_timeout_s))},
+            connect_args={"connect_timeout": max(1, int(connect_timeout_s)), **KEEPALIVES},
         )
+        deadlines.install(engine)  # a frozen network: an operation past its deadline has its socket shut down
+        return engine
+
+    def deadline(self, engine: Engine) -> AbstractContextManager[None]:
+        return deadlines.guard(engine)
 
     def bulk_insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
         import psycopg
@@ -113,7 +125,7 @@ class _PgListener(Listener):
             dbname=url.database,
             autocommit=True,
             connect_timeout=5,
-            **params,
+            **{**KEEPALIVES, **params},
         )
         self._conn.execute(f'LISTEN "{channel}"')
 
