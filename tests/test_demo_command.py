@@ -59,6 +59,8 @@ def test_demo_records_probes_runs_and_pushes_only_a_feasible_config(tmp_path, ca
         assert all(r.metrics["recorder"].get("dropped_rows", 0) == 0 for r in runs)
         counts = store.counts()
         assert counts["requests"] == len(DEFAULT_CONFIGS)
+        # one demo process is one engine on the dashboard, the replayed sessions included
+        assert [i.name for i in store.instances()] == ["demo-engine"]
         # the Layers page has skew rows (entropy) for every layer, the memory page has samples
         skew = store.layer_stats_latest(deployment="d", level="layer")
         assert {s.layer for s in skew} == set(range(30))

@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 STAGES = 5
+DEMO_INSTANCE = "demo-engine"
 # calibrated against measured demos: the work the estimate leaves out (probes, scoring prompts, H2O's
 # attention mass, the tuner's bookkeeping, the replayed sessions' extra turns) as a multiple of the plain requests
 OVERHEAD = 1.6
@@ -118,7 +119,7 @@ def _compare(args: argparse.Namespace, engine, evaluator, store) -> list:
         config = KVConfig(policy=policy, compression_ratio=ratio)
         # probes on every request: skew, memory, latency and evictions land in the store under this run;
         # no config watcher, so a config pushed meanwhile cannot change what is being compared
-        handle = attach(engine, store=store, deployment=args.deployment, instance="demo-engine",
+        handle = attach(engine, store=store, deployment=args.deployment, instance=DEMO_INSTANCE,
                         model_name=args.model or "bundled", otel=False, watch=False,
                         run_kind="eval", run_name=f"passkey {policy} {ratio or 0:.2f}")
         engine.apply_config(config)
@@ -173,8 +174,9 @@ def _sessions(args: argparse.Namespace, engine, store, config) -> None:
 
     config = config.replace(session_ttl="cdf")
     events = generate_agent_trace(AgentWorkload(n_programs=args.sessions), seed=args.seed)
+    # the same engine instance as the comparison: one demo process is one engine on the dashboard
     m = run_replay(engine, config, events, store=store, deployment=args.deployment, token_scale=0.05,
-                   max_response_tokens=4)
+                   max_response_tokens=4, instance=DEMO_INSTANCE)
     ratio = "-" if m["hit_ratio"] is None else f"{m['hit_ratio']:.0%}"
     print(f"[5/{STAGES}] replayed {_n(m['programs'], 'agent session')} ({_n(m['turns'], 'turn')}) under {config.policy} with "
           f"Continuum's KV time-to-live: hit ratio {ratio}, {m['reprefilled_tokens']:,} tokens prefilled again, "

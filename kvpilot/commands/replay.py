@@ -122,9 +122,11 @@ def _run(args: argparse.Namespace, engine, config, events, store, capacity: int 
 
 
 def run_replay(engine, config, events, *, store=None, deployment: str = "replay", capacity_bytes: int | None = None,
-               token_scale: float = 1.0, max_response_tokens: int = 8, progress: bool = True) -> dict:
+               token_scale: float = 1.0, max_response_tokens: int = 8, progress: bool = True,
+               instance: str | None = None) -> dict:
     """Replay `events` under `config`; with a store (URL or Store) the pool's events and the run's metrics
-    are recorded there under `deployment`. Returns the replay's metrics."""
+    are recorded there under `deployment`, as engine `instance` (default: a name for this process).
+    Returns the replay's metrics."""
     from tqdm import tqdm
 
     from kvpilot.evaluation.replay import Replay
@@ -133,7 +135,7 @@ def run_replay(engine, config, events, *, store=None, deployment: str = "replay"
     if store is not None:
         from kvpilot.attach import attach
 
-        handle = attach(engine, store=store, deployment=deployment, probes=[], otel=False, watch=False,
+        handle = attach(engine, store=store, deployment=deployment, probes=[], otel=False, watch=False, instance=instance,
                         run_kind="eval", run_name=f"replay {config.policy} ttl={config.session_ttl}")
     bar = tqdm(total=len(events), desc="turns", unit="turn", disable=not progress)
     try:
