@@ -44,10 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 STAGES = 5
 DEMO_INSTANCE = "demo-engine"
-# calibrated against measured demos: the work the estimate leaves out (probes, scoring prompts, H2O's
-# attention mass, the tuner's bookkeeping, the replayed sessions' extra turns) as a multiple of the plain requests
-OVERHEAD = 1.6
-SESSION_REQUESTS = 5  # requests per replayed agent session at the demo's token scale, in plain-request units
+# One demo request on a quiet 2-core CPU per 1,000 context tokens, everything included (probes, scoring
+# prompts, H2O's attention mass, the tuner's bookkeeping): `kvpilot demo` at 6 x 1,500 tokens with 8 trials
+# took 4 min 31 s there for 84 requests plus 4 sessions. The estimate scales it by the work and the load.
+QUIET_REQUEST_S_PER_1K = 2.0
+SESSION_REQUESTS = 3  # one replayed agent session at the demo's token scale, in 1,000-token requests
+QUIET_CORES = 2
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,16 +79,12 @@ def _demo(args: argparse.Namespace, store) -> None:
     from kvpilot.workloads import generate
 
     print(f"kvpilot demo: recording into {store.url}")
+    print(_estimate(args))
     t0 = time.perf_counter()
     engine = Engine.load(args.model)
     samples = generate("passkey", args.samples, args.tokens, seed=args.seed, tokenizer=engine.tokenizer)
-    request_s = _request_seconds(engine, args.tokens)
-    print(f"[1/{STAGES}] model loaded in {time.perf_counter() - t0:.1f} s; a {args.tokens:,}-token request takes "
-          f"about {request_s:.1f} s on this machine now")
-    requests = (len(DEFAULT_CONFIGS) + args.trials) * args.samples + args.sessions * SESSION_REQUESTS
-    print(f"      estimate: about {_duration(requests * request_s * OVERHEAD)} for {len(DEFAULT_CONFIGS)} policies "
-          f"and {_n(args.trials, 'tuning trial')} on {_n(args.samples, 'sample')}, then "
-          f"{_n(args.sessions, 'agent session')}")
+    print(f"[1/{STAGES}] model loaded and {_n(args.samples, 'passkey sample')} of ~{args.tokens:,} tokens made in "
+          f"{time.perf_counter() - t0:.1f} s")
     # the same evaluator the tuner uses: one request per sample through the engine, question-agnostic; it
     # remembers its runs, so a tuning trial identical to a compared config (or the baseline) is not rerun
     evaluator = Evaluator(engine, samples, label="demo-passkey", results_root=None, progress=True,
@@ -210,17 +208,23 @@ def _study_name(args: argparse.Namespace) -> str:
     return f"demo-passkey-{args.samples}x{args.tokens}t-seed{args.seed}"
 
 
-def _request_seconds(engine, tokens: int) -> float:
-    """What one demo request (a `tokens`-token prefill, 8 answer tokens) costs on this machine now, from one
-    short timed request (256 tokens, 4 answer tokens): the basis of the estimate printed up front."""
-    from kvpilot.config import KVConfig
-    from kvpilot.engine.engine import Request
+def _estimate(args: argparse.Namespace) -> str:
+    """How long the demo should take, said before it starts: the quiet-machine rate scaled by the work asked
+    for and by how busy this machine is now (its load average over its cores)."""
+    import os
 
-    ids = engine.encode("The grass is green. The sky is blue. There it is. " * 40)[:256]
-    engine.serve(Request(ids[:16], max_new_tokens=1, config=KVConfig()))  # the first forward pays one-time set-up
-    response = engine.serve(Request(ids, max_new_tokens=4, config=KVConfig()))
-    tpot = response.answers[0].tpot_s if response.answers else 0.0
-    return response.compression.prefill_s * tokens / len(ids) + 8 * tpot
+    requests = (len(DEFAULT_CONFIGS) + args.trials) * args.samples * args.tokens / 1000 + args.sessions * SESSION_REQUESTS
+    quiet = requests * QUIET_REQUEST_S_PER_1K * QUIET_CORES / max(1, min(os.cpu_count() or 1, QUIET_CORES))
+    line = (f"estimate: about {_duration(quiet)} on a quiet 2-core machine for {len(DEFAULT_CONFIGS)} policies and "
+            f"{_n(args.trials, 'tuning trial')} on {_n(args.samples, 'sample')} of ~{args.tokens:,} tokens, then "
+            f"{_n(args.sessions, 'agent session')}")
+    try:
+        load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:  # no load average on this platform
+        return line
+    if load > 1.2:
+        line += f"; this machine is busy (load {load:.1f} per core), so expect up to {_duration(quiet * load)}"
+    return line
 
 
 def _n(count: int, noun: str) -> str:
