@@ -119,7 +119,7 @@ def sidebar() -> None:
     deployments = [d.name for d in query(Store.deployments)]
     if deployments:
         if st.session_state.get("deployment") not in deployments and st.query_params.get("deployment") not in deployments:
-            st.session_state["deployment"] = most_recent(query(Store.deployments), query(Store.instances))
+            st.session_state["deployment"] = default_deployment()
         st.sidebar.selectbox("Deployment", deployments, key="deployment", bind="query-params",
                              help="opens on the deployment whose engines reported last")
         dep = st.session_state.get("deployment")
@@ -141,7 +141,7 @@ def current() -> Ctx:
     deployments = [d.name for d in query(Store.deployments)]
     dep = st.session_state.get("deployment")
     if dep not in deployments:
-        dep = most_recent(query(Store.deployments), query(Store.instances)) if deployments else None
+        dep = default_deployment() if deployments else None
     inst = st.session_state.get("instance")
     if inst is not None and (dep is None or inst not in {i.id for i in query(Store.instances, dep)}):
         inst = None
@@ -150,13 +150,32 @@ def current() -> Ctx:
     return Ctx(Scope(dep, inst, float(window), now()), refresh, s.read_only, query(Store.is_empty), store().url)
 
 
-def most_recent(deployments: list[DeploymentInfo], instances: list[InstanceInfo]) -> str | None:
-    """The deployment with the most recent data: the newest engine heartbeat (engines write the samples);
-    a deployment no engine has reported to (only pushed configs) comes after every one with engines."""
+def default_deployment() -> str | None:
+    """The deployment the dashboard opens on: the one with the most recent data (see `most_recent`)."""
+    deployments = query(Store.deployments)
+    newest: dict[str, float] = {}
+    for d in deployments:
+        everything = Scope(d.name, window_s=None)
+        stamps = [s.ts for s in query(Store.layer_stats_latest, everything, level="layer")]
+        stamps += [e.ts for e in query(Store.events, everything, limit=1)]
+        if stamps:
+            newest[d.name] = max(stamps)
+    return most_recent(deployments, query(Store.instances), newest)
+
+
+def most_recent(deployments: list[DeploymentInfo], instances: list[InstanceInfo],
+                newest_data: dict[str, float]) -> str | None:
+    """The deployment with the newest sample (layer statistics or cache events); among deployments without
+    samples, the one whose engine reported last; a deployment with only pushed configs comes last, so
+    `tune --push chat` does not open the dashboard on an empty page."""
     beats: dict[str, float] = {}
     for i in instances:
         beats[i.deployment] = max(beats.get(i.deployment, 0.0), i.last_heartbeat)
-    ranked = sorted(deployments, key=lambda d: (d.name in beats, beats.get(d.name, d.created_at)), reverse=True)
+
+    def rank(d: DeploymentInfo) -> tuple[bool, float, bool, float]:
+        return (d.name in newest_data, newest_data.get(d.name, 0.0), d.name in beats, beats.get(d.name, d.created_at))
+
+    ranked = sorted(deployments, key=rank, reverse=True)
     return ranked[0].name if ranked else None
 
 

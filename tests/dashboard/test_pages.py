@@ -70,9 +70,12 @@ def test_overview_opens_on_the_deployment_with_the_newest_data(app, store, seede
     store.push("aaa-no-data", {"policy": "snapkv", "compression_ratio": 0.5})  # newest, alphabetically first
     at = app(db_url)
     assert metrics(at)["Active config of chat"] == "v2"
-    store.heartbeat(seeded.engine_staging, ts=seeded.now + 60)  # staging's engine reported last
+    store.heartbeat(seeded.engine_staging, ts=seeded.now + 60)  # a heartbeat is not data
     st.cache_data.clear()
-    assert metrics(app(db_url))["Active config of staging"] == "-"
+    assert metrics(app(db_url))["Active config of chat"] == "v2"
+    store.add_events([{"ts": seeded.now + 5, "kind": "evict", "count": 3}], instance_id=seeded.engine_staging)
+    st.cache_data.clear()
+    assert metrics(app(db_url))["Active config of staging"] == "-"  # staging has the newest sample now
 
 
 def test_stored_text_never_renders_as_markdown(app, store, seeded, db_url):
