@@ -12,7 +12,19 @@ import pandas as pd
 from kvpilot.dashboard.fmt import AXIS_TIME
 
 HEIGHT = 260
-TIME_AXIS = alt.Axis(format="%H:%M", labelAngle=0)  # 24-hour: Vega's default time labels are 12-hour, no AM/PM
+MINUTE_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720)
+
+
+def time_axis(times: pd.Series | None) -> alt.Axis:
+    """A 24-hour time axis (Vega's default labels are 12-hour without AM/PM) whose ticks never repeat a label:
+    seconds shown for spans under 10 minutes, else ticks on whole minutes or hours about 6 apart."""
+    span = 0.0
+    if times is not None and len(times):
+        span = (pd.Timestamp(times.max()) - pd.Timestamp(times.min())).total_seconds()
+    if span < 600:
+        return alt.Axis(format="%H:%M:%S", labelAngle=0, tickCount=6)
+    step = next((s for s in MINUTE_STEPS if s * 60 * 7 >= span), MINUTE_STEPS[-1])
+    return alt.Axis(format="%H:%M", labelAngle=0, tickCount=alt.TickCount(interval="minute", step=step))
 
 
 def local_time(ts: float) -> pd.Timestamp:
@@ -20,9 +32,9 @@ def local_time(ts: float) -> pd.Timestamp:
     return pd.Timestamp.fromtimestamp(ts)
 
 
-def _x(field: str, x_type: str, title: str | None) -> alt.X:
+def _x(field: str, x_type: str, title: str | None, df: pd.DataFrame) -> alt.X:
     if x_type == "T":
-        return alt.X(f"{field}:T", title=title, axis=TIME_AXIS)
+        return alt.X(f"{field}:T", title=title, axis=time_axis(df[field] if field in df else None))
     return alt.X(f"{field}:{x_type}", title=title)
 
 
@@ -36,7 +48,7 @@ def heatmap(df: pd.DataFrame, x: str, y: str, value: str, *, x_type: str = "O", 
         alt.Chart(df, title=title)
         .mark_rect()
         .encode(
-            x=_x(x, x_type, None if x_type == "T" else x),
+            x=_x(x, x_type, None if x_type == "T" else x, df),
             y=alt.Y(f"{y}:O", title=y, sort="ascending"),
             color=alt.Color(f"{value}:Q", title=value, scale=alt.Scale(scheme="viridis")),
             tooltip=[_tip(x, x_type), alt.Tooltip(f"{y}:O"), alt.Tooltip(f"{value}:Q", format=".4g")],
@@ -52,7 +64,7 @@ def lines(df: pd.DataFrame, y_title: str, *, fmt: str = ".3s", title: str = "") 
         alt.Chart(df, title=title)
         .mark_line(point=len(df) < 80)
         .encode(
-            x=alt.X("time:T", title=None, axis=TIME_AXIS),
+            x=alt.X("time:T", title=None, axis=time_axis(df["time"] if "time" in df else None)),
             y=alt.Y("value:Q", title=y_title, axis=alt.Axis(format=fmt)),
             color=alt.Color("series:N", title=None, legend=alt.Legend(orient="bottom")),
             tooltip=[alt.Tooltip("time:T", format=AXIS_TIME), "series:N", alt.Tooltip("value:Q", format=",.4~f")],
@@ -65,7 +77,7 @@ def bars(df: pd.DataFrame, x: str, y: str, *, x_type: str = "O", color: str | No
          colors: dict[str, str] | None = None) -> alt.Chart:
     """Vertical bars; `colors` fixes a colour per category of `color` (e.g. grey for harmless event kinds)."""
     tooltip = [_tip(x, x_type), alt.Tooltip(f"{y}:Q", format=",.4~f")]
-    enc: dict = {"x": _x(x, x_type, None if x_type == "T" else x), "y": alt.Y(f"{y}:Q", title=y), "tooltip": tooltip}
+    enc: dict = {"x": _x(x, x_type, None if x_type == "T" else x, df), "y": alt.Y(f"{y}:Q", title=y), "tooltip": tooltip}
     if color:
         scale = alt.Scale(domain=list(colors), range=list(colors.values())) if colors else alt.Undefined
         enc["color"] = alt.Color(f"{color}:N", title=None, scale=scale, legend=alt.Legend(orient="bottom"))
@@ -83,8 +95,13 @@ def hbars(df: pd.DataFrame, label: str, value: str, *, title: str = "", fmt: str
             x=alt.X(f"{value}:Q", title=value, axis=alt.Axis(format=fmt)),
             tooltip=[alt.Tooltip(f"{label}:N"), alt.Tooltip(f"{value}:Q", format=fmt)],
         )
-        .properties(height=max(120, 28 * len(df)))
+        .properties(height=hbars_height(len(df)) - 60)
     )
+
+
+def hbars_height(rows: int) -> int:
+    """The pixel height `hbars` needs for `rows` bars plus its title and axis (Streamlit is told it too)."""
+    return max(180, 32 * rows + 100)
 
 
 def histogram(df: pd.DataFrame, unit: str, *, title: str = "") -> alt.Chart:

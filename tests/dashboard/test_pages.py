@@ -157,7 +157,7 @@ def test_events_filter_and_config_changes(app, seeded, db_url):
     counted = {k: n * c for k, (n, c, _) in S.EVENTS.items()}
     shown = dict(zip(totals["kind"], totals["items counted"], strict=True))
     # a count is shown only where it says more than the number of events
-    assert {k: v for k, v in shown.items() if v == v} == {k: v for k, v in counted.items() if v != S.EVENTS[k][0]}
+    assert {k: v for k, v in shown.items() if v} == {k: f"{v:,}" for k, v in counted.items() if v != S.EVENTS[k][0]}
     assert dict(zip(totals["kind"], totals["bytes"], strict=True))["ttl_pin"] == "20.0 MiB"
     latest = frame(at, "kind", "detail")
     assert len(latest) == 100  # newest 100 of 102
@@ -184,6 +184,8 @@ def test_tuning_front_trials_and_promote(app, store, seeded, db_url):
     front = charts(at)
     assert any("trial" in df.columns and len(df) == len(S.TRIALS) for df in front.values())
     assert "importance for kv_mib" in charts(at)
+    assert "No full-cache reference point" not in texts(at)  # the full cache is drawn beside the trials
+    assert "Objectives: kv_mib (minimised), accuracy (maximised)" in texts(at)
     # the trial's objectives, params and config are tables with units, not JSON trees
     assert not at.json
     objectives = frame(at, "field", "value")

@@ -53,9 +53,9 @@ def _events(ctx: C.Ctx, kinds: tuple[str, ...], limit: int) -> None:
     ordered = sorted(totals.values(), key=lambda t: EVENT_KINDS.index(t.kind))
     # `count` is what an event counts (tokens evicted, rows dropped); it is shown only where it says more
     # than the number of events
-    df = pd.DataFrame({"kind": t.kind, "events": t.events, "items counted": t.count if t.count != t.events else None,
+    df = pd.DataFrame({"kind": t.kind, "events": t.events, "items counted": f"{t.count:,}" if t.count != t.events else "",
                        "bytes": C.human_bytes(t.bytes) if t.bytes else "-"} for t in ordered)
-    if df["items counted"].isna().all():
+    if not any(df["items counted"]):
         df = df.drop(columns="items counted")
     st.dataframe(df, hide_index=True, key="event_totals")
     width = ctx.scope.bucket_s(points=60)

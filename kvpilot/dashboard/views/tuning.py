@@ -42,8 +42,9 @@ def _study(ctx: C.Ctx, study: optuna.Study) -> None:
     cols[0].metric("Trials", len(rows))
     cols[1].metric("Complete", len(complete))
     cols[2].metric("Pareto front" if len(objectives) > 1 else "Best", sum(r["pareto"] for r in rows))
-    cols[3].metric("Objectives", ", ".join(f"{n} ({d.name.lower()[:3]})" for n, d in zip(objectives, study.directions,
-                                                                                          strict=True)))
+    cols[3].metric("Objectives", len(objectives))
+    st.caption("Objectives: " + ", ".join(f"{n} ({'maximised' if d.name == 'MAXIMIZE' else 'minimised'})"
+                                          for n, d in zip(objectives, study.directions, strict=True)))
     if not complete:
         st.info("No trial has completed yet.")
         return
@@ -159,7 +160,8 @@ def _importances(study: optuna.Study, objectives: list[str]) -> None:
         st.caption("Importances unavailable: no parameter varies across completed trials.")
         return
     df = pd.DataFrame({"parameter": list(values), "importance": list(values.values())})
-    st.altair_chart(charts.hbars(df, "parameter", "importance", title=f"importance for {objectives[which]}"))
+    chart = charts.hbars(df, "parameter", "importance", title=f"importance for {objectives[which]}")
+    st.altair_chart(chart, height=charts.hbars_height(len(df)))
 
 
 @st.cache_data(ttl=60, show_spinner="Computing importances...")
