@@ -50,6 +50,7 @@ DEMO_INSTANCE = "demo-engine"
 QUIET_REQUEST_S_PER_1K = 2.0
 SESSION_REQUESTS = 3  # one replayed agent session at the demo's token scale, in 1,000-token requests
 QUIET_CORES = 2
+STARTUP_S = 15.0  # loading the model and the first forward's one-time set-up, on the quiet machine
 
 
 def run(args: argparse.Namespace) -> int:
@@ -214,7 +215,7 @@ def _estimate(args: argparse.Namespace) -> str:
     import os
 
     requests = (len(DEFAULT_CONFIGS) + args.trials) * args.samples * args.tokens / 1000 + args.sessions * SESSION_REQUESTS
-    quiet = requests * QUIET_REQUEST_S_PER_1K * QUIET_CORES / max(1, min(os.cpu_count() or 1, QUIET_CORES))
+    quiet = STARTUP_S + requests * QUIET_REQUEST_S_PER_1K * QUIET_CORES / max(1, min(os.cpu_count() or 1, QUIET_CORES))
     line = (f"estimate: about {_duration(quiet)} on a quiet 2-core machine for {len(DEFAULT_CONFIGS)} policies and "
             f"{_n(args.trials, 'tuning trial')} on {_n(args.samples, 'sample')} of ~{args.tokens:,} tokens, then "
             f"{_n(args.sessions, 'agent session')}")
