@@ -125,8 +125,9 @@ def pareto(df: pd.DataFrame, x: str, y: str, *, x_fmt: str = ",.4~f", y_fmt: str
     `reference` (same x/y columns and a `label`) adds fixed points such as the full cache, drawn as crosses."""
     pick = alt.selection_point(name="pick", fields=["trial"], on="click")
     base = alt.Chart(df)
-    x_enc = alt.X(f"{x}:Q", title=x, scale=alt.Scale(zero=False), axis=alt.Axis(format=x_fmt))
-    y_enc = alt.Y(f"{y}:Q", title=y, scale=alt.Scale(zero=False), axis=alt.Axis(format=y_fmt))
+    # padded scales: the extreme points (often the full cache) are drawn inside the frame, with their label
+    x_enc = alt.X(f"{x}:Q", title=x, scale=alt.Scale(zero=False, padding=40), axis=alt.Axis(format=x_fmt))
+    y_enc = alt.Y(f"{y}:Q", title=y, scale=alt.Scale(zero=False, padding=24), axis=alt.Axis(format=y_fmt))
     points = base.mark_circle(size=90).encode(
         x=x_enc, y=y_enc,
         color=alt.Color("front:N", title=None, legend=alt.Legend(orient="bottom"),

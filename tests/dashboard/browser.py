@@ -174,6 +174,7 @@ def _one_page(page, base: str, path: str, texts: list[str], out_dir: Path) -> Pa
     for text in texts:
         page.get_by_text(text, exact=False).first.wait_for(state="visible")
     page.wait_for_timeout(800)  # let charts finish their first paint
+    page.wait_for_selector('[data-testid="stSpinner"]', state="detached")  # e.g. "Computing importances..."
     problems = faults(page)
     if problems:
         raise AssertionError(f"page /{path}: " + "; ".join(problems))
