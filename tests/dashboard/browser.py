@@ -134,7 +134,7 @@ def faults(page) -> list[str]:
     return found
 
 
-def shoot(base: str, out_dir: Path, *, pages: dict[str, list[str]] = PAGES, timeout_ms: int = 60_000) -> dict[str, Path]:
+def shoot(base: str, out_dir: Path, *, pages: dict[str, list[str]] = PAGES, timeout_ms: int = 120_000) -> dict[str, Path]:
     """Open every page at 1440x900, wait for its key texts (and charts), check it shows no fault, and save a
     screenshot of the whole page at that width (palette PNG, so the docs stay small)."""
     from playwright.sync_api import sync_playwright
