@@ -33,6 +33,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_db_url(db: str | None) -> None:
+    """`sqlite:` followed by a single slash is neither a URL (`sqlite:///`) nor a plain path; without this check
+    it would silently become a file named `sqlite:` in the current folder."""
+    import os
+    import re
+
+    from kvpilot.errors import KVPilotError
+
+    for where, url in (("--db", db), ("KVPILOT_DB", None if db else os.environ.get("KVPILOT_DB"))):
+        m = re.match(r"^\s*sqlite:/?(?!/)(.*)$", url or "")
+        if m:
+            path = m.group(1)
+            raise KVPilotError(f"{where} {url!r} is not a SQLite URL: write sqlite:///{path} for a path relative to "
+                               f"the current folder, sqlite:////{path.lstrip('/')} for an absolute one, or just the path")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -42,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from kvpilot.errors import report_user_error
 
     try:
+        check_db_url(getattr(args, "db", None))
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,23 +1,57 @@
-"""`kvpilot demo` end to end (policies compared with probes on, then a short tuning study) on the bundled model and a fresh SQLite file (slow: it loads the model)."""
+"""`kvpilot demo` end to end (policies compared with probes on, then a short tuning study) on the bundled model
+and a fresh SQLite file (slow: it loads the model), and its push rule on a real store (fast)."""
 
 from __future__ import annotations
+
+import argparse
 
 import pytest
 
 from kvpilot.cli import main
-from kvpilot.commands.demo import DEFAULT_CONFIGS
+from kvpilot.commands.demo import DEFAULT_CONFIGS, STAGES, _push
+from kvpilot.config import KVConfig
 from kvpilot.storage import Store
 
-pytestmark = pytest.mark.slow
+
+def _args(**kw) -> argparse.Namespace:
+    return argparse.Namespace(deployment="d", **kw)
 
 
-def test_demo_records_probes_runs_and_pushes_the_best_config(tmp_path, capsys):
+def test_push_only_a_config_that_met_the_constraint(tmp_path, capsys):
+    knorm = KVConfig(policy="knorm", compression_ratio=0.75)
+    with Store.open(str(tmp_path / "push.db")) as store:
+        # no compressed config matched the full cache: nothing is pushed, the sessions run on the full cache
+        assert _push(_args(), store, {"accuracy": 1.0, "kv_bytes": 100}, None, "demo") == KVConfig()
+        assert "nothing pushed" in capsys.readouterr().out
+        # the full cache answered nothing: a 0 % config would "match" it, and is not pushed either
+        assert _push(_args(), store, {"accuracy": 0.0, "kv_bytes": 100}, (knorm, {"accuracy": 0.0, "kv_bytes": 25}),
+                     "demo") == KVConfig()
+        assert "answered 0 %" in capsys.readouterr().out
+        assert store.active_version("d") is None
+        assert _push(_args(), store, {"accuracy": 1.0, "kv_bytes": 100}, (knorm, {"accuracy": 1.0, "kv_bytes": 25}),
+                     "demo") == knorm
+        active = store.active_version("d")
+        assert active is not None and active.config() == knorm and active.source == "demo"
+        assert "accuracy 100% >= the full cache's 100%" in capsys.readouterr().out
+
+
+def test_demo_rejects_bad_sizes_in_one_line(tmp_path, capsys):
+    assert main(["demo", "--db", str(tmp_path / "x.db"), "--samples", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--samples must be at least 1" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_demo_records_probes_runs_and_pushes_only_a_feasible_config(tmp_path, capsys):
     db = tmp_path / "demo.db"
     args = ["--db", str(db), "--samples", "1", "--tokens", "400", "--deployment", "d", "--trials", "2",
             "--sessions", "1"]
     assert main(["demo", *args]) == 0
     out = capsys.readouterr().out
-    assert "pushed" in out and "version 1" in out
+    # an estimate before the work, then one line per stage
+    assert "estimate: about" in out.split(f"[2/{STAGES}]")[0]
+    for stage in range(1, STAGES + 1):
+        assert f"[{stage}/{STAGES}]" in out
     with Store.open(str(db)) as store:
         runs = [r for r in store.runs(kind="eval") if r.name.startswith("passkey")]
         assert len(runs) == len(DEFAULT_CONFIGS)
@@ -25,15 +59,26 @@ def test_demo_records_probes_runs_and_pushes_the_best_config(tmp_path, capsys):
         assert all(r.metrics["recorder"].get("dropped_rows", 0) == 0 for r in runs)
         counts = store.counts()
         assert counts["requests"] == len(DEFAULT_CONFIGS)
+        # one demo process is one engine on the dashboard, the replayed sessions included
+        assert [i.name for i in store.instances()] == ["demo-engine"]
         # the Layers page has skew rows (entropy) for every layer, the memory page has samples
         skew = store.layer_stats_latest(deployment="d", level="layer")
         assert {s.layer for s in skew} == set(range(30))
         assert counts["memory_samples"] == len(DEFAULT_CONFIGS)
-        active = store.active_version("d")
-        assert active is not None and active.version == 1 and active.config().compresses
         # the short study is in the store for the Tuning page; its trials are runs too
-        assert len(store.runs(kind="tuning_trial")) == 2
-        assert active.source == "demo" or active.source.startswith("tuner:demo-passkey/")
+        trials = store.runs(kind="tuning_trial")
+        assert len(trials) == 2
+        full = next(r for r in runs if r.name == "passkey full 0.00").metrics["accuracy"]
+        active = store.active_version("d")
+        if active is None:
+            assert "nothing pushed" in out
+        else:
+            # what was pushed met accuracy>=full on the samples it was measured on
+            assert active.version == 1 and active.config().compresses and full > 0
+            measured = [r.metrics["accuracy"] for r in [*runs, *trials]
+                        if r.config and r.metrics and KVConfig.parse(r.config) == active.config()]
+            assert measured and max(measured) >= full
+            assert active.source == "demo" or active.source.startswith("tuner:demo-passkey-1x400t-seed7/")
         # the replayed agent session left session-pool events for the Sessions page
         kinds = dict(store.engine.connect().exec_driver_sql(
             "SELECT kind, COUNT(*) FROM cache_events WHERE kind IN ('ttl_pin', 'hit', 'miss', 'expire') "

@@ -116,7 +116,11 @@ def _configs(args: argparse.Namespace) -> int:
             for c in changes:
                 print(f"{c.field}: {json.dumps(c.old)} -> {json.dumps(c.new)}")
         elif args.acks:
-            for ack in store.acks(name):
+            acks = store.acks(name)
+            if not acks:
+                print(f"no engine has acknowledged or rejected a version of {name} yet (engines with a config "
+                      "watcher do, at their next request boundary)")
+            for ack in acks:
                 reason = f": {ack.reason}" if ack.reason else ""
                 print(f"{_when(ack.ts)}  {ack.instance:20} version {ack.version:>4} {ack.status}{reason}")
         else:

@@ -10,6 +10,7 @@ the `demo` deployment, so every page of the dashboard and `kvpilot configs` have
 from __future__ import annotations
 
 import argparse
+import time
 
 DEFAULT_CONFIGS = (
     ("full", None),
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--db", help="store URL (default: $KVPILOT_DB or the SQLite file in $KVPILOT_HOME)")
     p.add_argument("--samples", type=int, default=6, help="passkey samples (default 6)")
-    p.add_argument("--tokens", type=int, default=1500, help="context length in tokens (default 1500)")
+    p.add_argument("--tokens", type=int, default=1000, help="context length in tokens (default 1000)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--deployment", default="demo", help="deployment the best config is pushed to")
     p.add_argument("--trials", type=int, default=8,
@@ -41,29 +42,83 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+STAGES = 5
+DEMO_INSTANCE = "demo-engine"
+# One demo request on a quiet 2-core CPU per 1,000 context tokens, everything included (probes, scoring
+# prompts, H2O's attention mass, the tuner's bookkeeping): `kvpilot demo` at 6 x 1,500 tokens with 8 trials
+# took 4 min 31 s there for 84 requests plus 4 sessions. The estimate scales it by the work and the load.
+QUIET_REQUEST_S_PER_1K = 2.0
+SESSION_REQUESTS = 3  # one replayed agent session at the demo's token scale, in 1,000-token requests
+QUIET_CORES = 2
+STARTUP_S = 15.0  # loading the model and the first forward's one-time set-up, on the quiet machine
+
+
 def run(args: argparse.Namespace) -> int:
+    from kvpilot.errors import KVPilotError
+    from kvpilot.storage import Store
+
+    for name in ("samples", "tokens"):
+        if getattr(args, name) < 1:
+            raise KVPilotError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.trials < 0 or args.sessions < 0:
+        raise KVPilotError("--trials and --sessions must be 0 or more")
+    started = time.perf_counter()
+    store = Store.open(args.db)
+    try:
+        _demo(args, store)
+    finally:
+        store.close()
+    print(f"\ndone in {_duration(time.perf_counter() - started)}; everything is in {store.url}")
+    print(f"next: `kvpilot configs --deployment {args.deployment}`, `kvpilot dashboard"
+          + ("`" if args.db is None else f" --db {args.db}`"))
+    return 0
+
+
+def _demo(args: argparse.Namespace, store) -> None:
+    from kvpilot.engine import Engine
+    from kvpilot.evaluation import Evaluator
+    from kvpilot.workloads import generate
+
+    print(f"kvpilot demo: recording into {store.url}")
+    print(_estimate(args))
+    t0 = time.perf_counter()
+    engine = Engine.load(args.model)
+    samples = generate("passkey", args.samples, args.tokens, seed=args.seed, tokenizer=engine.tokenizer)
+    print(f"[1/{STAGES}] model loaded and {_n(args.samples, 'passkey sample')} of ~{args.tokens:,} tokens made in "
+          f"{time.perf_counter() - t0:.1f} s")
+    # the same evaluator the tuner uses: one request per sample through the engine, question-agnostic; it
+    # remembers its runs, so a tuning trial identical to a compared config (or the baseline) is not rerun
+    evaluator = Evaluator(engine, samples, label="demo-passkey", results_root=None, progress=True,
+                          max_new_tokens=8, fidelity=False)
+    rows = _compare(args, engine, evaluator, store)
+    full = next(m for c, m in rows if not c.compresses)
+    feasible = [(c, m) for c, m in rows if c.compresses and m["accuracy"] >= full["accuracy"]]
+    best = min(feasible, key=lambda cm: (cm[1]["kv_bytes"], -cm[1]["accuracy"])) if feasible else None
+    best_source = "demo"
+    tuned = _tune(args, evaluator, store) if args.trials > 0 else None
+    if tuned is not None and (best is None or (tuned.metrics["kv_bytes"], -tuned.metrics["accuracy"])
+                              < (best[1]["kv_bytes"], -best[1]["accuracy"])):
+        best, best_source = (tuned.config, tuned.metrics), f"tuner:{_study_name(args)}/{tuned.number}"
+    config = _push(args, store, full, best, best_source)
+    if args.sessions > 0:
+        _sessions(args, engine, store, config)
+    else:
+        print(f"[5/{STAGES}] agent sessions: skipped (--sessions 0)")
+
+
+def _compare(args: argparse.Namespace, engine, evaluator, store) -> list:
+    """Stage 2: each hand-picked config on the samples with the probes on; prints the table and the best."""
     from tqdm import tqdm
 
     from kvpilot.attach import attach
     from kvpilot.config import KVConfig
-    from kvpilot.engine import Engine
-    from kvpilot.evaluation import Evaluator
-    from kvpilot.storage import Store
-    from kvpilot.workloads import generate
 
-    store = Store.open(args.db)
-    print(f"store: {store.url}")
-    engine = Engine.load(args.model)
-    samples = generate("passkey", args.samples, args.tokens, seed=args.seed, tokenizer=engine.tokenizer)
-    # the same evaluator the tuner uses: one request per sample through the engine, question-agnostic
-    evaluator = Evaluator(engine, samples, label="demo-passkey", results_root=None, progress=False,
-                          max_new_tokens=8, fidelity=False)
     rows = []
-    for policy, ratio in tqdm(DEFAULT_CONFIGS, desc="policies"):
+    for policy, ratio in tqdm(DEFAULT_CONFIGS, desc=f"[2/{STAGES}] policies", unit="policy", leave=False):
         config = KVConfig(policy=policy, compression_ratio=ratio)
         # probes on every request: skew, memory, latency and evictions land in the store under this run;
         # no config watcher, so a config pushed meanwhile cannot change what is being compared
-        handle = attach(engine, store=store, deployment=args.deployment, instance="demo-engine",
+        handle = attach(engine, store=store, deployment=args.deployment, instance=DEMO_INSTANCE,
                         model_name=args.model or "bundled", otel=False, watch=False,
                         run_kind="eval", run_name=f"passkey {policy} {ratio or 0:.2f}")
         engine.apply_config(config)
@@ -77,57 +132,110 @@ def run(args: argparse.Namespace) -> int:
         if handle.run_id is not None:
             store.finish_run(handle.run_id, metrics=metrics)
         rows.append((config, metrics))
-
-    print(f"\npasskey retrieval, {args.samples} samples of ~{args.tokens} tokens, bundled model")
-    print(f"{'policy':<20}{'ratio':>7}{'accuracy':>10}{'KV MiB':>9}{'peak MiB':>10}")
+    full = next(m for c, m in rows if not c.compresses)
+    best_c, best_m = max(((c, m) for c, m in rows if c.compresses),
+                         key=lambda cm: (cm[1]["accuracy"], -cm[1]["kv_bytes"]))
+    print(f"[2/{STAGES}] compared {len(rows)} policies on {_n(args.samples, 'passkey sample')} of ~{args.tokens:,} tokens: "
+          f"full cache {full['accuracy']:.0%} at {_mib(full['kv_bytes'])}; best compressed {best_c.policy} "
+          f"{best_c.compression_ratio:g}, {best_m['accuracy']:.0%} at {_mib(best_m['kv_bytes'])}")
+    print(f"      {'policy':<20}{'ratio':>7}{'accuracy':>10}{'KV MiB':>9}{'peak MiB':>10}")
     for config, m in rows:
-        print(f"{config.policy:<20}{config.compression_ratio or 0:>7.2f}{m['accuracy']:>10.0%}"
+        print(f"      {config.policy:<20}{config.compression_ratio or 0:>7.2f}{m['accuracy']:>10.0%}"
               f"{m['kv_bytes'] / 2**20:>9.1f}{m['peak_kv_bytes'] / 2**20:>10.1f}")
-    compressed = [(c, m) for c, m in rows if c.compresses]
-    best_config, best = max(compressed, key=lambda cm: (cm[1]["accuracy"], -cm[1]["kv_bytes"]))
-    source = "demo"
-    tuned = _tune(args, evaluator, store) if args.trials > 0 else None
-    if tuned is not None and (tuned.metrics["accuracy"], -tuned.metrics["kv_bytes"]) >= (
-            best["accuracy"], -best["kv_bytes"]):
-        best_config, best, source = tuned.config, tuned.metrics, f"tuner:demo-passkey/{tuned.number}"
-    version = store.push(args.deployment, best_config, pushed_by="kvpilot demo", source=source)
-    print(f"\npushed {best_config.policy} at ratio {best_config.compression_ratio} ({source}; accuracy "
-          f"{best['accuracy']:.0%}, KV {best['kv_bytes'] / 2**20:.1f} MiB) to deployment '{args.deployment}' "
-          f"as version {version.version}")
-    if args.sessions > 0:
-        _sessions(args, engine, store, best_config)
-    print("next: `kvpilot configs --deployment demo`, `kvpilot dashboard`")
-    return 0
+    return rows
+
+
+def _push(args: argparse.Namespace, store, full: dict, best, source: str):
+    """Stage 4: push the smallest config that answered as well as the full cache, and only such a config.
+    Returns the config the sessions run under (the pushed one, else the full cache)."""
+    from kvpilot.config import KVConfig
+
+    if full["accuracy"] <= 0:
+        print(f"[4/{STAGES}] nothing pushed: the full cache itself answered 0 % at this size, so no config can "
+              "show it keeps what matters (use more --tokens or --samples)")
+        return KVConfig()
+    if best is None:
+        print(f"[4/{STAGES}] nothing pushed: no compressed config matched the full cache's {full['accuracy']:.0%} "
+              "(try more --trials)")
+        return KVConfig()
+    config, m = best
+    version = store.push(args.deployment, config, pushed_by="kvpilot demo", source=source)
+    print(f"[4/{STAGES}] pushed {config.policy} at ratio {config.compression_ratio:g} ({source}) to deployment "
+          f"'{args.deployment}' as version {version.version}: accuracy {m['accuracy']:.0%} >= the full cache's "
+          f"{full['accuracy']:.0%}, KV {_mib(m['kv_bytes'])} instead of {_mib(full['kv_bytes'])}")
+    return config
 
 
 def _sessions(args: argparse.Namespace, engine, store, config) -> None:
-    """A few agent sessions through the session pool with Continuum's TTL, so the Sessions page has data."""
-    from kvpilot.commands.replay import print_replay, run_replay
+    """Stage 5: a few agent sessions through the session pool with Continuum's TTL, so the Sessions page has data."""
+    from kvpilot.commands.replay import run_replay
     from kvpilot.workloads import AgentWorkload, generate_agent_trace
 
     config = config.replace(session_ttl="cdf")
-    print(f"\nagent sessions: {args.sessions} generated programs replayed with a KV time-to-live (Continuum's rule)")
     events = generate_agent_trace(AgentWorkload(n_programs=args.sessions), seed=args.seed)
-    metrics = run_replay(engine, config, events, store=store, deployment=args.deployment, token_scale=0.05,
-                         max_response_tokens=4)
-    print_replay(config, metrics)
+    # the same engine instance as the comparison: one demo process is one engine on the dashboard
+    m = run_replay(engine, config, events, store=store, deployment=args.deployment, token_scale=0.05,
+                   max_response_tokens=4, instance=DEMO_INSTANCE)
+    ratio = "-" if m["hit_ratio"] is None else f"{m['hit_ratio']:.0%}"
+    print(f"[5/{STAGES}] replayed {_n(m['programs'], 'agent session')} ({_n(m['turns'], 'turn')}) under {config.policy} with "
+          f"Continuum's KV time-to-live: hit ratio {ratio}, {m['reprefilled_tokens']:,} tokens prefilled again, "
+          f"mean job time {m['mean_jct_s']:.1f} s (simulated)")
 
 
 def _tune(args: argparse.Namespace, evaluator, store):
-    """A short Optuna study on the same samples: the smallest cache that answers as well as the full one.
-    It lands in the store, so the dashboard's Tuning page has a study to show after the demo."""
+    """Stage 3: a short Optuna study on the same samples, the smallest cache that answers as well as the full
+    one. It lands in the store, so the dashboard's Tuning page has a study to show after the demo."""
     from kvpilot.tuner import Tuner
 
-    print(f"\ntuning: {args.trials} Optuna trials, constraint accuracy>=full, objectives accuracy and KV bytes")
     # the comparison's evaluator (no fidelity reference: the objectives are accuracy and bytes, and the demo
-    # should stay short); a trial identical to a compared config is not run again
-    tuner = Tuner(evaluator, study_name="demo-passkey", store=store, constraints=["accuracy>=full"],
+    # should stay short): the baseline and any trial identical to a config already run are not recomputed
+    tuner = Tuner(evaluator, study_name=_study_name(args), store=store, constraints=["accuracy>=full"],
                   deployment=args.deployment)
     result = tuner.optimize(args.trials)
+    reused = args.trials - result.computed_runs
+    head = (f"[3/{STAGES}] tuned {_n(args.trials, 'Optuna trial')} (constraint accuracy>=full, objectives accuracy and KV "
+            f"bytes; {reused} reused an earlier identical run)")
     if result.best is None:
-        print("tuner: no trial matched the full cache's accuracy")
+        print(f"{head}: no trial matched the full cache's accuracy")
         return None
     m = result.best.metrics
-    print(f"tuner winner (trial {result.best.number}): {result.best.config.policy} at ratio "
-          f"{result.best.config.compression_ratio}, accuracy {m['accuracy']:.0%}, KV {m['kv_bytes'] / 2**20:.1f} MiB")
+    print(f"{head}: winner trial {result.best.number}, {result.best.config.policy} at ratio "
+          f"{result.best.config.compression_ratio:g}, {m['accuracy']:.0%} at {_mib(m['kv_bytes'])}")
     return result.best
+
+
+def _study_name(args: argparse.Namespace) -> str:
+    """One study per sample set: a rerun of the same demo adds trials to it, a different size starts another."""
+    return f"demo-passkey-{args.samples}x{args.tokens}t-seed{args.seed}"
+
+
+def _estimate(args: argparse.Namespace) -> str:
+    """How long the demo should take, said before it starts: the quiet-machine rate scaled by the work asked
+    for and by how busy this machine is now (its load average over its cores)."""
+    import os
+
+    requests = (len(DEFAULT_CONFIGS) + args.trials) * args.samples * args.tokens / 1000 + args.sessions * SESSION_REQUESTS
+    quiet = STARTUP_S + requests * QUIET_REQUEST_S_PER_1K * QUIET_CORES / max(1, min(os.cpu_count() or 1, QUIET_CORES))
+    line = (f"estimate: about {_duration(quiet)} on a quiet 2-core machine for {len(DEFAULT_CONFIGS)} policies and "
+            f"{_n(args.trials, 'tuning trial')} on {_n(args.samples, 'sample')} of ~{args.tokens:,} tokens, then "
+            f"{_n(args.sessions, 'agent session')}")
+    try:
+        load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:  # no load average on this platform
+        return line
+    if load > 1.2:
+        line += f"; this machine is busy (load {load:.1f} per core), so expect up to {_duration(quiet * load)}"
+    return line
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    return f"{seconds:.0f} s" if seconds < 90 else f"{int(seconds // 60)} min {int(seconds % 60):02d} s"

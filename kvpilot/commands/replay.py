@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(--programs N): each turn runs on the real engine, one at a time; the agent's tools run for the "
         "trace's durations on a simulated clock; between turns the session's cache is pinned for the TTL "
         "that --ttl chooses. Reports hits, misses, re-prefilled tokens, pinned memory-time and job "
-        "completion times; with --db the pool's events go to the store (the dashboard's Sessions page).",
+        "completion times; the pool's events and the run's metrics go to the store (--db, else the default store; "
+        "the dashboard's Sessions page) unless --no-db.",
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--trace", metavar="FILE", help="agent trace JSONL")
@@ -35,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--token-scale", type=float, default=None,
                    help="shrink prompts and tool outputs by this factor (default 1 for --trace, 0.1 generated)")
     p.add_argument("--max-response-tokens", type=int, default=8, help="cap on a turn's answer (default 8)")
-    p.add_argument("--db", default=None, help="store URL: record the pool's events there")
+    p.add_argument("--db", default=None, metavar="URL",
+                   help="store URL (default: $KVPILOT_DB, else the SQLite file in $KVPILOT_HOME)")
+    p.add_argument("--no-db", action="store_true", help="do not record the replay in a store")
     p.add_argument("--deployment", default="replay", help="deployment the events are recorded under")
     p.add_argument("--model", default=None, metavar="PATH", help="local HF model directory (default: bundled)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
@@ -92,24 +95,38 @@ def _replay(args: argparse.Namespace) -> int:
         raise KVPilotError(f"--max-response-tokens must be at least 1, got {args.max_response_tokens}")
 
     from kvpilot.engine import Engine
+    from kvpilot.storage import Store
 
+    store = None if args.no_db else Store.open(args.db)  # before the model loads: a bad URL fails in a second
     engine = Engine.load(args.model)
     t0 = time.perf_counter()
-    scale = args.token_scale if args.token_scale is not None else (1.0 if args.trace else 0.1)
-    metrics = run_replay(engine, config, events, store=args.db, deployment=args.deployment, capacity_bytes=capacity,
-                         token_scale=scale, max_response_tokens=args.max_response_tokens, progress=not args.quiet)
+    try:
+        metrics = _run(args, engine, config, events, store, capacity)
+    finally:
+        if store is not None:
+            store.close()
     if args.json:
         print(json.dumps({"config": config.to_dict(), **metrics}, sort_keys=True))
     else:
         print_replay(config, metrics)
+        if store is not None:
+            print(f"recorded in {store.url} under deployment '{args.deployment}'")
         print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 
 
+def _run(args: argparse.Namespace, engine, config, events, store, capacity: int | None) -> dict:
+    scale = args.token_scale if args.token_scale is not None else (1.0 if args.trace else 0.1)
+    return run_replay(engine, config, events, store=store, deployment=args.deployment, capacity_bytes=capacity,
+                      token_scale=scale, max_response_tokens=args.max_response_tokens, progress=not args.quiet)
+
+
 def run_replay(engine, config, events, *, store=None, deployment: str = "replay", capacity_bytes: int | None = None,
-               token_scale: float = 1.0, max_response_tokens: int = 8, progress: bool = True) -> dict:
+               token_scale: float = 1.0, max_response_tokens: int = 8, progress: bool = True,
+               instance: str | None = None) -> dict:
     """Replay `events` under `config`; with a store (URL or Store) the pool's events and the run's metrics
-    are recorded there under `deployment`. Returns the replay's metrics."""
+    are recorded there under `deployment`, as engine `instance` (default: a name for this process).
+    Returns the replay's metrics."""
     from tqdm import tqdm
 
     from kvpilot.evaluation.replay import Replay
@@ -118,7 +135,7 @@ def run_replay(engine, config, events, *, store=None, deployment: str = "replay"
     if store is not None:
         from kvpilot.attach import attach
 
-        handle = attach(engine, store=store, deployment=deployment, probes=[], otel=False, watch=False,
+        handle = attach(engine, store=store, deployment=deployment, probes=[], otel=False, watch=False, instance=instance,
                         run_kind="eval", run_name=f"replay {config.policy} ttl={config.session_ttl}")
     bar = tqdm(total=len(events), desc="turns", unit="turn", disable=not progress)
     try:

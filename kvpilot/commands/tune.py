@@ -70,6 +70,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_tune)
 
 
+def space_json(space: dict) -> str:
+    """A search space as JSON for `--space` with one field per line: a range such as [0.5, 0.9, 0.05] stays on
+    one line instead of spreading over three like a list of choices (stderr says which fields are ranges)."""
+    lines = ["{"]
+    items = list(space.items())
+    for n, (key, value) in enumerate(items):
+        comma = "," if n < len(items) - 1 else ""
+        if isinstance(value, dict) and value:
+            inner = ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in value.items())
+            lines.append(f"  {json.dumps(key)}: {{\n{inner}\n  }}{comma}")
+        else:
+            lines.append(f"  {json.dumps(key)}: {json.dumps(value)}{comma}")
+    lines.append("}")
+    return "\n".join(lines)
+
+
 def _tune(args: argparse.Namespace) -> int:
     from kvpilot.tuner import Constraint, SearchSpace, Tuner
     from kvpilot.tuner.objectives import DEFAULT_OBJECTIVES, objective
@@ -79,7 +95,10 @@ def _tune(args: argparse.Namespace) -> int:
 
         return tune_vllm(args)
     if args.show_space:
-        print(json.dumps(SearchSpace().to_dict(), indent=2))
+        print(space_json(SearchSpace().to_dict()))
+        print("ranges: compression_ratio is [low, high, step] and each params entry [low, high] (numbers drawn "
+              "between them); every other list is the set of choices. Save it, edit, then --space FILE.",
+              file=sys.stderr)
         return 0
     if args.workload is None:
         raise KVPilotError("--workload is required (e.g. --workload passkey, or agents)")

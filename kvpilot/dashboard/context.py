@@ -20,8 +20,8 @@ import streamlit as st
 from sqlalchemy.exc import DBAPIError
 
 from kvpilot.config import KVConfigError
-from kvpilot.dashboard import READ_ONLY_ENV
-from kvpilot.storage import RunSummary, Scope, Store, StoreError
+from kvpilot.dashboard import READ_ONLY_ENV, fmt
+from kvpilot.storage import DeploymentInfo, InstanceInfo, RunSummary, Scope, Store, StoreError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -31,7 +31,13 @@ WINDOW_LABELS = {"5m": "last 5 min", "15m": "last 15 min", "1h": "last hour", "6
                  "24h": "last 24 hours", "7d": "last 7 days"}
 REFRESH = {"off": None, "2s": 2, "5s": 5, "10s": 10, "30s": 30}
 CACHE_TTL_S = 2
-FILL_HINT = "`kvpilot demo` (runs the bundled model under the probes and records into this store)"
+
+
+def fill_hint() -> str:
+    """The command that fills the store this dashboard has open (not necessarily the default one)."""
+    url = settings().url
+    target = f" --db '{url}'" if url else ""
+    return f"`kvpilot demo{target}` (runs the bundled model under the probes and records into this store)"
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,10 @@ def sidebar() -> None:
         st.sidebar.info("Read-only view: push, rollback and promote are hidden.")
     deployments = [d.name for d in query(Store.deployments)]
     if deployments:
-        st.sidebar.selectbox("Deployment", deployments, key="deployment", bind="query-params")
+        if st.session_state.get("deployment") not in deployments and st.query_params.get("deployment") not in deployments:
+            st.session_state["deployment"] = default_deployment()
+        st.sidebar.selectbox("Deployment", deployments, key="deployment", bind="query-params",
+                             help="opens on the deployment whose engines reported last")
         dep = st.session_state.get("deployment")
         insts = query(Store.instances, dep) if dep else []
         labels = {i.id: f"{i.name} ({'alive' if i.alive else 'stale'})" for i in insts}
@@ -132,13 +141,42 @@ def current() -> Ctx:
     deployments = [d.name for d in query(Store.deployments)]
     dep = st.session_state.get("deployment")
     if dep not in deployments:
-        dep = deployments[0] if deployments else None
+        dep = default_deployment() if deployments else None
     inst = st.session_state.get("instance")
     if inst is not None and (dep is None or inst not in {i.id for i in query(Store.instances, dep)}):
         inst = None
     window = WINDOWS.get(st.session_state.get("window") or "1h", 3600)
     refresh = REFRESH.get(st.session_state.get("refresh") or "5s", 5)
     return Ctx(Scope(dep, inst, float(window), now()), refresh, s.read_only, query(Store.is_empty), store().url)
+
+
+def default_deployment() -> str | None:
+    """The deployment the dashboard opens on: the one with the most recent data (see `most_recent`)."""
+    deployments = query(Store.deployments)
+    newest: dict[str, float] = {}
+    for d in deployments:
+        everything = Scope(d.name, window_s=None)
+        stamps = [s.ts for s in query(Store.layer_stats_latest, everything, level="layer")]
+        stamps += [e.ts for e in query(Store.events, everything, limit=1)]
+        if stamps:
+            newest[d.name] = max(stamps)
+    return most_recent(deployments, query(Store.instances), newest)
+
+
+def most_recent(deployments: list[DeploymentInfo], instances: list[InstanceInfo],
+                newest_data: dict[str, float]) -> str | None:
+    """The deployment with the newest sample (layer statistics or cache events); among deployments without
+    samples, the one whose engine reported last; a deployment with only pushed configs comes last, so
+    `tune --push chat` does not open the dashboard on an empty page."""
+    beats: dict[str, float] = {}
+    for i in instances:
+        beats[i.deployment] = max(beats.get(i.deployment, 0.0), i.last_heartbeat)
+
+    def rank(d: DeploymentInfo) -> tuple[bool, float, bool, float]:
+        return (d.name in newest_data, newest_data.get(d.name, 0.0), d.name in beats, beats.get(d.name, d.created_at))
+
+    ranked = sorted(deployments, key=rank, reverse=True)
+    return ranked[0].name if ranked else None
 
 
 def now() -> float:
@@ -161,11 +199,11 @@ def live(name: str, ctx: Ctx, body: Callable[[Ctx], None]) -> None:
 # ----- messages, errors and confirmed actions -------------------------------------------------------
 
 
-def empty_notice(ctx: Ctx, what: str, command: str = FILL_HINT) -> bool:
+def empty_notice(ctx: Ctx, what: str, command: str | None = None) -> bool:
     """Guidance when the whole store is empty; returns True so the page can stop."""
     if ctx.empty:
         st.info(f"The store `{ctx.url}` is empty: no deployments and no samples yet, so there are no {what}. "
-                f"Fill it with {command}, or point the dashboard at another database with "
+                f"Fill it with {command or fill_hint()}, or point the dashboard at another database with "
                 "`kvpilot dashboard --db URL`.")
         return True
     return False
@@ -177,10 +215,10 @@ def guard() -> Iterator[None]:
     try:
         yield
     except (StoreError, KVConfigError) as exc:
-        st.error(str(exc))
+        st.error(fmt.md(exc))
     except DBAPIError as exc:
         detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
-        st.error(f"database error on `{store().url}`: {detail}")
+        st.error(f"database error on `{store().url}`: {fmt.md(detail)}")
 
 
 def flash() -> None:
@@ -201,7 +239,7 @@ def confirm(key: str, label: str, question: str, action: Callable[[], str], *, d
             try:
                 st.session_state["_flash"] = ("ok", action())
             except (StoreError, KVConfigError, DBAPIError) as exc:
-                st.session_state["_flash"] = ("error", str(exc))
+                st.session_state["_flash"] = ("error", fmt.md(exc))
             st.cache_data.clear()
             st.rerun()
         if no.button("Cancel", key=f"{key}:no"):
@@ -213,7 +251,7 @@ def confirm(key: str, label: str, question: str, action: Callable[[], str], *, d
 
 
 def when(ts: float | None) -> str:
-    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    return fmt.when(ts)
 
 
 def ago(ts: float | None) -> str:
@@ -224,20 +262,19 @@ def ago(ts: float | None) -> str:
 
 
 def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    return fmt.human_bytes(n)
+
+
+def table(d: dict[str, Any] | None, key: str) -> None:
+    """A nested dict (metrics, a config, params) as a two-column table with units, instead of raw JSON."""
+    st.dataframe(fmt.rows(d), hide_index=True, key=key, width="stretch")
 
 
 def run_metrics(summary: RunSummary) -> None:
     """The five numbers every run shows (Runs and Tuning pages): requests, latency, peak KV, evictions."""
     cols = st.columns(5)
     cols[0].metric("Requests", f"{summary.requests:,}")
-    cols[1].metric("Mean TTFT", "-" if summary.ttft_mean is None else f"{summary.ttft_mean * 1000:.1f} ms")
-    cols[2].metric("Mean TPOT", "-" if summary.tpot_mean is None else f"{summary.tpot_mean * 1000:.1f} ms")
+    cols[1].metric("Mean TTFT", fmt.duration(summary.ttft_mean))
+    cols[2].metric("Mean TPOT", fmt.duration(summary.tpot_mean))
     cols[3].metric("Peak KV", human_bytes(summary.kv_bytes_peak))
     cols[4].metric("Evictions", f"{summary.events.get('evict', 0):,}")

@@ -17,7 +17,9 @@ import optuna
 
 from kvpilot.storage import ConfigVersionInfo, RunSummary, Store
 from kvpilot.tuner.storage import has_studies_tables, open_storage  # noqa: F401 (read by the pages as tuning.*)
-from kvpilot.tuner.study import CONFIG_ATTR, trial_config
+from kvpilot.tuner.study import BASELINE_ATTR, CONFIG_ATTR, trial_config
+
+SHARES = ("accuracy", "top1_agreement", "hit_ratio", "compression_ratio")  # fractions: shown as percentages
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,37 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
         row["has_config"] = CONFIG_ATTR in t.user_attrs
         rows.append(row)
     return rows
+
+
+def unit_of(objective: str) -> str:
+    """How an objective is shown: "MiB" for bytes, "%" for shares, "ms" for latencies, "" otherwise."""
+    if objective.endswith("bytes"):
+        return "MiB"
+    if objective in SHARES or objective.endswith("accuracy"):
+        return "%"
+    if objective in ("ttft_s", "tpot_s"):
+        return "ms"
+    return ""
+
+
+def shown(objective: str, value: float | None) -> float | None:
+    """An objective's value in the unit `unit_of` names (percentages stay fractions: the axis formats them)."""
+    if value is None:
+        return None
+    unit = unit_of(objective)
+    return value / 2**20 if unit == "MiB" else value * 1000 if unit == "ms" else value
+
+
+def column(objective: str) -> str:
+    """An objective's column title with its unit."""
+    unit = unit_of(objective)
+    return f"{objective} (MiB)" if unit == "MiB" else f"{objective} (ms)" if unit == "ms" else objective
+
+
+def baseline(study: optuna.Study) -> dict[str, Any] | None:
+    """The full cache's metrics on the study's samples, as the tuner stored them, or None."""
+    stored = study.user_attrs.get(BASELINE_ATTR)
+    return stored if isinstance(stored, dict) else None
 
 
 def importances(study: optuna.Study, objective: int = 0) -> dict[str, float]:

@@ -1,9 +1,11 @@
 """Drive the real dashboard in headless Debian chromium with Playwright: serve it with `kvpilot dashboard` on a
-free port, open every page, check its key elements and save screenshots.
+free port, open every page at 1440x900, check its key elements and that none of the on-call faults shows
+(an exception, a raw JSON tree, a link made from stored text), and save screenshots.
 
-Used by test_browser.py, and as a script that regenerates the README's screenshot on a seeded store:
+Used by test_browser.py, and as a script that regenerates docs/dashboard-*.png from the store `kvpilot demo`
+filled (or, without --db, from the seeded test store):
 
-    python -m tests.dashboard.browser --out docs/dashboard-overview.png [--pages-dir /tmp/shots]
+    kvpilot demo --db /tmp/demo.db && python -m tests.dashboard.browser --db /tmp/demo.db --out docs
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
+VIEWPORT = {"width": 1440, "height": 900}
+MAX_HEIGHT = 3200  # a full-page screenshot stops here
 # page url path -> texts that must appear once it has rendered (from tests/dashboard/seed.py)
 PAGES = {
-    "": ["Overview", "Engines alive", "2 / 3", "Memory pressure", "Config in force on chat: v2"],
+    "": ["Overview", "Engines alive", "2 / 3", "Memory pressure", "Active config of chat: v2"],
     "runs": ["Runs", "of the newest", "Run #", "Mean TTFT"],
     "layers": ["Layers", "Sensitivity profile", "Budgets per layer under the active config"],
     "sessions": ["Sessions", "Hit ratio", "75.0%"],
@@ -39,6 +43,16 @@ PAGES = {
     "configs": ["Configs", "Versions of chat", "rejected v3"],
 }
 CHART_PAGES = {"", "layers", "sessions", "events", "tuning"}
+# what every page of a store filled by `kvpilot demo` shows (the titles and the panels with the demo's data)
+DEMO_PAGES = {
+    "": ["Overview", "Engines alive", "0 / 1", "Active config of demo", "TTFT over time (ms)"],
+    "runs": ["Runs", "of the newest", "Run #"],
+    "layers": ["Layers", "layer x query head", "Budgets per layer under the active config"],
+    "sessions": ["Sessions", "Hit ratio", "Peak pool"],
+    "events": ["Events", "Latest", "Config changes"],
+    "tuning": ["Tuning", "Pareto front", "full cache", "Parameter importances"],
+    "configs": ["Configs", "Versions of demo", "Active: v1"],
+}
 
 
 def free_port() -> int:
@@ -107,8 +121,22 @@ def keep_alive(db_url: str, instance_ids: list[int], every_s: float = 5.0) -> It
         thread.join(10)
 
 
-def shoot(base: str, out_dir: Path, *, timeout_ms: int = 60_000) -> dict[str, Path]:
-    """Open every page, wait for its key texts (and charts), save a full-page screenshot of each."""
+def faults(page) -> list[str]:
+    """What someone on call must never see on a rendered page."""
+    found = []
+    if page.locator('[data-testid="stException"]').count():
+        found.append("an exception: " + page.locator('[data-testid="stException"]').first.inner_text()[:300])
+    if page.locator('[data-testid="stJson"]').count():
+        found.append("a raw JSON tree where a table belongs")
+    links = page.locator('[data-testid="stMain"] [data-testid="stMarkdownContainer"] a[href^="http"]')
+    if links.count():
+        found.append(f"a link in page text: {links.first.get_attribute('href')}")
+    return found
+
+
+def shoot(base: str, out_dir: Path, *, pages: dict[str, list[str]] = PAGES, timeout_ms: int = 120_000) -> dict[str, Path]:
+    """Open every page at 1440x900, wait for its key texts (and charts), check it shows no fault, and save a
+    screenshot of the whole page at that width (palette PNG, so the docs stay small)."""
     from playwright.sync_api import sync_playwright
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,48 +144,81 @@ def shoot(base: str, out_dir: Path, *, timeout_ms: int = 60_000) -> dict[str, Pa
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page = browser.new_page(viewport=VIEWPORT)
             page.set_default_timeout(timeout_ms)
-            for path, texts in PAGES.items():
-                page.goto(f"{base}/{path}")
-                page.wait_for_selector('[data-testid="stSidebarNav"]')
-                for text in texts:
-                    page.get_by_text(text, exact=False).first.wait_for(state="visible")
-                if path in CHART_PAGES:
-                    page.wait_for_selector('[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg')
-                if page.locator('[data-testid="stException"]').count():
-                    raise AssertionError(f"page /{path} shows an exception: "
-                                         f"{page.locator('[data-testid=stException]').first.inner_text()}")
-                page.wait_for_timeout(800)  # let charts finish their first paint
-                # Streamlit scrolls inside its main container, so grow the viewport to the content instead.
-                height = page.evaluate("document.querySelector('[data-testid=stMain]')?.scrollHeight || 1000")
-                page.set_viewport_size({"width": 1440, "height": min(max(int(height), 1000), 4000)})
-                page.wait_for_timeout(500)
-                shots[path or "overview"] = out_dir / f"dashboard-{path or 'overview'}.png"
-                page.screenshot(path=str(shots[path or "overview"]))
-                page.set_viewport_size({"width": 1440, "height": 1000})
+            for path, texts in pages.items():
+                try:
+                    shots[path or "overview"] = _one_page(page, base, path, texts, out_dir)
+                except Exception:
+                    page.screenshot(path=str(out_dir / f"failed-{path or 'overview'}.png"))
+                    raise
         finally:
             browser.close()
     return shots
 
 
+def _one_page(page, base: str, path: str, texts: list[str], out_dir: Path) -> Path:
+    """Open one page, check it and save its screenshot; returns the PNG's path."""
+    page.goto(f"{base}/{path}")
+    page.wait_for_selector('[data-testid="stSidebarNav"]')
+    page.get_by_text(texts[0], exact=False).first.wait_for(state="visible")
+    if path in CHART_PAGES:
+        page.wait_for_selector('[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg')
+    # Streamlit scrolls inside its main container and draws charts as they come into view, so the
+    # viewport (1440 wide, 900 high at first) grows to the content before anything further down is read
+    for _ in range(2):
+        page.wait_for_timeout(800)
+        height = page.evaluate("document.querySelector('[data-testid=stMain]')?.scrollHeight || 900")
+        page.set_viewport_size({"width": VIEWPORT["width"],
+                                "height": min(max(int(height), VIEWPORT["height"]), MAX_HEIGHT)})
+    for text in texts:
+        page.get_by_text(text, exact=False).first.wait_for(state="visible")
+    page.wait_for_timeout(800)  # let charts finish their first paint
+    page.wait_for_selector('[data-testid="stSpinner"]', state="detached")  # e.g. "Computing importances..."
+    problems = faults(page)
+    if problems:
+        raise AssertionError(f"page /{path}: " + "; ".join(problems))
+    shot = out_dir / f"dashboard-{path or 'overview'}.png"
+    page.screenshot(path=str(shot))
+    _shrink(shot)
+    page.set_viewport_size(VIEWPORT)
+    return shot
+
+
+def _shrink(path: Path) -> None:
+    """Re-save a screenshot as a 256-colour PNG (a third of the size; dashboards have few colours)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        small = img.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="docs/dashboard-overview.png", help="where the Overview screenshot goes")
-    ap.add_argument("--pages-dir", default=None, help="keep every page's screenshot here too")
+    ap.add_argument("--db", default=None, help="a store filled by `kvpilot demo` (default: a seeded test store)")
+    ap.add_argument("--out", default="docs", help="folder for dashboard-<page>.png (default docs)")
     args = ap.parse_args()
     from kvpilot.storage import Store
     from tests.dashboard.seed import seed
 
+    out = Path(args.out)
     with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{Path(tmp) / 'kvpilot.db'}"
-        with Store.open(url) as store:
-            seeded = seed(store, url)
-        with keep_alive(url, [seeded.engine0, seeded.engine_staging]), serve(url, free_port()) as base:
-            shots = shoot(base, Path(args.pages_dir or tmp) / "shots")
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shots["overview"], args.out)
-    print(f"wrote {args.out}" + (f" and every page to {args.pages_dir}/shots" if args.pages_dir else ""))
+        if args.db:
+            url = args.db if "://" in args.db else f"sqlite:///{Path(args.db).resolve()}"
+            # the demo's engine is gone once the demo ends: the pages show it stale, as a newcomer sees them
+            alive, pages = [], DEMO_PAGES
+        else:
+            url = f"sqlite:///{Path(tmp) / 'kvpilot.db'}"
+            with Store.open(url) as store:
+                seeded = seed(store, url)
+            alive, pages = [seeded.engine0, seeded.engine_staging], PAGES
+        with keep_alive(url, alive), serve(url, free_port()) as base:
+            shots = shoot(base, Path(tmp) / "shots", pages=pages)
+        out.mkdir(parents=True, exist_ok=True)
+        for shot in shots.values():
+            shutil.copyfile(shot, out / shot.name)
+    print(f"wrote {', '.join(str(out / s.name) for s in shots.values())}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import streamlit as st
 
 from kvpilot.config import KVConfig
 from tests.dashboard import seed as S
@@ -47,10 +48,47 @@ def test_overview_matches_store(app, store, seeded, db_url):
     table = frame(at, "instance", "status")
     assert dict(zip(table["instance"], table["status"], strict=True)) == {
         "engine-0": "alive", "engine-1": "stale", "engine-s": "alive"}
-    assert "Config in force on chat: v2" in texts(at)
+    assert "Active config of chat: v2" in texts(at)
+    # what each engine reports, in words: applied version, whether it is the active one, or "not reported"
+    applied = dict(zip(table["instance"], table["config applied"], strict=True))
+    current = dict(zip(table["instance"], table["runs the active config"], strict=True))
+    assert applied == {"engine-0": "v2", "engine-1": "v1", "engine-s": "not reported"}
+    assert current == {"engine-0": "yes", "engine-1": "no (active is v2)", "engine-s": "unknown"}
     drawn = charts(at)
-    assert {"Request rate", "Latency over time", "Memory pressure", "TTFT distribution", "TPOT distribution"} <= set(drawn)
+    assert {"Request rate", "TTFT over time (ms)", "TPOT over time (ms)", "Memory pressure (MiB)",
+            "TTFT distribution", "TPOT distribution"} <= set(drawn)
     assert drawn["TTFT distribution"]["requests"].sum() == S.REQUESTS
+    # TTFT and TPOT each on their own axis, in milliseconds
+    assert set(drawn["TTFT over time (ms)"]["series"]) == {"TTFT mean", "TTFT max"}
+    assert set(drawn["TPOT over time (ms)"]["series"]) == {"TPOT mean"}
+    assert drawn["TPOT over time (ms)"]["value"].max() == pytest.approx(1000 * (0.02 + 0.0001 * (S.REQUESTS - 1)), rel=0.05)
+    memory = drawn["Memory pressure (MiB)"]
+    assert memory[memory.series == "engine-0: KV logical"]["value"].max() == pytest.approx(100.0)
+
+
+def test_overview_opens_on_the_deployment_with_the_newest_data(app, store, seeded, db_url):
+    store.push("aaa-no-data", {"policy": "snapkv", "compression_ratio": 0.5})  # newest, alphabetically first
+    at = app(db_url)
+    assert metrics(at)["Active config of chat"] == "v2"
+    store.heartbeat(seeded.engine_staging, ts=seeded.now + 60)  # a heartbeat is not data
+    st.cache_data.clear()
+    assert metrics(app(db_url))["Active config of chat"] == "v2"
+    store.add_events([{"ts": seeded.now + 5, "kind": "evict", "count": 3}], instance_id=seeded.engine_staging)
+    st.cache_data.clear()
+    assert metrics(app(db_url))["Active config of staging"] == "-"  # staging has the newest sample now
+
+
+def test_stored_text_never_renders_as_markdown(app, store, seeded, db_url):
+    evil = "[click me](https://evil.example) **bold** <b>x</b>"
+    store.push(S.DEPLOYMENT, {"policy": "tova", "compression_ratio": 0.5}, pushed_by=evil, source=evil)
+    inst = store.register_instance(S.DEPLOYMENT, "engine-x")
+    store.ack(inst.id, 4, "rejected", evil)
+    at = app(db_url)
+    shown = texts(at)
+    assert "\\[click me\\]\\(https\\:" in shown and "[click me](" not in shown
+    open_page(at, "configs")
+    errors = [e.value for e in at.error]
+    assert any("\\[click me\\]" in e and "\\*\\*bold\\*\\*" in e and "\\<b\\>" in e for e in errors), errors
 
 
 def test_overview_scope_follows_sidebar(app, seeded, db_url):
@@ -67,7 +105,7 @@ def test_overview_scope_follows_sidebar(app, seeded, db_url):
 def test_layers_heatmap_profile_and_budgets(app, store, seeded, db_url):
     at = open_page(app(db_url), "layers")
     drawn = charts(at)
-    cells = drawn["entropy: layer x KV head (window mean)"]
+    cells = drawn["entropy: layer x query head (window mean)"]
     assert len(cells) == S.LAYERS * S.HEADS
     for row in cells.itertuples():
         assert row.entropy == pytest.approx(S.entropy(row.layer, row[2]))
@@ -80,7 +118,9 @@ def test_layers_heatmap_profile_and_budgets(app, store, seeded, db_url):
     expected = layer_budgets(store.active_version(S.DEPLOYMENT).config(), S.LAYERS, 2048)
     assert drawn["budget per layer at 2,048 tokens seen"]["tokens kept"].tolist() == expected
     at.selectbox(key="layer_metric").set_value("gini").run()
-    assert "gini: layer x KV head (window mean)" in charts(at)
+    assert "gini: layer x query head (window mean)" in charts(at)
+    at.selectbox(key="layer_metric").set_value("entropy").run()
+    assert "normalised attention entropy, 0 to 1" in texts(at) and "nats" not in texts(at)
 
 
 def test_sessions_counts_match_events(app, store, seeded, db_url):
@@ -90,23 +130,45 @@ def test_sessions_counts_match_events(app, store, seeded, db_url):
     for b in store.event_series(deployment=S.DEPLOYMENT, last_s=3600, kinds=["ttl_pin", "hit", "miss", "expire"]):
         totals[b.kind] = totals.get(b.kind, 0) + b.count
     assert m["Pinned"] == str(totals["ttl_pin"]) == "10"
-    assert m["TTL hits"] == str(totals["hit"]) and m["TTL misses"] == str(totals["miss"])
+    assert m["TTL hits / misses"] == f"{totals['hit']} / {totals['miss']}"
     assert m["Hit ratio"] == f"{totals['hit'] / (totals['hit'] + totals['miss']):.1%}" == "75.0%"
     assert m["Expiries"] == "4"
-    assert m["Pinned bytes"] == "20.0 MiB"
-    assert "Pool occupancy (bytes)" in charts(at)
+    # one number for pinned memory: the tile is the top of the chart's pinned line, in MiB
+    pool = charts(at)["Pool occupancy (MiB)"]
+    assert m["Peak pinned"] == f"{pool[pool.series == 'pinned']['value'].max():.1f} MiB" == "6.0 MiB"
+    assert m["Peak pool"] == f"{pool[pool.series == 'pool']['value'].max():.1f} MiB" == "12.0 MiB"
+
+
+def test_sessions_zoom_to_a_short_replay(app, store, db_url):
+    inst = store.register_instance("replay", "r")
+    t0 = store_now = __import__("time").time() - 100
+    store.add_events([{"ts": t0 + 2 * j, "kind": "ttl_pin" if j % 2 else "hit", "count": 1, "bytes": 2**20,
+                       "detail": {"pool_sessions": 1, "pool_bytes": 2**21, "pinned_bytes": 2**20}}
+                      for j in range(15)], instance_id=inst.id)
+    assert store_now
+    at = open_page(app(db_url), "sessions")
+    assert "Charts zoomed to the session events'" in texts(at)
+    assert len(charts(at)["Pins, hits, misses, expiries"]) >= 10  # a line, not one or two points
 
 
 def test_events_filter_and_config_changes(app, seeded, db_url):
     at = open_page(app(db_url), "events")
-    totals = frame(at, "kind", "events", "count")
-    assert dict(zip(totals["kind"], totals["count"], strict=True)) == {k: n * c for k, (n, c, _) in S.EVENTS.items()}
-    assert len(frame(at, "kind", "detail")) == 100  # newest 100 of 102
+    totals = frame(at, "kind", "events", "items counted")
+    counted = {k: n * c for k, (n, c, _) in S.EVENTS.items()}
+    shown = dict(zip(totals["kind"], totals["items counted"], strict=True))
+    # a count is shown only where it says more than the number of events
+    assert {k: v for k, v in shown.items() if v} == {k: f"{v:,}" for k, v in counted.items() if v != S.EVENTS[k][0]}
+    assert dict(zip(totals["kind"], totals["bytes"], strict=True))["ttl_pin"] == "20.0 MiB"
+    latest = frame(at, "kind", "detail")
+    assert len(latest) == 100  # newest 100 of 102
+    assert "None" not in set(latest["layer"]) and "" in set(latest["layer"])
+    assert all("{" not in d for d in latest["detail"])  # key value pairs, not a JSON dump
+    assert any("pool_bytes " in d and "MiB" in d for d in latest["detail"])
     changes = frame(at, "what", "version")
     assert {"push", "rollback", "applied", "rejected"} <= set(changes["what"])
     assert S.REJECT_REASON in set(changes["reason"])
     at.multiselect(key="event_kinds").set_value(["evict", "error"]).run()
-    totals = frame(at, "kind", "events", "count")
+    totals = frame(at, "kind", "events")
     assert set(totals["kind"]) == {"evict", "error"}
     latest = frame(at, "kind", "detail")
     assert len(latest) == S.EVENTS["evict"][0] + 1
@@ -122,6 +184,12 @@ def test_tuning_front_trials_and_promote(app, store, seeded, db_url):
     front = charts(at)
     assert any("trial" in df.columns and len(df) == len(S.TRIALS) for df in front.values())
     assert "importance for kv_mib" in charts(at)
+    assert "No full-cache reference point" not in texts(at)  # the full cache is drawn beside the trials
+    assert "Objectives: kv_mib (minimised), accuracy (maximised)" in texts(at)
+    # the trial's objectives, params and config are tables with units, not JSON trees
+    assert not at.json
+    objectives = frame(at, "field", "value")
+    assert set(objectives["field"]) >= {"kv_mib", "accuracy"}
     at.selectbox(key="trial").set_value(1).run()  # trial 1 has a tuning_trial run with 5 requests
     assert metrics(at)["Requests"] == "5"
     at.selectbox(key="trial").set_value(2).run()
@@ -144,6 +212,7 @@ def test_configs_history_diff_rollback_push(app, store, seeded, db_url):
     assert any(S.REJECT_REASON in e.value for e in at.error)
     diff = frame(at, "field", "v1", "v2")
     assert set(diff["field"]) == {c.field for c in store.diff(S.DEPLOYMENT, 1, 2)}
+    assert not at.json
     at.button(key="rollback").click().run()
     assert "from v2 to v1" in at.warning[0].value
     at.button(key="rollback:no").click().run()

@@ -28,9 +28,12 @@ def test_an_eval_run_is_listed(app, store, db_url):
     [row] = table.to_dict("records")
     assert (row["id"], row["kind"], row["status"], row["name"]) == (run, "eval", "completed", "passkey snapkv-0.75")
     assert row["config"] == "snapkv-0.75"
-    assert row["accuracy"] == EVAL_METRICS["accuracy"] and row["kv_bytes"] == EVAL_METRICS["kv_bytes"]
+    # shares stay fractions (the column shows them as percentages), bytes become MiB
+    assert row["accuracy"] == EVAL_METRICS["accuracy"] and row["kv_bytes (MiB)"] == EVAL_METRICS["kv_bytes"] / 2**20
     assert row["compression_ratio"] == EVAL_METRICS["compression_ratio"]
     assert "passkey" in texts(at) and metrics(at)["Requests"] == "0"
+    shown = dict(zip(frame(at, "field", "value")["field"], frame(at, "field", "value")["value"], strict=True))
+    assert shown["accuracy"] == "87.5 %" and shown["kv_bytes"] == "3.0 MiB"  # the run's metrics as a table
 
 
 def test_runs_of_every_kind_filtered_by_kind(app, store, seeded, db_url):

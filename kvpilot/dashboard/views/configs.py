@@ -11,6 +11,7 @@ import streamlit as st
 
 from kvpilot.config import KVConfig, KVConfigError
 from kvpilot.dashboard import context as C
+from kvpilot.dashboard import fmt
 from kvpilot.storage import Activation, ConfigVersionInfo, Store
 from kvpilot.vllm_config import VLLMConfig, is_vllm_document
 
@@ -22,13 +23,13 @@ def render() -> None:
     with C.guard():
         if ctx.deployment is None:
             st.info("No deployment has a config yet. Push one with `kvpilot push -d NAME -c config.json`, promote a "
-                    f"trial on the Tuning page, or run {C.FILL_HINT}.")
+                    f"trial on the Tuning page, or run {C.fill_hint()}.")
             if not ctx.read_only:
                 _push(None, None)
             return
         versions: list[ConfigVersionInfo] = C.query(Store.list_versions, ctx.deployment)
         if not versions:
-            st.info(f"{ctx.deployment} has no config version yet: `kvpilot push -d {ctx.deployment} -c config.json`.")
+            st.info(f"{fmt.md(ctx.dep)} has no config version yet: {fmt.code(f'kvpilot push -d {ctx.dep} -c config.json')}.")
             if not ctx.read_only:
                 _push(ctx.deployment, None)
             return
@@ -54,15 +55,15 @@ def render() -> None:
 def _rejections(ctx: C.Ctx, acks: list, active: ConfigVersionInfo | None) -> None:
     rejected = [a for a in acks if a.status == "rejected"]
     for a in rejected[:5]:
-        st.error(f"{a.instance} rejected v{a.version} ({C.ago(a.ts)}): {a.reason or 'no reason given'}")
+        st.error(f"{fmt.md(a.instance)} rejected v{a.version} ({C.ago(a.ts)}): {fmt.md(a.reason or 'no reason given')}")
     if active is not None:
         applied = {a.instance for a in acks if a.version == active.version and a.status == "applied"}
         st.markdown(f"**Active: v{active.version}**, applied by {len(applied)} engine(s)"
-                    + (f": {', '.join(sorted(applied))}" if applied else "") + ".")
+                    + (f": {fmt.md(', '.join(sorted(applied)))}" if applied else "") + ".")
 
 
 def _history(versions: list[ConfigVersionInfo], acks: list) -> None:
-    st.subheader(f"Versions of {versions[0].deployment}")
+    st.subheader(f"Versions of {fmt.md(versions[0].deployment)}")
     tally = Counter((a.version, a.status) for a in acks)
     st.dataframe(
         pd.DataFrame(
@@ -95,14 +96,13 @@ def _show_and_diff(ctx: C.Ctx, versions: list[ConfigVersionInfo], active: Config
     with left:
         st.subheader("Show a version")
         shown = st.selectbox("Version", numbers[::-1], key="show_version")
-        st.json(next(v for v in versions if v.version == shown).config_dict(), expanded=False)
+        C.table(next(v for v in versions if v.version == shown).config_dict(), key="version_config")
     with right:
         st.subheader("Diff")
         if len(numbers) < 2:
             st.caption("Only one version so far.")
             return
-        b_default = active.version if active else numbers[-1]
-        a_default = next((v.parent_version for v in versions if v.version == b_default and v.parent_version), numbers[0])
+        b_default, a_default = diff_defaults(versions, active)
         a = st.selectbox("From version", numbers, index=numbers.index(a_default), key="diff_a")
         b = st.selectbox("To version", numbers, index=numbers.index(b_default), key="diff_b")
         if a is None or b is None:
@@ -115,6 +115,21 @@ def _show_and_diff(ctx: C.Ctx, versions: list[ConfigVersionInfo], active: Config
                 pd.DataFrame({"field": c.field, f"v{a}": _cell(c.old), f"v{b}": _cell(c.new)} for c in changes),
                 hide_index=True, key="diff_table",
             )
+
+
+def diff_defaults(versions: list[ConfigVersionInfo], active: ConfigVersionInfo | None) -> tuple[int, int]:
+    """(to, from) for the diff: the active version against the one it replaced (its parent, else the version
+    before it); when the active one is the oldest, the newest version against it. Never a version with itself."""
+    numbers = sorted(v.version for v in versions)
+    to = active.version if active else numbers[-1]
+    parent = next((v.parent_version for v in versions if v.version == to), None)
+    if parent in numbers and parent != to:
+        return to, parent
+    earlier = [n for n in numbers if n < to]
+    if earlier:
+        return to, earlier[-1]
+    later = [n for n in numbers if n != to]
+    return (later[-1], to) if later else (to, to)
 
 
 def _cell(value: object) -> str:
@@ -143,9 +158,9 @@ def _rollback(ctx: C.Ctx, active: ConfigVersionInfo | None, activations: list[Ac
         return
     C.confirm(
         "rollback", f"Roll back to v{target}",
-        f"Roll {ctx.deployment} back from v{active.version} to v{target}? Engines apply it at their next request "
+        f"Roll {fmt.md(ctx.dep)} back from v{active.version} to v{target}? Engines apply it at their next request "
         "boundary.",
-        lambda: f"{ctx.deployment}: v{C.store().rollback(ctx.dep, by='dashboard').version} is active again.",
+        lambda: f"{fmt.md(ctx.dep)}: v{C.store().rollback(ctx.dep, by='dashboard').version} is active again.",
     )
 
 
@@ -158,8 +173,8 @@ def _activate(ctx: C.Ctx, versions: list[ConfigVersionInfo], active: ConfigVersi
         return
     C.confirm(
         "activate", f"Activate v{pick}",
-        f"Make v{pick} the active config of {ctx.deployment}" + (f" (instead of v{active.version})?" if active else "?"),
-        lambda: f"{ctx.deployment}: v{C.store().activate(ctx.dep, pick, by='dashboard').version} is active.",
+        f"Make v{pick} the active config of {fmt.md(ctx.dep)}" + (f" (instead of v{active.version})?" if active else "?"),
+        lambda: f"{fmt.md(ctx.dep)}: v{C.store().activate(ctx.dep, pick, by='dashboard').version} is active.",
     )
 
 
@@ -177,8 +192,8 @@ def _push(deployment: str | None, active: ConfigVersionInfo | None) -> None:
     changed = [k for k, v in cfg.to_dict().items() if active is None or active.config_dict().get(k) != v]
     summary = ", ".join(f"{k}={json.dumps(cfg.to_dict()[k])}" for k in changed[:8]) or "no field changes"
     C.confirm(
-        f"push:{deployment}", "Push", f"Push this config to {name} as its next version and activate it? ({summary})",
-        lambda: f"{name}: pushed v{C.store().push(name, cfg, pushed_by='dashboard', source='dashboard').version}.",
+        f"push:{deployment}", "Push", f"Push this config to {fmt.md(name)} as its next version and activate it? ({summary})",
+        lambda: f"{fmt.md(name)}: pushed v{C.store().push(name, cfg, pushed_by='dashboard', source='dashboard').version}.",
         disabled=not name,
     )
 

@@ -6,13 +6,17 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from kvpilot.dashboard import charts
+from kvpilot.dashboard import charts, fmt
 from kvpilot.dashboard import context as C
 from kvpilot.policies.layers import layer_budgets
 from kvpilot.storage import LAYER_STATS, Store
 
-# The layer-stat metrics the table declares with a help text, in column order.
-METRIC_HELP = {c.name: c.help for c in LAYER_STATS.metrics if c.help}
+# The layer-stat metrics the table declares with a help text, in column order; entropy is stored normalised
+# by the log of the keys' count (the skew probe's metric), so its unit is said here, not "nats".
+METRIC_HELP = {c.name: c.help for c in LAYER_STATS.metrics if c.help} | {
+    "entropy": "normalised attention entropy, 0 to 1 (0: all attention on one token, 1: spread evenly over "
+               "every token): high = hard to compress",
+}
 LAYER_METRICS = tuple(METRIC_HELP)
 
 
@@ -23,7 +27,7 @@ def render() -> None:
         if C.empty_notice(ctx, "layer statistics"):
             return
         if ctx.deployment is None:
-            st.info(f"No deployment yet; run {C.FILL_HINT}.")
+            st.info(f"No deployment yet; run {C.fill_hint()}.")
             return
         metric = st.selectbox("Metric", LAYER_METRICS, key="layer_metric", help="\n".join(
             f"- **{k}**: {v}" for k, v in METRIC_HELP.items())) or LAYER_METRICS[0]
@@ -35,19 +39,21 @@ def render() -> None:
 def _skew(ctx: C.Ctx, metric: str) -> None:
     view = C.query(Store.layer_view, ctx.scope, metric)
     if not view.cells and not view.layers:
-        st.info(f"No layer statistics for {ctx.deployment} in this window. The probes record them while an engine "
-                f"serves (`kvpilot.attach(model, store=..., deployment=...)`); try a longer window, or run {C.FILL_HINT}.")
+        st.info(f"No layer statistics for {fmt.md(ctx.dep)} in this window. The probes record them while an engine "
+                f"serves (`kvpilot.attach(model, store=..., deployment=...)`); try a longer window, or run {C.fill_hint()}.")
         return
     st.caption(f"{METRIC_HELP.get(metric, '')}. Means over {view.plan.describe()}.")
     left, right = st.columns(2)
     if view.cells:
-        df = pd.DataFrame({"layer": c.layer, "KV head": c.head, metric: c.value} for c in view.cells)
-        left.altair_chart(charts.heatmap(df, "KV head", "layer", metric, title=f"{metric}: layer x KV head (window mean)"))
+        # the probes record each attention (query) head; with grouped-query attention several share a KV head
+        df = pd.DataFrame({"layer": c.layer, "query head": c.head, metric: c.value} for c in view.cells)
+        left.altair_chart(charts.heatmap(df, "query head", "layer", metric,
+                                         title=f"{metric}: layer x query head (window mean)"))
     if view.layers:
         df = pd.DataFrame({"layer": c.layer, metric: c.value} for c in view.layers)
         right.altair_chart(charts.bars(df, "layer", metric, title=f"{metric} per layer (window mean)"))
     if view.series:
-        df = pd.DataFrame({"time": pd.to_datetime(ts, unit="s", utc=True), "layer": layer, metric: v}
+        df = pd.DataFrame({"time": charts.local_time(ts), "layer": layer, metric: v}
                           for ts, layer, v in view.series)
         st.altair_chart(charts.heatmap(df, "time", "layer", metric, x_type="T", title=f"{metric}: layer over time"))
 
@@ -72,7 +78,7 @@ def _budgets(ctx: C.Ctx) -> None:
     st.subheader("Budgets per layer under the active config")
     active = C.query(Store.active_version, ctx.dep)
     if active is None:
-        st.info(f"No config pushed to {ctx.deployment} yet: `kvpilot push -d {ctx.deployment} -c config.json`.")
+        st.info(f"No config pushed to {fmt.md(ctx.dep)} yet: {fmt.code(f'kvpilot push -d {ctx.dep} -c config.json')}.")
         return
     if active.is_vllm:
         st.info(f"{ctx.deployment} is a vLLM server (v{active.version}): vLLM keeps whole blocks per layer, so "

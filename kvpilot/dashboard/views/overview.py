@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from kvpilot.dashboard import charts
+from kvpilot.dashboard import charts, fmt
 from kvpilot.dashboard import context as C
 from kvpilot.storage import Histogram, Store
 from kvpilot.storage.types import LatencyColumn
@@ -27,7 +27,7 @@ def _live(ctx: C.Ctx) -> None:
     _engines(ctx)
     if ctx.deployment is None:
         st.info("No deployment yet. Engines create one when they register (`kvpilot.attach(model, store=..., "
-                f"deployment=...)`), and `kvpilot push` creates one with its first config; or run {C.FILL_HINT}.")
+                f"deployment=...)`), and `kvpilot push` creates one with its first config; or run {C.fill_hint()}.")
         return
     _config_in_force(ctx)
     _vllm(ctx)
@@ -44,7 +44,7 @@ def _engines(ctx: C.Ctx) -> None:
     a.metric("Deployments", len(deployments))
     b.metric("Engines alive", f"{alive} / {len(insts)}", help="alive: heartbeat within the last 30 s")
     active = next((d.active_version for d in deployments if d.name == ctx.deployment), None)
-    c.metric(f"Active config of {ctx.deployment}" if ctx.deployment else "Active config",
+    c.metric(f"Active config of {fmt.md(ctx.deployment)}" if ctx.deployment else "Active config",
              "-" if active is None else f"v{active}")
     if insts:
         st.subheader("Engine instances")
@@ -55,20 +55,33 @@ def _engines(ctx: C.Ctx) -> None:
                 "instance": i.name,
                 "status": "alive" if i.alive else "stale",
                 "last heartbeat": C.ago(i.last_heartbeat),
-                "config in force": "-" if i.config_version is None else f"v{i.config_version}",
-                "up to date": i.config_version is not None and i.config_version == versions.get(i.deployment),
+                "config applied": _applied(i.config_version),
+                "runs the active config": _current(i.config_version, versions.get(i.deployment)),
                 "host": i.host,
                 "pid": i.pid,
             }
             for i in insts
         )
         st.dataframe(df, hide_index=True, key="instances_table")
+        if any(i.config_version is None for i in insts):
+            st.caption("*not reported*: the engine runs without a config watcher (e.g. `kvpilot demo`, which "
+                       "serves each compared config directly), so it never acknowledged a pushed version.")
+
+
+def _applied(version: int | None) -> str:
+    return "not reported" if version is None else f"v{version}"
+
+
+def _current(version: int | None, active: int | None) -> str:
+    if version is None or active is None:
+        return "unknown"
+    return "yes" if version == active else f"no (active is v{active})"
 
 
 def _config_in_force(ctx: C.Ctx) -> None:
     active = C.query(Store.active_version, ctx.dep)
     if active is None:
-        st.info(f"No config pushed to {ctx.deployment} yet: `kvpilot push -d {ctx.deployment} -c config.json`, "
+        st.info(f"No config pushed to {fmt.md(ctx.dep)} yet: {fmt.code(f'kvpilot push -d {ctx.dep} -c config.json')}, "
                 "or promote a trial on the Tuning page.")
         return
     if active.is_vllm:
@@ -84,10 +97,13 @@ def _config_in_force(ctx: C.Ctx) -> None:
     cfg = active.config()
     size = (f"budget {cfg.budget} tokens" if cfg.budget is not None
             else f"compression {cfg.compression_ratio:.0%}" if cfg.compression_ratio is not None else "no eviction")
+    insts = C.query(Store.instances, ctx.dep)
+    running = sum(i.config_version == active.version for i in insts)
     st.markdown(
-        f"**Config in force on {ctx.deployment}: v{active.version}**: policy `{cfg.policy}`, {size}, "
+        f"**Active config of {fmt.md(ctx.dep)}: v{active.version}**: policy `{cfg.policy}`, {size}, "
         f"layers `{cfg.layer_allocation}`, heads `{cfg.head_allocation}` "
-        f"(pushed by {active.pushed_by or '?'} from {active.source or '?'}, {C.ago(active.created_at)})."
+        f"(pushed by {fmt.md(active.pushed_by or '?')} from {fmt.md(active.source or '?')}, "
+        f"{C.ago(active.created_at)}); {running} of {len(insts)} engine(s) report running it."
     )
 
 
@@ -144,23 +160,26 @@ def _traffic(ctx: C.Ctx) -> None:
     cols[3].metric("Mean TPOT", _ms(t.tpot_mean))
     cols[4].metric("Errors", f"{t.errors:,}")
     if not t.requests:
-        st.caption(f"No requests recorded for {ctx.deployment} in this window.")
+        st.caption(f"No requests recorded for {fmt.md(ctx.dep)} in this window.")
         return
     width = ctx.scope.bucket_s()
     series = C.query(Store.requests_series, ctx.scope, bucket_s=width)
     rows = []
     for b in series:
-        time = pd.to_datetime(b.ts, unit="s", utc=True)
+        time = charts.local_time(b.ts)
         rows.append({"time": time, "series": "requests/s", "value": b.requests / width, "panel": "rate"})
-        for name, v in (("TTFT mean", b.ttft_mean), ("TTFT max", b.ttft_max), ("TPOT mean", b.tpot_mean)):
+        # TTFT (a whole prefill) and TPOT (one token) differ 100-fold: each gets its own chart and axis
+        for name, v, panel in (("TTFT mean", b.ttft_mean, "ttft"), ("TTFT max", b.ttft_max, "ttft"),
+                               ("TPOT mean", b.tpot_mean, "tpot")):
             if v is not None:
-                rows.append({"time": time, "series": name, "value": v, "panel": "latency"})
+                rows.append({"time": time, "series": name, "value": v * 1000, "panel": panel})
     df = pd.DataFrame(rows)
-    left, right = st.columns(2)
-    left.altair_chart(charts.lines(df[df.panel == "rate"], "requests/s", fmt=".3~f", title="Request rate"))
-    lat = df[df.panel == "latency"]
-    if len(lat):
-        right.altair_chart(charts.lines(lat, "seconds", fmt=".3~f", title="Latency over time"))
+    rate, ttft, tpot = st.columns(3)
+    rate.altair_chart(charts.lines(df[df.panel == "rate"], "requests/s", fmt=",.3~f", title="Request rate"))
+    for col, panel, title in ((ttft, "ttft", "TTFT over time (ms)"), (tpot, "tpot", "TPOT over time (ms)")):
+        part = df[df.panel == panel]
+        if len(part):
+            col.altair_chart(charts.lines(part, "ms", fmt=",.4~f", title=title))
 
 
 def _memory(ctx: C.Ctx) -> None:
@@ -172,12 +191,12 @@ def _memory(ctx: C.Ctx) -> None:
     names: dict[int | None, str] = {i.id: i.name for i in C.query(Store.instances, ctx.deployment)}
     rows = []
     for b in buckets:
-        time = pd.to_datetime(b.ts, unit="s", utc=True)
+        time = charts.local_time(b.ts)
         who = names.get(b.instance_id, str(b.instance_id))
         for name, v in (("KV physical", b.kv_bytes_physical), ("KV logical", b.kv_bytes_logical),
                         ("device allocated", b.device_allocated), ("NVML used", b.nvml_used_max)):
             if v is not None:
-                rows.append({"time": time, "series": f"{who}: {name}", "value": float(v)})
+                rows.append({"time": time, "series": f"{who}: {name}", "value": float(v) / 2**20})
     last = buckets[-1]
     cols = st.columns(3)
     cols[0].metric("KV cache (latest)", C.human_bytes(last.kv_bytes_physical),
@@ -187,7 +206,7 @@ def _memory(ctx: C.Ctx) -> None:
     device = last.nvml_used_max if last.nvml_used_max is not None else last.device_reserved_max
     cols[2].metric("Device memory (latest)", C.human_bytes(device),
                    help="NVML used, else the torch allocator's reserved bytes; '-' without a GPU")
-    st.altair_chart(charts.lines(pd.DataFrame(rows), "bytes", fmt="~s", title="Memory pressure"))
+    st.altair_chart(charts.lines(pd.DataFrame(rows), "MiB", fmt=",.4~f", title="Memory pressure (MiB)"))
 
 
 def _latency(ctx: C.Ctx) -> None:
@@ -198,15 +217,15 @@ def _latency(ctx: C.Ctx) -> None:
         if not h.total:
             col.caption(f"No {label} values in this window.")
             continue
-        df = pd.DataFrame({"start": [i * h.width for i in range(len(h.counts))],
-                           "end": [(i + 1) * h.width for i in range(len(h.counts))], "requests": h.counts})
+        df = pd.DataFrame({"start": [i * h.width * 1000 for i in range(len(h.counts))],
+                           "end": [(i + 1) * h.width * 1000 for i in range(len(h.counts))], "requests": h.counts})
         q = " · ".join(f"p{int(p * 100)} ≈ {_ms(h.quantile(p))}" for p in (0.5, 0.9, 0.99))
-        col.altair_chart(charts.histogram(df, "seconds", title=f"{label} distribution"))
+        col.altair_chart(charts.histogram(df, "ms", title=f"{label} distribution"))
         col.caption(f"{label}: {q} ({h.total:,} requests; quantiles read off {len(h.counts)} bins)")
 
 
 def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+    return fmt.duration(seconds)
 
 
 if __name__ == "__main__":

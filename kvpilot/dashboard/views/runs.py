@@ -13,10 +13,13 @@ import streamlit as st
 
 from kvpilot.config import KVConfig, KVConfigError, config_label
 from kvpilot.dashboard import context as C
+from kvpilot.dashboard import fmt
+from kvpilot.dashboard.tuning import column, shown, unit_of
 from kvpilot.storage import RUN_KINDS, RunInfo, Store
 
 LIMIT = 500
 _SCALARS = (int, float, str, bool)
+_IDENTITY = ("id", "kind", "name", "status", "deployment", "config", "started", "duration_s", "study / trial")
 
 
 def render() -> None:
@@ -25,18 +28,35 @@ def render() -> None:
         runs: list[RunInfo] = C.query(Store.runs, limit=LIMIT)
         if not runs:
             st.info("No runs recorded yet. `kvpilot eval` records an evaluation, `kvpilot tune` one run per trial, "
-                    f"`kvpilot replay` and `kvpilot profile` one each; or run {C.FILL_HINT}.")
+                    f"`kvpilot replay` and `kvpilot profile` one each; or run {C.fill_hint()}.")
             return
         present = [k for k in RUN_KINDS if any(r.kind == k for r in runs)]
         kinds = st.multiselect("Kinds", present, default=present, key="run_kinds")
-        shown = [r for r in runs if r.kind in kinds]
-        st.caption(f"{len(shown)} of the newest {len(runs)} runs.")
-        if not shown:
+        shown_runs = [r for r in runs if r.kind in kinds]
+        st.caption(f"{len(shown_runs)} of the newest {len(runs)} runs.")
+        if not shown_runs:
             return
-        st.dataframe(pd.DataFrame(_row(r) for r in shown), hide_index=True, key="runs_table")
-        labels = {r.id: f"#{r.id} {r.kind} {r.name or ''} ({C.when(r.started_at)})" for r in shown}
+        _table(shown_runs)
+        labels = {r.id: f"#{r.id} {r.kind} {r.name or ''} ({C.when(r.started_at)})" for r in shown_runs}
         pick = st.selectbox("Run", list(labels), format_func=lambda i: labels[i], key="run")
-        _details(next(r for r in shown if r.id == pick))
+        _details(next(r for r in shown_runs if r.id == pick))
+
+
+def _table(runs: list[RunInfo]) -> None:
+    """The runs with their metrics in units: accuracy as a percentage, bytes in MiB, durations in seconds."""
+    df = pd.DataFrame(_row(r) for r in runs)
+    config: dict[str, Any] = {"duration_s": st.column_config.NumberColumn("duration", format="%.1f s")}
+    for name in [c for c in df.columns if c not in _IDENTITY]:
+        if not pd.api.types.is_numeric_dtype(df[name]) or pd.api.types.is_bool_dtype(df[name]):
+            continue
+        unit = unit_of(name)
+        if unit == "%":
+            config[name] = st.column_config.NumberColumn(name, format="percent")
+        elif unit:
+            df[name] = [shown(name, v) for v in df[name]]
+            df = df.rename(columns={name: column(name)})
+            config[column(name)] = st.column_config.NumberColumn(column(name), format="%.4g")
+    st.dataframe(df, hide_index=True, key="runs_table", column_config=config)
 
 
 def _label(config: dict[str, Any] | None) -> str:
@@ -64,18 +84,18 @@ def _row(r: RunInfo) -> dict[str, Any]:
 
 def _details(run: RunInfo) -> None:
     summary = C.query(Store.run_summary, run.id)
-    st.subheader(f"Run #{run.id}: {run.kind}" + (f" {run.name}" if run.name else ""))
+    st.subheader(f"Run #{run.id}: {run.kind}" + (f" {fmt.md(run.name)}" if run.name else ""))
     C.run_metrics(summary)
     left, right = st.columns(2)
     with left:
         st.markdown("**Metrics**")
-        st.json(run.metrics or {}, expanded=True)
+        C.table(run.metrics, key="run_metrics")
     with right:
         st.markdown("**KVConfig**")
-        st.json(run.config or {}, expanded=False)
+        C.table(run.config, key="run_config")
         if run.params:
             st.markdown("**Params**")
-            st.json(run.params, expanded=False)
+            C.table(run.params, key="run_params")
 
 
 if __name__ == "__main__":

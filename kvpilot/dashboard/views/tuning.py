@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from kvpilot.config import KVConfigError
-from kvpilot.dashboard import charts, tuning
+from kvpilot.dashboard import charts, fmt, tuning
 from kvpilot.dashboard import context as C
 from kvpilot.storage import Store
 
@@ -42,8 +42,9 @@ def _study(ctx: C.Ctx, study: optuna.Study) -> None:
     cols[0].metric("Trials", len(rows))
     cols[1].metric("Complete", len(complete))
     cols[2].metric("Pareto front" if len(objectives) > 1 else "Best", sum(r["pareto"] for r in rows))
-    cols[3].metric("Objectives", ", ".join(f"{n} ({d.name.lower()[:3]})" for n, d in zip(objectives, study.directions,
-                                                                                          strict=True)))
+    cols[3].metric("Objectives", len(objectives))
+    st.caption("Objectives: " + ", ".join(f"{n} ({'maximised' if d.name == 'MAXIMIZE' else 'minimised'})"
+                                          for n, d in zip(objectives, study.directions, strict=True)))
     if not complete:
         st.info("No trial has completed yet.")
         return
@@ -58,13 +59,30 @@ def _study(ctx: C.Ctx, study: optuna.Study) -> None:
     number = st.selectbox("Trial", numbers, key="trial", help="or click a point in the chart")
     _trial(ctx, study, number)
     st.subheader("Trials")
-    st.dataframe(pd.DataFrame(rows), hide_index=True, key="trials_table")
+    _trials_table(rows, objectives)
     _importances(study, objectives)
+
+
+def _trials_table(rows: list[dict], objectives: list[str]) -> None:
+    """Every trial with its objectives in their units (MiB, %, ms)."""
+    df = pd.DataFrame(rows)
+    config: dict = {"duration_s": st.column_config.NumberColumn("duration", format="%.1f s")}
+    for name in objectives:
+        if name in df.columns:
+            df[name] = [tuning.shown(name, v) for v in df[name]]
+            df = df.rename(columns={name: tuning.column(name)})
+            if tuning.unit_of(name) == "%":
+                config[name] = st.column_config.NumberColumn(name, format="percent")
+            else:
+                config[tuning.column(name)] = st.column_config.NumberColumn(tuning.column(name), format="%.4g")
+    st.dataframe(df, hide_index=True, key="trials_table", column_config=config)
 
 
 def _front_chart(study: optuna.Study, complete: list[dict], objectives: list[str]) -> int | None:
     df = pd.DataFrame(complete)
     df["front"] = ["Pareto front" if p else "dominated" for p in df["pareto"]]
+    for name in objectives:
+        df[tuning.column(name)] = [tuning.shown(name, v) for v in df[name]]
     if len(objectives) == 1:
         x, y = "trial", objectives[0]
         title = "Objective per trial (best highlighted)"
@@ -74,9 +92,22 @@ def _front_chart(study: optuna.Study, complete: list[dict], objectives: list[str
         y = right.selectbox("y axis", objectives, index=1, key="pareto_y") or objectives[1]
         title = "Pareto front"
     st.subheader(title)
-    event = st.altair_chart(charts.pareto(df, x, y), on_select="rerun", selection_mode="pick", key="pareto_chart")
+    base = tuning.baseline(study)
+    reference = None
+    if base is not None and x in base and y in base and x != "trial":
+        reference = pd.DataFrame([{tuning.column(x): tuning.shown(x, base[x]),
+                                   tuning.column(y): tuning.shown(y, base[y]), "label": "full cache"}])
+    x_col = x if x == "trial" else tuning.column(x)
+    chart = charts.pareto(df, x_col, tuning.column(y), x_fmt=_axis(x), y_fmt=_axis(y), reference=reference)
+    event = st.altair_chart(chart, on_select="rerun", selection_mode="pick", key="pareto_chart")
+    if reference is None and len(objectives) > 1:
+        st.caption("No full-cache reference point: the study holds no baseline for these objectives.")
     points = (getattr(event, "selection", None) or {}).get("pick") or []
     return int(points[0]["trial"]) if points and "trial" in points[0] else None
+
+
+def _axis(objective: str) -> str:
+    return ".0%" if tuning.unit_of(objective) == "%" else ",.4~f"
 
 
 def _trial(ctx: C.Ctx, study: optuna.Study, number: int) -> None:
@@ -85,18 +116,18 @@ def _trial(ctx: C.Ctx, study: optuna.Study, number: int) -> None:
     left, right = st.columns(2)
     with left:
         st.markdown("**Objectives**")
-        st.json(dict(zip(tuning.objective_names(study), trial.values or [], strict=False)))
+        C.table(dict(zip(tuning.objective_names(study), trial.values or [], strict=False)), key="trial_objectives")
         st.markdown("**Params**")
-        st.json(trial.params, expanded=False)
+        C.table(trial.params, key="trial_params")
     with right:
         st.markdown("**KVConfig**")
         try:
             cfg = tuning.trial_config(trial)
         except KVConfigError as exc:
             cfg = None
-            st.error(f"This trial has no valid KVConfig (user attr `config`, or KVConfig-named params): {exc}")
+            st.error(f"This trial has no valid KVConfig (user attr `config`, or KVConfig-named params): {fmt.md(exc)}")
         if cfg is not None:
-            st.json(cfg.to_dict(), expanded=True)
+            C.table(cfg.to_dict(), key="trial_config")
     _telemetry(study.study_name, number)
     if cfg is not None and not ctx.read_only:
         _promote(ctx, study.study_name, trial, cfg)
@@ -109,7 +140,8 @@ def _telemetry(study: str, number: int) -> None:
         return
     C.run_metrics(summary)
     if summary.run.metrics:
-        st.json(summary.run.metrics, expanded=False)
+        with st.expander("All metrics of the trial's run"):
+            C.table(summary.run.metrics, key="trial_run_metrics")
 
 
 def _importances(study: optuna.Study, objectives: list[str]) -> None:
@@ -122,13 +154,14 @@ def _importances(study: optuna.Study, objectives: list[str]) -> None:
     try:
         values = _cached_importances(C.settings().url, study.study_name, len(study.trials), which)
     except (ValueError, RuntimeError) as exc:
-        st.caption(f"Importances unavailable: {exc}")
+        st.caption(f"Importances unavailable: {fmt.md(exc)}")
         return
     if not values:
         st.caption("Importances unavailable: no parameter varies across completed trials.")
         return
     df = pd.DataFrame({"parameter": list(values), "importance": list(values.values())})
-    st.altair_chart(charts.bars(df, "parameter", "importance", title=f"importance for {objectives[which]}"))
+    chart = charts.hbars(df, "parameter", "importance", title=f"importance for {objectives[which]}")
+    st.altair_chart(chart, height=charts.hbars_height(len(df)))
 
 
 @st.cache_data(ttl=60, show_spinner="Computing importances...")
@@ -147,13 +180,13 @@ def _promote(ctx: C.Ctx, study: str, trial: optuna.trial.FrozenTrial, cfg) -> No
     if active is not None:
         old, new = active.config().to_dict(), cfg.to_dict()
         changes = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v)
-        question = (f"Push trial {trial.number}'s config to {target} as a new version, replacing v{active.version}? "
+        question = (f"Push trial {trial.number}'s config to {fmt.md(target)} as a new version, replacing v{active.version}? "
                     f"Changes: {changes or 'none'}.")
     else:
-        question = f"Push trial {trial.number}'s config to {target} as its first version?"
+        question = f"Push trial {trial.number}'s config to {fmt.md(target)} as its first version?"
     C.confirm(
         f"promote:{study}:{trial.number}", f"Promote trial {trial.number}", question,
-        lambda: f"{target}: pushed v{tuning.promote(C.store(), target, study, trial).version} "
+        lambda: f"{fmt.md(target)}: pushed v{tuning.promote(C.store(), target, study, trial).version} "
         f"from tuner:{study}/{trial.number}.",
         disabled=not target,
     )
