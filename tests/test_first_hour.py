@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from pydantic import ValidationError
 
 from kvpilot.cli import build_parser, main
 from kvpilot.commands.profile import QUICK_METHODS
@@ -66,8 +65,6 @@ def test_replay_records_unless_told_otherwise():
     assert parser.parse_args(["replay", "--no-db"]).no_db is True
 
 
-@pytest.mark.xfail(raises=ValidationError, strict=True,
-                   reason="issue 13 makes KVConfig(...) raise KVConfigError; remove this mark when it is merged")
 def test_kvconfig_with_a_misspelt_policy_raises_kvconfigerror():
     with pytest.raises(KVConfigError, match="snapvk"):
         KVConfig(policy="snapvk")
