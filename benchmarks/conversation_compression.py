@@ -111,7 +111,7 @@ class KvpressRun:
     time ratios are paired within its own process, so the overlap slows both halves of a pair alike.
     """
 
-    def __init__(self, samples, ratios: list[float], presses: list[str], timing_samples: int) -> None:
+    def __init__(self, samples, ratios: list[float], presses: list[str], timing_samples: int, full: bool) -> None:
         python = ensure_kvpress_venv()
         self.tmp = tempfile.TemporaryDirectory()
         src, self.dst = Path(self.tmp.name) / "samples.jsonl", Path(self.tmp.name) / "answers.jsonl"
@@ -121,13 +121,21 @@ class KvpressRun:
                                     "questions": [{"question": q.question, "answer_prefix": q.answer_prefix}
                                                   for q in s.qa]}) + "\n")
         cmd = [str(python), str(KVPRESS_SIDE), "--model", str(resolve_model_dir(None)), "--samples", str(src),
-               "--out", str(self.dst), "--presses", *presses, "--ratios", *map(str, ratios), "--full",
-               "--timing-samples", str(timing_samples)]
+               "--out", str(self.dst), "--presses", *presses, "--ratios", *map(str, ratios),
+               "--timing-samples", str(timing_samples)] + (["--full"] if full else [])
         self.proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": ""})
 
-    def lines(self) -> list[dict]:
-        if self.proc.wait() != 0:
-            raise RuntimeError(f"kvpress_side.py failed (exit {self.proc.returncode})")
+    def lines(self, deadline: float | None = None) -> list[dict]:
+        """Its output; past `deadline` (a perf_counter time) it is stopped and what it finished is kept."""
+        try:
+            self.proc.wait(timeout=None if deadline is None else max(1.0, deadline - time.perf_counter()))
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            self.proc.wait()
+            print("kvpress side stopped at the deadline; keeping the answers it wrote", file=sys.stderr)
+        else:
+            if self.proc.returncode != 0:
+                raise RuntimeError(f"kvpress_side.py failed (exit {self.proc.returncode})")
         try:
             return [json.loads(line) for line in self.dst.open() if line.strip()]
         finally:
@@ -184,7 +192,13 @@ def main() -> int:
                     help="config families to run (none: only the full cache)")
     ap.add_argument("--kvpress", nargs="*", default=KVPRESS_PRESSES, choices=KVPRESS_PRESSES,
                     help="kvpress presses to run side by side (none: skip kvpress)")
+    ap.add_argument("--full", action=argparse.BooleanOptionalAction, default=True,
+                    help="evaluate kvpilot's full cache (--no-full when another run of the same samples has it)")
+    ap.add_argument("--kvpress-full", action=argparse.BooleanOptionalAction, default=True,
+                    help="also answer through kvpress's pipeline with no press (checks that the prompts match)")
     ap.add_argument("--timing-samples", type=int, default=2, help="conversations timed in alternating pairs")
+    ap.add_argument("--deadline-min", type=float, default=None,
+                    help="stop starting configs after this many minutes and stop kvpress there (partial rows say n)")
     ap.add_argument("--out", default="conversation_compression")
     args = ap.parse_args()
     if not 1 <= args.questions <= args.facts:
@@ -196,6 +210,15 @@ def main() -> int:
     engine = Engine.load()
     rows: list[dict] = []
     errors: list[str] = []
+    deadline = started + 60 * args.deadline_min if args.deadline_min is not None else None
+
+    def checkpoint() -> None:  # rewritten after every config, so a stopped run keeps what it measured
+        save(args.out, {"workload": "convqa", "samples": args.samples, "questions_per_sample": args.questions,
+                        "facts_per_sample": args.facts, "sizes": args.sizes, "seed": args.seed,
+                        "question_agnostic": True, "load_average_before": load_before,
+                        "load_average_after": os.getloadavg(), "wall_s": time.perf_counter() - started,
+                        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "errors": errors, "rows": rows})
+
     for tokens in args.sizes:
         ev = Evaluator.for_workload(engine, "convqa", args.samples, tokens, args.seed,
                                     task_opts={"n_facts": args.facts, "n_questions": args.questions},
@@ -216,14 +239,20 @@ def main() -> int:
             rows.append(row)
             show(row)
 
-        side = KvpressRun(ev.samples, args.ratios, args.kvpress, args.timing_samples) if args.kvpress else None
-        record("full cache", 0.0, KVConfig())
+        side = (KvpressRun(ev.samples, args.ratios, args.kvpress, args.timing_samples, args.kvpress_full)
+                if args.kvpress else None)
+        if args.full:
+            record("full cache", 0.0, KVConfig())
         for family in args.families:
             for ratio in args.ratios:
+                if deadline is not None and time.perf_counter() > deadline:
+                    errors.append(f"{tokens} tokens: deadline reached before {family} at {ratio}")
+                    continue
                 record(family, ratio, KVConfig.parse({**FAMILIES[family], "compression_ratio": ratio}))
+                checkpoint()
         if side is not None:
             try:
-                lines = side.lines()
+                lines = side.lines(deadline)
             except (RuntimeError, OSError, ValueError) as exc:  # keep kvpilot's rows; say what failed
                 errors.append(f"{tokens} tokens: kvpress side: {exc}")
                 print(errors[-1], file=sys.stderr, flush=True)
@@ -231,11 +260,7 @@ def main() -> int:
             for row in kvpress_rows(ev.samples, lines, tokens):
                 rows.append(row)
                 show(row)
-        save(args.out, {"workload": "convqa", "samples": args.samples, "questions_per_sample": args.questions,
-                        "facts_per_sample": args.facts, "sizes": args.sizes, "seed": args.seed,
-                        "question_agnostic": True, "load_average_before": load_before,
-                        "load_average_after": os.getloadavg(), "wall_s": time.perf_counter() - started,
-                        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "errors": errors, "rows": rows})
+        checkpoint()
     print(f"wrote benchmarks/results/{args.out}.json")
     return 0
 
