@@ -5,6 +5,10 @@ number...) is said exactly once by its owner, and the facts are spread over the 
 questions come after all of it, so a cache compressed without knowing them must keep every fact. One turn
 is one line, `Speaker: utterance`, so a newline marks a turn boundary; sessions start with a header line
 `--- Session 3 (May 4) ---`.
+
+The filler mixes neutral small talk (`smalltalk`) with exchanges that name other people, places, pets,
+numbers and dates (`chitchat`, on by default: `distractors=True`), so what must be kept is not simply
+"every name and number". Every distractor value is recorded in `meta["distractors"]`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import random
 from dataclasses import dataclass
 
 from kvpilot.workloads.base import SampleContext, Task
+from kvpilot.workloads.chitchat import DISTRACTOR_EXCHANGES, fill_exchange
 from kvpilot.workloads.convqa_facts import KINDS, SPEAKERS, FactKind, render
 from kvpilot.workloads.haystack import LazyStream
 from kvpilot.workloads.sample import QA
@@ -30,6 +35,7 @@ from kvpilot.workloads.smalltalk import (
 )
 
 Line = tuple[int, str]  # (speaker index 0/1, utterance)
+Exchange = tuple[list[Line], list[str]]  # its lines and the distractor values they name
 
 
 @dataclass
@@ -114,8 +120,12 @@ def make_builder(
     n_questions: int = 4,
     kinds: list[str] | None = None,
     share_kinds: bool = False,
+    distractors: bool = True,
 ) -> Builder:
-    """`kinds` restricts the fact kinds (names from convqa_facts.KINDS); see `_draw_facts` for `share_kinds`."""
+    """`kinds` restricts the fact kinds (names from convqa_facts.KINDS); see `_draw_facts` for `share_kinds`.
+
+    `distractors=False` keeps the filler to neutral small talk that names nothing (the older, easier form).
+    """
     rng = sctx.rng("conversation")
     n_sessions = n_sessions or default_sessions(sctx.target_tokens)
     if n_sessions < 1 or n_facts < 1 or not 1 <= n_questions <= n_facts:
@@ -138,23 +148,22 @@ def make_builder(
     dates = _session_dates(rng, n_sessions, answers)
     weights = [rng.uniform(0.7, 1.3) for _ in range(n_sessions)]
     openers = [(rng.randrange(2), rng.choice(GREETINGS), rng.choice(GOODBYES)) for _ in range(n_sessions)]
-    templates = exchange_templates()
+    templates = exchange_templates() + (DISTRACTOR_EXCHANGES if distractors else [])
     recent: list[int] = []  # the stream is generated in order, so this state is deterministic
+    no_repeat = 12 if distractors else 6  # an exchange is not reused within this many
 
-    def exchange(r: random.Random) -> list[Line]:
+    def exchange(r: random.Random) -> Exchange:
         while True:
             which = r.randrange(len(templates))
             if which in recent:
                 continue
             first = r.randrange(2)
-            lines = [
-                ((first + j) % 2, fill(t, r, names[(first + j + 1) % 2]))
-                for j, t in enumerate(templates[which])
-            ]
+            texts, values = fill_exchange(templates[which], r)
+            lines = [((first + j) % 2, fill(t, r, names[(first + j + 1) % 2])) for j, t in enumerate(texts)]
             if not any(_contains_any(text, answers) for _, text in lines):
                 recent.append(which)
-                del recent[:-6]
-                return lines
+                del recent[:-no_repeat]
+                return lines, values
 
     filler = LazyStream(exchange, sctx.key + "/filler")
 
@@ -210,7 +219,7 @@ def make_builder(
                 while k < len(facts) and at[k] <= g:
                     say_fact(k)
                     k += 1
-                for speaker, text in stream[g]:
+                for speaker, text in stream[g][0]:
                     say(speaker, text)
                 g += 1
             if s == n_sessions - 1:
@@ -237,6 +246,7 @@ def make_builder(
             "n_facts": n_facts,
             "facts": records,
             "fact_depths": [round(r["span"][0] / len(context), 4) for r in records],
+            "distractors": sorted({v for _, values in stream for v in values}),
         }
         return Built(context, qa, meta)
 
