@@ -87,8 +87,8 @@ class EpisodeParams(Plugin):
     name = "episodes"
     description = "EpiCache: cluster the conversation into episodes, one compressed cache per episode"
 
-    window: int = param(4, low=1, high=64, search=(2, 8), description="utterances (lines) per embedded segment")
-    medoids: int = param(8, low=1, high=64, search=(4, 12), description="segments nearest an episode's centroid "
+    window: int = param(4, low=1, high=64, description="utterances (lines) per embedded segment")
+    medoids: int = param(8, low=1, high=64, description="segments nearest an episode's centroid "
                          "that patch its scoring prompt, in conversation order")
     layer: int | None = param(None, low=0, description="hidden layer whose mean embeds a segment with the "
                               "model itself (null: the middle layer)")
