@@ -36,6 +36,7 @@ FAMILIES: dict[str, dict] = {
     "kvzip + adaptive heads": {"policy": "kvzip", "scoring": "reconstruct", "head_allocation": "adaptive"},
     "keydiff": {"policy": "keydiff"},
     "snapkv (window)": {"policy": "snapkv"},
+    "episodes (EpiCache)": {"policy": "kvzip", "scoring": "prompt", "episodes": 4},
 }
 
 
