@@ -138,3 +138,20 @@ def test_episodes_need_prompt_scoring_and_a_new_cache(bundled_engine):
     bad = KVConfig.parse({**EPISODES, "episode_params": {"encoder": "no-such-sentence-encoder"}})
     with pytest.raises(EpisodeError, match="no-such-sentence-encoder"):
         bundled_engine.serve(Request(context_ids, (), 1, config=bad))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_episode_caches_are_kept_on_the_cpu(bundled_engine):
+    from kvpilot.engine import Engine
+
+    gpu = Engine.load(device="cuda")
+    context_ids, question_ids = _prompts(gpu.tokenizer)
+    config = KVConfig.parse(EPISODES)
+    episodes, cache = build(gpu, config, context_ids)
+    tensors = [v for e in episodes.episodes for layer in e.state for v in layer.values() if isinstance(v, torch.Tensor)]
+    assert tensors and all(t.device.type == "cpu" for t in tensors)
+    response = gpu.serve(Request(context_ids, question_ids, max_new_tokens=4, config=config))
+    assert response.cache.layers[0].keys.device.type == "cuda"
+    cpu = bundled_engine.serve(Request(context_ids, question_ids, max_new_tokens=4, config=config))
+    assert [a.extra["episode"] for a in response.answers] == [a.extra["episode"] for a in cpu.answers]
+    assert response.compression.kv_bytes == cpu.compression.kv_bytes
