@@ -23,6 +23,7 @@ import torch
 
 from kvpilot.cache.managed import ManagedCache
 from kvpilot.config import KVConfig
+from kvpilot.engine.generation import forward
 from kvpilot.engine.prompts import chat_parts
 from kvpilot.engine.units import unit_ids
 from kvpilot.errors import KVPilotError
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 LONG_UTTERANCE = 96  # tokens: a longer line is split into sentences before windows are formed (EpiCache: 500 chars)
 EMBED_BATCH = 16  # segments per embedding forward
+OFF_DEVICE = torch.device("cpu")  # where episode caches wait for their questions
 
 
 class EpisodeError(KVPilotError, ValueError):
@@ -290,17 +292,45 @@ def build(engine: Engine, config: KVConfig, context_ids: Sequence[int]) -> tuple
     embedder = embedder_for(engine, params)
     clustering = cluster(embedder.embed(segs), config.episodes, params["medoids"], params["seed"])
     instruction = chat_parts(tok, "x", config.scoring_prompt.strip()).question_ids
-    off_device = torch.device("cpu")
-    stored: list[Episode] = []
-    build_peak = 0
-    cache: ManagedCache | None = None
-    for medoids in clustering.medoids:
-        patch = sum((segs[i] for i in medoids), [])
-        cache = engine.new_cache(config)
-        logits = engine.compress(cache, context_ids, scoring_ids=instruction + patch)
-        build_peak = max(build_peak, cache.peak_bytes + sum(e.kv_bytes for e in stored))
-        stored.append(Episode(_moved(cache.snapshot(), off_device), logits, cache.physical_bytes, len(patch)))
-    assert cache is not None  # at least one episode
+    prompts = [instruction + sum((segs[i] for i in medoids), []) for medoids in clustering.medoids]
+    one_block = config.prefill_block_size is None or config.prefill_block_size >= len(context_ids)
+    stored, cache, build_peak = (_shared_prefill if one_block else _prefill_each)(engine, config, context_ids, prompts)
     cache.reset_peak()
     episodes = Episodes(engine, clustering, embedder, stored, build_peak, clustering.labels[-1])
     return episodes, cache
+
+
+def _prefill_each(engine: Engine, config: KVConfig, context_ids: Sequence[int],
+                  prompts: list[list[int]]) -> tuple[list[Episode], ManagedCache, int]:
+    """Block-wise prefill: each episode evicts after every block, so each prefills the context itself."""
+    stored: list[Episode] = []
+    build_peak = 0
+    for prompt in prompts:
+        cache = engine.new_cache(config)
+        logits = engine.compress(cache, context_ids, scoring_ids=prompt)
+        build_peak = max(build_peak, cache.peak_bytes + sum(e.kv_bytes for e in stored))
+        stored.append(Episode(_moved(cache.snapshot(), OFF_DEVICE), logits, cache.physical_bytes, len(prompt)))
+    return stored, cache, build_peak
+
+
+def _shared_prefill(engine: Engine, config: KVConfig, context_ids: Sequence[int],
+                    prompts: list[list[int]]) -> tuple[list[Episode], ManagedCache, int]:
+    """One-shot prefill: the context goes in once; each episode restores it, runs its scoring prompt as
+    queries only and evicts, exactly what `prefill` does with that prompt, without E prefills of the context.
+    The uncompressed context is held until the last episode is compressed, and counts in the peak."""
+    cache = engine.new_cache(config)
+    units = unit_ids(engine.tokenizer, context_ids, config.granularity)
+    stored: list[Episode] = []
+    with torch.inference_mode():
+        if units is not None:
+            cache.set_units(0, torch.as_tensor(units))
+        with cache.prompt_scoring_driven():
+            logits = forward(engine.model, cache, context_ids)
+        context = cache.snapshot()
+        for prompt in prompts:
+            cache.restore(context)
+            with cache.scoring_pass():
+                forward(engine.model, cache, prompt)
+            cache.evict()
+            stored.append(Episode(_moved(cache.snapshot(), OFF_DEVICE), logits, cache.physical_bytes, len(prompt)))
+    return stored, cache, cache.peak_bytes + sum(e.kv_bytes for e in stored)

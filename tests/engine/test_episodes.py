@@ -11,7 +11,15 @@ import torch
 
 from kvpilot.config import KVConfig, KVConfigError
 from kvpilot.engine import Request
-from kvpilot.engine.episodes import EpisodeError, build, question_text_ids, segments, utterances
+from kvpilot.engine.episodes import (
+    EpisodeError,
+    _prefill_each,
+    _shared_prefill,
+    build,
+    question_text_ids,
+    segments,
+    utterances,
+)
 from kvpilot.engine.prompts import chat_parts
 
 TOPICS = {
@@ -84,6 +92,25 @@ def test_each_question_is_routed_to_the_episode_holding_its_answer(bundled_engin
 
     response = bundled_engine.serve(Request(context_ids, question_ids, max_new_tokens=4, config=config))
     assert [a.extra["episode"] for a in response.answers] == list(holding.values())
+
+
+@pytest.mark.parametrize("extra", [{}, {"granularity": "turn", "layer_allocation": "global"}])
+def test_one_shared_prefill_compresses_each_episode_as_its_own_prefill_would(bundled_engine, extra):
+    """One-shot prefill runs the context once for all episodes; the caches equal E separate prefills'."""
+    tok = bundled_engine.tokenizer
+    context_ids, _ = _prompts(tok)
+    config = KVConfig.parse({**EPISODES, **extra})
+    segs = segments(utterances(tok, context_ids), WINDOW)
+    prompts = [bundled_engine.encode("Recall the travel plans.") + segs[i] for i in (0, 5, 10)]
+    shared, _, shared_peak = _shared_prefill(bundled_engine, config, context_ids, prompts)
+    each, _, each_peak = _prefill_each(bundled_engine, config, context_ids, prompts)
+    for a, b in zip(shared, each, strict=True):
+        assert a.kv_bytes == b.kv_bytes and torch.equal(a.logits, b.logits)
+        for x, y in zip(a.state, b.state, strict=True):
+            assert torch.equal(x["positions"], y["positions"]) and torch.equal(x["keys"], y["keys"])
+    kept = [{tuple(p.flatten().tolist()) for p in (layer["positions"] for layer in e.state)} for e in shared]
+    assert kept[0] != kept[1] != kept[2]  # different prompts keep different tokens
+    assert shared_peak >= each_peak  # the shared context is held while every episode is compressed
 
 
 def test_every_episode_cache_counts_in_the_memory_figures(bundled_engine):
