@@ -232,7 +232,7 @@ class Engine:
                 raise EpisodeError(f"episodes={config.episodes} compress a whole conversation into new caches; "
                                    "a request that continues a cache cannot use them")
             episodes, cache = build_episodes(self, config, request.context_ids)
-            start_tokens, logits = 0, episodes.episodes[episodes.last_segment].logits
+            start_tokens, logits = 0, episodes.episodes[episodes.last_episode].logits
         else:
             cache = request.cache if request.cache is not None else self.new_cache(config)
             start_tokens = cache.seen_tokens

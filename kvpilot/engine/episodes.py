@@ -14,6 +14,7 @@ A sentence-transformers model can be named instead; it is used only if installed
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -224,7 +225,7 @@ class Episode:
     state: list[dict[str, Any]]
     logits: torch.Tensor  # the context's last logits under this episode's prefill (answer with no question)
     kv_bytes: int
-    medoid_tokens: int
+    prompt_tokens: int  # the patched scoring prompt's length
 
 
 @dataclass
@@ -236,7 +237,8 @@ class Episodes:
     embedder: Embedder
     episodes: list[Episode]
     build_peak: int  # the device cache's peak while building, plus the episodes already stored
-    last_segment: int  # the episode of the conversation's last segment (where an answer with no question goes)
+    last_episode: int  # the episode of the conversation's last segment (where an answer with no question goes)
+    route_s: float = 0.0  # time the last routing took (embedding the question), added to that answer's TTFT
 
     @property
     def stored_bytes(self) -> int:
@@ -245,18 +247,21 @@ class Episodes:
     def route(self, question: Sequence[int] | None) -> int:
         """The episode a question is answered on (the conversation's last one when there is no question)."""
         if not question or len(self.episodes) == 1:
-            return self.last_segment
+            return self.last_episode
         ids = question_text_ids(self.engine.tokenizer, question)
         return self.clustering.nearest(self.embedder.embed([ids])[0])
 
     def select(self, cache: ManagedCache, question: Sequence[int] | None) -> tuple[int, torch.Tensor]:
         """Restore the routed episode's cache onto the model's device; returns (episode, its context logits)."""
+        t0 = time.perf_counter()
         e = self.route(question)
+        self.route_s = time.perf_counter() - t0
         cache.restore(_moved(self.episodes[e].state, self.engine.model.device))
         return e, self.episodes[e].logits
 
     def account(self, answer: GenerationResult, episode: int) -> None:
         """Count the stored episode caches in an answer's memory figures (they are held while it decodes)."""
+        answer.ttft_s += self.route_s
         answer.kv_bytes += self.stored_bytes
         answer.peak_kv_bytes = max(self.build_peak, answer.peak_kv_bytes + self.stored_bytes)
         if answer.logical_kv_bytes:
@@ -278,8 +283,9 @@ class Episodes:
 def build(engine: Engine, config: KVConfig, context_ids: Sequence[int]) -> tuple[Episodes, ManagedCache]:
     """Cluster the context into episodes and compress one cache per episode; returns them and the working cache.
 
-    Each episode's prefill is the normal one (blocks, units, allocators as the config says) with the scoring
-    prompt patched by the episode's medoids; its result is snapshotted off the device before the next one.
+    Each episode is compressed as `prefill` would with the scoring prompt patched by its medoids (blocks,
+    units, allocators as the config says; a one-shot prefill runs the context once for all of them), and
+    its result is copied off the device before the next one.
     """
     tok = engine.tokenizer
     if tok is None:
