@@ -61,6 +61,7 @@ FAMILIES: dict[str, dict] = {
     "surrogate + global layers": {"policy": "surrogate", "layer_allocation": "global"},
     "keydiff": {"policy": "keydiff"},
     "snapkv (window)": {"policy": "snapkv"},
+    "episodes (EpiCache)": {"policy": "kvzip", "scoring": "prompt", "episodes": 4},
 }
 KVPRESS_PRESSES = ["kvzip", "snapkv", "keydiff"]
 

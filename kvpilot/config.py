@@ -33,7 +33,7 @@ from pydantic import (
 
 from kvpilot.errors import KVPilotError
 from kvpilot.inputs import InputError, check_document, clip, parse_json, read_text, short
-from kvpilot.plugins import Plugin, Registry
+from kvpilot.plugins import Plugin, Registry, param
 from kvpilot.policies import HEAD_ALLOCATORS, LAYER_ALLOCATORS, POLICY_REGISTRY, TTL_RULES
 
 DEFAULT_SCORING_PROMPT = (
@@ -83,6 +83,25 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "session_ttl_s": 0.0,
     "ttl_memory_price": 1e-9,
 }
+
+
+@dataclass(frozen=True)
+class EpisodeParams(Plugin):
+    """The parameters of EpiCache episodes (`episodes` > 1), declared like a plug-in's so they are validated,
+    documented and searchable the same way."""
+
+    name = "episodes"
+    description = "EpiCache: cluster the conversation into episodes, one compressed cache per episode"
+
+    window: int = param(4, low=1, high=64, description="utterances (lines) per embedded segment")
+    medoids: int = param(8, low=1, high=64, description="segments nearest an episode's centroid "
+                         "that patch its scoring prompt, in conversation order")
+    layer: int | None = param(None, low=0, description="hidden layer whose mean embeds a segment with the "
+                              "model itself (null: the middle layer)")
+    encoder: str = param("model", description='"model" (the served model\'s own hidden states) or a '
+                         "sentence-transformers model name or path, used only if that package and model are "
+                         "installed (never downloaded)")
+    seed: int = param(42, low=0, description="k-means seed")
 
 
 class KVConfigError(KVPilotError, ValueError):
@@ -154,6 +173,13 @@ class KVConfig(BaseModel):
     )
     session_ttl_params: dict[str, Any] = _params_field("the TTL rule's own parameters")
 
+    episodes: int = Field(default=1, ge=1, le=32, description="EpiCache: cluster the conversation into this many "
+                          "episodes, compress one cache per episode (scored by `scoring_prompt` patched with the "
+                          "episode's medoid utterances, kept off the device) and answer each question on the "
+                          'nearest episode\'s cache; needs `scoring="prompt"`; 1 is off')
+    episode_params: dict[str, Any] = _params_field("the episodes' parameters (`window`, `medoids`, `layer`, "
+                                                   "`encoder`, `seed`; see [Episodes](#episodes))")
+
     def __init__(self, **data: Any) -> None:
         """``KVConfig(budget=...)`` raises KVConfigError (a kvpilot error the CLI prints), like `parse`."""
         try:
@@ -192,6 +218,24 @@ class KVConfig(BaseModel):
         if problems:
             raise ValueError("\n".join(problems))
         return normalised
+
+    @field_validator("episode_params")
+    @classmethod
+    def _episode_params(cls, values: dict[str, Any]) -> dict[str, Any]:
+        normalised, problems = EpisodeParams.validate_params(values, "episode_params")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return normalised
+
+    @model_validator(mode="after")
+    def _episodes_apply(self) -> KVConfig:
+        """Episodes differ only in their scoring prompt: they need a config that compresses and scores by it."""
+        if self.episodes > 1 and not (self.compresses and self.scoring == "prompt"
+                                      and POLICY_REGISTRY.get(self.policy).stats == "scoring"):
+            raise ValueError(f"episodes={self.episodes}: each episode is scored by its own patched scoring prompt, "
+                             "so it needs a policy scored by chosen queries (kvzip, snapkv, tova), "
+                             'scoring="prompt" and a budget or compression_ratio')
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> KVConfig:

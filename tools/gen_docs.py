@@ -22,7 +22,7 @@ from typing import Any
 import annotated_types
 from pydantic.fields import FieldInfo
 
-from kvpilot.config import LEGACY_DEFAULTS, SLOTS, KVConfig, Slot
+from kvpilot.config import LEGACY_DEFAULTS, SLOTS, EpisodeParams, KVConfig, Slot
 from kvpilot.plugins import Param, Plugin
 from kvpilot.policies.base import Stats
 from kvpilot.probes.registry import PROBES
@@ -74,6 +74,7 @@ def render() -> str:
         "accepts; `KVConfig.json_schema()` gives the same as a JSON schema.",
         _example(),
         _shared_fields(),
+        _episodes(),
         _legacy_keys(),
         *(_slot(slot) for slot in SLOTS),
         _probes(),
@@ -120,6 +121,9 @@ def _shared_fields() -> str:
         elif slot is not None:
             typ, allowed = "string", "a registered name: " + _codes(_names(slot.registry.specs()))
             default = info.default
+        elif name == "episode_params":
+            typ, allowed = "object", "the parameters of [episodes](#episodes)"
+            default = {}
         else:
             typ, allowed = _field_type(info)
             default = info.default
@@ -136,6 +140,19 @@ def _shared_fields() -> str:
     for name, default in long:
         out += ["", f"Default `{name}`: `{_json(default)}`"]
     return "\n".join(out)
+
+
+def _episodes() -> str:
+    info = KVConfig.model_fields["episodes"]
+    return "\n".join([
+        '<a id="episodes"></a>',
+        "",
+        "## Episodes (`episodes`, `episode_params`)",
+        "",
+        f"{_sentence(info.description or '')} The parameters in `episode_params`:",
+        "",
+        _params_table(EpisodeParams.params()),
+    ])
 
 
 def _legacy_keys() -> str:
@@ -210,7 +227,7 @@ def _params_table(params: Iterable[Param]) -> str:
     for p in params:
         default = "required" if p.required else f"`{_json(p.default)}`"
         rows.append(
-            f"| `{p.name}` | {_type_name(p.type)} | {default} | {_cell(_allowed(p))} | {_search(p)} | "
+            f"| `{p.name}` | {_cell(_type_name(p.type))} | {default} | {_cell(_allowed(p))} | {_search(p)} | "
             f"{f'`{p.legacy}`' if p.legacy else '-'} | {_cell(p.description)} |"
         )
     return "\n".join(rows)

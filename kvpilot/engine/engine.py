@@ -16,6 +16,8 @@ import torch
 
 from kvpilot.cache.managed import ManagedCache, ModelShape
 from kvpilot.config import KVConfig
+from kvpilot.engine.episodes import EpisodeError, Episodes
+from kvpilot.engine.episodes import build as build_episodes
 from kvpilot.engine.generation import DecodeResult, extend, greedy_decode, prefill
 from kvpilot.engine.model import load_model
 from kvpilot.engine.prompts import chat_parts
@@ -156,11 +158,17 @@ class Engine:
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def compress(self, cache: ManagedCache, context_ids: Sequence[int]) -> torch.Tensor:
-        """Prefill a context under the cache's config (blocks, units, scoring prompt)."""
+    def compress(self, cache: ManagedCache, context_ids: Sequence[int],
+                 scoring_ids: Sequence[int] | None = None) -> torch.Tensor:
+        """Prefill a context under the cache's config (blocks, units, scoring prompt).
+
+        ``scoring_ids`` replaces the config's scoring prompt with ``scoring="prompt"`` (an episode's patched one).
+        """
         cfg = cache.config
         units = unit_ids(self.tokenizer, context_ids, cfg.granularity, first_unit=cache.seen_tokens)
-        scoring = self.encode(cfg.scoring_prompt) if cfg.scoring == "prompt" else None
+        scoring = None
+        if cfg.scoring == "prompt":
+            scoring = list(scoring_ids) if scoring_ids is not None else self.encode(cfg.scoring_prompt)
         reconstruction = self.reconstruction_queries if cfg.scoring == "reconstruct" else None
         with torch.inference_mode():
             return prefill(self.model, cache, context_ids, unit_ids=units, scoring_ids=scoring,
@@ -217,10 +225,18 @@ class Engine:
         through here, so probes see every request and every answer is measured the same way.
         """
         config = request.config or self.request_boundary()
-        cache = request.cache if request.cache is not None else self.new_cache(config)
-        start_tokens = cache.seen_tokens
+        episodes: Episodes | None = None
         t0 = time.perf_counter()
-        logits = self.compress(cache, request.context_ids)
+        if config.episodes > 1:  # EpiCache: one cache per episode, each question on its nearest
+            if request.cache is not None:
+                raise EpisodeError(f"episodes={config.episodes} compress a whole conversation into new caches; "
+                                   "a request that continues a cache cannot use them")
+            episodes, cache = build_episodes(self, config, request.context_ids)
+            start_tokens, logits = 0, episodes.episodes[episodes.last_episode].logits
+        else:
+            cache = request.cache if request.cache is not None else self.new_cache(config)
+            start_tokens = cache.seen_tokens
+            logits = self.compress(cache, request.context_ids)
         prefill_s = time.perf_counter() - t0
         compression = Compression(
             context_tokens=cache.seen_tokens - start_tokens,
@@ -230,20 +246,26 @@ class Engine:
             compression_ratio=cache.compression_ratio(),
             peak_kv_bytes=cache.peak_bytes,
         )
+        if episodes is not None:
+            episodes.account_compression(compression)
         if request.on_prefilled is not None:
             request.on_prefilled(cache, prefill_s)
         questions: list[Sequence[int] | None] = list(request.questions) or [None]
-        base = cache.snapshot() if len(questions) > 1 else None
+        base = cache.snapshot() if len(questions) > 1 and episodes is None else None
         answers = []
         for qi, question in enumerate(questions):
             if base is not None:
                 cache.restore(base)
+            if episodes is not None:
+                episode, logits = episodes.select(cache, question)
             teacher = request.teacher_tokens[qi] if request.teacher_tokens is not None else None
             answer = self._answer(request, config, cache, logits, question, teacher, prefill_s)
+            if episodes is not None:
+                episodes.account(answer, episode)
             for hook in self.request_hooks:
                 hook(answer, cache)
             answers.append(answer)
-        compression.peak_kv_bytes = cache.peak_bytes
+        compression.peak_kv_bytes = cache.peak_bytes if episodes is None else episodes.peak(cache)
         return Response(answers, compression, cache)
 
     def _answer(

@@ -9,7 +9,9 @@ the same names, so a trial's params read as its config (`config_from_params`).
 
 Conditions come from the specs: a policy that never evicts (`full`) searches only the session TTL, `scoring`
 only applies to policies scored by chosen queries (a scoring prompt means nothing to H2O's accumulated mass
-or to key norms), a plug-in's parameters only when it is chosen. Fields not searched take `fixed` values
+or to key norms), `episodes` (EpiCache) only when `scoring="prompt"` is drawn for such a policy (episodes
+differ only by their patched scoring prompts; `episode_params` can be pinned in `fixed`), a plug-in's
+parameters only when it is chosen. Fields not searched take `fixed` values
 (shared KVConfig fields, dotted plug-in parameters, or the old flat names), then KVConfig's defaults.
 `full` is allowed only in a space that searches a session TTL (agent replays).
 
@@ -48,6 +50,8 @@ SHARED: tuple[tuple[str, Callable[[type[Policy]], bool]], ...] = (
     ("scoring", lambda p: p.evicts and p.stats == "scoring"),
     ("granularity", _evicts),
 )
+SLOTS_FIELDS = {s.field for s in SLOTS}  # fixed may pin a plug-in choice, not its params dict (use dotted keys)
+MAX_EPISODES = next(m.le for m in KVConfig.model_fields["episodes"].metadata if hasattr(m, "le"))
 POLICY, LAYERS, HEADS, TTL = (SLOT_OF[f] for f in ("policy", "layer_allocation", "head_allocation", "session_ttl"))
 
 
@@ -74,6 +78,7 @@ class SearchSpace:
     scoring: tuple[str, ...] = ("window", "prompt", "reconstruct")
     granularity: tuple[str, ...] = ("token", "sentence")
     session_ttl: tuple[str, ...] = ("none",)
+    episodes: tuple[int, ...] = (1,)  # EpiCache episode counts, searched when scoring="prompt" is drawn
     params: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
 
@@ -149,6 +154,8 @@ class SearchSpace:
             for name, applies in SHARED:
                 if applies(policy):
                     data[name] = _pick(trial, name, getattr(self, name))
+            if policy.stats == "scoring" and data.get("scoring") == "prompt":  # episodes differ by their prompt
+                data["episodes"] = _pick(trial, "episodes", self.episodes)
         data[POLICY.params_field] = self._plugin_params(trial, POLICY, data["policy"])
         return KVConfig.parse(data)
 
@@ -190,7 +197,7 @@ class SearchSpace:
                 targets = [(key, declared, value)]
             elif key in legacy or key in LEGACY_DEFAULTS:
                 targets = [(k, p, p.from_legacy(value) if p.from_legacy else value) for k, p in legacy.get(key, [])]
-            elif key in KVConfig.model_fields and not key.endswith("_params"):
+            elif (key in KVConfig.model_fields and key not in SLOT_OF) or key in SLOTS_FIELDS:
                 out[key] = value
                 continue
             else:
@@ -252,6 +259,8 @@ class SearchSpace:
             values = getattr(self, name)
             if not values or any(not isinstance(v, int) or v < 0 for v in values):
                 out.append(f"{name}: expected non-negative integers, got {list(values)}")
+        if not self.episodes or any(not isinstance(v, int) or not 1 <= v <= MAX_EPISODES for v in self.episodes):
+            out.append(f"episodes: expected integers in [1, {MAX_EPISODES}], got {list(self.episodes)}")
         for key, values in params.items():
             problem = _range_problem(_param_of(key), values)
             if problem:
@@ -262,7 +271,7 @@ class SearchSpace:
                     key = f"{slot.field}.{choice}.{p.name}"
                     if p.required and key not in fixed and key not in params:
                         out.append(f"{slot.field} {choice!r} needs fixed.{key} ({p.description or p.allowed()})")
-        searched = set(self._choice_fields()) | {"compression_ratio", "window", "sink_tokens"} | set(params)
+        searched = set(self._choice_fields()) | {"compression_ratio", "window", "sink_tokens", "episodes"} | set(params)
         clash = sorted(set(fixed) & searched)
         if clash:
             out.append(f"fixed: {clash} are searched; pin a searched field with a one-element list instead")
