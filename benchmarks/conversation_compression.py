@@ -59,6 +59,8 @@ FAMILIES: dict[str, dict] = {
     "kvzip + adaptive heads": {"policy": "kvzip", "scoring": "reconstruct", "head_allocation": "adaptive"},
     "surrogate (fitted reconstruction score)": {"policy": "surrogate"},
     "surrogate + global layers": {"policy": "surrogate", "layer_allocation": "global"},
+    "surrogate + global heads": {"policy": "surrogate", "layer_allocation": "global",
+                                 "layer_allocation_params": {"heads": True}},
     "keydiff": {"policy": "keydiff"},
     "snapkv (window)": {"policy": "snapkv"},
     "episodes (EpiCache)": {"policy": "kvzip", "scoring": "prompt", "episodes": 4},
