@@ -193,8 +193,9 @@ class ManagedCache(Cache):
                 return StatsRequest("scoring", 0, key_len, causal=True, accumulate=True, reduce=reduce,
                                     restrict=self._restrict, record_stop=layer.scoring_past)
             return StatsRequest("scoring", 0, layer.scoring_past, causal=False, reduce=reduce)
-        if q_len == 1 and not self._config.decode_interval:
-            return None  # nothing will ever be evicted during decode: skip the work
+        if q_len == 1 and not self._config.decode_interval and not self._defer_prompt_scoring:
+            return None  # nothing will ever be evicted during decode: skip the work (a 1-token prefill block is
+            # not decode: the prefill evicts after it and needs its scores)
         if q_len > 1 and self._config.scoring != "window" and self._defer_prompt_scoring:
             return None  # the scoring prompt or the reconstruction will provide the scores
         if needs == "accumulated" and self._config.scoring == "window":

@@ -273,3 +273,16 @@ def test_packing_ragged_heads_changes_no_logit(tiny_model, monkeypatch):
     assert packed.kept_tokens() == padded.kept_tokens()
     assert packed.physical_bytes < padded.physical_bytes
     assert packed.physical_bytes == sum(map(sum, packed.kept_tokens())) * 2 * 16 * 4
+
+
+@pytest.mark.parametrize("n", [65, 100, 128, 129])
+@pytest.mark.parametrize("policy", ["snapkv", "tova", "kvzip"])
+def test_global_layers_with_block_prefill_at_any_length(tiny_model, policy, n):
+    """A last prefill block of one token is still a prefill block: it is scored and evicted like the others
+    (it used to be taken for a decode step and left the cross-layer eviction without scores)."""
+    cfg = KVConfig(policy=policy, compression_ratio=0.5, layer_allocation="global", prefill_block_size=64)
+    cache = ManagedCache.for_model(tiny_model, cfg)
+    with torch.inference_mode():
+        prefill(tiny_model, cache, [3 + i % 120 for i in range(n)])
+    assert cache.seen_tokens == n
+    assert sum(map(sum, cache.kept_tokens())) <= -(-n // 2) * 4 * 2 + 4 * 2
