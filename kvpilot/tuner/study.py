@@ -280,7 +280,7 @@ class Tuner:
             ci = metric_interval(name, metrics)
             if ci is not None:
                 shown.append(f"{name} {metrics[name]:.0%} is [{ci[0]:.0%}, {ci[1]:.0%}]")
-        return [f"the {which} set has {n} questions (< {FEW_QUESTIONS}): its figures are uncertain (full cache, "
+        return [f"the {which} set has {n} question{'s' if n != 1 else ''} (< {FEW_QUESTIONS}): its figures are uncertain (full cache, "
                 f"95 % interval: {'; '.join(shown) or 'n/a'}); use more samples, or bound an interval "
                 f"(e.g. accuracy.lower>=...)"]
 

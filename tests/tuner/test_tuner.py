@@ -74,7 +74,7 @@ def test_configs_the_model_cannot_run_are_infeasible_not_failures(bundled_engine
 def test_tune_command(tmp_path, capsys, monkeypatch):
     db = tmp_path / "t.db"
     code = main(["tune", "-w", "passkey", "-n", "1", "-t", "400", "--trials", "3", "--db", str(db), "--out",
-                 str(tmp_path / "runs"), "--quiet", "--push", "d", "--sampler", "random"])
+                 str(tmp_path / "runs"), "--quiet", "--push", "d", "--sampler", "random", "--heldout", "0"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "winner: trial" in out and "pushed to deployment 'd' as version 1" in out
@@ -151,7 +151,7 @@ def test_two_tune_processes_share_one_study_on_postgresql(db_url, tmp_path):
         pytest.skip("several tuning processes need PostgreSQL (Optuna advises one process per SQLite file)")
     base = [sys.executable, "-m", "kvpilot.cli", "tune", "-w", "passkey", "-n", "1", "-t", "300", "--no-fidelity",
             "--constraint", "none", "--study", "shared", "--db", db_url, "--out", str(tmp_path / "runs"), "--quiet",
-            "--sampler", "random"]
+            "--sampler", "random", "--heldout", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     assert subprocess.run([*base, "--trials", "0"], env=env, capture_output=True).returncode == 0  # create it
     workers = [subprocess.Popen([*base, "--trials", "2", "--sampler-seed", str(i)], env=env,
