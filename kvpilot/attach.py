@@ -191,6 +191,23 @@ class ProbeHandle:
             config = self.engine.request_boundary()  # this call is the request boundary
         return self.engine.new_cache(config)
 
+    def serve(self, request: Any) -> Any:
+        """`Engine.serve`, with the outcome told to the config watcher: `max_failures` failures in a row
+        under a newly applied deployment config roll the engine back to the last good one. A request that
+        carries its own config is not the deployment's doing and is not counted."""
+        counted = self.watcher is not None and getattr(request, "config", None) is None
+        try:
+            response = self.engine.serve(request)
+        except Exception as exc:
+            if counted:
+                assert self.watcher is not None
+                self.watcher.request_failed(exc)
+            raise
+        if counted:
+            assert self.watcher is not None
+            self.watcher.request_succeeded()
+        return response
+
     def record_request(self, result: Any, cache: Any) -> None:
         """Record a request served outside `Engine.run` (``result`` shaped like GenerationResult)."""
         self.probes.on_request(result, cache)

@@ -126,7 +126,7 @@ def test_identical_configs_reuse_the_earlier_trial_and_seeds_are_random_unless_g
     assert first[0] == first[1]
 
 
-def test_tune_command_reports_search_and_held_out_side_by_side(tmp_path, capsys):
+def test_tune_command_reports_search_and_held_out_side_by_side(tmp_path, capsys, monkeypatch):
     db, space = tmp_path / "t.db", tmp_path / "space.json"
     space.write_text(json.dumps(SPACE.to_dict()))
     args = ["tune", "-w", "passkey", "-n", "1", "-t", "300", "--trials", "2", "--db", str(db), "--out",
@@ -146,3 +146,28 @@ def test_tune_command_reports_search_and_held_out_side_by_side(tmp_path, capsys)
     assert doc["recommended"]["trial"] == doc["heldout"]["recommended"]
     assert main([*args, "--heldout", "-1"]) == 2
     assert "--heldout must be >= 0" in capsys.readouterr().err
+    _dashboard_shows_both_figures(f"sqlite:///{db}", doc["study"], monkeypatch)
+
+
+def _dashboard_shows_both_figures(url: str, study: str, monkeypatch) -> None:
+    """The Tuning page shows the stored held-out report: search and held-out columns, the recommendation."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from kvpilot.dashboard import APP_PATH
+
+    monkeypatch.setenv("KVPILOT_DB", url)
+    try:
+        at = AppTest.from_file(str(APP_PATH), default_timeout=60)
+        at.run()
+        at.switch_page("views/tuning.py").run()
+        at.selectbox(key="study").set_value(study).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert "Held-out validation" in [h.value for h in at.subheader]
+        table = next(d.value for d in at.dataframe if "accuracy (held-out)" in d.value.columns)
+        assert {"accuracy (search)", "accuracy 95 % CI (held-out)", "recommended"} <= set(table.columns)
+        assert table["config"].iloc[0] == "full cache" and table["recommended"].fillna(False).sum() == 1
+        assert any("Recommended: **trial" in m.value for m in at.markdown)
+    finally:
+        st.cache_data.clear()
+        st.cache_resource.clear()
