@@ -20,6 +20,7 @@ import logging
 import queue
 import random
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,7 @@ class ShadowFidelity:
         self._queue: queue.Queue[tuple[Request, Response, int | None] | None] = queue.Queue(max_pending)
         self.measurements: list[QualityMeasurement] = []  # the latest ones, for tests and the handle
         self.sampled = self.dropped = self.errors = 0
+        self.busy_s = 0.0  # the worker's time spent replaying: the probe's cost, bounded by the rate
         self._instruments = _instruments(telemetry)
         self._thread = threading.Thread(target=self._run, name="kvpilot-shadow-fidelity", daemon=True)
         self._thread.start()
@@ -103,6 +105,7 @@ class ShadowFidelity:
     def _run(self) -> None:
         while True:
             job = self._queue.get()
+            t0 = time.perf_counter()
             try:
                 if job is None:
                     return
@@ -112,6 +115,7 @@ class ShadowFidelity:
                 self.errors += 1
                 log.exception("shadow fidelity measurement failed")
             finally:
+                self.busy_s += time.perf_counter() - t0
                 self._queue.task_done()
 
     def measure(self, request: Request, response: Response, version: int | None = None) -> list[QualityMeasurement]:
