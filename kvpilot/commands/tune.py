@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "The workload is split (seeded) into a search set (--samples) and a held-out set (--heldout, the same "
         "size by default) the trials never see. After the trials, the feasible Pareto front is measured again "
         "on the held-out set; the recommendation, and what --push pushes, is the front config that still "
-        "meets the constraints there, or nothing, with the reason. Accuracy and top-1 agreement carry 95 %% "
+        "meets the constraints there, or nothing, with the reason. Accuracy and top-1 agreement carry 95 % "
         "Wilson intervals; METRIC.lower>=X bounds the interval's lower end.\n\n"
         "objectives: " + "; ".join(f"{o.name} ({o.direction}: {o.description})" for o in OBJECTIVES.values()),
         epilog="example: kvpilot tune -w passkey -n 6 --trials 30 --constraint 'accuracy>=full' --push chat",

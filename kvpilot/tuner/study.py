@@ -232,7 +232,7 @@ class Tuner:
         study = self.study
         baseline = self.baseline()
         self._seed_policies(study, n_trials)
-        computed_before = self.evaluator.computed_runs
+        computed_before, reused_before = self.evaluator.computed_runs, self._reused
         failed = consecutive = 0
         bar = tqdm(range(n_trials), desc=f"tuning {self.study_name}", disable=not self.progress, unit="trial")
         for _ in bar:
@@ -249,13 +249,11 @@ class Tuner:
         result = TuneResult(self.study_name, [o.name for o in self.objectives], self.pick.name,
                             self.pick.direction, baseline, trials, self.best(), n_trials, failed,
                             self.evaluator.computed_runs - computed_before, seed=self.seed,
-                            reused_trials=self._reused)
+                            reused_trials=self._reused - reused_before)
         result.notes += self._few_questions("search", baseline)
         if self.heldout is not None:
             result.heldout = self.validate(trials)
             result.notes += self._few_questions("held-out", result.heldout.baseline)
-        for note in result.notes:
-            log.warning("%s", note)
         return result
 
     def validate(self, trials: Sequence[TrialOutcome] | None = None) -> HeldoutReport:
