@@ -171,3 +171,12 @@ def _dashboard_shows_both_figures(url: str, study: str, monkeypatch) -> None:
     finally:
         st.cache_data.clear()
         st.cache_resource.clear()
+
+
+def test_bad_split_flags_are_one_line_errors(tmp_path, capsys):
+    db = str(tmp_path / "e.db")
+    assert main(["tune", "-w", "agents", "--heldout", "2", "--db", db]) == 2
+    assert "--heldout applies to question workloads" in capsys.readouterr().err
+    assert main(["tune", "-w", "passkey", "--heldout", "-3", "--db", db]) == 2
+    err = capsys.readouterr().err
+    assert "--heldout must be >= 0" in err and "Traceback" not in err
