@@ -174,7 +174,7 @@ class ProbeHandle:
         self._owns_store = owns_store
         self._owns_telemetry = owns_telemetry
         self._detached = False
-        self.shadow: Any = None  # kvpilot.probes.shadow.ShadowFidelity when attach(shadow_fidelity=rate)
+        self.shadow: Any = None  # kvpilot.evaluation.shadow.ShadowFidelity when attach(shadow_fidelity=rate)
 
     @property
     def instance_id(self) -> int | None:
@@ -316,7 +316,7 @@ def attach(
     probes: names from `kvpilot.probes.registry.PROBES` (default: all of skew, latency, memory, evictions).
     run_kind: also open a run ("serving", "eval", "probe", ...) that tags every sample.
     shadow_fidelity: the fraction of requests served through `handle.serve` whose answers are compared
-        with the full cache's, off the request path (`kvpilot.probes.shadow`; 0: off, 0.05 suggested).
+        with the full cache's, off the request path (`kvpilot.evaluation.shadow`; 0: off, 0.05 suggested).
     """
     from kvpilot.probes.observer import ProbeSet
     from kvpilot.probes.otel import Telemetry
@@ -364,7 +364,7 @@ def attach(
     engine.request_hooks.append(probe_set.on_request)
     recorder.start()
     if shadow_fidelity:
-        from kvpilot.probes.shadow import ShadowFidelity
+        from kvpilot.evaluation.shadow import ShadowFidelity
 
         handle.shadow = ShadowFidelity(engine, rate=shadow_fidelity, recorder=recorder, telemetry=telemetry,
                                        version=lambda: handle.watcher.version if handle.watcher else None)

@@ -46,7 +46,7 @@ EVENT_KINDS = (
     "recorder_drop",
     "probe_unavailable",
     "error",
-    "quality",  # shadow fidelity of one sampled answer against the full cache (kvpilot.probes.shadow)
+    "quality",  # shadow fidelity of one sampled answer against the full cache (kvpilot.evaluation.shadow)
 )
 ACK_STATUSES = ("applied", "rejected")
 # Session-pool events (the Sessions page); `detail` may carry these keys so occupancy can be drawn.

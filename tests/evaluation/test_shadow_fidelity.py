@@ -10,8 +10,8 @@ from kvpilot.attach import attach
 from kvpilot.config import KVConfig
 from kvpilot.engine import Engine
 from kvpilot.engine.engine import Request
+from kvpilot.evaluation.shadow import ShadowFidelity
 from kvpilot.probes.otel import Telemetry
-from kvpilot.probes.shadow import ShadowFidelity
 
 
 def _points(telemetry, name):
