@@ -11,6 +11,7 @@ only means samples are spooled to a local file and replayed later (see `kvpilot.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -169,6 +170,7 @@ class ProbeHandle:
         self._owns_store = owns_store
         self._owns_telemetry = owns_telemetry
         self._detached = False
+        self.shadow: Any = None  # kvpilot.evaluation.shadow.ShadowFidelity when attach(shadow_fidelity=rate)
 
     @property
     def instance_id(self) -> int | None:
@@ -186,6 +188,29 @@ class ProbeHandle:
         if config is None:
             config = self.engine.request_boundary()  # this call is the request boundary
         return self.engine.new_cache(config)
+
+    def serve(self, request: Any) -> Any:
+        """`Engine.serve`, with the outcome told to the config watcher: `max_failures` failures in a row
+        under a newly applied deployment config roll the engine back to the last good one. A request that
+        carries its own config is not the deployment's doing and is not counted."""
+        counted = self.watcher is not None and getattr(request, "config", None) is None
+        shadowed = self.shadow is not None and self.shadow.sample(request)
+        if shadowed:  # the shadow probe compares this answer's logits with the full cache's, later
+            request = dataclasses.replace(request, keep_logits=True)
+        try:
+            response = self.engine.serve(request)
+        except Exception as exc:
+            if counted:
+                assert self.watcher is not None
+                self.watcher.request_failed(exc)
+            raise
+        if counted:
+            assert self.watcher is not None
+            self.watcher.request_succeeded()
+        if shadowed:
+            assert self.shadow is not None
+            self.shadow.submit(request, response)
+        return response
 
     def record_request(self, result: Any, cache: Any) -> None:
         """Record a request served outside `Engine.run` (``result`` shaped like GenerationResult)."""
@@ -231,6 +256,8 @@ class ProbeHandle:
         self._detached = True
         if self.watcher is not None:
             self.watcher.stop()
+        if self.shadow is not None:
+            self.shadow.close(timeout)
         if self.engine.observer is self.probes:
             self.engine.observer = None
         self.engine.request_hooks[:] = [h for h in self.engine.request_hooks if h != self.probes.on_request]
@@ -275,6 +302,7 @@ def attach(
     spool_dir: str | os.PathLike[str] | None = None,
     flush_interval_s: float = 1.0,
     proxy_budget: int | None = None,
+    shadow_fidelity: float = 0.0,
 ) -> ProbeHandle:
     """Start probes, recorder and config watcher on an Engine (or a transformers model); see module doc.
 
@@ -286,6 +314,8 @@ def attach(
         or a `Telemetry`.
     probes: names from `kvpilot.probes.registry.PROBES` (default: all of skew, latency, memory, evictions).
     run_kind: also open a run ("serving", "eval", "probe", ...) that tags every sample.
+    shadow_fidelity: the fraction of requests served through `handle.serve` whose answers are compared
+        with the full cache's, off the request path (`kvpilot.evaluation.shadow`; 0: off, 0.05 suggested).
     """
     from kvpilot.probes.observer import ProbeSet
     from kvpilot.probes.otel import Telemetry
@@ -333,6 +363,11 @@ def attach(
     engine.observer = probe_set
     engine.request_hooks.append(probe_set.on_request)
     recorder.start()
+    if shadow_fidelity:
+        from kvpilot.evaluation.shadow import ShadowFidelity
+
+        handle.shadow = ShadowFidelity(engine, rate=shadow_fidelity, recorder=recorder, telemetry=telemetry,
+                                       version=lambda: handle.watcher.version if handle.watcher else None)
     if opened is not None and watch:
         from kvpilot.engine.watcher import ConfigWatcher
 

@@ -36,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "objectives and constraint violations. The study is kept in the store's database (the dashboard's "
         "Tuning page shows it); run the command again with the same --study to add trials, or start "
         "several on a PostgreSQL store to share the work. The winner is the feasible trial best on --pick.\n\n"
+        "The workload is split (seeded) into a search set (--samples) and a held-out set (--heldout, the same "
+        "size by default) the trials never see. After the trials, the feasible Pareto front is measured again "
+        "on the held-out set; the recommendation, and what --push pushes, is the front config that still "
+        "meets the constraints there, or nothing, with the reason. Accuracy and top-1 agreement carry 95 % "
+        "Wilson intervals; METRIC.lower>=X bounds the interval's lower end.\n\n"
         "objectives: " + "; ".join(f"{o.name} ({o.direction}: {o.description})" for o in OBJECTIVES.values()),
         epilog="example: kvpilot tune -w passkey -n 6 --trials 30 --constraint 'accuracy>=full' --push chat",
     )
@@ -52,7 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--space", default=None, metavar="FILE", help="search-space JSON (see `kvpilot tune --show-space`)")
     p.add_argument("--show-space", action="store_true", help="print the default search space as JSON and exit")
     p.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="Optuna sampler (default tpe)")
-    p.add_argument("--sampler-seed", type=int, default=0, help="sampler seed (default 0)")
+    p.add_argument("--sampler-seed", type=int, default=None, help="sampler seed (default: a random one, printed)")
+    p.add_argument("--heldout", type=int, default=None, metavar="N",
+                   help="held-out samples the front is validated on (default: as many as --samples; 0: none)")
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="seed of the search / held-out split (default: the workload --seed)")
     p.add_argument("--push", metavar="DEPLOYMENT", default=None, help="push the winner to this deployment")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     p.add_argument("--target", choices=("kvpilot", "vllm"), default="kvpilot",
@@ -109,6 +118,10 @@ def _tune(args: argparse.Namespace) -> int:
         raise KVPilotError(f"--trials must be >= 0, got {args.trials}")
     if args.study is not None and not 0 < len(args.study) <= MAX_STUDY_NAME:  # each trial's run is "<study> #<n>"
         raise KVPilotError(f"--study: a name of 1 to {MAX_STUDY_NAME} characters, got {len(args.study)}")
+    if args.heldout is not None and args.heldout < 0:
+        raise KVPilotError(f"--heldout must be >= 0, got {args.heldout}")
+    if agents and args.heldout:
+        raise KVPilotError("--heldout applies to question workloads; an agent trace is replayed whole")
     objectives = args.objective or list(AGENT_OBJECTIVES if agents else DEFAULT_OBJECTIVES)
     for name in objectives:
         objective(name)
@@ -123,29 +136,49 @@ def _tune(args: argparse.Namespace) -> int:
 
     store = Store.open(args.db)
     t0 = time.perf_counter()
+    heldout = None
     if agents:
         evaluator = _replay_target(args)
         study_name = args.study or f"{evaluator.label}-ttl"
     else:
-        evaluator = evaluator_from_arguments(args)
+        if args.heldout == 0:
+            evaluator = evaluator_from_arguments(args)
+        else:
+            evaluator, heldout = _split_evaluators(args)
         study_name = args.study or f"{evaluator.label}-{'qa' if args.query_aware else 'agnostic'}"
     pick = args.pick or ("mean_jct_s" if agents and "mean_jct_s" in objectives else None)
     tuner = Tuner(evaluator, study_name=study_name, store=store, objectives=objectives, constraints=constraints,
                   space=space, pick=pick, sampler=args.sampler, seed=args.sampler_seed,
-                  deployment=args.push, progress=not args.quiet)
+                  deployment=args.push, progress=not args.quiet, heldout=heldout)
     result = tuner.optimize(args.trials)
-    pushed = tuner.push(args.push, result.best) if args.push and result.best is not None else None
+    chosen = result.recommended
+    pushed = tuner.push(args.push, chosen) if args.push and chosen is not None else None
     elapsed = time.perf_counter() - t0
     if args.json:
         print(json.dumps(_as_json(result, pushed, store.url), sort_keys=True, default=str))
     else:
         _print(result, pushed, store.url, constraints)
-        print(f"done in {elapsed:.1f} s ({result.computed_runs} runs computed, the rest reused)", file=sys.stderr)
+        print(f"done in {elapsed:.1f} s ({result.computed_runs} runs computed, the rest reused; "
+              f"sampler seed {result.seed})", file=sys.stderr)
+    for note in result.notes:
+        print(f"warning: {note}", file=sys.stderr)
     store.close()
     if args.push and pushed is None:
-        print(f"nothing pushed to {args.push}: no trial meets the constraints", file=sys.stderr)
+        why = result.heldout.reason if result.heldout is not None else "no trial meets the constraints"
+        print(f"nothing pushed to {args.push}: {why}", file=sys.stderr)
         return 1
     return 0
+
+
+def _split_evaluators(args: argparse.Namespace):
+    """The search and held-out Evaluators the flags ask for (one workload, split with --split-seed)."""
+    from kvpilot.engine import Engine
+    from kvpilot.tuner.split import split_evaluators
+
+    split_seed = args.seed if args.split_seed is None else args.split_seed
+    return split_evaluators(Engine.load(args.model), args.workload, args.samples, args.heldout, args.tokens,
+                            args.seed, split_seed, query_aware=args.query_aware, fidelity=not args.no_fidelity,
+                            results_root=args.out, progress=not args.quiet, max_new_tokens=args.max_new_tokens)
 
 
 def agent_space():
@@ -171,6 +204,7 @@ def _replay_target(args: argparse.Namespace):
 
 
 def _as_json(result, pushed, url: str) -> dict:
+    recommended = result.recommended
     return {
         "study": result.study_name,
         "store": url,
@@ -181,6 +215,12 @@ def _as_json(result, pushed, url: str) -> dict:
         "trials": len(result.trials),
         "feasible": sum(t.feasible for t in result.trials),
         "failed_trials": result.failed_trials,
+        "reused_trials": result.reused_trials,
+        "sampler_seed": result.seed,
+        "heldout": None if result.heldout is None else result.heldout.to_dict(),
+        "recommended": None if recommended is None else {
+            "trial": recommended.number, "config": recommended.config.to_dict()},
+        "warnings": result.notes,
         "pushed_version": None if pushed is None else pushed.version,
     }
 
@@ -208,8 +248,36 @@ def _print(result, pushed, url: str, constraints) -> None:
     defaults, best = KVConfig().to_dict(), result.best.config.to_dict()
     changed = {k: best[k] for k in SIZE_FIELDS if best[k] != defaults[k]} | _changes(result.best.config)
     print(f"\nwinner: trial {result.best.number}, fields that differ from the defaults: {json.dumps(changed)}")
+    if result.heldout is not None:
+        _print_heldout(result)
     if pushed is not None:
         print(f"pushed to deployment '{pushed.deployment}' as version {pushed.version}")
+
+
+def _print_heldout(result) -> None:
+    """The validated front: each config's search-set and held-out figures side by side, with intervals."""
+    report = result.heldout
+    names = result.objectives
+    print(f"\nheld-out validation on {report.label} ({report.front_size} configs on the search set's feasible "
+          f"Pareto front, {len(report.validations)} re-measured):")
+    header = "".join(f"{n + ' search':>24}{n + ' held-out':>24}" for n in names)
+    print(f"{'trial':>5}  {'config':<40}{header}  meets constraints")
+    rows = [("full", "full cache (baseline)", result.baseline, report.baseline, None)]
+    rows += [(v.number, _label(v.config), v.search, v.heldout, v.feasible) for v in report.validations]
+    for number, label, search, held, ok in rows:
+        cells = "".join(f"{_with_ci(n, search):>24}{_with_ci(n, held):>24}" for n in names)
+        verdict = "" if ok is None else ("yes" if ok else "no")
+        print(f"{number!s:>5}  {label[:40]:<40}{cells}  {verdict}")
+    print(f"recommendation: {report.reason}")
+
+
+def _with_ci(name: str, metrics: dict[str, Any]) -> str:
+    """A value, with its 95 % interval when it is a proportion (`0.58 [0.32, 0.81]`)."""
+    value = metrics.get(name)
+    low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
+    if low is None or high is None or value is None:
+        return _fmt(value)
+    return f"{value:.2f} [{low:.2f}, {high:.2f}]"
 
 
 def _changes(config: KVConfig) -> dict[str, Any]:

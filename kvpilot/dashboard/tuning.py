@@ -15,7 +15,10 @@ from typing import Any
 
 import optuna
 
+from kvpilot.config import KVConfig, KVConfigError, config_label
 from kvpilot.storage import ConfigVersionInfo, RunSummary, Store
+from kvpilot.tuner.heldout import HELDOUT_ATTR
+from kvpilot.tuner.objectives import PROPORTIONS
 from kvpilot.tuner.storage import has_studies_tables, open_storage  # noqa: F401 (read by the pages as tuning.*)
 from kvpilot.tuner.study import BASELINE_ATTR, CONFIG_ATTR, trial_config
 
@@ -99,6 +102,50 @@ def baseline(study: optuna.Study) -> dict[str, Any] | None:
     """The full cache's metrics on the study's samples, as the tuner stored them, or None."""
     stored = study.user_attrs.get(BASELINE_ATTR)
     return stored if isinstance(stored, dict) else None
+
+
+@dataclass(frozen=True)
+class HeldoutView:
+    """The study's last held-out validation: one row per re-measured front config, both sets side by side."""
+
+    label: str
+    reason: str
+    recommended: int | None
+    rows: list[dict[str, Any]]
+
+
+def heldout_view(study: optuna.Study) -> HeldoutView | None:
+    """What `kvpilot tune` stored after validating the front on held-out samples (None: never validated)."""
+    report = study.user_attrs.get(HELDOUT_ATTR)
+    if not report:
+        return None
+    names = objective_names(study)
+    rows = [_heldout_row("full cache", None, report.get("baseline") or {}, report.get("baseline") or {}, names)]
+    for v in report.get("validations", []):
+        row = _heldout_row(config_label_of(v.get("config")), v["trial"], v.get("search") or {}, v.get("heldout") or {},
+                           names)
+        row["meets constraints (held-out)"] = bool(v.get("feasible"))
+        row["recommended"] = v["trial"] == report.get("recommended")
+        rows.append(row)
+    return HeldoutView(str(report.get("label", "")), str(report.get("reason", "")), report.get("recommended"), rows)
+
+
+def _heldout_row(label: str, trial: int | None, search: dict, held: dict, names: list[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {"trial": trial, "config": label}
+    for name in names:
+        for which, metrics in (("search", search), ("held-out", held)):
+            row[f"{name} ({which})"] = metrics.get(name)
+            if name in PROPORTIONS and metrics.get(f"{name}_ci_low") is not None:
+                row[f"{name} 95 % CI ({which})"] = f"[{metrics[f'{name}_ci_low']:.2f}, {metrics[f'{name}_ci_high']:.2f}]"
+    return row
+
+
+def config_label_of(raw: Any) -> str:
+    """A stored config's short label, or `?` when it no longer parses."""
+    try:
+        return config_label(KVConfig.parse(raw))
+    except (KVConfigError, TypeError, ValueError):
+        return "?"
 
 
 def importances(study: optuna.Study, objective: int = 0) -> dict[str, float]:

@@ -6,6 +6,14 @@ acknowledgement, or a rejection with the reason. The engine's config only change
 rejected or corrupt version leaves the last good config in force. A version already applied or already
 rejected is never handed over again. Store outages are logged and retried; they never stop the engine.
 
+A version can also validate, be applied, and then make every request fail. Whoever serves reports each
+request's outcome (`request_succeeded()` / `request_failed()`, which `kvpilot.attach`'s `ProbeHandle.serve`
+does); after `max_failures` failures in a row under a version other than the last good one (the last
+version that served a request, or the engine's initial config), the watcher hands the last good config
+back to `apply`, records the bad version as rejected (an ack and a `config_rejected` event whose detail
+says `rolled_back`, the version restored, the failure count and the last error), and never applies it
+again; a newer push is applied as usual.
+
 No torch here: the watcher only knows `apply(KVConfig)`, which raises KVConfigError to reject. A process
 that applies another kind of versioned document (the vLLM supervisor's VLLMConfig) passes `parse`, which
 reads its kind from a stored version.
@@ -35,7 +43,7 @@ class CheckResult:
     """What one check did with a new version."""
 
     version: int
-    status: str  # applied | rejected
+    status: str  # applied | rejected | rolled_back
     reason: str | None = None
 
 
@@ -58,7 +66,10 @@ class ConfigWatcher:
         model: str | None = None,
         initial: Any = None,
         parse: Callable[[ConfigVersionInfo], Any] | None = None,
+        max_failures: int = 3,
     ):
+        if max_failures < 1:
+            raise ValueError(f"max_failures must be at least 1, got {max_failures}")
         self.store = store
         self.deployment = deployment
         self.instance_name = instance_name
@@ -75,7 +86,10 @@ class ConfigWatcher:
         self._applied_version: int | None = None
         self._config: Any = initial
         self._rejected: dict[int, str] = {}
-        self._pending: list[tuple[int, str, str | None]] = []  # acks the store could not take yet
+        self._pending: list[tuple[int, str, str | None, dict | None]] = []  # acks the store could not take yet
+        self.max_failures = max_failures
+        self._failures = 0  # requests failed in a row under the version in force
+        self._good: tuple[int | None, Any] = (None, initial)  # the last version that served
         self._last_heartbeat = 0.0
         self.store_errors = 0
         self.last_result: CheckResult | None = None
@@ -130,14 +144,55 @@ class ConfigWatcher:
                 return self._finish(active.version, "rejected", f"{type(exc).__name__}: {exc}")
             return self._finish(active.version, "applied", None, cfg)
 
+    # ----- request outcomes and rollback ----------------------------------------------------------------
+
+    def request_succeeded(self) -> None:
+        """A request served under the config in force: that version is now the last good one."""
+        with self._lock:
+            self._failures = 0
+            self._good = (self._applied_version, self._config)
+
+    def request_failed(self, error: BaseException | str) -> CheckResult | None:
+        """A request failed under the config in force; the `max_failures`-th in a row under a version that
+        never served rolls it back to the last good config (returns that result, else None)."""
+        with self._lock:
+            self._failures += 1
+            bad = self._applied_version
+            good_version, good = self._good
+            if self._failures < self.max_failures or bad is None or bad == good_version or good is None:
+                return None
+            last = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+            target = "the initial config" if good_version is None else f"version {good_version}"
+            reason = f"rolled back to {target}: {self._failures} requests failed in a row; last error: {last}"
+            try:
+                self._apply(good)
+            except Exception:  # the last good config no longer applies: keep the bad one and say so
+                log.exception("%s/%s: cannot roll back to %s", self.deployment, self.instance_name, target)
+                return None
+            detail = {"rolled_back": True, "to_version": good_version, "failures": self._failures, "error": last}
+            self._applied_version, self._config = good_version, good
+            self._failures = 0
+            self._rejected[bad] = reason
+            log.warning("%s/%s: version %s %s", self.deployment, self.instance_name, bad, reason)
+            self._pending.append((bad, "rejected", reason, detail))
+            if good_version is not None:
+                self._pending.append((good_version, "applied", None, {"restored": True, "from_version": bad}))
+            try:
+                self._flush_pending()
+            except KVPilotError as exc:
+                self._store_failed("record the rollback", exc)
+            self.last_result = CheckResult(bad, "rolled_back", reason)
+            return self.last_result
+
     def _finish(self, version: int, status: str, reason: str | None, cfg: Any = None) -> CheckResult:
         if status == "applied":
             self._applied_version, self._config = version, cfg
+            self._failures = 0
             log.info("%s/%s: applied config version %s", self.deployment, self.instance_name, version)
         else:
             self._rejected[version] = reason or ""
             log.warning("%s/%s: rejected config version %s: %s", self.deployment, self.instance_name, version, reason)
-        self._pending.append((version, status, reason))
+        self._pending.append((version, status, reason, None))
         try:
             self._flush_pending()
         except KVPilotError as exc:
@@ -147,10 +202,10 @@ class ConfigWatcher:
 
     def _flush_pending(self) -> None:
         while self._pending and self._instance_id is not None:
-            version, status, reason = self._pending[0]
+            version, status, reason, extra = self._pending[0]
             self.store.ack(self._instance_id, version, status, reason)
             kind = "config_applied" if status == "applied" else "config_rejected"
-            detail = {"version": version, "deployment": self.deployment, "reason": reason}
+            detail = {"version": version, "deployment": self.deployment, "reason": reason, **(extra or {})}
             self.store.add_events([{"kind": kind, "detail": detail}], instance_id=self._instance_id)
             self._pending.pop(0)
 

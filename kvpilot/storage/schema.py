@@ -51,6 +51,7 @@ EVENT_KINDS = (
     "kv_block_stored",
     "kv_block_removed",
     "kv_blocks_cleared",
+    "quality",  # shadow fidelity of one sampled answer against the full cache (kvpilot.evaluation.shadow)
 )
 ACK_STATUSES = ("applied", "rejected")
 # Session-pool events (the Sessions page); `detail` may carry these keys so occupancy can be drawn.

@@ -12,12 +12,19 @@ The full cache is measured first, on the same samples: it is the baseline that r
 (`accuracy>=full-0.05`) are measured against, and it is stored on the study as the `baseline` attribute.
 The winner is the feasible trial that is best on one objective (`pick`, by default the last one, e.g. the
 fewest KV bytes), ties broken by the other objectives in order.
+
+Given a `heldout` target (other samples of the same workload, see `kvpilot.tuner.split`), `optimize` then
+re-measures the feasible Pareto front there (`kvpilot.tuner.heldout`) and `recommended` is the front
+config that still meets the constraints on the held-out set, or None with the reason; `push()` pushes
+only that. The sampler's seed is random unless given (a second study does not replay the first one's
+trials), and a trial whose config equals an earlier complete trial's takes that trial's result.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import time
 import warnings
@@ -31,13 +38,17 @@ from tqdm.auto import tqdm
 
 from kvpilot.config import KVConfig, KVConfigError
 from kvpilot.errors import KVPilotError
+from kvpilot.tuner.heldout import DEFAULT_LIMIT, HELDOUT_ATTR, HeldoutReport, pareto_front, validate
 from kvpilot.tuner.objectives import (
     DEFAULT_OBJECTIVES,
+    PROPORTIONS,
     Constraint,
     Objective,
     ObjectiveError,
+    metric_interval,
     objective,
     objective_values,
+    with_intervals,
 )
 from kvpilot.tuner.space import SearchSpace
 from kvpilot.tuner.storage import open_storage
@@ -49,6 +60,8 @@ CONFIG_ATTR = "config"  # trial user attribute: the KVConfig the trial evaluated
 METRICS_ATTR = "metrics"  # trial user attribute: the run's headline metrics
 BASELINE_ATTR = "baseline"  # study user attribute: the full cache's metrics on the same samples
 INVALID_CONSTRAINT = "valid_config"  # constraint set to 1 when a config cannot run on the model
+REUSED_ATTR = "reused_from"  # trial user attribute: the earlier trial whose result an identical config took
+FEW_QUESTIONS = 50  # below this, a measurement's interval is too wide to tune on: the tuner says so
 MAX_CONSECUTIVE_FAILURES = 3
 WORKER_ATTR = "worker"  # trial user attribute: host, pid and run id of the process evaluating it
 STALE_AFTER_S = 6 * 3600.0  # a RUNNING trial of another host (or of no known process) this old is dead
@@ -104,6 +117,17 @@ class TuneResult:
     failed_trials: int = 0
     computed_runs: int = 0
     notes: list[str] = field(default_factory=list)
+    seed: int | None = None  # the sampler seed this call used
+    reused_trials: int = 0  # new trials that took an identical earlier trial's result
+    heldout: HeldoutReport | None = None  # the front re-measured on the held-out set (None: no held-out set)
+
+    @property
+    def recommended(self) -> TrialOutcome | None:
+        """What to deploy: the held-out report's choice when there is a held-out set, else the winner."""
+        if self.heldout is None:
+            return self.best
+        chosen = self.heldout.recommended
+        return None if chosen is None else next(t for t in self.trials if t.number == chosen.number)
 
 
 class Tuner:
@@ -112,6 +136,8 @@ class Tuner:
 
     store: a kvpilot Store; the study goes into its database and each trial is a `tuning_trial` run. Without
     one the study stays in memory (library use, quick experiments).
+    heldout: a second target on other samples of the same workload; the front is validated there.
+    seed: the sampler's seed; None draws a random one (`self.seed` then says which).
     """
 
     def __init__(
@@ -125,9 +151,11 @@ class Tuner:
         space: SearchSpace | None = None,
         pick: str | None = None,
         sampler: str = "tpe",
-        seed: int = 0,
+        seed: int | None = None,
         deployment: str | None = None,
         progress: bool = True,
+        heldout: TuningTarget | None = None,
+        validate_limit: int = DEFAULT_LIMIT,
     ) -> None:
         if not objectives:
             raise ObjectiveError("name at least one objective")
@@ -148,10 +176,16 @@ class Tuner:
             raise ObjectiveError(f"pick={self.pick.name!r} must be one of the objectives {[o.name for o in self.objectives]}")
         self.space = space or SearchSpace()
         self.sampler_name = sampler
-        self.seed = seed
+        self.seed = secrets.randbelow(2**31) if seed is None else seed
+        if heldout is not None and heldout.digest == evaluator.digest:
+            raise TuningError("the held-out set holds the same samples as the search set; split the workload")
+        self.heldout = heldout
+        self.validate_limit = validate_limit
+        self.report: HeldoutReport | None = None  # the last held-out validation
         self.deployment = deployment
         self.progress = progress
         self._study: optuna.Study | None = None
+        self._reused = 0
 
     # ----- the study -------------------------------------------------------------------------------
 
@@ -190,7 +224,7 @@ class Tuner:
         if stored is not None and stored.get("digest") == self.evaluator.digest:
             return stored
         result = self.evaluator.run(KVConfig())
-        metrics = scalar_metrics(result.metrics) | {"digest": self.evaluator.digest}
+        metrics = with_intervals(scalar_metrics(result.metrics)) | {"digest": self.evaluator.digest}
         self.study.set_user_attr(BASELINE_ATTR, metrics)
         return metrics
 
@@ -204,7 +238,7 @@ class Tuner:
         self._requeue_stale_trials(study)
         baseline = self.baseline()
         self._seed_policies(study, n_trials)
-        computed_before = self.evaluator.computed_runs
+        computed_before, reused_before = self.evaluator.computed_runs, self._reused
         failed = consecutive = 0
         bar = tqdm(range(n_trials), desc=f"tuning {self.study_name}", disable=not self.progress, unit="trial")
         for _ in bar:
@@ -218,9 +252,41 @@ class Tuner:
                 bar.set_postfix_str(self._describe(best))
         trials = [TrialOutcome.of(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                   if INVALID_CONSTRAINT not in t.constraints or t.constraints[INVALID_CONSTRAINT] <= 0]
-        return TuneResult(self.study_name, [o.name for o in self.objectives], self.pick.name, self.pick.direction,
-                          baseline, trials, self.best(), n_trials, failed,
-                          self.evaluator.computed_runs - computed_before)
+        result = TuneResult(self.study_name, [o.name for o in self.objectives], self.pick.name,
+                            self.pick.direction, baseline, trials, self.best(), n_trials, failed,
+                            self.evaluator.computed_runs - computed_before, seed=self.seed,
+                            reused_trials=self._reused - reused_before)
+        result.notes += self._few_questions("search", baseline)
+        if self.heldout is not None:
+            result.heldout = self.validate(trials)
+            result.notes += self._few_questions("held-out", result.heldout.baseline)
+        return result
+
+    def validate(self, trials: Sequence[TrialOutcome] | None = None) -> HeldoutReport:
+        """Re-measure the feasible Pareto front on the held-out set and store the report on the study."""
+        if self.heldout is None:
+            raise TuningError("validation needs a held-out set (Tuner(..., heldout=...))")
+        if trials is None:
+            trials = [TrialOutcome.of(t) for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        front = pareto_front(trials, self.objectives)
+        self.report = validate(front, self.heldout, self.objectives, self.constraints, self.pick,
+                               limit=self.validate_limit)
+        self.study.set_user_attr(HELDOUT_ATTR, self.report.to_dict())
+        return self.report
+
+    def _few_questions(self, which: str, metrics: dict[str, Any]) -> list[str]:
+        """A warning when the set's figures rest on fewer than FEW_QUESTIONS questions (with an interval)."""
+        n = metrics.get("n_questions")
+        if not n or n >= FEW_QUESTIONS:
+            return []
+        shown = []
+        for name in PROPORTIONS:
+            ci = metric_interval(name, metrics)
+            if ci is not None:
+                shown.append(f"{name} {metrics[name]:.0%} is [{ci[0]:.0%}, {ci[1]:.0%}]")
+        return [f"the {which} set has {n} question{'s' if n != 1 else ''} (< {FEW_QUESTIONS}): its figures are uncertain (full cache, "
+                f"95 % interval: {'; '.join(shown) or 'n/a'}); use more samples, or bound an interval "
+                f"(e.g. accuracy.lower>=...)"]
 
     def _seed_policies(self, study: optuna.Study, n_trials: int) -> None:
         """A new study first tries each policy once (as far as `n_trials` goes), so no policy is left
@@ -242,21 +308,27 @@ class Tuner:
         trial.set_user_attr(CONFIG_ATTR, config.to_dict())
         run_id = self._start_run(trial, config)
         trial.set_user_attr(WORKER_ATTR, {"host": socket.gethostname(), "pid": os.getpid(), "run_id": run_id})
+        earlier = self._earlier(study, config, trial.number)
         try:
-            result = self.evaluator.run(config)
-            values = objective_values(self.objectives, result.metrics)
+            if earlier is not None:  # the same config was measured: take its result, compute nothing
+                metrics = dict(earlier.user_attrs[METRICS_ATTR])
+                trial.set_user_attr(REUSED_ATTR, earlier.number)
+                self._reused += 1
+            else:
+                result = self.evaluator.run(config)
+                metrics = with_intervals(scalar_metrics(result.metrics))
+                if result.path is not None:
+                    trial.set_user_attr("run_dir", str(result.path))
+            values = objective_values(self.objectives, metrics)
         except Exception as exc:  # a trial that crashes must not lose the study; the sampler never sees FAIL
             log.exception("trial %d failed", trial.number)
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             study.tell(trial, state=TrialState.FAIL)
             self._finish_run(run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"})
             return False
-        metrics = scalar_metrics(result.metrics)
         trial.set_user_attr(METRICS_ATTR, metrics)
-        if result.path is not None:
-            trial.set_user_attr("run_dir", str(result.path))
         for c in self.constraints:
-            trial.set_constraint(c.text, c.violation(result.metrics, baseline))
+            trial.set_constraint(c.text, c.violation(metrics, baseline))
         study.tell(trial, values)
         self._finish_run(run_id, "completed", metrics)
         return True
@@ -291,6 +363,17 @@ class Tuner:
             requeued += 1
             log.warning("trial %d was left RUNNING by a process that died: failed and queued again", t.number)
         return requeued
+    def _earlier(self, study: optuna.Study, config: KVConfig, number: int) -> FrozenTrial | None:
+        """An earlier complete trial that measured exactly `config` (its result stands for this one)."""
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.number == number or METRICS_ATTR not in t.user_attrs:
+                continue
+            try:
+                if trial_config(t) == config:
+                    return t
+            except KVConfigError:
+                continue
+        return None
 
     def _tell_invalid(self, study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
         """A config the model cannot run: complete, infeasible and worst on every objective, so the sampler
@@ -329,9 +412,16 @@ class Tuner:
         return best
 
     def push(self, deployment: str, outcome: TrialOutcome | None = None) -> Any:
-        """Push the winner (or `outcome`) to a deployment's config registry as its new active version."""
+        """Push `outcome`, else the recommendation (validated on the held-out set when there is one, else
+        the winner), to a deployment's config registry as its new active version."""
         if self.store is None:
             raise TuningError("pushing needs a store")
+        if outcome is None and self.heldout is not None:
+            report = self.report or self.validate()
+            if report.recommended is None:
+                raise TuningError(f"nothing to push: {report.reason}")
+            outcome = next(TrialOutcome.of(t) for t in self.study.get_trials(deepcopy=False)
+                           if t.number == report.recommended.number)
         outcome = outcome or self.best()
         if outcome is None:
             raise TuningError("no feasible trial to push: loosen the constraints or run more trials")

@@ -48,3 +48,32 @@ def test_objectives_read_run_metrics_and_name_what_is_missing():
         objective("speed")
     assert all(o.direction in ("maximize", "minimize") for o in OBJECTIVES.values())
     assert objective("accuracy").better(1.0, 0.5) and objective("kv_bytes").better(1.0, 2.0)
+
+
+def test_constraints_on_an_interval_end():
+    """`accuracy.lower>=X` holds only when the 95 % Wilson interval's lower end clears X."""
+    c = Constraint.parse("accuracy.lower>=0.5")
+    assert c.side == "lower" and c.metric == "accuracy"
+    twelve = {"accuracy": 0.75, "n_questions": 12}  # 9/12: interval about [0.47, 0.91]
+    many = {"accuracy": 0.75, "n_questions": 200}  # 150/200: about [0.69, 0.80]
+    assert Constraint.parse("accuracy>=0.5").violation(twelve, BASE) < 0  # the point value passes ...
+    assert c.violation(twelve, BASE) == pytest.approx(0.5 - 0.4677, abs=1e-3)  # ... its lower end does not
+    assert c.violation(many, BASE) < 0
+    upper = Constraint.parse("top1_agreement.upper<=0.9")
+    assert upper.violation({"top1_agreement": 0.85, "fidelity_tokens": 40}, BASE) > 0  # upper end 0.93
+    rel = Constraint.parse("accuracy.lower>=full-0.2")  # relative to the full cache's point value (0.9)
+    assert rel.violation(many, BASE) == pytest.approx(0.7 - 0.6857, abs=1e-3)
+    assert c.violation({"accuracy": 0.75}, BASE) == 1.0  # no count, no interval: unmet
+
+
+def test_interval_constraints_only_on_proportions():
+    with pytest.raises(ObjectiveError, match="only accuracy, top1_agreement have an interval"):
+        Constraint.parse("kv_bytes.lower<=1000")
+
+
+def test_with_intervals_adds_both_ends():
+    from kvpilot.tuner.objectives import with_intervals
+
+    out = with_intervals({"accuracy": 0.5, "n_questions": 10, "top1_agreement": None, "kv_bytes": 3.0})
+    assert out["accuracy_ci_low"] == pytest.approx(0.2366, abs=5e-4) and out["accuracy_ci_high"] > 0.76
+    assert "top1_agreement_ci_low" not in out and out["kv_bytes"] == 3.0

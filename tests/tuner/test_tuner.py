@@ -28,7 +28,7 @@ def _evaluator(engine, root, seed=0):
 
 def test_tuner_finds_a_smaller_cache_at_full_accuracy_and_pushes_it(bundled_engine, store, tmp_path):
     tuner = Tuner(_evaluator(bundled_engine, tmp_path / "runs"), study_name="pk", store=store, space=SPACE,
-                  constraints=["accuracy>=full"], deployment="chat", progress=False)
+                  constraints=["accuracy>=full"], deployment="chat", progress=False, seed=0)
     result = tuner.optimize(6)
     base = result.baseline
     assert base["accuracy"] == 1.0 and base["kv_bytes"] > 0
@@ -54,7 +54,7 @@ def test_tuner_finds_a_smaller_cache_at_full_accuracy_and_pushes_it(bundled_engi
 
     # resume: a new process (new Evaluator, same run folders) adds trials without recomputing the baseline
     again = Tuner(_evaluator(bundled_engine, tmp_path / "runs"), study_name="pk", store=store, space=SPACE,
-                  constraints=["accuracy>=full"], progress=False)
+                  constraints=["accuracy>=full"], progress=False, seed=0)
     more = again.optimize(2)
     assert len(more.trials) == 8 and more.baseline == base
     assert again.evaluator.computed_runs <= 2  # the full cache is not run again; repeated configs are loaded
@@ -74,7 +74,8 @@ def test_configs_the_model_cannot_run_are_infeasible_not_failures(bundled_engine
 def test_tune_command(tmp_path, capsys, monkeypatch):
     db = tmp_path / "t.db"
     code = main(["tune", "-w", "passkey", "-n", "1", "-t", "400", "--trials", "3", "--db", str(db), "--out",
-                 str(tmp_path / "runs"), "--quiet", "--push", "d", "--sampler", "random"])
+                 str(tmp_path / "runs"), "--quiet", "--push", "d", "--sampler", "random", "--heldout", "0",
+                 "--sampler-seed", "0"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "winner: trial" in out and "pushed to deployment 'd' as version 1" in out
@@ -115,7 +116,7 @@ def test_tuner_searches_the_session_ttl_on_an_agent_replay(bundled_engine, tmp_p
                         params={"session_ttl.fixed.ttl_s": (1.0, 60.0)})
     with Store.open(f"sqlite:///{tmp_path / 'ttl.db'}") as store:
         tuner = Tuner(target, study_name="ttl", store=store, space=space, objectives=["hit_ratio", "pinned_gib_s"],
-                      pick="hit_ratio", sampler="random", progress=False)
+                      pick="hit_ratio", sampler="random", progress=False, seed=0)
         result = tuner.optimize(6)
     assert result.baseline["hits"] == 0 and result.baseline["pinned_gib_s"] == 0
     best = result.best
@@ -151,7 +152,7 @@ def test_two_tune_processes_share_one_study_on_postgresql(db_url, tmp_path):
         pytest.skip("several tuning processes need PostgreSQL (Optuna advises one process per SQLite file)")
     base = [sys.executable, "-m", "kvpilot.cli", "tune", "-w", "passkey", "-n", "1", "-t", "300", "--no-fidelity",
             "--constraint", "none", "--study", "shared", "--db", db_url, "--out", str(tmp_path / "runs"), "--quiet",
-            "--sampler", "random"]
+            "--sampler", "random", "--heldout", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     assert subprocess.run([*base, "--trials", "0"], env=env, capture_output=True).returncode == 0  # create it
     workers = [subprocess.Popen([*base, "--trials", "2", "--sampler-seed", str(i)], env=env,

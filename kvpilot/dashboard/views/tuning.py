@@ -60,6 +60,7 @@ def _study(ctx: C.Ctx, study: optuna.Study) -> None:
     _trial(ctx, study, number)
     st.subheader("Trials")
     _trials_table(rows, objectives)
+    _heldout(study)
     _importances(study, objectives)
 
 
@@ -142,6 +143,18 @@ def _telemetry(study: str, number: int) -> None:
     if summary.run.metrics:
         with st.expander("All metrics of the trial's run"):
             C.table(summary.run.metrics, key="trial_run_metrics")
+
+
+def _heldout(study: optuna.Study) -> None:
+    """The front re-measured on held-out samples: search-set and held-out figures side by side."""
+    st.subheader("Held-out validation")
+    view = tuning.heldout_view(study)
+    if view is None:
+        st.caption("Not validated on held-out samples (`kvpilot tune` does it unless --heldout 0).")
+        return
+    chosen = "nothing" if view.recommended is None else f"trial {view.recommended}"
+    st.markdown(f"Held-out set `{view.label}`. Recommended: **{chosen}**. {view.reason}")
+    st.dataframe(pd.DataFrame(view.rows), hide_index=True, key="heldout_table")
 
 
 def _importances(study: optuna.Study, objectives: list[str]) -> None:
