@@ -94,6 +94,14 @@ def test_each_question_is_routed_to_the_episode_holding_its_answer(bundled_engin
     assert [a.extra["episode"] for a in response.answers] == list(holding.values())
 
 
+def _same_keys(x: dict, y: dict) -> bool:
+    """Two layer snapshots hold the same keys (padded while in use, or packed at rest)."""
+    if (x["_k"] is None) != (y["_k"] is None) or (x["_packed"] is None) != (y["_packed"] is None):
+        return False
+    same_padded = x["_k"] is None or torch.equal(x["_k"], y["_k"])
+    return same_padded and (x["_packed"] is None or torch.equal(x["_packed"][0], y["_packed"][0]))
+
+
 @pytest.mark.parametrize("extra", [{}, {"granularity": "turn", "layer_allocation": "global"}])
 def test_one_shared_prefill_compresses_each_episode_as_its_own_prefill_would(bundled_engine, extra):
     """One-shot prefill runs the context once for all episodes; the caches equal E separate prefills'."""
@@ -107,7 +115,7 @@ def test_one_shared_prefill_compresses_each_episode_as_its_own_prefill_would(bun
     for a, b in zip(shared, each, strict=True):
         assert a.kv_bytes == b.kv_bytes and torch.equal(a.logits, b.logits)
         for x, y in zip(a.state, b.state, strict=True):
-            assert torch.equal(x["positions"], y["positions"]) and torch.equal(x["keys"], y["keys"])
+            assert torch.equal(x["positions"], y["positions"]) and _same_keys(x, y)
     kept = [{tuple(p.flatten().tolist()) for p in (layer["positions"] for layer in e.state)} for e in shared]
     assert kept[0] != kept[1] != kept[2]  # different prompts keep different tokens
     assert shared_peak >= each_peak  # the shared context is held while every episode is compressed
