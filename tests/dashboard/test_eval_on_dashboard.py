@@ -34,4 +34,4 @@ def test_kvpilot_eval_is_listed_on_the_runs_page(reuse_engine, app, db_url, tmp_
     [row] = frame(at, "id", "kind", "status", "config").to_dict("records")
     assert (row["kind"], row["status"], row["config"]) == ("eval", "completed", "snapkv-0.5")
     assert row["accuracy"] == metrics["accuracy"]
-    assert row["kv_bytes"] == pytest.approx(metrics["kv_bytes"])
+    assert row["kv_bytes (MiB)"] == pytest.approx(metrics["kv_bytes"] / 2**20)  # bytes shown in MiB
