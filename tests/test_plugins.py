@@ -162,7 +162,7 @@ def test_every_builtin_declares_what_the_docs_and_the_tuner_read():
     assert {s.name: s.stats for s in POLICY_REGISTRY.specs()} == {
         "expected_attention": "queries", "full": "none", "h2o": "accumulated", "knorm": "none",
         "random": "none", "snapkv": "scoring", "streaming": "none", "tova": "scoring", "keydiff": "none",
-        "kvzip": "scoring"}
+        "kvzip": "scoring", "surrogate": "none"}
 
 
 def test_legacy_names_are_the_old_flat_fields():

@@ -20,7 +20,11 @@ BAD = {"policy": "snapkv", "compression_ratio": 0.5, "scoring": "reconstruct"}
 
 
 @pytest.fixture
-def served(bundled_engine, store):
+def served(bundled_engine, store, monkeypatch):
+    # The dry run before "applied" (kvpilot.engine.dryrun) would reject this config already; rollback is the
+    # second line of defence, for failures a short rehearsal cannot foresee (a long request, a full device),
+    # so the rehearsal is switched off here to reach it.
+    monkeypatch.setattr("kvpilot.engine.dryrun.dry_run", lambda config, engine: None)
     engine = Engine(bundled_engine.model, None)  # token ids in, no tokenizer: reconstruction cannot run
     handle = attach(engine, store, "chat", probes=["latency"], otel=False, poll_s=3600, instance="e0")
     try:
