@@ -128,7 +128,9 @@ def test_hostile_configs_break_nothing(text_engine, bundled_engine, tmp_path, re
     finally:
         handle.detach()
     assert figures["api_accepted"] == figures["pushed"]  # the CLI and the API agree
-    assert figures["api_accepted"] > 300 and figures["engine_applied"] > 200  # the fuzz reaches the engine
+    # the fuzz reaches the engine: about a quarter of the documents are valid (296 of 1,200 with the episode
+    # fields and the global-heads rule of issue 11; 357 before)
+    assert figures["api_accepted"] > 250 and figures["engine_applied"] > 200
 
     figures["push_and_engine_seconds"] = round(time.perf_counter() - t0) - figures["api_seconds"]
 
