@@ -29,6 +29,7 @@ NOT_RUN = {
     "make demo   #": "the whole set-up and the full demo; tests/test_demo_command.py runs the demo at a small size",
     "kvpilot dashboard  ": "a server that runs until stopped; tests/dashboard/test_command.py and test_browser.py "
                            "start it on a store and open every page",
+    "make vllm-env": "set-up from a checkout (the Makefile); .ci/run builds it and tests/vllm runs on it",
     "# passkey and convqa: search-set and held-out": "measurements of tens of minutes to hours, run from a checkout "
                                                      "(benchmarks/); tests/tuner/test_heldout.py runs the held-out "
                                                      "tuner at a small size",
