@@ -63,6 +63,19 @@ def attention_bias(
     return allowed
 
 
+def group_key_mass(head_mass: torch.Tensor, h_kv: int, q_len: int, reduce: Reduce) -> torch.Tensor:
+    """[b, H_kv, n] mass per KV head from ``head_mass`` [b, H, n]: summed over the GQA group, or its maximum
+    with "max"; with "mean" ``head_mass`` is divided by the query count in place first (shared by backends)."""
+    b, h, n = head_mass.shape
+    grouped = head_mass.view(b, h_kv, h // h_kv, n)
+    if reduce == "max":
+        return grouped.amax(dim=2)
+    if reduce == "mean":
+        head_mass /= max(q_len, 1)
+        return grouped.sum(dim=2) / (h // h_kv)
+    return grouped.sum(dim=2)
+
+
 def attention_stats_reference(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -131,11 +144,5 @@ def attention_stats_reference(
         if out is not None and v32 is not None:
             o = torch.matmul(p.view(b, h_kv, group * rows, n_vis), v32[:, :, :n_vis])
             out[:, :, start:stop] = o.view(b, h, rows, -1).to(query.dtype)
-    if reduce == "max":
-        key_mass = head_mass.view(b, h_kv, group, n).amax(dim=2)
-    elif reduce == "mean":
-        head_mass /= max(q_len, 1)
-        key_mass = head_mass.view(b, h_kv, group, n).sum(dim=2) / group
-    else:
-        key_mass = head_mass.view(b, h_kv, group, n).sum(dim=2)
+    key_mass = group_key_mass(head_mass, h_kv, q_len, reduce)  # (normalises head_mass in place for mean)
     return AttentionStats(head_mass, key_mass, entropy / max(q_len, 1), out, q_len)

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kvpilot.kernels.reference import AttentionStats, Reduce
+from kvpilot.kernels.reference import AttentionStats, Reduce, group_key_mass
 
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
@@ -389,13 +389,7 @@ def attention_stats_triton(
         BLOCK_M=bm2, BLOCK_N=bn2, BLOCK_D=block_d,
         num_warps=warps2, num_stages=2, enable_fp_fusion=True,
     )  # fmt: skip
-    if reduce == "max":
-        key_mass = head_mass.view(b, h_kv, group, n).amax(dim=2)
-    elif reduce == "mean":
-        head_mass /= max(q_len, 1)
-        key_mass = head_mass.view(b, h_kv, group, n).sum(dim=2) / group
-    else:
-        key_mass = head_mass.view(b, h_kv, group, n).sum(dim=2)
+    key_mass = group_key_mass(head_mass, h_kv, q_len, reduce)
     row_entropy = ent_part.sum(dim=2) / max(q_len, 1)
     return AttentionStats(head_mass, key_mass, row_entropy, out, q_len, backend="triton")
 
