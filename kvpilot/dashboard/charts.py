@@ -12,19 +12,19 @@ import pandas as pd
 from kvpilot.dashboard.fmt import AXIS_TIME
 
 HEIGHT = 260
-MINUTE_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720)
 
 
 def time_axis(times: pd.Series | None) -> alt.Axis:
     """A 24-hour time axis (Vega's default labels are 12-hour without AM/PM) whose ticks never repeat a label:
-    seconds shown for spans under 10 minutes, else ticks on whole minutes or hours about 6 apart."""
+    seconds shown for spans under 10 minutes, else ticks on whole minutes or hours, about 6 of them."""
     span = 0.0
     if times is not None and len(times):
         span = (pd.Timestamp(times.max()) - pd.Timestamp(times.min())).total_seconds()
     if span < 600:
         return alt.Axis(format="%H:%M:%S", labelAngle=0, tickCount=6)
-    step = next((s for s in MINUTE_STEPS if s * 60 * 7 >= span), MINUTE_STEPS[-1])
-    return alt.Axis(format="%H:%M", labelAngle=0, tickCount=alt.TickCount(interval="minute", step=step))
+    # Vega picks a nice interval near span/6, at least a minute here, so "%H:%M" labels never repeat.
+    # (A {"interval": "minute", "step": n} tick count breaks Streamlit's Vega: the chart draws empty.)
+    return alt.Axis(format="%H:%M", labelAngle=0, tickCount=6)
 
 
 def local_time(ts: float) -> pd.Timestamp:

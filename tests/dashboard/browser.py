@@ -121,9 +121,10 @@ def keep_alive(db_url: str, instance_ids: list[int], every_s: float = 5.0) -> It
         thread.join(10)
 
 
-def faults(page) -> list[str]:
-    """What someone on call must never see on a rendered page."""
-    found = []
+def faults(page, script_errors: list[str] | None = None) -> list[str]:
+    """What someone on call must never see on a rendered page (a chart that failed to draw shows only as
+    a script error in the console: an empty frame of gridlines)."""
+    found = [f"a script error: {e[:200]}" for e in script_errors or []]
     if page.locator('[data-testid="stException"]').count():
         found.append("an exception: " + page.locator('[data-testid="stException"]').first.inner_text()[:300])
     if page.locator('[data-testid="stJson"]').count():
@@ -146,9 +147,13 @@ def shoot(base: str, out_dir: Path, *, pages: dict[str, list[str]] = PAGES, time
         try:
             page = browser.new_page(viewport=VIEWPORT)
             page.set_default_timeout(timeout_ms)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "Error" in m.text else None)
             for path, texts in pages.items():
+                errors.clear()
                 try:
-                    shots[path or "overview"] = _one_page(page, base, path, texts, out_dir)
+                    shots[path or "overview"] = _one_page(page, base, path, texts, out_dir, errors)
                 except Exception:
                     page.screenshot(path=str(out_dir / f"failed-{path or 'overview'}.png"))
                     raise
@@ -157,25 +162,19 @@ def shoot(base: str, out_dir: Path, *, pages: dict[str, list[str]] = PAGES, time
     return shots
 
 
-def _one_page(page, base: str, path: str, texts: list[str], out_dir: Path) -> Path:
+def _one_page(page, base: str, path: str, texts: list[str], out_dir: Path, errors: list[str]) -> Path:
     """Open one page, check it and save its screenshot; returns the PNG's path."""
     page.goto(f"{base}/{path}")
     page.wait_for_selector('[data-testid="stSidebarNav"]')
     page.get_by_text(texts[0], exact=False).first.wait_for(state="visible")
     if path in CHART_PAGES:
         page.wait_for_selector('[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg')
-    # Streamlit scrolls inside its main container and draws charts as they come into view, so the
-    # viewport (1440 wide, 900 high at first) grows to the content before anything further down is read
-    for _ in range(2):
-        page.wait_for_timeout(800)
-        height = page.evaluate("document.querySelector('[data-testid=stMain]')?.scrollHeight || 900")
-        page.set_viewport_size({"width": VIEWPORT["width"],
-                                "height": min(max(int(height), VIEWPORT["height"]), MAX_HEIGHT)})
+    _fit_viewport(page)
     for text in texts:
-        page.get_by_text(text, exact=False).first.wait_for(state="visible")
+        _wait_for_text(page, text)
     page.wait_for_timeout(800)  # let charts finish their first paint
     page.wait_for_selector('[data-testid="stSpinner"]', state="detached")  # e.g. "Computing importances..."
-    problems = faults(page)
+    problems = faults(page, errors)
     if problems:
         raise AssertionError(f"page /{path}: " + "; ".join(problems))
     shot = out_dir / f"dashboard-{path or 'overview'}.png"
@@ -183,6 +182,35 @@ def _one_page(page, base: str, path: str, texts: list[str], out_dir: Path) -> Pa
     _shrink(shot)
     page.set_viewport_size(VIEWPORT)
     return shot
+
+
+def _fit_viewport(page, settle_ms: int = 800, max_rounds: int = 20) -> None:
+    """Grow the viewport to the page's content until its height stops changing.
+
+    Streamlit scrolls inside its main container and draws charts only as they come into view, so on a
+    slow (loaded) machine one look at the height sees half a page and the charts below it never draw.
+    """
+    last = -1
+    for _ in range(max_rounds):
+        page.wait_for_timeout(settle_ms)
+        height = int(page.evaluate("document.querySelector('[data-testid=stMain]')?.scrollHeight || 900"))
+        height = min(max(height, VIEWPORT["height"]), MAX_HEIGHT)
+        if height == last:
+            return
+        page.set_viewport_size({"width": VIEWPORT["width"], "height": height})
+        last = height
+
+
+def _wait_for_text(page, text: str, attempts: int = 4) -> None:
+    """Wait for a text, growing the viewport again between tries (a chart title appears only once drawn)."""
+    locator = page.get_by_text(text, exact=False).first
+    for _ in range(attempts - 1):
+        try:
+            locator.wait_for(state="visible", timeout=15_000)
+            return
+        except Exception:
+            _fit_viewport(page)
+    locator.wait_for(state="visible")  # the last try waits the page's default timeout
 
 
 def _shrink(path: Path) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from sqlalchemy import Integer, Table, cast, create_engine, event
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.engine import URL, Connection, Engine
@@ -24,6 +25,33 @@ from kvpilot.storage.backends.base import Backend
 from kvpilot.storage.errors import BadDatabaseURLError, StoreError
 
 WRITE_OPTION = "kvpilot_write"
+
+
+def _in_wal(cur: sqlite3.Cursor) -> bool:
+    return str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal"
+
+
+def _switch_to_wal(dbapi_conn: sqlite3.Connection, path: str, timeout_s: float) -> None:
+    """Put a new database file in WAL mode, once, while other processes may be opening it too.
+
+    Why a lock file: a new file stays empty until its first checkpoint, so a second process still
+    reads "delete" from it after the first switched to WAL, and its own switch then needs an
+    exclusive lock that WAL connections never give up (each holds a shared lock while open): it
+    waits out the busy timeout and fails. Under the lock the first process switches, writes the
+    header and checkpoints it into the file; the others then find the file in WAL and go on.
+    """
+    with FileLock(f"{path}.init-lock", timeout=timeout_s):
+        cur = dbapi_conn.cursor()
+        try:
+            if _in_wal(cur):
+                return
+            cur.execute("PRAGMA journal_mode=WAL")
+            file = Path(path)
+            if not file.exists() or file.stat().st_size == 0:  # write page 1 (mode included) to the file
+                cur.execute("PRAGMA user_version=0")
+                cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            cur.close()
 
 
 class SQLiteBackend(Backend):
@@ -58,10 +86,8 @@ class SQLiteBackend(Backend):
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see module docstring)
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout={busy_ms}")
-            # Switching to WAL takes an exclusive lock; a file already in WAL (every file after its first
-            # open) is only read, so processes opening a busy store at once do not queue for that lock.
-            if not memory and str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
-                cur.execute("PRAGMA journal_mode=WAL")
+            if not memory and not _in_wal(cur):
+                _switch_to_wal(dbapi_conn, str(url.database), busy_timeout_s)
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA cache_size=-65536")  # 64 MiB: the time indexes of big sample tables stay hot
