@@ -112,12 +112,13 @@ def _as_engine(model_or_engine: Any, tokenizer: Any) -> Engine:
 
     if isinstance(model_or_engine, Engine):
         return model_or_engine
-    from kvpilot.engine.attention import ATTN_IMPLEMENTATION, register_attention
+    from kvpilot.engine.attention import ATTN_IMPLEMENTATION, hook_residual_norms, register_attention
 
     register_attention()
     model = model_or_engine
     if getattr(model.config, "_attn_implementation", None) != ATTN_IMPLEMENTATION:
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    hook_residual_norms(model)
     return Engine(model, tokenizer)
 
 

@@ -36,7 +36,7 @@ def tiny_model():
     """A 4-layer Llama with 4 query heads and 2 KV heads, random weights, kvpilot's attention."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from kvpilot.engine.attention import ATTN_IMPLEMENTATION, register_attention
+    from kvpilot.engine.attention import ATTN_IMPLEMENTATION, hook_residual_norms, register_attention
 
     register_attention()
     torch.manual_seed(0)
@@ -52,6 +52,7 @@ def tiny_model():
         attn_implementation=ATTN_IMPLEMENTATION,
     )
     model = LlamaForCausalLM(cfg).eval()
+    hook_residual_norms(model)
     return model
 
 

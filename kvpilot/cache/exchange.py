@@ -30,6 +30,7 @@ class StatsRequest:
     forwards recorded (added, or the maximum for "max"). restrict: only the past slots whose logical
     positions fall in [start, stop) (plus the sinks) compete in the softmax, the scoring queries' own keys
     too (a reconstruction pass); record_stop: how many leading keys are cached slots whose scores are kept.
+    residual_weighted: KVzip+ weights (||W_O v|| per key and query head, 1 / ||h|| per query).
     """
 
     kind: str
@@ -40,6 +41,7 @@ class StatsRequest:
     reduce: str = "sum"
     restrict: tuple[int, int] | None = None
     record_stop: int | None = None
+    residual_weighted: bool = False
 
 
 class LayerSide(Protocol):

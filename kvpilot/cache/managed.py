@@ -187,12 +187,14 @@ class ManagedCache(Cache):
         needs = self.policy.stats
         if not self._compresses or needs in ("none", "queries"):
             return None
-        reduce = self.policy.reduce
+        reduce, weighted = self.policy.reduce, self.policy.residual_weighted
         if layer.scoring_past >= 0:
             if self._restrict is not None:
                 return StatsRequest("scoring", 0, key_len, causal=True, accumulate=True, reduce=reduce,
-                                    restrict=self._restrict, record_stop=layer.scoring_past)
-            return StatsRequest("scoring", 0, layer.scoring_past, causal=False, reduce=reduce)
+                                    restrict=self._restrict, record_stop=layer.scoring_past,
+                                    residual_weighted=weighted)
+            return StatsRequest("scoring", 0, layer.scoring_past, causal=False, reduce=reduce,
+                                residual_weighted=weighted)
         if q_len == 1 and not self._config.decode_interval and not self._defer_prompt_scoring:
             return None  # nothing will ever be evicted during decode: skip the work (a 1-token prefill block is
             # not decode: the prefill evicts after it and needs its scores)
@@ -201,9 +203,15 @@ class ManagedCache(Cache):
         if needs == "accumulated" and self._config.scoring == "window":
             return StatsRequest("accumulated", 0, key_len, causal=True, accumulate=True)
         if self.policy.last_query_only:
-            return StatsRequest("scoring", q_len - 1, key_len, causal=True)
+            return StatsRequest("scoring", q_len - 1, key_len, causal=True, residual_weighted=weighted)
         window = min(self.policy.observation_window, q_len)
-        return StatsRequest("scoring", q_len - window, key_len, causal=True, accumulate=q_len == 1, reduce=reduce)
+        return StatsRequest("scoring", q_len - window, key_len, causal=True, accumulate=q_len == 1, reduce=reduce,
+                            residual_weighted=weighted)
+
+    @property
+    def wants_residual_norms(self) -> bool:
+        """Whether forwards must hand the attention the residual stream's norm per query (KVzip+)."""
+        return self._compresses and self.policy.residual_weighted
 
     def wants_query_moments(self, layer: ManagedLayer, q_len: int) -> bool:
         return (

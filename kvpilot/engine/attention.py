@@ -16,11 +16,13 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from kvpilot.cache.exchange import ForwardExchange
+from kvpilot.cache.exchange import ForwardExchange, StatsRequest
+from kvpilot.errors import KVPilotError
 from kvpilot.kernels import attention_stats, key_mass_over_subset
 from kvpilot.policies.base import RopeInfo
 
 ATTN_IMPLEMENTATION = "kvpilot"
+RESIDUAL_NORM_KWARG = "kvpilot_residual_norm"  # [b, q] ||h|| of each query's residual stream (KVzip+)
 
 
 def causal_mask(q_len: int, n_keys: int, device: torch.device) -> torch.Tensor:
@@ -77,9 +79,10 @@ def kvpilot_attention(
     req = ex.stats_request
     if req is not None:
         stats_valid = ex.stats_key_valid(valid)
+        weights = _residual_weights(module, value, req, kwargs.get(RESIDUAL_NORM_KWARG), group)
         if req.restrict is not None and stats_valid is not None:  # a few keys compete: score only those
             key_mass = key_mass_over_subset(query[:, :, req.q_start :], key[:, :, : req.key_stop], stats_valid,
-                                            scaling=scaling, causal=req.causal, reduce=req.reduce)
+                                            scaling=scaling, causal=req.causal, reduce=req.reduce, **weights)
         else:
             key_mass = attention_stats(
                 query[:, :, req.q_start :],
@@ -88,6 +91,7 @@ def kvpilot_attention(
                 causal=req.causal,
                 key_valid=stats_valid,
                 reduce=req.reduce,
+                **weights,
             ).key_mass
         ex.record_stats(key_mass[0])
     cache = ex.cache
@@ -101,6 +105,66 @@ def kvpilot_attention(
         cache.observer.on_attention(cache, ex.layer_idx, query, key, valid, scaling)
     ex.done()
     return out.transpose(1, 2).contiguous(), None
+
+
+def _residual_weights(module: torch.nn.Module, value: torch.Tensor, req: StatsRequest,
+                      residual_norm: torch.Tensor | None, group: int) -> dict[str, torch.Tensor]:
+    """KVzip+'s weights for a statistics request that asks for them, else none.
+
+    key_weight [b, H, keys]: ||W_O^h v|| for each key and query head h (what the pair would write to the
+    residual stream through that head), from the Gram matrix W_O^h^T W_O^h of the head's slice of the
+    output projection; query_weight [b, q]: 1 / ||h|| of each scoring query's residual stream.
+    """
+    if not req.residual_weighted:
+        return {}
+    o_proj = getattr(module, "o_proj", None)
+    if residual_norm is None or not isinstance(o_proj, torch.nn.Linear):
+        raise KVPilotError("KVzip+ (plus=true) needs a decoder layer with an o_proj and the residual stream's "
+                           "norm; load the model with kvpilot.engine.model.load_model")
+    gram = _head_gram(o_proj.weight, value.shape[-1])  # [H, d, d]
+    v = value[:, :, : req.key_stop].float().repeat_interleave(group, dim=1)  # [b, H, n, d]
+    written = torch.einsum("bhnd,hde,bhne->bhn", v, gram, v).clamp_min_(0).sqrt_()
+    return {"key_weight": written, "query_weight": 1.0 / residual_norm[:, req.q_start :].clamp_min(1e-6)}
+
+
+def _head_gram(weight: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """[H, d, d]: W_O^h^T W_O^h per query head h, kept while the weight stays the same tensor."""
+    key = (weight.data_ptr(), weight._version, head_dim)
+    cached = _grams.get(id(weight))
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    w = weight.detach().float().view(weight.shape[0], -1, head_dim)  # [hidden, H, d]
+    gram = torch.einsum("khd,khe->hde", w, w)
+    _grams[id(weight)] = (key, gram)
+    return gram
+
+
+_grams: dict[int, tuple[tuple[int, int, int], torch.Tensor]] = {}
+
+
+def _residual_norm_hook(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
+    """Decoder-layer pre-hook: when the forward's cache asks for it, hand ||h|| per position of the residual
+    stream entering the layer (the hidden states before its norm) to the attention, through the keyword
+    arguments transformers passes on to the attention function."""
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if not getattr(cache, "wants_residual_norms", False):
+        return None
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    if hidden is None:
+        return None
+    kwargs[RESIDUAL_NORM_KWARG] = hidden.detach().float().norm(dim=-1)
+    return args, kwargs
+
+
+def hook_residual_norms(model: torch.nn.Module) -> int:
+    """Install the residual-norm pre-hook on every decoder layer (a module with a ``self_attn``); returns how
+    many. It costs nothing unless a managed cache with a KVzip+ policy is in the forward."""
+    layers = [m for m in model.modules() if isinstance(getattr(m, "self_attn", None), torch.nn.Module)]
+    for layer in layers:
+        if not getattr(layer, "_kvpilot_residual_hook", False):
+            layer.register_forward_pre_hook(_residual_norm_hook, with_kwargs=True)
+            setattr(layer, "_kvpilot_residual_hook", True)  # noqa: B010 (a module attribute, not a submodule)
+    return len(layers)
 
 
 def _plain_sdpa(

@@ -110,7 +110,7 @@ def load_model(model: str | os.PathLike | None = None, dtype: str = "float32", d
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kvpilot.engine.attention import ATTN_IMPLEMENTATION, register_attention
+    from kvpilot.engine.attention import ATTN_IMPLEMENTATION, hook_residual_norms, register_attention
 
     register_attention()
     path = resolve_model_dir(model)
@@ -118,6 +118,7 @@ def load_model(model: str | os.PathLike | None = None, dtype: str = "float32", d
     try:
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=ATTN_IMPLEMENTATION)
         lm.to(device).eval()  # type: ignore[arg-type]
+        hook_residual_norms(lm)
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError) as exc:  # a truncated or foreign checkpoint: one line, not a traceback
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

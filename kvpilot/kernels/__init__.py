@@ -82,6 +82,8 @@ def attention_stats(query, key, value=None, **kwargs) -> AttentionStats:
     """
     global _triton_error
     backend = kernel_backend(query, key, value if kwargs.get("need_output") else None)
+    if kwargs.get("query_weight") is not None or kwargs.get("key_weight") is not None:
+        backend = "reference"  # weighted statistics (KVzip+) exist only in the reference: a scoring pass, not decode
     if backend == "reference":
         return attention_stats_reference(query, key, value, **kwargs)
     fn = _load_triton()
@@ -98,7 +100,8 @@ def attention_stats(query, key, value=None, **kwargs) -> AttentionStats:
         return attention_stats_reference(query, key, value, **kwargs)
 
 
-def key_mass_over_subset(query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, **kwargs) -> torch.Tensor:
+def key_mass_over_subset(query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, *,
+                         key_weight: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
     """``attention_stats(query, key, key_valid=allowed, **kwargs).key_mass`` [b, H_kv, n], computed on the
     allowed keys alone.
 
@@ -114,6 +117,9 @@ def key_mass_over_subset(query: torch.Tensor, key: torch.Tensor, allowed: torch.
     order = torch.argsort(allowed.to(torch.int8), dim=-1, stable=True)[..., n - width :]  # [b, H_kv, width]
     gathered = key.gather(2, order[..., None].expand(-1, -1, -1, key.shape[-1]))
     valid = torch.arange(width, device=key.device) >= (width - counts)[..., None]
+    if key_weight is not None:  # [b, H, n] per query head: gathered by its KV head's order
+        group = query.shape[1] // key.shape[1]
+        kwargs["key_weight"] = key_weight.gather(2, order.repeat_interleave(group, dim=1))
     st = attention_stats(query, gathered, key_valid=None if bool(valid.all()) else valid, **kwargs)
     mass = st.key_mass.new_zeros(*allowed.shape)
     return mass.scatter_(-1, order, st.key_mass)

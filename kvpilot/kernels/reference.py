@@ -87,6 +87,8 @@ def attention_stats_reference(
     need_output: bool = False,
     query_chunk: int = 256,
     reduce: Reduce = "sum",
+    query_weight: torch.Tensor | None = None,
+    key_weight: torch.Tensor | None = None,
 ) -> AttentionStats:
     """Attention statistics for ``query`` [b, H, q, d] over ``key``/``value`` [b, H_kv, n, d].
 
@@ -94,6 +96,10 @@ def attention_stats_reference(
     "mean" (the mass over the number of queries) or "max" (the largest weight any one query, and any
     query head of the GQA group, gave it: KVzip's and EpiCache's score, one query that needs a pair is
     enough to keep it).
+
+    ``query_weight`` [b, q] scales each query's weights and ``key_weight`` [b, H, n] each query head's weights
+    of each key before they are reduced (KVzip+: 1 / ||h|| of the query's residual stream and ||W_O v||, what
+    the pair writes to it); entropy and output use the plain weights.
 
     ``key_valid`` [b, H_kv, n] bool excludes padding slots. Every query row must see at least one key.
     Per chunk of ``query_chunk`` queries it holds one [H, chunk, n] fp32 block (and a few
@@ -136,13 +142,16 @@ def attention_stats_reference(
         if valid is not None:
             logits.masked_fill_(~valid[..., :n_vis], float("-inf"))
         p = torch.softmax(logits, dim=-1)
-        if reduce == "max":
-            torch.maximum(head_mass[..., :n_vis], p.amax(dim=3).view(b, h, n_vis), out=head_mass[..., :n_vis])
-        else:
-            head_mass[..., :n_vis] += p.sum(dim=3).view(b, h, n_vis)
         entropy += torch.special.entr(p).sum(dim=(-1, -2)).view(b, h)  # entr(p) = -p log p, 0 at p = 0
+        w = p if query_weight is None else p * query_weight[:, None, None, start:stop, None].float()
+        if reduce == "max":
+            torch.maximum(head_mass[..., :n_vis], w.amax(dim=3).view(b, h, n_vis), out=head_mass[..., :n_vis])
+        else:
+            head_mass[..., :n_vis] += w.sum(dim=3).view(b, h, n_vis)
         if out is not None and v32 is not None:
             o = torch.matmul(p.view(b, h_kv, group * rows, n_vis), v32[:, :, :n_vis])
             out[:, :, start:stop] = o.view(b, h, rows, -1).to(query.dtype)
+    if key_weight is not None:
+        head_mass *= key_weight.float()
     key_mass = group_key_mass(head_mass, h_kv, q_len, reduce)  # (normalises head_mass in place for mean)
     return AttentionStats(head_mass, key_mass, entropy / max(q_len, 1), out, q_len)

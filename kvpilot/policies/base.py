@@ -128,7 +128,9 @@ class Policy(Plugin):
     uncompressed baseline. observation_window: how many last queries score the cache (a policy that owns the
     knob declares it as a parameter). reduce: "sum" (attention mass, SnapKV/H2O), "mean" or "max" (the
     largest weight any one query and query head gave a key: KVzip, EpiCache); a policy that lets users choose
-    declares it as a parameter. needs_profile: it scores with data fitted per model (a file its parameters
+    declares it as a parameter. residual_weighted: weigh each scoring weight by what the pair writes to the
+    residual stream relative to its size (KVzip+: ||W_O v|| / ||h||); a policy that offers it declares a
+    parameter and overrides the property. needs_profile: it scores with data fitted per model (a file its parameters
     name), so it runs only on a model it was fitted for; generic test matrices and default searches skip it.
     """
 
@@ -138,6 +140,10 @@ class Policy(Plugin):
     needs_profile: ClassVar[bool] = False
     observation_window: int = DEFAULT_OBSERVATION_WINDOW
     reduce: str = "sum"  # how a key's weights from many scoring queries combine: sum, mean or max
+
+    @property
+    def residual_weighted(self) -> bool:
+        return False
 
     def score(self, inp: ScoringInputs) -> torch.Tensor:
         raise NotImplementedError

@@ -172,3 +172,44 @@ def test_key_mass_over_subset_equals_masking(reduce):
     got = key_mass_over_subset(query, key, allowed, scaling=0.25, causal=True, reduce=reduce)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     assert bool((got[~allowed] == 0).all())
+
+
+@pytest.mark.parametrize("reduce", ["sum", "max"])
+def test_weighted_statistics_match_a_materialised_softmax(reduce):
+    """KVzip+'s weights: each query row scaled by its weight and each query head's key column by the key's,
+    before the reduction over queries and over the GQA group (float64 softmax as the truth)."""
+    g = torch.Generator().manual_seed(3)
+    b, h, h_kv, q_len, n, d = 1, 6, 2, 10, 40, 16
+    query = torch.randn(b, h, q_len, d, generator=g)
+    key = torch.randn(b, h_kv, n, d, generator=g)
+    qw = torch.rand(b, q_len, generator=g) + 0.5
+    kw = torch.rand(b, h, n, generator=g) + 0.5
+    got = attention_stats_reference(query, key, scaling=0.3, causal=True, reduce=reduce, query_chunk=3,
+                                    query_weight=qw, key_weight=kw)
+    logits = torch.einsum("bhqd,bhnd->bhqn", query.double() * 0.3, key.double().repeat_interleave(h // h_kv, dim=1))
+    future = torch.ones(q_len, n, dtype=torch.bool).triu_(n - q_len + 1)
+    p = torch.softmax(logits.masked_fill(future, float("-inf")), dim=-1)
+    w = p * qw.double()[:, None, :, None]
+    head = (w.amax(dim=2) if reduce == "max" else w.sum(dim=2)) * kw.double()
+    grouped = head.view(b, h_kv, h // h_kv, n)
+    want = grouped.amax(dim=2) if reduce == "max" else grouped.sum(dim=2)
+    torch.testing.assert_close(got.key_mass.double(), want, atol=1e-6, rtol=1e-5)
+    plain = attention_stats_reference(query, key, scaling=0.3, causal=True, reduce=reduce)
+    torch.testing.assert_close(got.row_entropy, plain.row_entropy)  # the weights change the scores only
+
+
+def test_weighted_statistics_over_a_subset_equal_masking():
+    from kvpilot.kernels import key_mass_over_subset
+
+    g = torch.Generator().manual_seed(5)
+    q_len, n = 8, 60
+    query = torch.randn(1, 6, q_len, 16, generator=g)
+    key = torch.randn(1, 3, n, 16, generator=g)
+    allowed = torch.rand(1, 3, n, generator=g) > 0.5
+    allowed[..., n - q_len :] = True
+    qw, kw = torch.rand(1, q_len, generator=g) + 0.5, torch.rand(1, 6, n, generator=g) + 0.5
+    want = attention_stats(query, key, scaling=0.25, key_valid=allowed, reduce="max", query_weight=qw,
+                           key_weight=kw).key_mass
+    got = key_mass_over_subset(query, key, allowed, scaling=0.25, causal=True, reduce="max", query_weight=qw,
+                               key_weight=kw)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
