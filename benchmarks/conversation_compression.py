@@ -56,6 +56,8 @@ FAMILIES: dict[str, dict] = {
     "kvzip + global layers": {"policy": "kvzip", "scoring": "reconstruct", "layer_allocation": "global"},
     "kvzip + global heads": {"policy": "kvzip", "scoring": "reconstruct", "layer_allocation": "global",
                              "layer_allocation_params": {"heads": True}},
+    "kvzip + global heads, window 0": {"policy": "kvzip", "scoring": "reconstruct", "layer_allocation": "global",
+                                       "layer_allocation_params": {"heads": True}, "window": 0},
     "kvzip+ + global heads (KVzip+ weights)": {"policy": "kvzip", "policy_params": {"plus": True},
                                                "scoring": "reconstruct", "layer_allocation": "global",
                                                "layer_allocation_params": {"heads": True}},

@@ -35,7 +35,7 @@ class KVzipPolicy(Policy):
         "max", description="how a key's weights from the reconstruction queries combine (max in the paper)")
 
     plus: bool = param(
-        False, description="KVzip+: weigh each weight by what the pair writes to the residual stream, ||W_O v||, "
+        False, search=(False, True), description="KVzip+: weigh each weight by what the pair writes to the residual stream, ||W_O v||, "
         "over the size of that stream at the query, ||h|| (the paper's normalised variant)")
 
     @property

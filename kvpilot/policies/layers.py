@@ -110,7 +110,7 @@ class GlobalLayers(LayerAllocator):
 
     floor: float = param(0.0, low=0.0, high=1.0, description="smallest budget of a layer, as a fraction of "
                          "the average (0: a layer may keep only its sinks and window)")
-    heads: bool = param(False, description="also let the KV heads compete (KVzip's "
+    heads: bool = param(False, search=(False, True), description="also let the KV heads compete (KVzip's "
                         "pair-level top-k): a layer's heads keep different numbers of tokens, held packed "
                         "without padding between forwards")
 

@@ -73,7 +73,7 @@ class SearchSpace:
     compression_ratio: tuple[float, float, float] = (0.5, 0.9, 0.05)
     layer_allocation: tuple[str, ...] = ("uniform", "pyramid", "global")
     head_allocation: tuple[str, ...] = ("uniform", "adaptive")
-    window: tuple[int, ...] = (8, 16, 32, 64)
+    window: tuple[int, ...] = (0, 4, 8, 16, 32, 64)  # 0-4: reconstruction scoring needs no recent window
     sink_tokens: tuple[int, ...] = (4,)
     scoring: tuple[str, ...] = ("window", "prompt", "reconstruct")
     granularity: tuple[str, ...] = ("token", "sentence")
@@ -150,7 +150,10 @@ class SearchSpace:
                 low if low == high else round(trial.suggest_float("compression_ratio", low, high, step=step), 6)
             )
             self._choose(trial, data, LAYERS, self.layer_allocation)
-            self._choose(trial, data, HEADS, self.head_allocation)
+            if data[LAYERS.params_field].get("heads"):  # pair-level selection decides each head's budget itself
+                data[HEADS.field], data[HEADS.params_field] = "uniform", {}
+            else:
+                self._choose(trial, data, HEADS, self.head_allocation)
             for name, applies in SHARED:
                 if applies(policy):
                     data[name] = _pick(trial, name, getattr(self, name))

@@ -126,7 +126,8 @@ def test_old_space_files_with_flat_range_keys_still_load():
            "ttl_memory_price": [1e-10, 1e-7], "adaptive_alpha": [0.1, 0.4]}
     del old["params"]
     space = SearchSpace.from_dict(old)
-    assert space.params == {"layer_allocation.pyramid.beta": (3.0, 9.0), "head_allocation.adaptive.alpha": (0.1, 0.4)}
+    assert space.params == {"layer_allocation.pyramid.beta": (3.0, 9.0), "head_allocation.adaptive.alpha": (0.1, 0.4),
+                            "layer_allocation.global.heads": (False, True), "policy.kvzip.plus": (False, True)}
     ttl = SearchSpace.from_dict({"policy": ["full"], "session_ttl": ["none", "fixed", "cdf"], "session_ttl_s": [2, 30]})
     assert {k: v for k, v in ttl.params.items() if k.startswith("session_ttl.")} == {
         "session_ttl.fixed.ttl_s": (2, 30), "session_ttl.cdf.memory_price": (1e-10, 1e-7)}
@@ -147,9 +148,10 @@ def test_bundled_space_files_load():
 
 def test_default_space_draws_what_it_drew_before_the_registries():
     """A seeded study of the default space (as it was then) draws the same configs (the order of suggestions
-    is kept). The default space has since gained kvzip, keydiff, global layers and reconstruction scoring."""
+    is kept). The default space has since gained kvzip, keydiff, global layers, reconstruction scoring and
+    windows of 0 and 4."""
     space = SearchSpace(policy=("snapkv", "tova", "h2o", "knorm", "streaming", "expected_attention"),
-                        layer_allocation=("uniform", "pyramid"), scoring=("window", "prompt"))
+                        layer_allocation=("uniform", "pyramid"), scoring=("window", "prompt"), window=(8, 16, 32, 64))
     got = [(c.policy, c.compression_ratio, c.layer_allocation, c.layer_allocation_params.get("beta"),
             c.head_allocation, c.head_allocation_params.get("alpha"), c.window, c.scoring, c.granularity)
            for _, c in _suggestions(space, 4)]
