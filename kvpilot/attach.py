@@ -205,7 +205,7 @@ class ProbeHandle:
             request = dataclasses.replace(request, keep_logits=True)
         from kvpilot.probes.base import SERVING_VERSION
 
-        token = SERVING_VERSION.set(version)  # the request rows say which version served them
+        token = SERVING_VERSION.set((version,))  # the request rows say which version served them (None: its own)
         try:
             response = self.engine.serve(request)
         except Exception as exc:
@@ -222,7 +222,7 @@ class ProbeHandle:
             self.watcher.request_succeeded(version)
         if shadowed:
             assert self.shadow is not None
-            self.shadow.submit(request, response, version if counted else None)
+            self.shadow.submit(request, response, version, tagged=True)
         return response
 
     def record_request(self, result: Any, cache: Any) -> None:

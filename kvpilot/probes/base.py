@@ -25,8 +25,9 @@ if TYPE_CHECKING:  # torch-free at import, so `import kvpilot` stays cheap for t
 
 
 # The deployment config version serving the current request, set around `Engine.serve` by whoever chose it
-# (`kvpilot.attach.ProbeHandle.serve`: a canary's or the incumbent's); request rows carry it.
-SERVING_VERSION: ContextVar[int | None] = ContextVar("kvpilot_serving_version", default=None)
+# (`kvpilot.attach.ProbeHandle.serve`: a canary's or the incumbent's, or (None,) for a request that carries
+# its own config); request rows carry it. None (not set): the version in force.
+SERVING_VERSION: ContextVar[tuple[int | None] | None] = ContextVar("kvpilot_serving_version", default=None)
 
 
 @dataclass

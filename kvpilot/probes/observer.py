@@ -168,9 +168,11 @@ class ProbeSet:
         st.questions += 1
         st.last_end_perf = now_perf
         evictions, first_evict, evict_s = st.take_evictions()
-        version = SERVING_VERSION.get()
-        if version is None and self.version_source is not None:
-            version = self.version_source()
+        chosen = SERVING_VERSION.get()
+        if chosen is not None:
+            version = chosen[0]
+        else:
+            version = self.version_source() if self.version_source is not None else None
         return RequestContext(
             result=result, cache=cache, state=st, ts=now_wall, start_wall=now_wall - e2e, e2e_s=e2e,
             first_question=first, evictions=evictions, evict_first_wall=first_evict, evict_seconds=evict_s,

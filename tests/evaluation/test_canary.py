@@ -125,7 +125,7 @@ def test_canary_on_the_bundled_model(bundled_engine, store, tmp_path):
         assert {e.detail["version"] for e in quality} == {1, 2}
         assert all((e.detail["config"] == "full") == (e.detail["version"] == 1) for e in quality)
 
-        good = store.start_canary("chat", KVConfig(policy="snapkv", budget=4096), 0.5, seed=4)  # keeps everything
+        good = store.start_canary("chat", KVConfig(policy="snapkv", budget=1024), 0.5, seed=4)  # keeps everything
         handle.watcher.check_once()
         info, _ = _serve_until_decided(handle, judge, store, good, requests, 24)
         assert info.status == "promoted", info
