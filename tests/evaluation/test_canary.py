@@ -130,8 +130,12 @@ def test_canary_on_the_bundled_model(bundled_engine, store, tmp_path):
         info, _ = _serve_until_decided(handle, judge, store, good, requests, 24)
         assert info.status == "promoted", info
         assert info.figures["canary"]["agreement"] == 1.0 and info.figures["fidelity_llr"] <= FAST.promote_at
-        handle.watcher.check_once()
-        assert handle.watcher.version == good.version and engine.config.policy == "snapkv"
+        handle.watcher.check_once()  # the promoted version becomes the engine's config at its next request
+        assert handle.watcher.version == good.version and handle.watcher.canary is None
+        handle.serve(requests[0])
+        handle.flush(30)
+        assert engine.config.policy == "snapkv"
+        assert {r.config_version for r in store.requests_window(deployment="chat", limit=4)} == {good.version}
     finally:
         handle.detach()
     events = store.canary_events("chat")
