@@ -48,13 +48,13 @@ def test_overview_matches_store(app, store, seeded, db_url):
     assert m["Mean TTFT"] == f"{sum(ttft) / len(ttft) * 1000:.1f} ms"
     table = frame(at, "instance", "status")
     assert dict(zip(table["instance"], table["status"], strict=True)) == {
-        "engine-0": "alive", "engine-1": "stale", "engine-s": "alive"}
+        "engine-0": "alive", "engine-1": "stale", "engine-s": "alive", "engine-q": "stale"}
     assert "Active config of chat: v2" in texts(at)
     # what each engine reports, in words: applied version, whether it is the active one, or "not reported"
     applied = dict(zip(table["instance"], table["config applied"], strict=True))
     current = dict(zip(table["instance"], table["runs the active config"], strict=True))
-    assert applied == {"engine-0": "v2", "engine-1": "v1", "engine-s": "not reported"}
-    assert current == {"engine-0": "yes", "engine-1": "no (active is v2)", "engine-s": "unknown"}
+    assert applied == {"engine-0": "v2", "engine-1": "v1", "engine-s": "not reported", "engine-q": "not reported"}
+    assert current == {"engine-0": "yes", "engine-1": "no (active is v2)", "engine-s": "unknown", "engine-q": "unknown"}
     drawn = charts(at)
     assert {"Request rate", "TTFT over time (ms)", "TPOT over time (ms)", "Memory pressure (MiB)",
             "TTFT distribution", "TPOT distribution"} <= set(drawn)
