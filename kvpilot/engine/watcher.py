@@ -186,10 +186,10 @@ class ConfigWatcher:
     # ----- canary ---------------------------------------------------------------------------------------
 
     def _check_canary(self) -> None:
-        reader = getattr(self.store, "active_canary", None)  # a store without canaries (tests' stand-ins, old)
-        if reader is None:
-            return
-        try:
+        try:  # a lazily opened store reaches the database to look the method up
+            reader = getattr(self.store, "active_canary", None)  # None: a store without canaries (stand-ins)
+            if reader is None:
+                return
             info = reader(self.deployment)
         except KVPilotError as exc:
             self._store_failed("read the canary", exc)
