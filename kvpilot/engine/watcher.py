@@ -153,8 +153,10 @@ class ConfigWatcher:
         """Look for a new active version and apply it; None when there is nothing new (or the store is down).
         Then pick up, keep or drop the deployment's canary."""
         with self._lock:
+            errors = self.store_errors
             result = self._check_active()
-            self._check_canary()
+            if self.store_errors == errors:  # the store answered: one failure per check, one wait on a dead one
+                self._check_canary()
             return result
 
     def _check_active(self) -> CheckResult | None:
