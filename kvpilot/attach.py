@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from kvpilot.errors import KVPilotError
 from kvpilot.paths import kvpilot_home
-from kvpilot.probes.base import SamplingPolicy
+from kvpilot.probes.base import SERVING_VERSION, SamplingPolicy
 
 if TYPE_CHECKING:  # loaded by attach() itself, so `import kvpilot` stays light (no torch, SQLAlchemy, OpenTelemetry)
     from typing import Protocol
@@ -203,8 +203,6 @@ class ProbeHandle:
         shadowed = self.shadow is not None and self.shadow.sample(request)
         if shadowed:  # the shadow probe compares this answer's logits with the full cache's, later
             request = dataclasses.replace(request, keep_logits=True)
-        from kvpilot.probes.base import SERVING_VERSION
-
         token = SERVING_VERSION.set((version,))  # the request rows say which version served them (None: its own)
         try:
             response = self.engine.serve(request)

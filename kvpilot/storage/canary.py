@@ -74,7 +74,6 @@ class ArmData:
     requests: int = 0  # request rows (answers) served
     errors: int = 0  # request rows that failed
     rejected: list[str] = field(default_factory=list)  # engines' rejections of this version: "instance: reason"
-    quality_times: list[float] = field(default_factory=list)
 
 
 def _canary_info(c: Canary, deployment: str, config: ConfigVersionInfo | None = None) -> CanaryInfo:
@@ -106,7 +105,8 @@ class CanaryStore(RegistryStore):
         """Push `config` as a new version served to `fraction` of requests next to the active version.
 
         Refused (RegistryError, nothing stored) without an active version to compare with, or while another
-        canary of the deployment is running."""
+        canary of the deployment is running (checked again under the deployment's row lock once the version
+        is stored: two pushes at once leave the loser's version stored, inactive and never served)."""
         fraction = check_fraction(fraction)
         seed = random.SystemRandom().randrange(2**31) if seed is None else int(seed)
         current = self.active_version(deployment)
@@ -123,6 +123,9 @@ class CanaryStore(RegistryStore):
 
         def run(s: Session) -> CanaryInfo:
             d = self._deployment_row(s, deployment, lock=True)
+            if s.scalar(select(Canary.id).where(Canary.deployment_id == d.id, Canary.status == "running")):
+                raise RegistryError(f"deployment {deployment!r} got another canary while this one was pushed; version "
+                                    f"{v.version} is stored but not served")
             baseline = d.active_version if d.active_version is not None else current.version
             params = {"version": v.version, "baseline_version": baseline, "fraction": fraction, "seed": seed}
             r = Run(kind="canary", deployment_id=d.id, name=f"canary v{v.version} vs v{baseline}",
@@ -191,13 +194,12 @@ class CanaryStore(RegistryStore):
                 ev, rq = CACHE_EVENTS.table, REQUESTS.table
                 q = select(ev.c.ts, ev.c.detail).where(
                     ev.c.instance_id.in_(ids), ev.c.kind == "quality", ev.c.ts >= canary.started_at)
-                for ts, detail in s.execute(q.order_by(ev.c.ts)):
+                for _ts, detail in s.execute(q.order_by(ev.c.ts)):
                     version = (detail or {}).get("version")
                     arm = arms.get(version) if isinstance(version, int) else None
                     if arm is None or detail.get("top1_agreement") is None:
                         continue
                     arm.agreement.append(float(detail["top1_agreement"]))
-                    arm.quality_times.append(float(ts))
                     if detail.get("mean_kl") is not None:
                         arm.kl.append(float(detail["mean_kl"]))
                 q2 = select(rq.c.config_version, rq.c.e2e_s, rq.c.error).where(
