@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from kvpilot.errors import KVPilotError
 from kvpilot.paths import kvpilot_home
-from kvpilot.probes.base import SamplingPolicy
+from kvpilot.probes.base import SERVING_VERSION, SamplingPolicy
 
 if TYPE_CHECKING:  # loaded by attach() itself, so `import kvpilot` stays light (no torch, SQLAlchemy, OpenTelemetry)
     from typing import Protocol
@@ -195,22 +195,33 @@ class ProbeHandle:
         under a newly applied deployment config roll the engine back to the last good one. A request that
         carries its own config is not the deployment's doing and is not counted."""
         counted = self.watcher is not None and getattr(request, "config", None) is None
+        version: int | None = None
+        if counted:  # while a canary runs, the watcher picks the version for this request
+            assert self.watcher is not None
+            version, canary = self.watcher.choose()
+            if canary is not None:
+                request = dataclasses.replace(request, config=canary)
         shadowed = self.shadow is not None and self.shadow.sample(request)
         if shadowed:  # the shadow probe compares this answer's logits with the full cache's, later
             request = dataclasses.replace(request, keep_logits=True)
+        token = SERVING_VERSION.set((version,))  # the request rows say which version served them (None: its own)
         try:
             response = self.engine.serve(request)
         except Exception as exc:
             if counted:
                 assert self.watcher is not None
-                self.watcher.request_failed(exc)
+                self.recorder.submit("requests", [{"ts": time.time(), "error": f"{type(exc).__name__}: {exc}",
+                                                   "config_version": version}])
+                self.watcher.request_failed(exc, version)
             raise
+        finally:
+            SERVING_VERSION.reset(token)
         if counted:
             assert self.watcher is not None
-            self.watcher.request_succeeded()
+            self.watcher.request_succeeded(version)
         if shadowed:
             assert self.shadow is not None
-            self.shadow.submit(request, response)
+            self.shadow.submit(request, response, version, tagged=True)
         return response
 
     def record_request(self, result: Any, cache: Any) -> None:
@@ -242,6 +253,12 @@ class ProbeHandle:
             self._count_config("rejected")
             raise
         self._count_config("applied")
+
+    def _prepare(self, config: Any) -> None:
+        """The watcher's rehearsal of a canary's config: the dry run only (the engine keeps its own config)."""
+        from kvpilot.engine.dryrun import dry_run
+
+        dry_run(config, self.engine)
 
     def _count_config(self, status: str) -> None:
         if self.telemetry is not None:
@@ -373,6 +390,7 @@ def attach(
         from kvpilot.engine.watcher import ConfigWatcher
 
         handle.watcher = ConfigWatcher(opened, deployment, instance_name, handle._apply, poll_s=poll_s,
-                                       model=model_name, initial=engine.config)
+                                       model=model_name, initial=engine.config, prepare=handle._prepare)
+        probe_set.version_source = lambda: handle.watcher.version if handle.watcher else None
         handle.watcher.start()
     return handle

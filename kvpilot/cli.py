@@ -11,6 +11,7 @@ COMMAND_MODULES = [
     "kvpilot.commands.demo",
     "kvpilot.commands.db",
     "kvpilot.commands.configs",
+    "kvpilot.commands.canary",
     "kvpilot.commands.eval",
     "kvpilot.commands.dashboard",
     "kvpilot.commands.probe",

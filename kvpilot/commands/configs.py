@@ -1,10 +1,11 @@
-"""Control-plane commands: `kvpilot push`, `kvpilot configs`, `kvpilot activate`, `kvpilot rollback`."""
+"""Control-plane commands: `kvpilot push` (also as a canary), `kvpilot configs`, `kvpilot activate`, `kvpilot rollback`."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import json
+import math
 import sys
 import time
 
@@ -32,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     push.add_argument("--by", default=None, help="who pushes it (default: the login name)")
     push.add_argument("--source", default=None, help="what produced it (default: user:NAME)")
     push.add_argument("--no-activate", action="store_true", help="store the version without making it active")
+    push.add_argument("--canary", metavar="F", default=None,
+                      help="start the version as a canary on a fraction F of requests (0 < F < 1) next to the active "
+                      "version; `kvpilot canary watch` promotes it or rolls it back on shadow fidelity, errors and "
+                      "latency (README: Canary rollouts)")
+    push.add_argument("--canary-seed", metavar="N", type=int, default=None,
+                      help="seed of the engines' per-request canary choice (default: random, stored with the canary)")
     add_db_option(push)
     push.set_defaults(func=_push)
 
@@ -75,12 +82,39 @@ def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
+def _fraction(text: str) -> float:
+    from kvpilot.errors import KVPilotError
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < 1.0:  # nan fails too
+        raise KVPilotError(f"--canary takes the fraction of requests the new version serves, between 0 and 1 "
+                           f"(exclusive), e.g. --canary 0.1; got {text!r}")
+    return value
+
+
 def _push(args: argparse.Namespace) -> int:
     from kvpilot.config import KVConfig
+    from kvpilot.errors import KVPilotError
     from kvpilot.storage import Store
 
+    fraction = None
+    if args.canary is not None:
+        fraction = _fraction(args.canary)
+        if args.no_activate:
+            raise KVPilotError("--canary and --no-activate exclude each other: a canary is served at once, to a "
+                               "fraction of requests")
     cfg = KVConfig.parse(sys.stdin.buffer.read()) if args.config == "-" else KVConfig.from_file(args.config)
     by = args.by or _user()
+    if fraction is not None:
+        with Store.open(args.db) as store:
+            c = store.start_canary(args.deployment, cfg, fraction, seed=args.canary_seed, pushed_by=by,
+                                   source=args.source or f"user:{by}")
+        print(f"pushed {args.deployment} version {c.version} as a canary on {fraction:.0%} of requests next to "
+              f"version {c.baseline_version} (seed {c.seed}); `kvpilot canary watch -d {args.deployment}` decides it")
+        return 0
     with Store.open(args.db) as store:
         v = store.push(args.deployment, cfg, pushed_by=by, source=args.source or f"user:{by}",
                        activate=not args.no_activate)

@@ -21,6 +21,7 @@ PAGES = {
         st.Page("views/layers.py", title="Layers", icon=":material/grid_on:"),
         st.Page("views/sessions.py", title="Sessions", icon=":material/timer:"),
         st.Page("views/events.py", title="Events", icon=":material/list_alt:"),
+        st.Page("views/quality.py", title="Quality", icon=":material/verified:"),
     ],
     "Control": [
         st.Page("views/tuning.py", title="Tuning", icon=":material/tune:"),

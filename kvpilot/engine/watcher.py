@@ -14,6 +14,16 @@ back to `apply`, records the bad version as rejected (an ack and a `config_rejec
 says `rolled_back`, the version restored, the failure count and the last error), and never applies it
 again; a newer push is applied as usual.
 
+A deployment can also run a canary (`kvpilot push --canary F`, `kvpilot.storage.canary`): a version served
+to a fraction F of requests next to the active one (the incumbent). Each poll also reads the running
+canary; the watcher rehearses its config with `prepare` (the engine's dry run) and then `choose()` picks,
+per request, the canary with probability F (a random stream seeded by the canary's seed and the instance
+name, so a run is reproducible) or the incumbent, and says which version serves it. The canary's config
+is never handed to `apply`: the caller serves that request with it (`ProbeHandle.serve`). A canary that
+fails to prepare, or fails `max_failures` requests in a row, is dropped here and recorded as rejected
+(ack and `config_rejected` event with `canary`); the control plane (`kvpilot.evaluation.canary`) promotes
+or rolls it back for every engine. A canary is served only while the engine runs its incumbent.
+
 No torch here: the watcher only knows `apply(KVConfig)`, which raises KVConfigError to reject. A process
 that applies another kind of versioned document (the vLLM supervisor's VLLMConfig) passes `parse`, which
 reads its kind from a stored version.
@@ -22,6 +32,7 @@ reads its kind from a stored version.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +58,18 @@ class CheckResult:
     reason: str | None = None
 
 
+@dataclass
+class CanaryArm:
+    """The canary this engine serves: its id and version, parsed config, share of requests and random stream."""
+
+    id: int
+    version: int
+    config: Any
+    fraction: float
+    rng: random.Random
+    failures: int = 0
+
+
 class ConfigWatcher:
     """Keep one engine instance on its deployment's active config.
 
@@ -67,6 +90,7 @@ class ConfigWatcher:
         initial: Any = None,
         parse: Callable[[ConfigVersionInfo], Any] | None = None,
         max_failures: int = 3,
+        prepare: Callable[[Any], None] | None = None,
     ):
         if max_failures < 1:
             raise ValueError(f"max_failures must be at least 1, got {max_failures}")
@@ -93,6 +117,9 @@ class ConfigWatcher:
         self._last_heartbeat = 0.0
         self.store_errors = 0
         self.last_result: CheckResult | None = None
+        self._prepare = prepare  # rehearses a canary's config (raises to refuse it); None: parse only
+        self._canary: CanaryArm | None = None
+        self._refused_canaries: set[int] = set()
 
     # ----- state ---------------------------------------------------------------------------------------
 
@@ -117,8 +144,22 @@ class ConfigWatcher:
 
     # ----- the check -----------------------------------------------------------------------------------
 
+    @property
+    def canary(self) -> CanaryArm | None:
+        """The canary served next to the version in force, or None."""
+        return self._canary
+
     def check_once(self) -> CheckResult | None:
-        """Look for a new active version and apply it; None when there is nothing new (or the store is down)."""
+        """Look for a new active version and apply it; None when there is nothing new (or the store is down).
+        Then pick up, keep or drop the deployment's canary."""
+        with self._lock:
+            errors = self.store_errors
+            result = self._check_active()
+            if self.store_errors == errors:  # the store answered: one failure per check, one wait on a dead one
+                self._check_canary()
+            return result
+
+    def _check_active(self) -> CheckResult | None:
         with self._lock:
             try:
                 self._ensure_registered()
@@ -144,18 +185,84 @@ class ConfigWatcher:
                 return self._finish(active.version, "rejected", f"{type(exc).__name__}: {exc}")
             return self._finish(active.version, "applied", None, cfg)
 
+    # ----- canary ---------------------------------------------------------------------------------------
+
+    def _check_canary(self) -> None:
+        try:  # a lazily opened store reaches the database to look the method up
+            reader = getattr(self.store, "active_canary", None)  # None: a store without canaries (stand-ins)
+            if reader is None:
+                return
+            info = reader(self.deployment)
+        except KVPilotError as exc:
+            self._store_failed("read the canary", exc)
+            return
+        if info is None or info.baseline_version != self._applied_version or info.config is None:
+            if self._canary is not None:
+                log.info("%s/%s: no longer serving canary version %s", self.deployment, self.instance_name,
+                         self._canary.version)
+                self._canary = None
+            return
+        if (self._canary is not None and self._canary.id == info.id) or info.id in self._refused_canaries:
+            return
+        reason = None
+        try:
+            cfg = self._parse(info.config)
+            if self._prepare is not None:
+                self._prepare(cfg)
+        except KVConfigError as exc:
+            reason = "; ".join(exc.problems)
+        except Exception as exc:  # CorruptConfigError, or the dry run failed: the engine keeps serving
+            reason = f"{type(exc).__name__}: {exc}"
+        detail = {"canary": True, "fraction": info.fraction, "baseline_version": info.baseline_version}
+        if reason is not None:
+            self._refused_canaries.add(info.id)
+            log.warning("%s/%s: refused canary version %s: %s", self.deployment, self.instance_name, info.version,
+                        reason)
+            self._pending.append((info.version, "rejected", f"canary: {reason}", detail))
+        else:
+            rng = random.Random(f"{info.seed}:{self.instance_name}")
+            self._canary = CanaryArm(info.id, info.version, cfg, info.fraction, rng)
+            log.info("%s/%s: serving canary version %s on %.0f%% of requests", self.deployment, self.instance_name,
+                     info.version, 100 * info.fraction)
+            self._pending.append((info.version, "canary", None, detail))
+        try:
+            self._flush_pending()
+        except KVPilotError as exc:
+            self._store_failed("record the canary", exc)
+
+    def choose(self) -> tuple[int | None, Any]:
+        """Which version serves the next request: (canary version, canary config) for a `fraction` of
+        requests while a canary runs, else (version in force, None: the engine's own config)."""
+        with self._lock:
+            c = self._canary
+            if c is not None and c.rng.random() < c.fraction:
+                return c.version, c.config
+            return self._applied_version, None
+
     # ----- request outcomes and rollback ----------------------------------------------------------------
 
-    def request_succeeded(self) -> None:
-        """A request served under the config in force: that version is now the last good one."""
+    def request_succeeded(self, version: int | None = None) -> None:
+        """A request served under the config in force (or under the canary, when `version` is the canary's):
+        that version is now the last good one."""
         with self._lock:
+            if self._is_canary(version):
+                assert self._canary is not None
+                self._canary.failures = 0
+                return
             self._failures = 0
             self._good = (self._applied_version, self._config)
 
-    def request_failed(self, error: BaseException | str) -> CheckResult | None:
+    def _is_canary(self, version: int | None) -> bool:
+        return version is not None and self._canary is not None and version == self._canary.version \
+            and version != self._applied_version
+
+    def request_failed(self, error: BaseException | str, version: int | None = None) -> CheckResult | None:
         """A request failed under the config in force; the `max_failures`-th in a row under a version that
-        never served rolls it back to the last good config (returns that result, else None)."""
+        never served rolls it back to the last good config (returns that result, else None). With the
+        canary's `version`, the `max_failures`-th failure in a row drops the canary on this engine."""
         with self._lock:
+            if self._is_canary(version):
+                return self._canary_failed(error)
             self._failures += 1
             bad = self._applied_version
             good_version, good = self._good
@@ -184,6 +291,27 @@ class ConfigWatcher:
             self.last_result = CheckResult(bad, "rolled_back", reason)
             return self.last_result
 
+    def _canary_failed(self, error: BaseException | str) -> CheckResult | None:
+        c = self._canary
+        assert c is not None
+        c.failures += 1
+        if c.failures < self.max_failures:
+            return None
+        last = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        reason = f"canary dropped: {c.failures} requests failed in a row; last error: {last}"
+        self._canary = None
+        self._refused_canaries.add(c.id)
+        self._rejected[c.version] = reason
+        log.warning("%s/%s: canary version %s %s", self.deployment, self.instance_name, c.version, reason)
+        self._pending.append((c.version, "rejected", reason, {"canary": True, "rolled_back": True,
+                                                              "failures": c.failures, "error": last}))
+        try:
+            self._flush_pending()
+        except KVPilotError as exc:
+            self._store_failed("record the canary's rejection", exc)
+        self.last_result = CheckResult(c.version, "rolled_back", reason)
+        return self.last_result
+
     def _finish(self, version: int, status: str, reason: str | None, cfg: Any = None) -> CheckResult:
         if status == "applied":
             self._applied_version, self._config = version, cfg
@@ -203,8 +331,9 @@ class ConfigWatcher:
     def _flush_pending(self) -> None:
         while self._pending and self._instance_id is not None:
             version, status, reason, extra = self._pending[0]
-            self.store.ack(self._instance_id, version, status, reason)
-            kind = "config_applied" if status == "applied" else "config_rejected"
+            if status != "canary":  # a canary taken up is an event only: the instance's version is unchanged
+                self.store.ack(self._instance_id, version, status, reason)
+            kind = "config_rejected" if status == "rejected" else "config_applied"
             detail = {"version": version, "deployment": self.deployment, "reason": reason, **(extra or {})}
             self.store.add_events([{"kind": kind, "detail": detail}], instance_id=self._instance_id)
             self._pending.pop(0)

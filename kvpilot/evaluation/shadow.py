@@ -74,10 +74,12 @@ class ShadowFidelity:
         """Whether this request is measured: a fresh context (not a session's continuation), at `rate`."""
         return request.cache is None and self.rate > 0 and self._random.random() < self.rate
 
-    def submit(self, request: Request, response: Response) -> bool:
-        """Queue a served request (its answers kept their logits) for the full-cache replay; never blocks."""
+    def submit(self, request: Request, response: Response, version: int | None = None, *, tagged: bool = False) -> bool:
+        """Queue a served request (its answers kept their logits) for the full-cache replay; never blocks.
+        With `tagged`, `version` is the deployment config version that served it (a canary's or the
+        incumbent's; None for a request with its own config); otherwise the version in force."""
         try:
-            self._queue.put_nowait((request, response, self._version()))
+            self._queue.put_nowait((request, response, version if tagged else self._version()))
         except queue.Full:
             self.dropped += 1
             return False

@@ -16,11 +16,18 @@ thread (``submit_deferred``), so the inference thread never formats, copies to t
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch-free at import, so `import kvpilot` stays cheap for the CLI and storage
     import torch
+
+
+# The deployment config version serving the current request, set around `Engine.serve` by whoever chose it
+# (`kvpilot.attach.ProbeHandle.serve`: a canary's or the incumbent's, or (None,) for a request that carries
+# its own config); request rows carry it. None (not set): the version in force.
+SERVING_VERSION: ContextVar[tuple[int | None] | None] = ContextVar("kvpilot_serving_version", default=None)
 
 
 @dataclass
@@ -109,6 +116,7 @@ class RequestContext:
     evictions: dict[int, list[float]]
     evict_first_wall: float | None
     evict_seconds: float
+    config_version: int | None = None  # the deployment's config version that served it, when known
 
 
 class Probe:

@@ -46,6 +46,7 @@ class LatencyProbe(Probe):
                 "e2e_s": float(req.e2e_s),
                 "kv_bytes": int(r.kv_bytes),
                 "compression_ratio": float(r.compression_ratio),
+                "config_version": req.config_version,
             }],
         )
         if self.spans:

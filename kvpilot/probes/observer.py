@@ -17,7 +17,14 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from kvpilot.probes.base import CacheState, Probe, RequestContext, SampledForward, SamplingPolicy
+from kvpilot.probes.base import (
+    SERVING_VERSION,
+    CacheState,
+    Probe,
+    RequestContext,
+    SampledForward,
+    SamplingPolicy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,8 @@ class ProbeSet:
         self._tl = threading.local()
         self.errors = 0
         self.sampled_forwards = 0
+        # the deployment version in force, for requests served without a version chosen (`SERVING_VERSION`)
+        self.version_source: Any = None
 
     # ----- per-cache state ---------------------------------------------------------------------------
 
@@ -159,9 +168,15 @@ class ProbeSet:
         st.questions += 1
         st.last_end_perf = now_perf
         evictions, first_evict, evict_s = st.take_evictions()
+        chosen = SERVING_VERSION.get()
+        if chosen is not None:
+            version = chosen[0]
+        else:
+            version = self.version_source() if self.version_source is not None else None
         return RequestContext(
             result=result, cache=cache, state=st, ts=now_wall, start_wall=now_wall - e2e, e2e_s=e2e,
             first_question=first, evictions=evictions, evict_first_wall=first_evict, evict_seconds=evict_s,
+            config_version=version,
         )
 
     # ----- misc ----------------------------------------------------------------------------------------

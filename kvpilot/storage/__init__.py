@@ -22,6 +22,7 @@ _EXPORTS = {
         "errors",
     ),
     "CHANNEL": "registry",
+    **dict.fromkeys(("ArmData", "CanaryInfo"), "canary"),
     **dict.fromkeys(
         ("ACK_STATUSES", "EVENT_KINDS", "RUN_KINDS", "RUN_STATUSES", "SESSION_KINDS", "POOL_DETAIL_KEYS", "SAMPLES",
          "LAYER_STATS", "REQUESTS", "MEMORY_SAMPLES", "CACHE_EVENTS", "VLLM_SAMPLES", "SKEW_METRICS", "LayerStat", "Request",
@@ -44,7 +45,7 @@ _EXPORTS = {
 }
 
 __all__ = [  # the keys of _EXPORTS (a test keeps them equal), spelled out for tools that read __all__
-    "ACK_STATUSES", "Ack", "Activation", "BACKENDS", "BackendSpec", "BadDatabaseURLError", "CACHE_EVENTS",
+    "ACK_STATUSES", "Ack", "Activation", "ArmData", "CanaryInfo", "BACKENDS", "BackendSpec", "BadDatabaseURLError", "CACHE_EVENTS",
     "CHANNEL", "CellMean", "ConfigSource", "ConfigVersionInfo", "CorruptConfigError",
     "DatabaseUnavailableError", "DeploymentInfo", "EVENT_KINDS", "Event", "EventBucket", "EventRow",
     "FieldChange", "Histogram", "InstanceInfo", "KindTotal", "LAYER_STATS", "LayerShape", "LayerStat",
@@ -72,6 +73,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from kvpilot.storage.backends import BACKENDS, BackendSpec, register_backend
+    from kvpilot.storage.canary import ArmData, CanaryInfo
     from kvpilot.storage.errors import (
         BadDatabaseURLError,
         CorruptConfigError,

@@ -33,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from kvpilot.storage.rollups import GRAINS, RollupTable, derive_rollup
 from kvpilot.storage.tabledef import Instrument, InstrumentKind, SampleRecord, SampleTable, TableOtel, column
 
-RUN_KINDS = ("serving", "eval", "tuning_trial", "probe")
+RUN_KINDS = ("serving", "eval", "tuning_trial", "probe", "canary")
 RUN_STATUSES = ("running", "completed", "failed", "pruned")
 EVENT_KINDS = (
     "evict",
@@ -52,7 +52,13 @@ EVENT_KINDS = (
     "kv_block_removed",
     "kv_blocks_cleared",
     "quality",  # shadow fidelity of one sampled answer against the full cache (kvpilot.evaluation.shadow)
+    # a canary rollout's control-plane decisions (kvpilot.evaluation.canary); detail carries the figures
+    "canary_started",
+    "canary_promoted",
+    "canary_rolled_back",
+    "canary_undecided",
 )
+CANARY_STATUSES = ("running", "promoted", "rolled_back")
 ACK_STATUSES = ("applied", "rejected")
 # Session-pool events (the Sessions page); `detail` may carry these keys so occupancy can be drawn.
 SESSION_KINDS = ("ttl_pin", "hit", "miss", "expire", "offload")
@@ -177,6 +183,28 @@ class ConfigActivation(Base):
     ts: Mapped[float] = mapped_column(Time)
 
 
+class Canary(Base):
+    """A config version served to a fraction of requests next to the incumbent until the control plane
+    promotes it or rolls it back (`kvpilot.storage.canary`, `kvpilot.evaluation.canary`). `seed` makes each
+    engine's per-request choice reproducible; `run_id` is the run that owns its decision events; `figures`
+    holds the deciding figures."""
+
+    __tablename__ = "canaries"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    version: Mapped[int]
+    baseline_version: Mapped[int]
+    fraction: Mapped[float]
+    seed: Mapped[int]
+    status: Mapped[str] = mapped_column(String(20))  # running | promoted | rolled_back
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    started_at: Mapped[float] = mapped_column(Time)
+    decided_at: Mapped[float | None] = mapped_column(Time)
+    reason: Mapped[str | None] = mapped_column(Text)
+    figures: Mapped[dict[str, Any] | None]
+    __table_args__ = (Index(None, "deployment_id", "status"),)
+
+
 class ConfigAck(Base):
     """An engine's answer to a config version: applied, or rejected with the reason."""
 
@@ -275,6 +303,8 @@ class Request(SampleRecord):
     compression_ratio: float | None = column(otel=Instrument(
         "kvpilot.kv.compression_ratio", "1", "1 - physical/logical KV bytes per request", buckets=FRACTION_BUCKETS))
     error: str | None = column(Text)
+    # the deployment's config version that served it (a canary's or the incumbent's); kept per rollup bucket
+    config_version: int | None = column(key=True)
 
 
 @dataclass(frozen=True)

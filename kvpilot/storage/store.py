@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kvpilot.storage.aggregates import AggregateStore
-from kvpilot.storage.registry import RegistryStore
+from kvpilot.storage.canary import CanaryStore
 from kvpilot.storage.samples import SampleWriter
 
 if TYPE_CHECKING:
     from kvpilot.storage.protocols import ConfigSource, RunRecorder, SampleSink
 
 
-class Store(SampleWriter, AggregateStore, RegistryStore):
+class Store(SampleWriter, AggregateStore, CanaryStore):
     """kvpilot's store on SQLite or PostgreSQL (or any registered backend, see `kvpilot.storage.backends`).
 
     Open it with `Store.open(url)` (None: $KVPILOT_DB, else `$KVPILOT_HOME/kvpilot.db`). It is safe to share
@@ -30,7 +30,9 @@ class Store(SampleWriter, AggregateStore, RegistryStore):
     - dashboard aggregates (`kvpilot.storage.aggregates`), taking a `Scope`: is_empty, request_totals,
       latency_histogram, layer_plan, layer_view, layer_shape, event_totals, pool_series;
     - control plane (`kvpilot.storage.registry`): push, list_versions, get_version, active_version, diff,
-      activate, rollback, ack, acks, activations, config_listener.
+      activate, rollback, ack, acks, activations, config_listener;
+    - canary rollouts (`kvpilot.storage.canary`): start_canary, active_canary, canaries, canary_arms,
+      finish_canary, canary_event, canary_events.
     """
 
 

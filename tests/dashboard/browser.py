@@ -34,15 +34,17 @@ VIEWPORT = {"width": 1440, "height": 900}
 MAX_HEIGHT = 3200  # a full-page screenshot stops here
 # page url path -> texts that must appear once it has rendered (from tests/dashboard/seed.py)
 PAGES = {
-    "": ["Overview", "Engines alive", "2 / 3", "Memory pressure", "Active config of chat: v2"],
+    "": ["Overview", "Engines alive", "2 / 4", "Memory pressure", "Active config of chat: v2"],
     "runs": ["Runs", "of the newest", "Run #", "Mean TTFT"],
     "layers": ["Layers", "Sensitivity profile", "Budgets per layer under the active config"],
     "sessions": ["Sessions", "Hit ratio", "75.0%"],
     "events": ["Events", "Latest 100 events", "Config changes"],
     "tuning": ["Tuning", "Pareto front", "Parameter importances"],
     "configs": ["Configs", "Versions of chat", "rejected v3"],
+    "quality?deployment=support": ["Quality", "Shadow fidelity", "Canary running", "Canary rollouts",
+                                   "Top-1 agreement with the full cache", "Decision log", "Eviction lineage"],
 }
-CHART_PAGES = {"", "layers", "sessions", "events", "tuning"}
+CHART_PAGES = {"", "layers", "sessions", "events", "tuning", "quality?deployment=support"}
 # what every page of a store filled by `kvpilot demo` shows (the titles and the panels with the demo's data)
 DEMO_PAGES = {
     "": ["Overview", "Engines alive", "0 / 1", "Active config of demo", "TTFT over time (ms)"],
@@ -52,6 +54,7 @@ DEMO_PAGES = {
     "events": ["Events", "Latest", "Config changes"],
     "tuning": ["Tuning", "Pareto front", "full cache", "Parameter importances"],
     "configs": ["Configs", "Versions of demo", "Active: v1"],
+    "quality": ["Quality", "Shadow fidelity", "Canary rollouts"],
 }
 
 
@@ -155,7 +158,7 @@ def shoot(base: str, out_dir: Path, *, pages: dict[str, list[str]] = PAGES, time
                 try:
                     shots[path or "overview"] = _one_page(page, base, path, texts, out_dir, errors)
                 except Exception:
-                    page.screenshot(path=str(out_dir / f"failed-{path or 'overview'}.png"))
+                    page.screenshot(path=str(out_dir / f"failed-{path.split('?')[0] or 'overview'}.png"))
                     raise
         finally:
             browser.close()
@@ -177,7 +180,7 @@ def _one_page(page, base: str, path: str, texts: list[str], out_dir: Path, error
     problems = faults(page, errors)
     if problems:
         raise AssertionError(f"page /{path}: " + "; ".join(problems))
-    shot = out_dir / f"dashboard-{path or 'overview'}.png"
+    shot = out_dir / f"dashboard-{path.split('?')[0] or 'overview'}.png"  # a page's query (its deployment) aside
     page.screenshot(path=str(shot))
     _shrink(shot)
     page.set_viewport_size(VIEWPORT)

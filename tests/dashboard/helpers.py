@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow as pa
 from streamlit.testing.v1 import AppTest
 
-PAGES = ("overview", "runs", "layers", "sessions", "events", "tuning", "configs")
+PAGES = ("overview", "runs", "layers", "sessions", "events", "tuning", "configs", "quality")
 
 
 def open_page(at: AppTest, page: str) -> AppTest:

@@ -3,7 +3,9 @@
 Everything is written through the public Store API (and Optuna's API for the study), with values chosen
 so the pages' numbers can be checked: 2 deployments, 3 engines (one stale), 3 config versions with a
 rejection and a rollback, 10 minutes of layer stats for the bundled model's shape (30 layers x 3 KV heads),
-requests, memory samples, every event kind, a sensitivity profile and a two-objective Optuna study.
+requests, memory samples, every event kind, a sensitivity profile and a two-objective Optuna study; and a
+third deployment for the Quality page (`seed_quality`): shadow fidelity of four config versions, a canary
+rolled back, one promoted and one running, with a stale engine.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from kvpilot.storage import Store
 
 DEPLOYMENT = "chat"
 OTHER_DEPLOYMENT = "staging"
+QUALITY_DEPLOYMENT = "support"  # the Quality page's deployment: canaries and shadow fidelity
+# per version of QUALITY_DEPLOYMENT: (measured answers, top-1 agreement of each, mean KL of each)
+QUALITY = {1: (12, 1.0, 0.0), 2: (8, 0.625, 0.9), 3: (10, 0.98, 0.02), 4: (4, 0.95, 0.05)}
+LOSSY_REASON = "fidelity: canary agreement 62.5 % on 8 answers vs incumbent 100.0 % on 12; LLR 8.41 >= 2.25"
 MODEL = "SmolLM2-135M-Instruct"
 STUDY = "chat-tune"
 LAYERS, HEADS = 30, 3
@@ -142,9 +148,49 @@ def seed(store: Store, url: str, *, now: float | None = None, with_study: bool =
     store.add_requests([{"ts": now - 290 + i, "ttft_s": 0.1, "tpot_s": 0.01, "kv_bytes": 2**20} for i in range(5)],
                        run_id=run)
     store.finish_run(run, metrics={"accuracy": 0.97})
+    seed_quality(store, now)
     if with_study:
         seed_study(url)
     return Seeded(url, now, e0, e1, es, run)
+
+
+def _figures(canary: int, incumbent: int, requests: tuple[int, int], llr: float) -> dict:
+    def arm(version: int, n_requests: int) -> dict:
+        n, agreement, kl = QUALITY[version]
+        return {"version": version, "requests": n_requests, "errors": 0, "error_rate": 0.0, "measured": n,
+                "agreement": agreement, "agreement_ci": [agreement * 0.8, min(1.0, agreement * 1.05)], "kl": kl,
+                "latency_p50_ms": 420.0 + 10 * version, "latency_p95_ms": 900.0, "rejected": []}
+
+    return {"canary": arm(canary, requests[0]), "incumbent": arm(incumbent, requests[1]), "fidelity_llr": llr,
+            "thresholds": {"rollback_at": 2.25, "promote_at": -2.89}, "latency_p": 0.41}
+
+
+def seed_quality(store: Store, now: float) -> None:
+    """QUALITY_DEPLOYMENT: v1 (full cache) active, v2 a lossy canary rolled back, v3 a canary promoted, v4 a
+    canary running; each version's answers measured by the shadow probe, older than chat's newest data."""
+    eq = store.register_instance(QUALITY_DEPLOYMENT, "engine-q", model=MODEL, host="cpu-q").id
+    store.push(QUALITY_DEPLOYMENT, {"policy": "full"}, pushed_by="alice")
+    lossy = store.start_canary(QUALITY_DEPLOYMENT, {"policy": "streaming", "compression_ratio": 0.9}, 0.5, seed=1,
+                               pushed_by="alice")
+    store.finish_canary(lossy.id, "rollback", LOSSY_REASON, _figures(2, 1, (4, 6), 8.41), by="canary-judge")
+    good = store.start_canary(QUALITY_DEPLOYMENT, {"policy": "snapkv", "compression_ratio": 0.3}, 0.5, seed=2,
+                              pushed_by="alice")
+    store.canary_event(good, "canary_undecided", {"reason": "undecided after 4 canary requests", **_figures(3, 1, (4, 5), -1.2)})
+    store.finish_canary(good.id, "promote", "fidelity: canary agreement 98.0 % on 10 answers; LLR -3.02 <= -2.89",
+                        _figures(3, 1, (5, 6), -3.02), by="canary-judge")
+    store.start_canary(QUALITY_DEPLOYMENT, {"policy": "snapkv", "compression_ratio": 0.5}, 0.1, seed=3,
+                       pushed_by="bob")
+    events, requests = [], []
+    for version, (n, agreement, kl) in QUALITY.items():
+        for j in range(n):
+            ts = now - 560 + 100 * (version - 1) + 8 * j
+            events.append({"ts": ts, "kind": "quality", "detail": {
+                "question": 0, "tokens": 8, "top1_agreement": agreement, "mean_kl": kl, "version": version,
+                "config": {1: "full", 2: "streaming-0.9", 3: "snapkv-0.3", 4: "snapkv-0.5"}[version]}})
+            requests.append({"ts": ts, "e2e_s": 0.4, "output_tokens": 8, "config_version": version})
+    store.add_events(events, instance_id=eq)
+    store.add_requests(requests, instance_id=eq)
+    store.heartbeat(eq, ts=now - 600)  # stale: its benchmark ended
 
 
 def seed_study(url: str) -> None:

@@ -20,6 +20,7 @@ EMPTY_GUIDANCE = {
     "events": "kvpilot demo",
     "tuning": "No Optuna studies",
     "configs": "kvpilot push",
+    "quality": "kvpilot demo",
 }
 
 
@@ -37,8 +38,8 @@ def test_overview_matches_store(app, store, seeded, db_url):
     assert not at.exception
     m = metrics(at)
     insts = store.instances()
-    assert m["Deployments"] == str(len(store.deployments())) == "2"
-    assert m["Engines alive"] == f"{sum(i.alive for i in insts)} / {len(insts)}" == "2 / 3"
+    assert m["Deployments"] == str(len(store.deployments())) == "3"
+    assert m["Engines alive"] == f"{sum(i.alive for i in insts)} / {len(insts)}" == "2 / 4"
     assert m[f"Active config of {S.DEPLOYMENT}"] == f"v{store.active_version(S.DEPLOYMENT).version}" == "v2"
     buckets = store.requests_series(deployment=S.DEPLOYMENT, last_s=3600)
     assert m["Requests"] == str(sum(b.requests for b in buckets)) == str(S.REQUESTS)
@@ -47,13 +48,13 @@ def test_overview_matches_store(app, store, seeded, db_url):
     assert m["Mean TTFT"] == f"{sum(ttft) / len(ttft) * 1000:.1f} ms"
     table = frame(at, "instance", "status")
     assert dict(zip(table["instance"], table["status"], strict=True)) == {
-        "engine-0": "alive", "engine-1": "stale", "engine-s": "alive"}
+        "engine-0": "alive", "engine-1": "stale", "engine-s": "alive", "engine-q": "stale"}
     assert "Active config of chat: v2" in texts(at)
     # what each engine reports, in words: applied version, whether it is the active one, or "not reported"
     applied = dict(zip(table["instance"], table["config applied"], strict=True))
     current = dict(zip(table["instance"], table["runs the active config"], strict=True))
-    assert applied == {"engine-0": "v2", "engine-1": "v1", "engine-s": "not reported"}
-    assert current == {"engine-0": "yes", "engine-1": "no (active is v2)", "engine-s": "unknown"}
+    assert applied == {"engine-0": "v2", "engine-1": "v1", "engine-s": "not reported", "engine-q": "not reported"}
+    assert current == {"engine-0": "yes", "engine-1": "no (active is v2)", "engine-s": "unknown", "engine-q": "unknown"}
     drawn = charts(at)
     assert {"Request rate", "TTFT over time (ms)", "TPOT over time (ms)", "Memory pressure (MiB)",
             "TTFT distribution", "TPOT distribution"} <= set(drawn)
@@ -275,3 +276,31 @@ def test_overview_shows_a_vllm_deployment(app, store, db_url):
     assert {"Throughput", "Prefix hits and KV usage"} <= set(charts(at))
     open_page(at, "layers")
     assert "is a vLLM server" in texts(at) and not at.exception
+
+
+def test_quality_fidelity_canaries_and_lineage_point(app, store, seeded, db_url):
+    at = app(db_url)
+    at.selectbox(key="deployment").set_value(S.QUALITY_DEPLOYMENT).run()
+    open_page(at, "quality")
+    summary = frame(at, "version", "answers measured", "top-1 agreement")
+    assert dict(zip(summary["version"], summary["answers measured"], strict=True)) == {
+        f"v{v}": n for v, (n, _, _) in S.QUALITY.items()}
+    assert dict(zip(summary["version"], summary["top-1 agreement"], strict=True))["v2"] == "62.5 %"
+    assert dict(zip(summary["version"], summary["mean KL"], strict=True))["v2"] == "0.900 nats"
+    shown = charts(at)
+    agreement = shown["Top-1 agreement with the full cache, per version"]
+    assert set(agreement["series"]) == {f"v{v}" for v in S.QUALITY}
+    assert "Mean KL(full || served), per version" in shown
+    canaries = frame(at, "canary", "status", "reason")
+    assert canaries["status"].tolist() == ["running", "promoted", "rolled back"]
+    rolled = canaries.set_index("canary").loc["v2"]
+    assert rolled["reason"] == S.LOSSY_REASON and rolled["agreement canary"] == "62.5 %"
+    assert rolled["requests (canary / incumbent)"] == "4 / 6" and rolled["LLR"] == "8.41"
+    assert rolled["latency p50 (canary / incumbent)"] == "440.0 ms / 430.0 ms"
+    log = frame(at, "time", "event", "canary")
+    assert log["event"].tolist()[:2] == ["started", "promoted"] and "undecided" in set(log["event"])
+    assert "Canary running" in texts(at) and "v4 on 10 % of requests next to v3" in texts(at)
+    assert "Eviction lineage" in texts(at)  # the lineage panel's call point, until that panel exists
+    at.selectbox(key="quality_version").set_value("v2").run()
+    assert frame(at, "version", "answers measured")["version"].tolist() == ["v2"]
+    assert not at.exception and not at.json

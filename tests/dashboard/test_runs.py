@@ -40,7 +40,9 @@ def test_runs_of_every_kind_filtered_by_kind(app, store, seeded, db_url):
     eval_run = _record_eval(store)
     at = open_page(app(db_url), "runs")
     kinds = dict(zip(frame(at, "id", "kind")["id"], frame(at, "id", "kind")["kind"], strict=True))
-    assert kinds == {eval_run: "eval", seeded.trial_run: "tuning_trial"}
+    canaries = {c.run_id: "canary" for c in store.canaries(S.QUALITY_DEPLOYMENT)}  # seed_quality's rollouts
+    assert len(canaries) == 3
+    assert kinds == {eval_run: "eval", seeded.trial_run: "tuning_trial", **canaries}
     assert list(frame(at, "id", "kind")["id"]) == [r.id for r in store.runs()]  # newest first, as the store
     at.multiselect(key="run_kinds").set_value(["tuning_trial"]).run()
     assert list(frame(at, "id", "kind")["kind"]) == ["tuning_trial"]
