@@ -26,6 +26,7 @@ def test_values_carry_their_units():
     assert fmt.value("ttft_s", 0.25) == "250.0 ms"
     assert fmt.detail({"pool_bytes": 2**21, "reason": "x"}) == "pool_bytes 2.0 MiB, reason x"
     assert fmt.rows({"a": {"b": 1}, "c": None}) == [{"field": "a.b", "value": "1"}, {"field": "c", "value": "-"}]
+    assert fmt.value("head_allocation_params", {}) == "-" and fmt.value("layers", [1, 2]) == "[1, 2]"  # no bare {}
     assert fmt.when(0) == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(0))  # 24-hour
 
 

@@ -56,7 +56,7 @@ def _table(runs: list[RunInfo]) -> None:
             df[name] = [shown(name, v) for v in df[name]]
             df = df.rename(columns={name: column(name)})
             config[column(name)] = st.column_config.NumberColumn(column(name), format="%.4g")
-    st.dataframe(df, hide_index=True, key="runs_table", column_config=config)
+    st.dataframe(df, hide_index=True, key="runs_table", column_config=config, placeholder="-")  # a metric the run lacks
 
 
 def _label(config: dict[str, Any] | None) -> str:

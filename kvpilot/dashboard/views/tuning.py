@@ -76,7 +76,9 @@ def _trials_table(rows: list[dict], objectives: list[str]) -> None:
                 config[name] = st.column_config.NumberColumn(name, format="percent")
             else:
                 config[tuning.column(name)] = st.column_config.NumberColumn(tuning.column(name), format="%.4g")
-    st.dataframe(df, hide_index=True, key="trials_table", column_config=config)
+    if "param: compression_ratio" in df.columns:  # 70 % as on the trial's own tables, not 0.7
+        config["param: compression_ratio"] = st.column_config.NumberColumn("param: compression_ratio", format="percent")
+    st.dataframe(df, hide_index=True, key="trials_table", column_config=config, placeholder="-")
 
 
 def _front_chart(study: optuna.Study, complete: list[dict], objectives: list[str]) -> int | None:
