@@ -60,3 +60,18 @@ def test_opens_on_the_newest_samples_then_the_newest_engine():
     assert most_recent(deps, insts, {"demo": 12.0}) == "demo"
     assert most_recent(deps, insts, {}) == "idle"  # no samples anywhere: the engine that reported last
     assert most_recent(deps, [], {}) == "aaa"
+
+
+def test_a_trial_that_fails_a_constraint_is_not_called_dominated():
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from kvpilot.dashboard.tuning import trial_rows
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    dist = {"compression_ratio": FloatDistribution(0.5, 0.9)}
+    for ratio, values, violation in [(0.5, [1.0, 9.0], 0.0), (0.9, [0.2, 4.0], 0.8)]:
+        study.add_trial(optuna.trial.create_trial(params={"compression_ratio": ratio}, distributions=dist,
+                                                  values=values, system_attrs={"constraints": [violation]}))
+    rows = trial_rows(study)
+    assert [(r["pareto"], r["feasible"]) for r in rows] == [(True, True), (False, False)]

@@ -12,6 +12,8 @@ from kvpilot.dashboard import charts, fmt, tuning
 from kvpilot.dashboard import context as C
 from kvpilot.storage import Store
 
+INFEASIBLE = "fails a constraint"
+
 
 def render() -> None:
     st.title("Tuning")
@@ -83,7 +85,9 @@ def _trials_table(rows: list[dict], objectives: list[str]) -> None:
 
 def _front_chart(study: optuna.Study, complete: list[dict], objectives: list[str]) -> int | None:
     df = pd.DataFrame(complete)
-    df["front"] = ["Pareto front" if p else "dominated" for p in df["pareto"]]
+    # a trial that fails a constraint is off the front however small it is: say so, not "dominated"
+    df["front"] = ["Pareto front" if p else "dominated" if f else INFEASIBLE
+                   for p, f in zip(df["pareto"], df["feasible"], strict=True)]
     for name in objectives:
         df[tuning.column(name)] = [tuning.shown(name, v) for v in df[name]]
     if len(objectives) == 1:
