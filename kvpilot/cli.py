@@ -35,19 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_db_url(db: str | None) -> None:
-    """`sqlite:` followed by a single slash is neither a URL (`sqlite:///`) nor a plain path; without this check
-    it would silently become a file named `sqlite:` in the current folder."""
+    """`sqlite:` followed by a single slash is neither a URL (`sqlite:///`) nor a plain path: one clear error
+    naming where it came from (Store.open raises the same error without the `--db` / `KVPILOT_DB` label)."""
     import os
-    import re
 
-    from kvpilot.errors import KVPilotError
+    from kvpilot.storage.errors import BadDatabaseURLError
+    from kvpilot.storage.url import ENV_VAR, one_slash_sqlite_message
 
-    for where, url in (("--db", db), ("KVPILOT_DB", None if db else os.environ.get("KVPILOT_DB"))):
-        m = re.match(r"^\s*sqlite:/?(?!/)(.*)$", url or "")
-        if m:
-            path = m.group(1)
-            raise KVPilotError(f"{where} {url!r} is not a SQLite URL: write sqlite:///{path} for a path relative to "
-                               f"the current folder, sqlite:////{path.lstrip('/')} for an absolute one, or just the path")
+    for where, url in (("--db", db), (ENV_VAR, None if db else os.environ.get(ENV_VAR))):
+        if url and (problem := one_slash_sqlite_message(url, where)):
+            raise BadDatabaseURLError(problem)
 
 
 def main(argv: list[str] | None = None) -> int:

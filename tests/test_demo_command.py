@@ -55,6 +55,9 @@ def test_demo_records_probes_runs_and_pushes_only_a_feasible_config(tmp_path, ca
     with Store.open(str(db)) as store:
         runs = [r for r in store.runs(kind="eval") if r.name.startswith("passkey")]
         assert len(runs) == len(DEFAULT_CONFIGS)
+        # each compared config is its run's config (the Runs page), not the engine's initial full cache
+        assert [(c.policy, c.compression_ratio) for c in (KVConfig.parse(r.config) for r in reversed(runs))] == \
+            list(DEFAULT_CONFIGS)
         assert all(r.status == "completed" and 0.0 <= r.metrics["accuracy"] <= 1.0 for r in runs)
         assert all(r.metrics["recorder"].get("dropped_rows", 0) == 0 for r in runs)
         counts = store.counts()

@@ -47,10 +47,39 @@ def test_acks_with_none_says_so(tmp_path, capsys):
 def test_show_space_reads_ranges_as_ranges(capsys):
     assert main(["tune", "--show-space"]) == 0
     captured = capsys.readouterr()
-    assert SearchSpace.from_dict(json.loads(captured.out)) == SearchSpace()  # still a valid --space file
+    rows = dict(line.split(None, 1) for line in captured.out.splitlines())
+    assert rows["compression_ratio"] == "range 0.5 .. 0.9 step 0.05"  # not three choices
+    assert rows["policy"].startswith("one of: snapkv, tova")
+    assert rows["window"] == "one of: 8, 16, 32, 64" and rows["sink_tokens"] == "fixed: 4"
+    assert rows["layer_allocation.pyramid.beta"] == "range 2.0 .. 20.0, log scale"
+    assert rows["head_allocation.adaptive.alpha"] == "range 0.1 .. 0.5"
+    assert "[0.5, 0.9, 0.05]" not in captured.out and "--show-space --json" in captured.err
+
+
+def test_show_space_json_is_a_space_file(capsys):
+    assert main(["tune", "--show-space", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert SearchSpace.from_dict(json.loads(captured.out)) == SearchSpace()  # a valid --space file
     ratio = next(line for line in captured.out.splitlines() if '"compression_ratio"' in line)
     assert json.loads("{" + ratio.rstrip(",") + "}")["compression_ratio"] == [0.5, 0.9, 0.05]  # one line
-    assert "compression_ratio is [low, high, step]" in captured.err
+    assert "compression_ratio is a range [low, high, step]" in captured.err
+
+
+def test_show_space_of_a_file_and_of_agents(tmp_path, capsys):
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps({"policy": ["snapkv"], "compression_ratio": [0.75, 0.75, 0.05],
+                                "params": {"policy.snapkv.observation_window": [8, 64],
+                                           "policy.snapkv.pooling_kernel": [3, 5, 7]},
+                                "fixed": {"prefill_block_size": 128}}))
+    assert main(["tune", "--show-space", "--space", str(path)]) == 0
+    rows = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+    assert rows["policy"] == "fixed: snapkv" and rows["compression_ratio"] == "fixed: 0.75"
+    assert rows["policy.snapkv.observation_window"] == "integers 8 .. 64"
+    assert rows["policy.snapkv.pooling_kernel"] == "one of: 3, 5, 7" and rows["prefill_block_size"] == "fixed: 128"
+    assert main(["tune", "--show-space", "-w", "agents"]) == 0
+    rows = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+    assert rows["session_ttl"] == "one of: none, fixed, cdf"
+    assert rows["session_ttl.cdf.memory_price"] == "range 1e-10 .. 1e-07, log scale"
 
 
 def test_profile_defaults_are_quick():

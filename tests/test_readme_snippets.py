@@ -5,7 +5,9 @@ that folder, so nothing lands in ~/.cache), and the `python` and `kvpilot` of th
 A snippet passes when it exits 0 and prints no Python warning. The few blocks that cannot run inside a test
 (the set-up itself, long-running servers) are listed in NOT_RUN with the test that covers them instead;
 a block that is neither run nor listed fails the test, and so does a NOT_RUN entry the README no longer has.
-Slow: the snippets load the bundled model and run small evaluations, a tuning study and replays.
+Slow: the snippets load the bundled model and run small evaluations, a tuning study and replays (5 min 43 s
+with OMP_NUM_THREADS=1 on the shared 2-core machine at a load average of 8-10; `make test` runs it, `make
+test-fast` leaves it out).
 """
 
 from __future__ import annotations

@@ -116,12 +116,14 @@ def _compare(args: argparse.Namespace, engine, evaluator, store) -> list:
     rows = []
     for policy, ratio in tqdm(DEFAULT_CONFIGS, desc=f"[2/{STAGES}] policies", unit="policy", leave=False):
         config = KVConfig(policy=policy, compression_ratio=ratio)
+        # the engine's config before attach: the run records it as the run's config (the Runs page)
+        engine.apply_config(config)
+        engine.request_boundary()
         # probes on every request: skew, memory, latency and evictions land in the store under this run;
         # no config watcher, so a config pushed meanwhile cannot change what is being compared
         handle = attach(engine, store=store, deployment=args.deployment, instance=DEMO_INSTANCE,
                         model_name=args.model or "bundled", otel=False, watch=False,
                         run_kind="eval", run_name=f"passkey {policy} {ratio or 0:.2f}")
-        engine.apply_config(config)
         try:
             result = evaluator.run(config)
         finally:

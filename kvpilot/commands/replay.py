@@ -135,6 +135,11 @@ def run_replay(engine, config, events, *, store=None, deployment: str = "replay"
     if store is not None:
         from kvpilot.attach import attach
 
+        # the engine runs under the replayed config from here on, so the run is recorded with it, not with
+        # whatever the engine was loaded with
+        engine.apply_config(config)
+        engine.request_boundary()
+
         handle = attach(engine, store=store, deployment=deployment, probes=[], otel=False, watch=False, instance=instance,
                         run_kind="eval", run_name=f"replay {config.policy} ttl={config.session_ttl}")
     bar = tqdm(total=len(events), desc="turns", unit="turn", disable=not progress)

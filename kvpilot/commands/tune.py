@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    f"(default: {DEFAULT_CONSTRAINT}); --constraint none for no constraint")
     p.add_argument("--pick", default=None, metavar="NAME", help="objective the winner is chosen on (default: the last)")
     p.add_argument("--space", default=None, metavar="FILE", help="search-space JSON (see `kvpilot tune --show-space`)")
-    p.add_argument("--show-space", action="store_true", help="print the default search space as JSON and exit")
+    p.add_argument("--show-space", action="store_true", help="print the search space (ranges as LOW .. HIGH, choices as a list) and exit; with --json, as the JSON --space reads")
     p.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="Optuna sampler (default tpe)")
     p.add_argument("--sampler-seed", type=int, default=None, help="sampler seed (default: a random one, printed)")
     p.add_argument("--heldout", type=int, default=None, metavar="N",
@@ -103,11 +103,16 @@ def _tune(args: argparse.Namespace) -> int:
         from kvpilot.commands.vllm import tune_vllm
 
         return tune_vllm(args)
-    if args.show_space:
-        print(space_json(SearchSpace().to_dict()))
-        print("ranges: compression_ratio is [low, high, step] and each params entry [low, high] (numbers drawn "
-              "between them); every other list is the set of choices. Save it, edit, then --space FILE.",
-              file=sys.stderr)
+    if args.show_space:  # the default space (or --space FILE's, or the agents space) for people; --json for a file
+        shown = SearchSpace.from_file(args.space) if args.space else (
+            agent_space() if args.workload == "agents" else SearchSpace())
+        if args.json:
+            print(space_json(shown.to_dict()))
+            print("in this JSON compression_ratio is a range [low, high, step] and each params entry with two "
+                  "numbers a range [low, high]; every other list is the set of choices", file=sys.stderr)
+        else:
+            print("\n".join(shown.describe()))
+            print("as a file to edit for --space: kvpilot tune --show-space --json > space.json", file=sys.stderr)
         return 0
     if args.workload is None:
         raise KVPilotError("--workload is required (e.g. --workload passkey, or agents)")

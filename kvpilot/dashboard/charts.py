@@ -131,8 +131,8 @@ def pareto(df: pd.DataFrame, x: str, y: str, *, x_fmt: str = ",.4~f", y_fmt: str
     points = base.mark_circle(size=90).encode(
         x=x_enc, y=y_enc,
         color=alt.Color("front:N", title=None, legend=alt.Legend(orient="bottom"),
-                        scale=alt.Scale(domain=["Pareto front", "dominated", "full cache"],
-                                        range=["#d62728", "#9ecae1", "#444444"])),
+                        scale=alt.Scale(domain=["Pareto front", "dominated", "fails a constraint", "full cache"],
+                                        range=["#d62728", "#9ecae1", "#bdbdbd", "#444444"])),
         opacity=alt.condition(pick, alt.value(1.0), alt.value(0.5)),
         tooltip=["trial:O", alt.Tooltip(f"{x}:Q", format=x_fmt), alt.Tooltip(f"{y}:Q", format=y_fmt)],
     ).add_params(pick)

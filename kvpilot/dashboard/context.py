@@ -271,7 +271,12 @@ def table(d: dict[str, Any] | None, key: str) -> None:
 
 
 def run_metrics(summary: RunSummary) -> None:
-    """The five numbers every run shows (Runs and Tuning pages): requests, latency, peak KV, evictions."""
+    """The five numbers every run shows (Runs and Tuning pages): requests, latency, peak KV, evictions; a run
+    that recorded no request (a tuning trial, a replay) says so in one line instead of a row of zeros and dashes."""
+    if summary.requests == 0 and not summary.events.get("evict"):
+        st.caption("No requests were recorded under this run (the probes record requests; tuning trials and "
+                   "replays record their results as the metrics below).")
+        return
     cols = st.columns(5)
     cols[0].metric("Requests", f"{summary.requests:,}")
     cols[1].metric("Mean TTFT", fmt.duration(summary.ttft_mean))

@@ -82,7 +82,7 @@ def value(key: str, v: Any) -> str:
             return pct(float(v), 1)
         return f"{v:,}" if isinstance(v, int) else f"{v:.4g}"
     if isinstance(v, (dict, list)):
-        return json.dumps(v, sort_keys=True)
+        return json.dumps(v, sort_keys=True) if v else "-"  # an empty {} (a plug-in without parameters) says nothing
     return str(v)
 
 

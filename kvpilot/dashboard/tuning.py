@@ -56,12 +56,14 @@ def pareto_numbers(study: optuna.Study) -> set[int]:
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One flat dict per trial: number, state, objective values, params, duration, front membership."""
+    """One flat dict per trial: number, state, objective values, params, duration, front membership, and
+    whether it met the study's constraints (the front holds feasible trials only)."""
     names = objective_names(study)
     front = pareto_numbers(study)
     rows = []
     for t in study.get_trials(deepcopy=False):
-        row: dict[str, Any] = {"trial": t.number, "state": t.state.name, "pareto": t.number in front}
+        row: dict[str, Any] = {"trial": t.number, "state": t.state.name, "pareto": t.number in front,
+                               "feasible": all(v <= 0 for v in (t.constraints or {}).values())}
         for name, v in zip(names, t.values or [None] * len(names), strict=False):
             row[name] = v
         for k, v in t.params.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from pathlib import Path
 
@@ -21,6 +22,22 @@ OPTUNA_TABLES = frozenset({
     "trial_user_attributes", "trial_system_attributes", "trial_heartbeats",
 })
 DEFAULT_FILENAME = "kvpilot.db"
+# `sqlite:` then at most one slash, then not a slash: neither a URL (`sqlite:///`) nor a plain path
+_ONE_SLASH_SQLITE = re.compile(r"^\s*sqlite:/?(?!/)(.*)$")
+
+
+def one_slash_sqlite_message(text: str, where: str = "database URL") -> str | None:
+    """What is wrong with ``sqlite:PATH`` / ``sqlite:/PATH``, or None for any other text.
+
+    Without this check such a string has no '://' and would be taken for a plain path: a file named
+    `sqlite:` (or `sqlite:one.db`) in the current folder.
+    """
+    m = _ONE_SLASH_SQLITE.match(text)
+    if not m:
+        return None
+    path = m.group(1)
+    return (f"{where} {text!r} is not a SQLite URL: write sqlite:///{path} for a path relative to the current "
+            f"folder, sqlite:////{path.lstrip('/')} for an absolute one, or just the path")
 
 
 def default_db_path() -> Path:
@@ -41,6 +58,8 @@ def resolve_url(url: str | URL | None = None) -> URL:
         return URL.create("sqlite", database=str(path))
     if isinstance(url, str):
         text = url.strip()
+        if problem := one_slash_sqlite_message(text):
+            raise BadDatabaseURLError(problem)
         if "://" not in text:
             return URL.create("sqlite", database=str(Path(text).expanduser()))
         try:

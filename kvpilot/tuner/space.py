@@ -21,6 +21,7 @@ own parameters) so that a seeded study of the default space draws the same confi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -135,6 +136,37 @@ class SearchSpace:
         out: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
         out["params"] = {k: list(v) for k, v in self.params.items()}
         return out
+
+    def describe(self) -> list[str]:
+        """The space for people, one field a line: a range reads `0.5 .. 0.9 step 0.05` (with `integers` or
+        `log scale` when so drawn), a set of choices `one of a, b`, a single value `fixed: v`; in the JSON of
+        `to_dict` both a range and a choice list are lists, so [0.5, 0.9, 0.05] looks like three choices."""
+        rows: list[tuple[str, str]] = []
+        for f in fields(self):
+            if f.name in ("params", "fixed"):
+                continue
+            value = getattr(self, f.name)
+            if f.name == "compression_ratio":
+                low, high, step = value
+                rows.append((f.name, f"fixed: {_num(low)}" if low == high else
+                             f"range {_num(low)} .. {_num(high)} step {_num(step)}"))
+            else:
+                rows.append((f.name, _choices_text(value)))
+        for key, values in self.params.items():
+            p = _param_of(key)
+            if p is not None and _is_range(p, values) and values[0] != values[1]:
+                low, high = values
+                kind = "integers" if p.type is int else "range"
+                text = f"{kind} {_num(low)} .. {_num(high)}"
+                if p.step:
+                    text += f" step {_num(p.step)}"
+                rows.append((key, text + (", log scale" if p.log else "")))
+            else:
+                rows.append((key, _choices_text(values[:1] if len(set(values)) == 1 else values)))
+        for key, value in self.fixed.items():
+            rows.append((key, f"fixed: {json.dumps(value) if isinstance(value, (dict, list)) else value}"))
+        width = max(len(k) for k, _ in rows)
+        return [f"{k.ljust(width)}  {v}" for k, v in rows]
 
     # ----- sampling --------------------------------------------------------------------------------
 
@@ -317,6 +349,19 @@ def config_from_params(params: Mapping[str, Any]) -> KVConfig:
 
 def _values(value: Any) -> tuple[Any, ...]:
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)  # a single value pins the field
+
+
+def _num(x: Any) -> str:
+    """A bound for people: 0.05 not 0.05000000000000001, 2.0 for a float, 2 for an integer."""
+    if not isinstance(x, float):
+        return str(x)
+    text = f"{x:.6g}"
+    return f"{text}.0" if text.lstrip("-").isdigit() else text  # 2.0, so a float range never reads as integers
+
+
+def _choices_text(values: tuple[Any, ...]) -> str:
+    shown = [str(v) for v in values]
+    return f"fixed: {shown[0]}" if len(shown) == 1 else "one of: " + ", ".join(shown)
 
 
 def _allowed_values(name: str) -> tuple[Any, ...]:

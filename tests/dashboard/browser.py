@@ -177,6 +177,7 @@ def _one_page(page, base: str, path: str, texts: list[str], out_dir: Path, error
         _wait_for_text(page, text)
     page.wait_for_timeout(800)  # let charts finish their first paint
     page.wait_for_selector('[data-testid="stSpinner"]', state="detached")  # e.g. "Computing importances..."
+    _fit_viewport(page)  # what the spinner stood for (the importances chart) makes the page longer
     problems = faults(page, errors)
     if problems:
         raise AssertionError(f"page /{path}: " + "; ".join(problems))

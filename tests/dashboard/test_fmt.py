@@ -26,6 +26,7 @@ def test_values_carry_their_units():
     assert fmt.value("ttft_s", 0.25) == "250.0 ms"
     assert fmt.detail({"pool_bytes": 2**21, "reason": "x"}) == "pool_bytes 2.0 MiB, reason x"
     assert fmt.rows({"a": {"b": 1}, "c": None}) == [{"field": "a.b", "value": "1"}, {"field": "c", "value": "-"}]
+    assert fmt.value("head_allocation_params", {}) == "-" and fmt.value("layers", [1, 2]) == "[1, 2]"  # no bare {}
     assert fmt.when(0) == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(0))  # 24-hour
 
 
@@ -59,3 +60,18 @@ def test_opens_on_the_newest_samples_then_the_newest_engine():
     assert most_recent(deps, insts, {"demo": 12.0}) == "demo"
     assert most_recent(deps, insts, {}) == "idle"  # no samples anywhere: the engine that reported last
     assert most_recent(deps, [], {}) == "aaa"
+
+
+def test_a_trial_that_fails_a_constraint_is_not_called_dominated():
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from kvpilot.dashboard.tuning import trial_rows
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    dist = {"compression_ratio": FloatDistribution(0.5, 0.9)}
+    for ratio, values, violation in [(0.5, [1.0, 9.0], 0.0), (0.9, [0.2, 4.0], 0.8)]:
+        study.add_trial(optuna.trial.create_trial(params={"compression_ratio": ratio}, distributions=dist,
+                                                  values=values, system_attrs={"constraints": [violation]}))
+    rows = trial_rows(study)
+    assert [(r["pareto"], r["feasible"]) for r in rows] == [(True, True), (False, False)]

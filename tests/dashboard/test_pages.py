@@ -130,7 +130,7 @@ def test_sessions_counts_match_events(app, store, seeded, db_url):
     totals = {}
     for b in store.event_series(deployment=S.DEPLOYMENT, last_s=3600, kinds=["ttl_pin", "hit", "miss", "expire"]):
         totals[b.kind] = totals.get(b.kind, 0) + b.count
-    assert m["Pinned"] == str(totals["ttl_pin"]) == "10"
+    assert m["Sessions pinned"] == str(totals["ttl_pin"]) == "10"
     assert m["TTL hits / misses"] == f"{totals['hit']} / {totals['miss']}"
     assert m["Hit ratio"] == f"{totals['hit'] / (totals['hit'] + totals['miss']):.1%}" == "75.0%"
     assert m["Expiries"] == "4"

@@ -68,13 +68,17 @@ def test_a_pool_too_small_pins_nothing(bundled_engine):
 def test_replay_command_records_pool_events(tmp_path, capsys):
     db = tmp_path / "r.db"
     code = main(["replay", "--programs", "2", "--token-scale", "0.05", "--max-response-tokens", "2", "--ttl",
-                 "fixed:1000", "--db", str(db), "--deployment", "agents", "--quiet", "--json"])
+                 "fixed:1000", "--policy", "snapkv", "--ratio", "0.5", "--db", str(db), "--deployment", "agents",
+                 "--quiet", "--json"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["misses"] == 0 and out["hits"] == out["turns"] - out["programs"] > 0
     with Store.open(str(db)) as store:
         (run,) = store.runs(kind="eval")
         assert run.status == "completed" and run.metrics["hits"] == out["hits"]
+        # the run carries the replayed config (the Runs page's config column), not the engine's initial one
+        recorded = KVConfig.parse(run.config)
+        assert (recorded.policy, recorded.compression_ratio, recorded.session_ttl) == ("snapkv", 0.5, "fixed")
         counts = dict(store.engine.connect().exec_driver_sql(
             "SELECT kind, COUNT(*) FROM cache_events GROUP BY kind").all())
         assert counts == {"ttl_pin": out["hits"], "hit": out["hits"]}

@@ -55,3 +55,30 @@ def test_not_a_database_file(tmp_path):
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(DatabaseUnavailableError, match="kvpilot database"):
         Store.open(str(path))
+
+
+@pytest.mark.parametrize("url", ["sqlite:{tmp}/one.db", "sqlite:one.db", "sqlite:/one.db"])
+def test_store_open_refuses_sqlite_url_with_one_slash(url, tmp_path, monkeypatch):
+    """Python gets the CLI's one clear error, not a file named after the URL."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BadDatabaseURLError, match="is not a SQLite URL") as err:
+        Store.open(url.format(tmp=tmp_path))
+    assert "sqlite:///" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("url", ["sqlite://x", "sqlite://x/y.db", "sqlite://me@h/y.db"])
+def test_sqlite_url_with_a_host_is_refused(url, tmp_path, monkeypatch):
+    """`sqlite://x` would silently be an in-memory store that forgets everything."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BadDatabaseURLError, match="has no host"):
+        Store.open(url)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sqlite_memory_and_relative_urls_still_open(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for url in ("sqlite://", "sqlite:///:memory:", "sqlite:///rel.db"):
+        with Store.open(url):
+            pass
+    assert (tmp_path / "rel.db").is_file()

@@ -74,7 +74,7 @@ def _history(versions: list[ConfigVersionInfo], acks: list) -> None:
             }
             for v in reversed(versions)
         ),
-        hide_index=True, key="versions_table",
+        hide_index=True, key="versions_table", placeholder="-",  # version 1 has no parent
     )
 
 

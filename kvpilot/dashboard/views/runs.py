@@ -20,6 +20,7 @@ from kvpilot.storage import RUN_KINDS, RunInfo, Store
 LIMIT = 500
 _SCALARS = (int, float, str, bool)
 _IDENTITY = ("id", "kind", "name", "status", "deployment", "config", "started", "duration_s", "study / trial")
+_HEADLINE = ("accuracy", "kv_bytes (MiB)", "hit_ratio")  # the metrics shown beside the config
 
 
 def render() -> None:
@@ -56,7 +57,10 @@ def _table(runs: list[RunInfo]) -> None:
             df[name] = [shown(name, v) for v in df[name]]
             df = df.rename(columns={name: column(name)})
             config[column(name)] = st.column_config.NumberColumn(column(name), format="%.4g")
-    st.dataframe(df, hide_index=True, key="runs_table", column_config=config)
+    # what a run found (accuracy, bytes) next to its config, inside the first screen; then when and where
+    lead = [c for c in ("id", "kind", "name", "status", "config", *_HEADLINE) if c in df.columns]
+    df = df[lead + [c for c in df.columns if c not in lead]]
+    st.dataframe(df, hide_index=True, key="runs_table", column_config=config, placeholder="-")  # a metric the run lacks
 
 
 def _label(config: dict[str, Any] | None) -> str:

@@ -51,7 +51,7 @@ def _pool(ctx: C.Ctx) -> None:
     peak_pinned = max((p.pinned_bytes for p in pool if p.pinned_bytes is not None), default=None)
     hits, misses = n("hit"), n("miss")
     cols = st.columns(6)
-    cols[0].metric("Pinned", f"{n('ttl_pin'):,}", help=f"sessions pinned with a TTL; {C.human_bytes(b('ttl_pin'))} "
+    cols[0].metric("Sessions pinned", f"{n('ttl_pin'):,}", help=f"sessions pinned with a TTL; {C.human_bytes(b('ttl_pin'))} "
                    "pinned over all of them")
     cols[1].metric("Peak pinned", C.human_bytes(peak_pinned),
                    help="the most bytes pinned at once (the top of the pinned line below)")

@@ -12,6 +12,8 @@ from kvpilot.dashboard import charts, fmt, tuning
 from kvpilot.dashboard import context as C
 from kvpilot.storage import Store
 
+INFEASIBLE = "fails a constraint"
+
 
 def render() -> None:
     st.title("Tuning")
@@ -76,12 +78,16 @@ def _trials_table(rows: list[dict], objectives: list[str]) -> None:
                 config[name] = st.column_config.NumberColumn(name, format="percent")
             else:
                 config[tuning.column(name)] = st.column_config.NumberColumn(tuning.column(name), format="%.4g")
-    st.dataframe(df, hide_index=True, key="trials_table", column_config=config)
+    if "param: compression_ratio" in df.columns:  # 70 % as on the trial's own tables, not 0.7
+        config["param: compression_ratio"] = st.column_config.NumberColumn("param: compression_ratio", format="percent")
+    st.dataframe(df, hide_index=True, key="trials_table", column_config=config, placeholder="-")
 
 
 def _front_chart(study: optuna.Study, complete: list[dict], objectives: list[str]) -> int | None:
     df = pd.DataFrame(complete)
-    df["front"] = ["Pareto front" if p else "dominated" for p in df["pareto"]]
+    # a trial that fails a constraint is off the front however small it is: say so, not "dominated"
+    df["front"] = ["Pareto front" if p else "dominated" if f else INFEASIBLE
+                   for p, f in zip(df["pareto"], df["feasible"], strict=True)]
     for name in objectives:
         df[tuning.column(name)] = [tuning.shown(name, v) for v in df[name]]
     if len(objectives) == 1:

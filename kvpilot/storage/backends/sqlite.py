@@ -65,6 +65,12 @@ class SQLiteBackend(Backend):
             raise BadDatabaseURLError(
                 f"database URL {shown!r}: SQLite driver {driver!r} is not supported; use sqlite:///PATH"
             )
+        if url.host or url.username or url.port:  # `sqlite://x` would be an in-memory store, `sqlite://x/y.db` y.db
+            path = "/".join(p for p in (url.host, url.database) if p)
+            raise BadDatabaseURLError(
+                f"database URL {shown!r}: a SQLite URL has no host; write sqlite:///{path} for a path relative to "
+                f"the current folder, sqlite:////{path.lstrip('/')} for an absolute one, or just the path"
+            )
         if url.database and url.database != ":memory:":
             parent = Path(url.database).expanduser().parent
             if not parent.is_dir():
