@@ -275,7 +275,7 @@ def test_packed_copy_stores_what_the_row_path_stores(store, inst):
     rows = [dict(r, kv_bytes=2**40 + i, seen_tokens=-5) for i, r in enumerate(_layer_rows(3))]
     batch = LAYER_STATS.batch(rows, inst.id, None)
     plan = copy_plan(LAYER_STATS.table, batch.columns)
-    assert pack_columns(plan, "layer_stats", list(zip(*batch.rows))) is not None
+    assert pack_columns(plan, "layer_stats", list(zip(*batch.rows, strict=True))) is not None
     from sqlalchemy import select
 
     def stored(since: float) -> list:
@@ -288,7 +288,7 @@ def test_packed_copy_stores_what_the_row_path_stores(store, inst):
     packed = stored(T0)
     mixed = [dict(r, ts=r["ts"] + 100, entropy=None if i % 2 else r["entropy"]) for i, r in enumerate(rows)]
     b2 = LAYER_STATS.batch(mixed, inst.id, None)
-    assert pack_columns(copy_plan(LAYER_STATS.table, b2.columns), "layer_stats", list(zip(*b2.rows))) is None
+    assert pack_columns(copy_plan(LAYER_STATS.table, b2.columns), "layer_stats", list(zip(*b2.rows, strict=True))) is None
     store.add_layer_stats(mixed, instance_id=inst.id)
     by_row = stored(T0 + 100)
     assert len(packed) == len(by_row) == len(rows)
