@@ -158,16 +158,22 @@ def time_pages(url: str, windows: list[str], repeat: int) -> dict:
 
 def bench_backend(name: str, url: str, args: argparse.Namespace) -> dict:
     rows = args.pg_rows if name == "postgresql" and args.pg_rows else args.rows
-    print(f"[{name}] filling a store with {rows:,} layer-stat rows", flush=True)
     with Store.open(url) as store:
-        fill = store_ingest.fill(store, rows)
-        extras(store, url, args.trials)
-        print(f"  [{name}] rolling up", flush=True)
-        t = time.perf_counter()
-        rolled = store.refresh_rollups()
-        fill["rollup_refresh"] = {"seconds": round(time.perf_counter() - t, 1), "raw_rows": rolled,
-                                  "rollup_rows": rollup_rows(store)}
-        print(f"  [{name}] rollups: {fill['rollup_refresh']}", flush=True)
+        if args.reuse and store.counts()["layer_stats"]:
+            print(f"[{name}] reusing the store at {url}", flush=True)
+            fill = reused(store)
+        else:
+            print(f"[{name}] filling a store with {rows:,} layer-stat rows", flush=True)
+            fill = store_ingest.fill(store, rows)
+            extras(store, url, args.trials)
+            print(f"  [{name}] rolling up", flush=True)
+            t = time.perf_counter()
+            rolled = store.refresh_rollups()
+            fill["rollup_refresh"] = {"seconds": round(time.perf_counter() - t, 1), "raw_rows": rolled,
+                                      "rollup_rows": rollup_rows(store)}
+            print(f"  [{name}] rollups: {fill['rollup_refresh']}", flush=True)
+        if args.fill_only:
+            return {"fill": fill}
         result = {"fill": fill, "queries": {}}
         for window in args.windows:
             print(f"  [{name}] queries, window {window}", flush=True)
@@ -179,6 +185,21 @@ def bench_backend(name: str, url: str, args: argparse.Namespace) -> dict:
     if args.drop_after:
         drop(name, url)
     return result
+
+
+def reused(store: Store) -> dict:
+    """What a previous run's fill made (`--reuse`): counts and time span, read back from the store."""
+    from sqlalchemy import func, select
+
+    from kvpilot.storage.schema import LAYER_STATS
+
+    t = LAYER_STATS.table
+    with store.engine.connect() as conn:
+        lo, hi = conn.execute(select(func.min(t.c.ts), func.max(t.c.ts))).one()
+    counts = store.counts()
+    return {"reused": True, "rows": counts, "total_rows": sum(counts.values()),
+            "hours_of_data": round((hi - lo) / 3600, 2), "t_start": lo, "t_end": hi,
+            "rollup_refresh_now": store.refresh_rollups()}
 
 
 def drop(name: str, url: str) -> None:
@@ -201,6 +222,13 @@ def drop(name: str, url: str) -> None:
     eng.dispose()
 
 
+def _pg_url(url: str, schema: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url).set(drivername="postgresql+psycopg")
+    return base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=100_000_000, help="layer-stat rows in the store")
@@ -215,6 +243,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="timed runs per query")
     ap.add_argument("--page-repeat", type=int, default=3, help="timed renders per page (0: skip the AppTest pages)")
     ap.add_argument("--drop-after", action="store_true", help="delete each generated store when measured")
+    ap.add_argument("--reuse", action="store_true", help="measure the store a previous run left (no --drop-after) "
+                    "instead of filling it again")
+    ap.add_argument("--fill-only", action="store_true", help="fill the store (and roll it up), measure nothing")
+    ap.add_argument("--sqlite-file", default="kvpilot_bench_dashboard.db", help="the SQLite store's file name")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     args.windows = [w for w in args.windows.split(",") if w]
@@ -235,11 +267,12 @@ def main() -> None:
         "results": {},
     }
     if not args.skip_sqlite:
-        sqlite_url = store_ingest._fresh_sqlite(Path(args.sqlite_dir) / "kvpilot_bench_dashboard.db")
+        path = Path(args.sqlite_dir) / args.sqlite_file
+        sqlite_url = f"sqlite:///{path}" if args.reuse else store_ingest._fresh_sqlite(path)
         report["results"]["sqlite"] = bench_backend("sqlite", sqlite_url, args)
         store_ingest._write(report, args.out)
     if args.pg and not args.skip_pg:
-        pg_url = store_ingest._fresh_pg(args.pg, args.pg_schema)
+        pg_url = (_pg_url(args.pg, args.pg_schema) if args.reuse else store_ingest._fresh_pg(args.pg, args.pg_schema))
         report["results"]["postgresql"] = bench_backend("postgresql", pg_url, args)
         store_ingest._write(report, args.out)
 
