@@ -68,8 +68,8 @@ def page_queries(store: Store, scope: Scope) -> dict[str, Callable[[], object]]:
         "overview: request totals": lambda: store.request_totals(scope),
         "overview: requests series": lambda: store.requests_series(scope, bucket_s=width),
         "overview: memory series": lambda: store.memory_window(scope, bucket_s=width),
-        "overview: TTFT + TPOT histograms": lambda: (
-            store.latency_histogram(scope, "ttft_s"), store.latency_histogram(scope, "tpot_s")),
+        "overview: TTFT + TPOT histograms": lambda: store.latency_histograms(scope, ("ttft_s", "tpot_s")),
+        "overview: vLLM series": lambda: store.vllm_series(scope, bucket_s=width),
         "layers: layer x head view (entropy)": lambda: store.layer_view(scope, "entropy"),
         "layers: shape (latest samples)": lambda: store.layer_shape(scope),
         "sessions: totals + series + pool": lambda: (
