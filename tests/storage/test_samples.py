@@ -296,3 +296,24 @@ def test_packed_copy_stores_what_the_row_path_stores(store, inst):
         assert (a.ts + 100, a.step, a.layer, a.head, a.kv_bytes, a.kept_tokens, a.seen_tokens, a.instance_id) == (
             b.ts, b.step, b.layer, b.head, b.kv_bytes, b.kept_tokens, b.seen_tokens, b.instance_id)
         assert a.entropy == rows[i]["entropy"] and a.run_id is None and a.gini is None
+
+
+def test_a_copy_mixes_packed_and_row_by_row_chunks(store, inst, monkeypatch):
+    """PostgreSQL sends a batch in chunks: packed ones and row-by-row ones (here a NaN) share one COPY stream,
+    and an out-of-range value in a later chunk fails the whole batch."""
+    if store.backend_name != "postgresql":
+        pytest.skip("binary COPY is PostgreSQL's")
+    from kvpilot.storage.backends import pgcopy
+
+    monkeypatch.setattr(pgcopy, "CHUNK_ROWS", 4)
+    rows = _layer_rows(3)  # 18 rows: chunks of 4
+    rows[9] = dict(rows[9], entropy=math.nan)
+    assert store.add_layer_stats(rows, instance_id=inst.id) == len(rows)
+    stored = store.layer_stats_window(instance_id=inst.id, since=T0, level="all")
+    assert sorted((r.step, r.layer, r.head) for r in stored) == sorted((r["step"], r["layer"], r["head"]) for r in rows)
+    assert sum(r.entropy is None for r in stored) == 1
+    bad = [dict(r, ts=T0 + 50) for r in rows]
+    bad[-1] = dict(bad[-1], step=2**40)
+    with pytest.raises(StoreError, match="out of range"):
+        store.add_layer_stats(bad, instance_id=inst.id)
+    assert store.counts()["layer_stats"] == len(rows)

@@ -65,26 +65,39 @@ def copy_plan(table: Table, columns: tuple[str, ...]) -> CopyPlan:
     return CopyPlan(statement, tuple(columns), tuple(types), tuple(floats), tuple(ints), tuple(json))
 
 
+CHUNK_ROWS = 2_000  # rows packed and sent at a time: the server loads one chunk while the next is packed
+
+
 def copy_rows(cursor: Any, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
-    """Send `rows` (tuples in `columns` order) to `table` with one binary COPY on a psycopg cursor."""
+    """Send `rows` (tuples in `columns` order) to `table` with one binary COPY on a psycopg cursor.
+
+    The batch goes in chunks of CHUNK_ROWS, so packing overlaps the server's work on the chunk before. A chunk
+    of plain numbers is packed by numpy (`pack_columns`); any other goes through psycopg's typed `write_row`
+    in the same COPY stream. An error in any chunk fails the whole COPY (and its transaction)."""
     plan = copy_plan(table, tuple(columns))
     if not rows:
         return
-    by_column = list(zip(*rows, strict=True))
-    packed = pack_columns(plan, table.name, by_column)
-    if packed is not None:
-        with cursor.copy(plan.statement) as copy:
-            copy.write(packed)
-        return
-    rows = prepare(plan, table.name, columns, rows, by_column)
     with cursor.copy(plan.statement) as copy:
         copy.set_types(list(plan.types))
-        write = copy.write_row
-        try:
-            for row in rows:
-                write(row)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise StoreError(f"{table.name} row does not fit the column types ({exc}): {row}") from None
+        copy.write(_HEADER)
+        by_rows = False  # psycopg ends a stream it wrote rows into with the trailer itself
+        for start in range(0, len(rows), CHUNK_ROWS):
+            chunk = rows[start:start + CHUNK_ROWS]
+            by_column = list(zip(*chunk, strict=True))
+            packed = pack_columns(plan, table.name, by_column)
+            if packed is not None:
+                copy.write(packed)
+                continue
+            by_rows = True
+            write = copy.write_row
+            row: tuple = ()
+            try:
+                for row in prepare(plan, table.name, columns, chunk, by_column):
+                    write(row)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise StoreError(f"{table.name} row does not fit the column types ({exc}): {row}") from None
+        if not by_rows:
+            copy.write(_TRAILER)
 
 
 # numpy's big-endian types for the binary format's fixed-width values
@@ -94,7 +107,7 @@ _TRAILER = struct.pack(">h", -1)
 
 
 def pack_columns(plan: CopyPlan, name: str, by_column: list[tuple]) -> bytes | None:
-    """The whole COPY stream (header, rows, trailer) of a batch of numbers, packed a column at a time by numpy,
+    """The binary COPY rows (no header or trailer) of a batch of numbers, packed a column at a time by numpy,
     or None when the batch needs the row-by-row path: a column mixing NULLs and values (rows of different
     lengths), a non-finite float (stored as NULL), a value that is not a plain int or float for its column,
     or a type numpy does not pack. Out-of-range integers are refused as on that path."""
@@ -136,7 +149,7 @@ def pack_columns(plan: CopyPlan, name: str, by_column: list[tuple]) -> bytes | N
         out[f"l{i}"] = np.dtype(_PACKED[plan.types[i]]).itemsize if i in with_values else -1
     for i, arr in arrays:
         out[f"v{i}"] = arr
-    return _HEADER + out.tobytes() + _TRAILER
+    return out.tobytes()
 
 
 def prepare(plan: CopyPlan, name: str, columns: Sequence[str], rows: list[tuple],
