@@ -5,9 +5,8 @@ ran two lookups (on PostgreSQL a trigger per row: about half of a binary COPY's 
 writers now check a batch's distinct owner ids once, inside the insert's transaction (PostgreSQL locks the
 owner rows FOR KEY SHARE as the trigger did; SQLite's write transactions are serialised already), see
 `kvpilot.storage.samples`. Nothing in kvpilot deletes instances or runs; a row whose owner is deleted by hand
-is no longer deleted with it (prune still removes it by age through the owners it finds, and `kvpilot db
-prune` leaves orphans to a manual DELETE). Rollup tables keep their foreign keys (few rows, written by
-INSERT ... SELECT).
+is no longer deleted with it, and `kvpilot db prune` (which deletes per existing owner) leaves such rows to a
+manual DELETE. Rollup tables keep their foreign keys (few rows, written by INSERT ... SELECT).
 
 SQLite cannot drop a constraint in place: each table is rebuilt (Alembic's batch mode), its indexes dropped
 first and created again after, so partial indexes keep their WHERE clause.
