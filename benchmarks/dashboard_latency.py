@@ -4,6 +4,11 @@ Streamlit's AppTest with cold caches, for several time windows, on SQLite and Po
     python benchmarks/dashboard_latency.py --rows 100000000 --drop-after   # 100M layer-stat rows (58 h)
     python benchmarks/dashboard_latency.py --pg postgresql+psycopg://postgres@127.0.0.1:5432/test
     python benchmarks/dashboard_latency.py --rows 1000000 --skip-pg     # quick look
+    python benchmarks/dashboard_latency.py --skip-pg --rows 100000000 --sqlite-file dash100.db --fill-only
+    python benchmarks/dashboard_latency.py --skip-pg --sqlite-file dash100.db --reuse   # measure it later
+
+Windows end at the time of measurement; a store measured long after its fill holds no raw rows in its
+newest minutes (`--reuse` prints the data's time span).
 
 After the fill the rollups are brought up to date (`Store.refresh_rollups`, timed), as engines' writers keep
 them; the 24 h window is then read from hourly and per-minute rollups plus the newest raw rows.
