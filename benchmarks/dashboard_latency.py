@@ -4,6 +4,11 @@ Streamlit's AppTest with cold caches, for several time windows, on SQLite and Po
     python benchmarks/dashboard_latency.py --rows 100000000 --drop-after   # 100M layer-stat rows (58 h)
     python benchmarks/dashboard_latency.py --pg postgresql+psycopg://postgres@127.0.0.1:5432/test
     python benchmarks/dashboard_latency.py --rows 1000000 --skip-pg     # quick look
+    python benchmarks/dashboard_latency.py --skip-pg --rows 100000000 --sqlite-file dash100.db --fill-only
+    python benchmarks/dashboard_latency.py --skip-pg --sqlite-file dash100.db --reuse   # measure it later
+
+Windows end at the time of measurement; a store measured long after its fill holds no raw rows in its
+newest minutes (`--reuse` prints the data's time span).
 
 After the fill the rollups are brought up to date (`Store.refresh_rollups`, timed), as engines' writers keep
 them; the 24 h window is then read from hourly and per-minute rollups plus the newest raw rows.
@@ -68,8 +73,8 @@ def page_queries(store: Store, scope: Scope) -> dict[str, Callable[[], object]]:
         "overview: request totals": lambda: store.request_totals(scope),
         "overview: requests series": lambda: store.requests_series(scope, bucket_s=width),
         "overview: memory series": lambda: store.memory_window(scope, bucket_s=width),
-        "overview: TTFT + TPOT histograms": lambda: (
-            store.latency_histogram(scope, "ttft_s"), store.latency_histogram(scope, "tpot_s")),
+        "overview: TTFT + TPOT histograms": lambda: store.latency_histograms(scope, ("ttft_s", "tpot_s")),
+        "overview: vLLM series": lambda: store.vllm_series(scope, bucket_s=width),
         "layers: layer x head view (entropy)": lambda: store.layer_view(scope, "entropy"),
         "layers: shape (latest samples)": lambda: store.layer_shape(scope),
         "sessions: totals + series + pool": lambda: (
@@ -158,16 +163,24 @@ def time_pages(url: str, windows: list[str], repeat: int) -> dict:
 
 def bench_backend(name: str, url: str, args: argparse.Namespace) -> dict:
     rows = args.pg_rows if name == "postgresql" and args.pg_rows else args.rows
-    print(f"[{name}] filling a store with {rows:,} layer-stat rows", flush=True)
     with Store.open(url) as store:
-        fill = store_ingest.fill(store, rows)
-        extras(store, url, args.trials)
-        print(f"  [{name}] rolling up", flush=True)
-        t = time.perf_counter()
-        rolled = store.refresh_rollups()
-        fill["rollup_refresh"] = {"seconds": round(time.perf_counter() - t, 1), "raw_rows": rolled,
-                                  "rollup_rows": rollup_rows(store)}
-        print(f"  [{name}] rollups: {fill['rollup_refresh']}", flush=True)
+        if args.reuse and store.counts()["layer_stats"]:
+            print(f"[{name}] reusing the store at {url}", flush=True)
+            if not store.list_versions(DEPLOYMENT):  # a fill that stopped before its extras
+                extras(store, url, args.trials)
+            fill = reused(store)
+        else:
+            print(f"[{name}] filling a store with {rows:,} layer-stat rows", flush=True)
+            fill = store_ingest.fill(store, rows)
+            extras(store, url, args.trials)
+            print(f"  [{name}] rolling up", flush=True)
+            t = time.perf_counter()
+            rolled = store.refresh_rollups()
+            fill["rollup_refresh"] = {"seconds": round(time.perf_counter() - t, 1), "raw_rows": rolled,
+                                      "rollup_rows": rollup_rows(store)}
+            print(f"  [{name}] rollups: {fill['rollup_refresh']}", flush=True)
+        if args.fill_only:
+            return {"fill": fill}
         result = {"fill": fill, "queries": {}}
         for window in args.windows:
             print(f"  [{name}] queries, window {window}", flush=True)
@@ -179,6 +192,24 @@ def bench_backend(name: str, url: str, args: argparse.Namespace) -> dict:
     if args.drop_after:
         drop(name, url)
     return result
+
+
+def reused(store: Store) -> dict:
+    """What a previous run's fill made (`--reuse`): counts and time span, read back from the store."""
+    from sqlalchemy import func, select
+
+    from kvpilot.storage.schema import LAYER_STATS
+
+    t = LAYER_STATS.table
+    with store.engine.connect() as conn:
+        lo, hi = conn.execute(select(func.min(t.c.ts), func.max(t.c.ts))).one()
+    counts = store.counts()
+    t0 = time.perf_counter()
+    rolled = store.refresh_rollups()
+    return {"reused": True, "rows": counts, "total_rows": sum(counts.values()),
+            "hours_of_data": round((hi - lo) / 3600, 2), "t_start": lo, "t_end": hi,
+            "rollup_refresh": {"seconds": round(time.perf_counter() - t0, 1), "raw_rows": rolled,
+                               "rollup_rows": rollup_rows(store)}}
 
 
 def drop(name: str, url: str) -> None:
@@ -201,6 +232,13 @@ def drop(name: str, url: str) -> None:
     eng.dispose()
 
 
+def _pg_url(url: str, schema: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url).set(drivername="postgresql+psycopg")
+    return base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=100_000_000, help="layer-stat rows in the store")
@@ -215,8 +253,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="timed runs per query")
     ap.add_argument("--page-repeat", type=int, default=3, help="timed renders per page (0: skip the AppTest pages)")
     ap.add_argument("--drop-after", action="store_true", help="delete each generated store when measured")
+    ap.add_argument("--reuse", action="store_true", help="measure the store a previous run left (no --drop-after) "
+                    "instead of filling it again")
+    ap.add_argument("--fill-only", action="store_true", help="fill the store (and roll it up), measure nothing")
+    ap.add_argument("--sqlite-file", default="kvpilot_bench_dashboard.db", help="the SQLite store's file name")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
+    # the generator's statements and a first rollup refresh of a large store run for minutes: no client-side
+    # operation deadline (`kvpilot.storage.backends.deadline`, 30 s by default) for this process
+    os.environ.setdefault("KVPILOT_DB_TIMEOUT_S", "0")
     args.windows = [w for w in args.windows.split(",") if w]
     unknown = set(args.windows) - set(WINDOWS)
     if unknown:
@@ -235,11 +280,12 @@ def main() -> None:
         "results": {},
     }
     if not args.skip_sqlite:
-        sqlite_url = store_ingest._fresh_sqlite(Path(args.sqlite_dir) / "kvpilot_bench_dashboard.db")
+        path = Path(args.sqlite_dir) / args.sqlite_file
+        sqlite_url = f"sqlite:///{path}" if args.reuse else store_ingest._fresh_sqlite(path)
         report["results"]["sqlite"] = bench_backend("sqlite", sqlite_url, args)
         store_ingest._write(report, args.out)
     if args.pg and not args.skip_pg:
-        pg_url = store_ingest._fresh_pg(args.pg, args.pg_schema)
+        pg_url = (_pg_url(args.pg, args.pg_schema) if args.reuse else store_ingest._fresh_pg(args.pg, args.pg_schema))
         report["results"]["postgresql"] = bench_backend("postgresql", pg_url, args)
         store_ingest._write(report, args.out)
 

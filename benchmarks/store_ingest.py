@@ -5,7 +5,8 @@
     python benchmarks/store_ingest.py --rows 1000000 --ingest-seconds 5 --skip-pg   # quick look
 
 Ingest goes through the public API (`Store.add_layer_stats` with dict rows, 4 engine instances, batches of
-120 rows per decode step x 100 steps); the time to build the dicts is not counted. The 10M-row store is
+120 rows per decode step x 100 steps) on a fresh store, alternating with the previous write path on a store
+at the previous schema (revision 0007) in the same run; the time to build the dicts is not counted. The 10M-row store is
 filled with INSERT ... SELECT (recursive CTE on SQLite, generate_series on PostgreSQL), then each dashboard
 query runs 5 times (median and max reported). Writes benchmarks/results/store_ingest.json.
 """
@@ -53,36 +54,108 @@ def machine() -> dict:
         info["loadavg_at_start"] = os.getloadavg()
     except OSError:
         pass
+    info["uptime_at_start"] = uptime()
     return info
+
+
+def uptime() -> str:
+    """`uptime`'s line (load averages over 1, 5 and 15 minutes): the machine is shared."""
+    import subprocess
+
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 # ----- ingest -------------------------------------------------------------------------------------------
 #
-# The previous write paths, kept here verbatim so one run measures old against new on the same machine and
-# database, in alternating pairs: SQLAlchemy's exec_driver_sql executemany on SQLite, a text-format COPY
-# with a per-value NaN check on PostgreSQL.
+# The previous write path, kept here verbatim so one run measures old against new on the same machine and
+# database, in alternating turns: the schema of revision 0007 (a foreign key per sample row to its instance
+# and run), dicts merged and checked row by row, then sqlite3's executemany on SQLite and psycopg's typed
+# binary COPY written row by row on PostgreSQL. The current path is `Store.add_layer_stats` on the head schema.
+
+
+def _previous_tuples(spec, rows, instance_id, run_id) -> list[tuple]:
+    """`SampleTable.tuples` as it was: a dict merge and checks per row (the dicts' JSON never applies here)."""
+    base = dict(spec._defaults, ts=time.time(), instance_id=instance_id, run_id=run_id)
+    allowed, getter, required, name = spec._allowed, spec._getter, spec._required, spec.name
+    out = []
+    for row in rows:
+        if not allowed.issuperset(row):
+            raise ValueError(f"{name} row has unknown field(s)")
+        merged = {**base, **row}
+        if merged["instance_id"] is None and merged["run_id"] is None:
+            raise ValueError(f"{name} row belongs to no engine instance and no run")
+        for col in required:
+            if merged[col] is None:
+                raise ValueError(f"{name} row is missing {col!r}")
+        out.append(getter(merged))
+    return out
 
 
 def _previous_sqlite(conn, table, columns, rows) -> None:
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-    conn.exec_driver_sql(sql, rows)
+    conn.connection.driver_connection.executemany(sql, rows)
 
 
 def _previous_postgres(conn, table, columns, rows) -> None:
     import math
 
-    def finite(value):
-        if value.__class__ is float and not math.isfinite(value):
-            return None
-        return value
+    from kvpilot.storage.backends.pgcopy import copy_plan
 
+    plan = copy_plan(table, tuple(columns))
+    by_column = list(zip(*rows, strict=True))
+    for i, column, low, high in plan.ints:
+        values = [v for v in by_column[i] if v is not None] if None in by_column[i] else by_column[i]
+        if values and (min(values) < low or max(values) > high):
+            raise ValueError(f"{column} out of range")
+
+    def finite(values) -> bool:
+        if None in values:
+            values = [v for v in values if v is not None]
+        try:
+            return math.isfinite(math.fsum(values))
+        except (OverflowError, ValueError):
+            return all(v is None or math.isfinite(v) for v in values)
+
+    fix = [i for i in plan.floats if not finite(by_column[i])]
+    for i in fix:
+        by_column[i] = tuple(v if v is None or v.__class__ is not float or math.isfinite(v) else None
+                             for v in by_column[i])
+    if fix:
+        rows = list(zip(*by_column, strict=True))
     with conn.connection.driver_connection.cursor() as cur:
-        with cur.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+        with cur.copy(plan.statement) as copy:
+            copy.set_types(list(plan.types))
+            write = copy.write_row
             for row in rows:
-                copy.write_row(tuple(map(finite, row)))
+                write(row)
 
 
 PREVIOUS = {"sqlite": _previous_sqlite, "postgresql": _previous_postgres}
+
+
+def previous_store(url: str) -> Store:
+    """A store at revision 0007 (sample rows with foreign keys), opened without the schema check."""
+    from kvpilot.storage import migrate
+    from kvpilot.storage.backends import backend_for
+    from kvpilot.storage.url import resolve_url
+
+    checked = resolve_url(url)
+    backend = backend_for(checked)
+    engine = backend.create_engine(checked, busy_timeout_s=60.0, connect_timeout_s=5.0)
+    migrate.upgrade(engine, backend, "0007")
+    return Store(engine, backend, checked, busy_timeout_s=60.0)
+
+
+def previous_add(store: Store, rows: list[dict], instance_id: int) -> int:
+    from kvpilot.storage.schema import LAYER_STATS
+
+    tuples = _previous_tuples(LAYER_STATS, rows, instance_id, None)
+    bulk = PREVIOUS[store.backend_name]
+    store._write(lambda conn: bulk(conn, LAYER_STATS.table, LAYER_STATS.writable, tuples))
+    return len(tuples)
 
 
 def _rows(rnd: random.Random, step: int, steps: int) -> list[dict]:
@@ -109,46 +182,48 @@ def _rows(rnd: random.Random, step: int, steps: int) -> list[dict]:
     ]
 
 
-def ingest(store: Store, seconds: float, steps_per_call: int, calls_per_turn: int = 4) -> dict:
-    """The current write path against the previous one, through `Store.add_layer_stats` with dict rows.
+def ingest(new: Store, old: Store, seconds: float, steps_per_call: int, calls_per_turn: int = 4) -> dict:
+    """The current write path (`new`, head schema) against the previous one (`old`, revision 0007).
 
     Turns of `calls_per_turn` calls alternate between the paths (new, old, old, new, ...), so load changes
     on the shared machine hit both; each pair of turns gives one new/old ratio. Building the dicts is not
-    timed; validation, the transaction and the commit are."""
-    ids = [store.register_instance("bench", f"engine-{i}").id for i in range(INSTANCES)]
-    current = store._backend.bulk_insert
-    previous = PREVIOUS[store.backend_name]
+    timed; validation, the transaction and the commit are. Automatic rollup refreshes are off in both."""
+    new.rollup_every_s = old.rollup_every_s = None
+    ids = {name: [s.register_instance("bench", f"engine-{i}").id for i in range(INSTANCES)]
+           for name, s in (("new", new), ("previous", old))}
+    add = {
+        "new": lambda rows, iid: new.add_layer_stats(rows, instance_id=iid),
+        "previous": lambda rows, iid: previous_add(old, rows, iid),
+    }
     rnd = random.Random(0)
     stats = {"new": {"rows": 0, "busy": 0.0, "rates": []}, "previous": {"rows": 0, "busy": 0.0, "rates": []}}
-    ratios = []
+    ratios, loads = [], []
     step, calls, turn = 0, 0, 0
     wall0 = time.perf_counter()
-    try:
-        while time.perf_counter() - wall0 < seconds or turn % 2:
-            order = ("new", "previous") if (turn // 2) % 2 == 0 else ("previous", "new")
-            path = order[turn % 2]
-            store._backend.bulk_insert = current if path == "new" else previous  # type: ignore[method-assign]
-            rows_turn, busy_turn = 0, 0.0
-            for _ in range(calls_per_turn):
-                rows = _rows(rnd, step, steps_per_call)
-                t = time.perf_counter()
-                n = store.add_layer_stats(rows, instance_id=ids[calls % INSTANCES])
-                dt = time.perf_counter() - t
-                rows_turn += n
-                busy_turn += dt
-                stats[path]["rates"].append(n / dt)
-                calls += 1
-                step += steps_per_call
-            stats[path]["rows"] += rows_turn
-            stats[path]["busy"] += busy_turn
-            stats[path].setdefault("turns", []).append(rows_turn / busy_turn)
-            if turn % 2:
-                new, old = stats["new"]["turns"][-1], stats["previous"]["turns"][-1]
-                ratios.append(new / old)
-            turn += 1
-    finally:
-        store._backend.bulk_insert = current  # type: ignore[method-assign]
-    assert store.counts()["layer_stats"] == stats["new"]["rows"] + stats["previous"]["rows"]
+    while time.perf_counter() - wall0 < seconds or turn % 2:
+        order = ("new", "previous") if (turn // 2) % 2 == 0 else ("previous", "new")
+        path = order[turn % 2]
+        rows_turn, busy_turn = 0, 0.0
+        for _ in range(calls_per_turn):
+            rows = _rows(rnd, step, steps_per_call)
+            t = time.perf_counter()
+            n = add[path](rows, ids[path][calls % INSTANCES])
+            dt = time.perf_counter() - t
+            rows_turn += n
+            busy_turn += dt
+            stats[path]["rates"].append(n / dt)
+            calls += 1
+            step += steps_per_call
+        stats[path]["rows"] += rows_turn
+        stats[path]["busy"] += busy_turn
+        stats[path].setdefault("turns", []).append(rows_turn / busy_turn)
+        if turn % 2:
+            n_new, n_old = stats["new"]["turns"][-1], stats["previous"]["turns"][-1]
+            ratios.append(n_new / n_old)
+            loads.append(round(os.getloadavg()[0], 2))
+        turn += 1
+    assert new.counts()["layer_stats"] == stats["new"]["rows"]
+    assert old.counts()["layer_stats"] == stats["previous"]["rows"]
 
     def summary(s: dict) -> dict:
         return {
@@ -156,6 +231,7 @@ def ingest(store: Store, seconds: float, steps_per_call: int, calls_per_turn: in
             "seconds_in_add_layer_stats": round(s["busy"], 3),
             "rows_per_s": round(s["rows"] / s["busy"]),
             "rows_per_s_median_turn": round(statistics.median(s["turns"])),
+            "rows_per_s_best_turn": round(max(s["turns"])),
             "rows_per_s_p10_call": round(statistics.quantiles(s["rates"], n=10)[0]) if len(s["rates"]) >= 10 else None,
         }
 
@@ -167,6 +243,7 @@ def ingest(store: Store, seconds: float, steps_per_call: int, calls_per_turn: in
         "previous": summary(stats["previous"]),
         "speedup_median_pair": round(statistics.median(ratios), 3),
         "speedup_pairs": [round(r, 3) for r in ratios],
+        "loadavg_1min_per_pair": loads,
         "rows_per_s": round(stats["new"]["rows"] / stats["new"]["busy"]),
     }
 
@@ -364,11 +441,15 @@ def _fresh_pg(url: str, schema: str) -> str:
 
 def bench_backend(name: str, make_url, args) -> dict:
     print(f"[{name}] ingest for {args.ingest_seconds} s", flush=True)
-    with Store.open(make_url("ingest")) as store:
-        result = {"ingest": ingest(store, args.ingest_seconds, args.steps_per_call)}
-        if name == "postgresql":
-            with store.engine.connect() as conn:
-                result["server_version"] = conn.execute(text("SHOW server_version")).scalar()
+    old = previous_store(make_url("ingest_previous"))
+    try:
+        with Store.open(make_url("ingest")) as store:
+            result = {"ingest": ingest(store, old, args.ingest_seconds, args.steps_per_call)}
+            if name == "postgresql":
+                with store.engine.connect() as conn:
+                    result["server_version"] = conn.execute(text("SHOW server_version")).scalar()
+    finally:
+        old.close()
     ing = result["ingest"]
     print(f"[{name}] ingest: {ing['new']['rows_per_s']:,} rows/s now, {ing['previous']['rows_per_s']:,} rows/s on the "
           f"previous path; median pair ratio x{ing['speedup_median_pair']}", flush=True)
@@ -395,6 +476,8 @@ def main() -> None:
     ap.add_argument("--steps-per-call", type=int, default=100, help="decode steps per add_layer_stats call")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
+    # the 10M-row generator's statements run for minutes: no client-side operation deadline for this process
+    os.environ.setdefault("KVPILOT_DB_TIMEOUT_S", "0")
 
     report = {
         "command": "python " + " ".join(sys.argv),
@@ -420,6 +503,7 @@ def _write(report: dict, out: str) -> None:
         report["machine"]["loadavg_at_end"] = os.getloadavg()
     except OSError:
         pass
+    report["machine"]["uptime_at_end"] = uptime()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}", flush=True)

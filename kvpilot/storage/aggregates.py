@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import exists, func, select, union_all
+from sqlalchemy import exists, func, or_, select, union_all
 from sqlalchemy.engine import Connection
 
 from kvpilot.storage.errors import StoreError
@@ -87,47 +87,68 @@ class AggregateStore(QueryStore):
         return self._read(run, analytic=True)
 
     def latency_histogram(self, scope: Scope, column: LatencyColumn, bins: int = 40) -> Histogram:
-        """Distribution of one latency column: the maximum and the count from the rollups where they reach,
-        then one GROUP BY bin query over the raw rows (bins this fine are not in the rollups). A window with
-        more than HISTOGRAM_ROW_BUDGET values is binned from SAMPLE_SLICES evenly spaced slices holding about
-        that many, and the counts are scaled to the window's exact count (`Histogram.sampled`)."""
-        if column not in LATENCY_COLUMNS:
-            raise StoreError(f"latency column {column!r} unknown; use one of {', '.join(LATENCY_COLUMNS)}")
-        col = RQ.c[column]
+        """Distribution of one latency column (see `latency_histograms`)."""
+        return self.latency_histograms(scope, (column,), bins)[column]
 
-        def run(conn: Connection) -> Histogram:
+    def latency_histograms(
+        self, scope: Scope, columns: Sequence[LatencyColumn], bins: int = 40
+    ) -> dict[str, Histogram]:
+        """Distributions of latency columns, read together: each column's maximum and count from the rollups
+        where they reach, then one GROUP BY over the raw rows binning every column at once (bins this fine
+        are not in the rollups; a column's counts are the sums over the other columns' bins). A window with
+        more than HISTOGRAM_ROW_BUDGET values is binned from SAMPLE_SLICES evenly spaced slices holding about
+        that many, and each column's counts are scaled to the window's exact count (`Histogram.sampled`)."""
+        unknown = [c for c in columns if c not in LATENCY_COLUMNS]
+        if unknown or not columns:
+            raise StoreError(f"latency column {unknown or columns!r} unknown; use one of {', '.join(LATENCY_COLUMNS)}")
+        columns = list(dict.fromkeys(columns))
+
+        def run(conn: Connection) -> dict[str, Histogram]:
+            empty: dict[str, Histogram] = {c: Histogram(c) for c in columns}
             conds = self._owner_conds(conn, RQ, scope, require_owner=True)
-            src, _ = self._rollup_source(conn, REQUESTS, scope, None, numeric=(column,))
+            src, _ = self._rollup_source(conn, REQUESTS, scope, None, numeric=tuple(columns))
             if conds is None or src is None:
-                return Histogram(column)
-            conds.append(col.is_not(None))
+                return empty
             a = Agg(src)
-            top, total = conn.execute(select(a.max(column), a.count_of(column))).one()
-            if top is None or not total:
-                return Histogram(column)
-            width = max(float(top), 1e-9) / bins
+            tops = conn.execute(select(*(x for c in columns for x in (a.max(c), a.count_of(c))))).one()
+            totals = {c: (tops[2 * i], int(tops[2 * i + 1] or 0)) for i, c in enumerate(columns)}
+            live = [c for c in columns if totals[c][0] is not None and totals[c][1]]
+            if not live:
+                return empty
+            widths = {c: max(float(totals[c][0]), 1e-9) / bins for c in live}
             start, end = scope.bounds()
-            slices = _histogram_slices(start, end if scope.until is None else scope.until, int(total))
-            b = self._backend.floor_div(col, width).label("bin")
+            slices = _histogram_slices(start, end if scope.until is None else scope.until,
+                                       max(totals[c][1] for c in live))
+            any_value = or_(*(RQ.c[c].is_not(None) for c in live))
             if slices:
                 # the owner alone plus each slice's bounds: with the window's own lower bound beside a slice's,
                 # SQLite ranges the index from the window's start and filters, reading the window 30 times over
                 owner = self._owner_conds(conn, RQ, _unbounded(scope), require_owner=True) or []
-                parts = [select(col.label("v")).where(*owner, col.is_not(None), RQ.c.ts >= lo, RQ.c.ts < hi)
+                parts = [select(*(RQ.c[c] for c in live)).where(*owner, any_value, RQ.c.ts >= lo, RQ.c.ts < hi)
                          for lo, hi in slices]
                 sub = union_all(*parts).subquery()
-                sb = self._backend.floor_div(sub.c.v, width).label("bin")
-                q = select(sb, func.count()).group_by(sb)
+                values = [sub.c[c] for c in live]
+                where: list[Any] = []
             else:
-                q = select(b, func.count()).where(*conds).group_by(b)
-            counts = [0] * bins
-            for i, n in conn.execute(q):
-                counts[min(int(i), bins - 1)] += int(n)  # the maximum itself lands in the last bin
-            if not slices:
-                return Histogram(column, width, counts)
-            read = sum(counts)
-            scale = int(total) / read if read else 0.0
-            return Histogram(column, width, [round(c * scale) for c in counts], sampled=read)
+                values = [RQ.c[c] for c in live]
+                where = [*conds, any_value]
+            keys = [self._backend.floor_div(v, widths[c]).label(f"b_{c}") for v, c in zip(values, live, strict=True)]
+            q = select(*keys, func.count()).where(*where).group_by(*keys)
+            counts = {c: [0] * bins for c in live}
+            for row in conn.execute(q):
+                n = int(row[-1])
+                for c, i in zip(live, row[:-1], strict=True):
+                    if i is not None:
+                        counts[c][min(int(i), bins - 1)] += n  # the maximum itself lands in the last bin
+            out: dict[str, Histogram] = dict(empty)
+            for c in live:
+                if not slices:
+                    out[c] = Histogram(c, widths[c], counts[c])
+                    continue
+                read = sum(counts[c])
+                scale = totals[c][1] / read if read else 0.0
+                out[c] = Histogram(c, widths[c], [round(x * scale) for x in counts[c]], sampled=read)
+            return out
 
         return self._read(run, analytic=True)
 

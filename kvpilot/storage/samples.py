@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from kvpilot.storage.entities import EntityStore
@@ -25,10 +26,12 @@ from kvpilot.storage.schema import (
     REQUESTS,
     SAMPLES,
     VLLM_SAMPLES,
+    EngineInstance,
     IngestedPart,
+    Run,
     table_of,
 )
-from kvpilot.storage.tabledef import SampleRow, SampleTable
+from kvpilot.storage.tabledef import Batch, SampleRow, SampleTable
 
 _PARTS = table_of(IngestedPart)
 log = logging.getLogger(__name__)
@@ -67,7 +70,7 @@ class SampleWriter(EntityStore):
     ) -> int:
         """Store rows of any sample table, named (`"layer_stats"`, ...) or given as its declaration."""
         spec = _table(table)
-        return self._insert(spec, spec.tuples(rows, instance_id, run_id), part_id)
+        return self._insert(spec, spec.batch(rows, instance_id, run_id), part_id)
 
     def add_layer_stats(
         self, rows: Iterable[SampleRow], *, instance_id: int | None = None, run_id: int | None = None,
@@ -104,9 +107,9 @@ class SampleWriter(EntityStore):
         """Scrapes of a vLLM server's metrics (`schema.VLLMSample` columns), see `kvpilot.vllm.metrics`."""
         return self.add_samples(VLLM_SAMPLES, rows, instance_id=instance_id, run_id=run_id, part_id=part_id)
 
-    def _insert(self, spec: SampleTable[Any], tuples: list[tuple], part_id: str | None = None) -> int:
+    def _insert(self, spec: SampleTable[Any], batch: Batch, part_id: str | None = None) -> int:
         """Bulk-insert in one transaction, claiming `part_id` in the same one (see the class docstring)."""
-        if not tuples:
+        if not batch.rows:
             return 0
 
         def write(conn: Connection) -> int:
@@ -114,8 +117,9 @@ class SampleWriter(EntityStore):
                 conn, _PARTS, {"part_id": part_id, "ts": time.time()}
             ):
                 return 0
-            self._backend.bulk_insert(conn, spec.table, spec.writable, tuples)
-            return len(tuples)
+            _check_owners(conn, spec.name, batch)
+            self._backend.bulk_insert(conn, spec.table, batch.columns, batch.rows)
+            return len(batch.rows)
 
         stored = self._write(write)
         self._maybe_refresh_rollups()
@@ -147,6 +151,21 @@ class SampleWriter(EntityStore):
             self.refresh_rollups(max_chunks=1)
         except StoreError as exc:  # the samples are stored; the next refresh picks their rollups up
             log.warning("rollup refresh failed (retried in %g s): %s", every, exc)
+
+
+def _check_owners(conn: Connection, name: str, batch: Batch) -> None:
+    """Refuse a batch naming an engine instance or run that does not exist: the raw sample tables have no
+    per-row foreign key (migration 0010), so the batch's distinct owner ids are checked once here, in its
+    transaction. On PostgreSQL the owner rows are locked FOR KEY SHARE, as a foreign key's check does, so they
+    cannot be deleted before the batch commits; SQLite's write transactions are serialised already."""
+    for ids, model, what in ((batch.instance_ids, EngineInstance, "engine instance"), (batch.run_ids, Run, "run")):
+        if not ids:
+            continue
+        key = table_of(model).c.id
+        query = select(key).where(key.in_(sorted(ids))).with_for_update(read=True, key_share=True)
+        missing = ids - set(conn.execute(query).scalars())
+        if missing:
+            raise StoreError(f"{name} rows refused: no {what} with id {', '.join(map(str, sorted(missing)))}")
 
 
 def _table(table: str | SampleTable[Any]) -> SampleTable[Any]:

@@ -28,7 +28,7 @@ class Store(SampleWriter, AggregateStore, CanaryStore):
       layer_stats_window, layer_stats_series, requests_window, requests_series, memory_window, events,
       event_series, run_summary, counts;
     - dashboard aggregates (`kvpilot.storage.aggregates`), taking a `Scope`: is_empty, request_totals,
-      latency_histogram, layer_plan, layer_view, layer_shape, event_totals, pool_series;
+      latency_histogram, latency_histograms, layer_plan, layer_view, layer_shape, event_totals, pool_series;
     - control plane (`kvpilot.storage.registry`): push, list_versions, get_version, active_version, diff,
       activate, rollback, ack, acks, activations, config_listener;
     - canary rollouts (`kvpilot.storage.canary`): start_canary, active_canary, canaries, canary_arms,

@@ -36,6 +36,9 @@ def test_request_totals_and_histogram(store, seeded):
         assert abs(h.quantile(q) - exact) <= h.width + 1e-9
     assert store.request_totals(scope(instance_id=seeded.engine1)).requests == 0
     assert store.latency_histogram(Scope(None), "tpot_s").total == 0
+    # both columns in one read bin exactly as one column at a time
+    both = store.latency_histograms(scope(), ("ttft_s", "tpot_s"), bins=40)
+    assert both["ttft_s"] == h and both["tpot_s"] == store.latency_histogram(scope(), "tpot_s", bins=40)
 
 
 def test_layer_view_matches_seed_and_store(store, seeded):

@@ -242,6 +242,7 @@ def test_a_long_window_histogram_is_read_from_slices_and_scaled(store, filled, m
     store.refresh_rollups(lag_s=0)
     sc = Scope("chat", since=T0, until=END)
     exact = store.latency_histogram(sc, "ttft_s")
+    exact_tpot = store.latency_histogram(sc, "tpot_s")
     monkeypatch.setattr(aggregates, "HISTOGRAM_ROW_BUDGET", 600)
     sampled = store.latency_histogram(sc, "ttft_s")
     assert exact.sampled == 0 and 400 < sampled.sampled < 900
@@ -249,6 +250,9 @@ def test_a_long_window_histogram_is_read_from_slices_and_scaled(store, filled, m
     assert abs(sampled.total - exact.total) <= len(exact.counts)  # scaled to the exact count (rounding per bin)
     for q in (0.25, 0.5, 0.9):  # ttft is uniform on [0, 1): a sample of ~600 keeps its quantiles within 0.1
         assert abs(sampled.quantile(q) - exact.quantile(q)) < 0.1
+    both = store.latency_histograms(sc, ("ttft_s", "tpot_s"))  # two columns from the same slices
+    assert both["ttft_s"] == sampled and both["tpot_s"].sampled > 0
+    assert abs(both["tpot_s"].total - exact_tpot.total) <= len(exact.counts)
 
 
 def test_a_retention_policy_prunes_raw_rows_and_minutes_but_keeps_hours(db_url, monkeypatch):

@@ -221,3 +221,99 @@ def test_reader_dataclasses_follow_column_order():
 
     for cls, table in ((LayerStat, "layer_stats"), (Request, "requests"), (Event, "cache_events")):
         assert [f.name for f in fields(cls)] == [c.name for c in SAMPLE_TABLES[table].columns]
+
+
+def test_a_uniform_batch_is_built_column_wise_like_row_by_row():
+    """`batch` checks same-key rows a column at a time; its values equal the row-by-row `tuples`, and its
+    errors are the same ones."""
+    from kvpilot.storage.schema import CACHE_EVENTS, LAYER_STATS
+
+    rows = _layer_rows(4)
+    batch = LAYER_STATS.batch(rows, 7, None)
+    full = LAYER_STATS.tuples(rows, 7, None)
+    assert batch.instance_ids == {7} and batch.run_ids == frozenset()
+    for got, want in zip(batch.rows, full, strict=True):
+        as_dict = dict(zip(batch.columns, got, strict=True))
+        assert all(as_dict.get(c) == v for c, v in zip(LAYER_STATS.writable, want, strict=True) if c != "ts")
+    owned = [dict(r, run_id=3) for r in rows[:2]] + [dict(r, run_id=None) for r in rows[2:4]]
+    b2 = LAYER_STATS.batch(owned, 7, None)
+    assert b2.run_ids == {3} and b2.instance_ids == {7}
+    with pytest.raises(StoreError, match="missing 'layer'"):
+        LAYER_STATS.batch([{"ts": T0, "layer": 0}, {"ts": T0, "layer": None}], 7, None)
+    with pytest.raises(StoreError, match="no engine instance and no run"):
+        LAYER_STATS.batch([{"ts": T0, "layer": 0}, {"ts": T0, "layer": 1}], None, None)
+    with pytest.raises(StoreError, match="no engine instance and no run"):
+        LAYER_STATS.batch([{"layer": 0, "run_id": 1}, {"layer": 1, "run_id": None}], None, None)
+    with pytest.raises(StoreError, match="unknown field"):
+        LAYER_STATS.batch([{"layer": 0, "entropyy": 1.0}, {"layer": 1, "entropyy": 1.0}], 7, None)
+    with pytest.raises(StoreError, match="kind 'boom' unknown"):
+        CACHE_EVENTS.batch([{"ts": T0, "kind": "hit"}, {"ts": T0, "kind": "boom"}], 7, None)
+    mixed = LAYER_STATS.batch([{"layer": 0}, {"layer": 1, "entropy": 2.0}], 7, None)  # keys differ: row by row
+    assert mixed.columns == LAYER_STATS.writable and len(mixed.rows) == 2
+
+
+def test_owners_are_checked_per_batch(store, inst):
+    """No per-row foreign key (migration 0010): a batch naming an unknown instance or run is refused whole."""
+    run = store.start_run("eval", deployment="chat", instance_id=inst.id)
+    rows = _layer_rows(2)
+    with pytest.raises(StoreError, match="refused: no engine instance with id 999"):
+        store.add_layer_stats(rows[:3] + [dict(r, instance_id=999) for r in rows[3:]], instance_id=inst.id)
+    with pytest.raises(StoreError, match="refused: no run with id 998"):
+        store.add_layer_stats(rows, instance_id=inst.id, run_id=998)
+    assert store.counts()["layer_stats"] == 0
+    assert store.add_layer_stats(rows, instance_id=inst.id, run_id=run) == len(rows)
+
+
+def test_packed_copy_stores_what_the_row_path_stores(store, inst):
+    """PostgreSQL: a batch of numbers goes as one numpy-packed binary COPY stream; it stores exactly what the
+    row-by-row COPY stores, and batches it cannot pack (NULLs mixed with values, NaN) take that path."""
+    if store.backend_name != "postgresql":
+        pytest.skip("binary COPY is PostgreSQL's")
+    from kvpilot.storage.backends.pgcopy import copy_plan, pack_columns
+    from kvpilot.storage.schema import LAYER_STATS
+
+    rows = [dict(r, kv_bytes=2**40 + i, seen_tokens=-5) for i, r in enumerate(_layer_rows(3))]
+    batch = LAYER_STATS.batch(rows, inst.id, None)
+    plan = copy_plan(LAYER_STATS.table, batch.columns)
+    assert pack_columns(plan, "layer_stats", list(zip(*batch.rows, strict=True))) is not None
+    from sqlalchemy import select
+
+    def stored(since: float) -> list:
+        t = LAYER_STATS.table
+        with store.engine.connect() as conn:
+            q = select(*t.c).where(t.c.ts >= since, t.c.ts < since + 100).order_by(t.c.id)
+            return [LAYER_STATS.record_of(r) for r in conn.execute(q)]
+
+    store.add_layer_stats(rows, instance_id=inst.id)
+    packed = stored(T0)
+    mixed = [dict(r, ts=r["ts"] + 100, entropy=None if i % 2 else r["entropy"]) for i, r in enumerate(rows)]
+    b2 = LAYER_STATS.batch(mixed, inst.id, None)
+    assert pack_columns(copy_plan(LAYER_STATS.table, b2.columns), "layer_stats", list(zip(*b2.rows, strict=True))) is None
+    store.add_layer_stats(mixed, instance_id=inst.id)
+    by_row = stored(T0 + 100)
+    assert len(packed) == len(by_row) == len(rows)
+    for a, b, i in zip(packed, by_row, range(len(rows)), strict=True):
+        assert (a.ts + 100, a.step, a.layer, a.head, a.kv_bytes, a.kept_tokens, a.seen_tokens, a.instance_id) == (
+            b.ts, b.step, b.layer, b.head, b.kv_bytes, b.kept_tokens, b.seen_tokens, b.instance_id)
+        assert a.entropy == rows[i]["entropy"] and a.run_id is None and a.gini is None
+
+
+def test_a_copy_mixes_packed_and_row_by_row_chunks(store, inst, monkeypatch):
+    """PostgreSQL sends a batch in chunks: packed ones and row-by-row ones (here a NaN) share one COPY stream,
+    and an out-of-range value in a later chunk fails the whole batch."""
+    if store.backend_name != "postgresql":
+        pytest.skip("binary COPY is PostgreSQL's")
+    from kvpilot.storage.backends import pgcopy
+
+    monkeypatch.setattr(pgcopy, "CHUNK_ROWS", 4)
+    rows = _layer_rows(3)  # 18 rows: chunks of 4
+    rows[9] = dict(rows[9], entropy=math.nan)
+    assert store.add_layer_stats(rows, instance_id=inst.id) == len(rows)
+    stored = store.layer_stats_window(instance_id=inst.id, since=T0, level="all")
+    assert sorted((r.step, r.layer, r.head) for r in stored) == sorted((r["step"], r["layer"], r["head"]) for r in rows)
+    assert sum(r.entropy is None for r in stored) == 1
+    bad = [dict(r, ts=T0 + 50) for r in rows]
+    bad[-1] = dict(bad[-1], step=2**40)
+    with pytest.raises(StoreError, match="out of range"):
+        store.add_layer_stats(bad, instance_id=inst.id)
+    assert store.counts()["layer_stats"] == len(rows)

@@ -83,3 +83,25 @@ def test_optuna_shares_the_database(db_url):
         tables = set(inspect(s.engine).get_table_names())
     assert {"alembic_version", migrate.VERSION_TABLE, "trials", "layer_stats"} <= tables
     assert len(optuna.load_study(study_name="s", storage=db_url).trials) == 2
+
+
+def test_0010_drops_the_sample_owner_keys_and_keeps_rows_and_indexes(db_url):
+    """Upgrading a 0007 store with samples in it: rows stay, the owner foreign keys go, the indexes stay."""
+    old = open_for_migration(db_url)
+    migrate.upgrade(old.engine, old._backend, "0007")
+    with old.engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO deployments (id, name, created_at) VALUES (1, 'd', 0)")
+        conn.exec_driver_sql("INSERT INTO engine_instances (id, deployment_id, name, started_at, last_heartbeat) "
+                             "VALUES (1, 1, 'e', 0, 0)")
+        conn.exec_driver_sql("INSERT INTO layer_stats (ts, instance_id, layer, head) VALUES (5, 1, 2, -1)")
+        conn.exec_driver_sql("INSERT INTO cache_events (ts, instance_id, kind, count) VALUES (5, 1, 'hit', 1)")
+    assert inspect(old.engine).get_foreign_keys("layer_stats")
+    old.close()
+    with Store.open(db_url, upgrade=True) as s:
+        insp = inspect(s.engine)
+        for table in ("layer_stats", "requests", "memory_samples", "cache_events", "vllm_samples"):
+            assert insp.get_foreign_keys(table) == [], table
+            assert {"ix_" + table + "_instance_ts", "ix_" + table + "_run_ts"} <= {i["name"] for i in insp.get_indexes(table)}
+        assert "ix_cache_events_kind_ts" in {i["name"] for i in insp.get_indexes("cache_events")}
+        assert s.counts() == {"layer_stats": 1, "requests": 0, "memory_samples": 0, "cache_events": 1, "vllm_samples": 0}
+        assert [r.layer for r in s.layer_stats_window(instance_id=1, since=0)] == [2]

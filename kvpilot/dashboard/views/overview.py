@@ -211,8 +211,9 @@ def _memory(ctx: C.Ctx) -> None:
 
 def _latency(ctx: C.Ctx) -> None:
     cols = st.columns(2)
+    hists: dict[str, Histogram] = C.query(Store.latency_histograms, ctx.scope, tuple(LATENCIES))  # one read
     for col, name in zip(cols, LATENCIES, strict=True):
-        h: Histogram = C.query(Store.latency_histogram, ctx.scope, name)
+        h = hists[name]
         label = "TTFT" if name == "ttft_s" else "TPOT"
         if not h.total:
             col.caption(f"No {label} values in this window.")
