@@ -11,12 +11,9 @@ manual DELETE. Rollup tables keep their foreign keys (few rows, written by INSER
 SQLite cannot drop a constraint in place: each table is rebuilt (Alembic's batch mode), its indexes dropped
 first and created again after, so partial indexes keep their WHERE clause.
 
-Revision ID: 0010_sample_owner_checks
-Revises: 0007
+Revision ID: 0010
+Revises: 0008
 Create Date: 2026-11-30
-
-Written beside 0008/0009 (another branch): down_revision is 0007 here; the lead re-points it at 0009 when
-the branches merge.
 """
 
 from __future__ import annotations
@@ -24,8 +21,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_sample_owner_checks"
-down_revision = "0007"
+revision = "0010"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
