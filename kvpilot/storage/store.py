@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kvpilot.storage.aggregates import AggregateStore
+from kvpilot.storage.lineage import LineageStore
 from kvpilot.storage.registry import RegistryStore
 from kvpilot.storage.samples import SampleWriter
 
@@ -12,7 +13,7 @@ if TYPE_CHECKING:
     from kvpilot.storage.protocols import ConfigSource, RunRecorder, SampleSink
 
 
-class Store(SampleWriter, AggregateStore, RegistryStore):
+class Store(SampleWriter, AggregateStore, RegistryStore, LineageStore):
     """kvpilot's store on SQLite or PostgreSQL (or any registered backend, see `kvpilot.storage.backends`).
 
     Open it with `Store.open(url)` (None: $KVPILOT_DB, else `$KVPILOT_HOME/kvpilot.db`). It is safe to share
@@ -30,7 +31,9 @@ class Store(SampleWriter, AggregateStore, RegistryStore):
     - dashboard aggregates (`kvpilot.storage.aggregates`), taking a `Scope`: is_empty, request_totals,
       latency_histogram, layer_plan, layer_view, layer_shape, event_totals, pool_series;
     - control plane (`kvpilot.storage.registry`): push, list_versions, get_version, active_version, diff,
-      activate, rollback, ack, acks, activations, config_listener.
+      activate, rollback, ack, acks, activations, config_listener;
+    - eviction lineage (`kvpilot.storage.lineage`): add_lineage, lineages (a `Scope`), lineage,
+      lineage_for_request.
     """
 
 
