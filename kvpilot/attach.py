@@ -392,8 +392,16 @@ def attach(
     if lineage and opened is not None:
         from kvpilot.probes.lineage import LineageWriter
 
+        store_ = opened
+
+        def lineage_owner() -> tuple[int | None, int | None]:
+            """The recorder's instance and run; the instance registered here when the recorder has not yet."""
+            if recorder.instance_id is None:  # an upsert: the recorder's registration finds the same row
+                return store_.register_instance(deployment, instance_name, model=model_name).id, recorder.run_id
+            return recorder.instance_id, recorder.run_id
+
         handle.lineage = LineageWriter(opened, deployment, rate=lineage, tokenizer=engine.tokenizer,
-                                       owner=lambda: (recorder.instance_id, recorder.run_id))
+                                       owner=lineage_owner)
     if opened is not None and watch:
         from kvpilot.engine.watcher import ConfigWatcher
 

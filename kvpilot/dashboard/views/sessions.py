@@ -1,4 +1,5 @@
-"""Sessions page: the session pool's occupancy, pinned bytes and TTL hits, misses and expiries.
+"""Sessions page: the session pool's occupancy, pinned bytes and TTL hits, misses and expiries, and the
+eviction lineage of sampled requests (`kvpilot.dashboard.views.lineage`, until a Quality page hosts it).
 
 Everything comes from cache events of kinds ttl_pin, hit, miss, expire and offload (`count`, `bytes`), and
 occupancy from the `pool_sessions`, `pool_bytes` and `pinned_bytes` keys of their `detail`.
@@ -13,6 +14,7 @@ import streamlit as st
 
 from kvpilot.dashboard import charts, fmt
 from kvpilot.dashboard import context as C
+from kvpilot.dashboard.views.lineage import render_lineage
 from kvpilot.storage import SESSION_KINDS, Scope, Store, bucket_width
 
 
@@ -26,6 +28,7 @@ def render() -> None:
             st.info(f"No deployment yet; run {C.fill_hint()}.")
             return
         C.live("sessions", ctx, _pool)
+        render_lineage(ctx)
 
 
 def _pool(ctx: C.Ctx) -> None:
