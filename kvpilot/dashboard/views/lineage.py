@@ -43,7 +43,8 @@ def render_lineage(ctx: C.Ctx) -> None:
                                     "top-1 agreement": st.column_config.NumberColumn(format="%.2f")})
         labels = {s.id: _label(s) for s in ordered}
         pick = st.selectbox("Request", list(labels), format_func=lambda i: labels[i], key="lineage_request")
-        _details(C.query(Store.lineage, pick))
+        if pick is not None:
+            _details(C.query(Store.lineage, pick))
 
 
 def _rank(s: LineageSummary) -> tuple[float, float, float]:
