@@ -66,3 +66,11 @@ def test_bad_lineage_rows_are_refused(store):
         store.add_lineage(request_key="k", kind="span", context="x", context_tokens=1, kept_fraction=1.0,
                           units=[[0, 1, 0]])
     assert store.lineages() == []
+
+
+def test_prune_drops_old_lineage(store):
+    now = time.time()
+    _add(store, "old", ts=now - 7200)
+    kept = _add(store, "new", ts=now - 60)
+    assert store.prune(3600, now=now)["eviction_lineage"] == 1
+    assert [s.id for s in store.lineages()] == [kept]

@@ -13,8 +13,8 @@ import pytest
 from kvpilot.cli import main
 from kvpilot.commands.tune_workers import shares
 from kvpilot.storage import Store
-from kvpilot.tuner.study import WORKER_ATTR
 from kvpilot.tuner.storage import open_storage
+from kvpilot.tuner.study import WORKER_ATTR
 
 JSON_KEYS = {"study", "store", "objectives", "baseline", "best", "trials", "feasible", "failed_trials",
              "reused_trials", "sampler_seed", "heldout", "recommended", "warnings", "pushed_version"}
