@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +38,10 @@ from kvpilot.evaluation import load_samples  # noqa: E402
 from kvpilot.storage import Store  # noqa: E402
 
 
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=60)
@@ -53,6 +58,7 @@ def main() -> None:
         part = chat_parts(engine.tokenizer, s.context, s.qa[0].question, s.qa[0].answer_prefix)
         requests.append(Request(part.context_ids, [part.question_ids], 8, config=config))
     load_before = os.getloadavg()
+    uptime_before = _uptime()
     with tempfile.TemporaryDirectory() as tmp, Store.open(f"sqlite:///{tmp}/shadow.db") as store:
         handle = attach(engine, store, "bench", probes=["latency"], otel=False, watch=False, spool_dir=tmp,
                         shadow_fidelity=args.rate)
@@ -80,7 +86,8 @@ def main() -> None:
     replay_s = busy / sampled if sampled else None
     result = {
         "setup": vars(args) | {"config": config.to_dict()},
-        "load_before": load_before, "load_after": load_after,
+        "load_before": load_before, "load_after": load_after, "uptime_before": uptime_before,
+        "uptime_after": _uptime(),
         "median_ratio": statistics.median(ratios), "mean_ratio": statistics.fmean(ratios),
         "median_request_s": request_s, "sampled": sampled, "replay_s_per_sampled": replay_s,
         "expected_overhead": None if replay_s is None else args.rate * replay_s / request_s,

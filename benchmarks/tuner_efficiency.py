@@ -20,6 +20,7 @@ import argparse
 import itertools
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -70,6 +71,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     load_before = os.getloadavg()
+    uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     space = SearchSpace.from_file(args.space) if args.space else DEFAULT_SPACE
     engine = Engine.load()
     evaluator = Evaluator.for_workload(engine, args.workload, args.samples, args.tokens, 0, results_root=None,
@@ -108,7 +110,8 @@ def main() -> None:
         "tuner": studies, "tuner_median_evaluations": statistics.median(counts) if counts else None,
         "tuner_max_evaluations": max(counts) if counts else None,
         "target_evaluations": len(configs) / 5, "grid_s": grid_s, "wall_s": time.perf_counter() - t0,
-        "load_before": load_before, "load_after": os.getloadavg(),
+        "load_before": load_before, "load_after": os.getloadavg(), "uptime_before": uptime_before,
+        "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
     }
     print(f"grid: {len(configs)} evaluations ({len(feasible)} feasible, {len(good)} within 2 % of the best, "
           f"{best / 2**20:.2f} MiB); tuner ({args.sampler}, {args.seeds} seeds): evaluations to within 2 %: "

@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -172,6 +173,7 @@ class ProbeHandle:
         self._owns_telemetry = owns_telemetry
         self._detached = False
         self.shadow: Any = None  # kvpilot.evaluation.shadow.ShadowFidelity when attach(shadow_fidelity=rate)
+        self.lineage: Any = None  # kvpilot.probes.lineage.LineageWriter when attach(lineage=rate)
 
     @property
     def instance_id(self) -> int | None:
@@ -204,6 +206,11 @@ class ProbeHandle:
         shadowed = self.shadow is not None and self.shadow.sample(request)
         if shadowed:  # the shadow probe compares this answer's logits with the full cache's, later
             request = dataclasses.replace(request, keep_logits=True)
+        # eviction lineage: sampled at its own rate, and for every shadowed request (fidelity next to it)
+        traced = self.lineage is not None and (shadowed or self.lineage.sample())
+        if traced:
+            request = dataclasses.replace(request, lineage=True)
+        key = uuid.uuid4().hex if traced or shadowed else None
         token = SERVING_VERSION.set((version,))  # the request rows say which version served them (None: its own)
         try:
             response = self.engine.serve(request)
@@ -219,9 +226,14 @@ class ProbeHandle:
         if counted:
             assert self.watcher is not None
             self.watcher.request_succeeded(version)
+        if traced and response.lineage is not None:
+            assert self.lineage is not None and key is not None
+            answers = response.answers
+            self.lineage.submit(key, response.lineage, [list(q) for q in request.questions], [a.text for a in answers],
+                                answers[0].config if answers else None, version)
         if shadowed:
             assert self.shadow is not None
-            self.shadow.submit(request, response, version, tagged=True)
+            self.shadow.submit(request, response, version, tagged=True, key=key)
         return response
 
     def record_request(self, result: Any, cache: Any) -> None:
@@ -276,6 +288,8 @@ class ProbeHandle:
             self.watcher.stop()
         if self.shadow is not None:
             self.shadow.close(timeout)
+        if self.lineage is not None:
+            self.lineage.close(timeout)
         if self.engine.observer is self.probes:
             self.engine.observer = None
         self.engine.request_hooks[:] = [h for h in self.engine.request_hooks if h != self.probes.on_request]
@@ -321,6 +335,7 @@ def attach(
     flush_interval_s: float = 1.0,
     proxy_budget: int | None = None,
     shadow_fidelity: float = 0.0,
+    lineage: float = 0.0,
 ) -> ProbeHandle:
     """Start probes, recorder and config watcher on an Engine (or a transformers model); see module doc.
 
@@ -334,6 +349,9 @@ def attach(
     run_kind: also open a run ("serving", "eval", "probe", ...) that tags every sample.
     shadow_fidelity: the fraction of requests served through `handle.serve` whose answers are compared
         with the full cache's, off the request path (`kvpilot.evaluation.shadow`; 0: off, 0.05 suggested).
+    lineage: the fraction of requests served through `handle.serve` whose eviction lineage (which units of
+        the context the cache forgot) is stored, plus every shadowed request (`kvpilot.probes.lineage`;
+        0: off, 0.01 suggested; needs a store).
     """
     from kvpilot.probes.observer import ProbeSet
     from kvpilot.probes.otel import Telemetry
@@ -341,6 +359,8 @@ def attach(
     from kvpilot.probes.registry import build_probes, default_probes
     from kvpilot.probes.spool import Spool, spool_path
 
+    if lineage and store is None:
+        raise KVPilotError("attach(lineage=...) stores eviction lineage: pass a store (or a database URL)")
     engine = _as_engine(model_or_engine, tokenizer)
     if engine.observer is not None:
         raise KVPilotError("this engine already has probes attached; detach() the first handle before attaching again")
@@ -386,6 +406,19 @@ def attach(
 
         handle.shadow = ShadowFidelity(engine, rate=shadow_fidelity, recorder=recorder, telemetry=telemetry,
                                        version=lambda: handle.watcher.version if handle.watcher else None)
+    if lineage and opened is not None:
+        from kvpilot.probes.lineage import LineageWriter
+
+        store_ = opened
+
+        def lineage_owner() -> tuple[int | None, int | None]:
+            """The recorder's instance and run; the instance registered here when the recorder has not yet."""
+            if recorder.instance_id is None:  # an upsert: the recorder's registration finds the same row
+                return store_.register_instance(deployment, instance_name, model=model_name).id, recorder.run_id
+            return recorder.instance_id, recorder.run_id
+
+        handle.lineage = LineageWriter(opened, deployment, rate=lineage, tokenizer=engine.tokenizer,
+                                       owner=lineage_owner)
     if opened is not None and watch:
         from kvpilot.engine.watcher import ConfigWatcher
 

@@ -117,7 +117,7 @@ def _prune(args: argparse.Namespace) -> int:
     hours = None if args.hour_rollups_older_than is None else parse_duration(args.hour_rollups_older_than)
     with Store.open(args.db) as store:
         deleted = store.prune(age, minute_rollups_older_than=minutes, hour_rollups_older_than=hours)
-    samples = {k: v for k, v in deleted.items() if k in SAMPLES or k == "ingested_parts"}
+    samples = {k: v for k, v in deleted.items() if k in SAMPLES or k in ("ingested_parts", "eviction_lineage")}
     rollups = {k: v for k, v in deleted.items() if k not in samples}
     total = sum(v for k, v in samples.items() if k in SAMPLES)
     print(f"deleted {total:,} samples older than {args.older_than}: " + ", ".join(f"{k} {v:,}" for k, v in samples.items()))

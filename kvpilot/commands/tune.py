@@ -21,6 +21,7 @@ SIZE_FIELDS = ("policy", "budget", "compression_ratio")  # what `config_label` s
 
 
 MAX_STUDY_NAME = 180  # a run name (200 characters in the store) is "<study> #<trial number>"
+MAX_WORKERS = 64  # local processes, each with the model loaded
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--db", help="store URL (default: $KVPILOT_DB or the SQLite file in $KVPILOT_HOME)")
     p.add_argument("--study", default=None, help="study name (default: derived from the workload and mode)")
     p.add_argument("--trials", type=int, default=20, help="trials to run now (default 20)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="local processes sharing the trials of one study in the store's database (default 1); "
+                   "each loads the model, and the CPU threads are split between them")
     p.add_argument("--objective", action="append", metavar="NAME",
                    help="objective, repeatable, in order (default: accuracy, kv_bytes)")
     p.add_argument("--constraint", action="append", metavar="EXPR",
@@ -96,10 +100,14 @@ def space_json(space: dict) -> str:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from kvpilot.tuner import Constraint, SearchSpace, Tuner
-    from kvpilot.tuner.objectives import DEFAULT_OBJECTIVES, objective
+    from kvpilot.tuner import SearchSpace
 
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise KVPilotError(f"--workers must be a whole number from 1 to {MAX_WORKERS}, got {args.workers}")
     if args.target == "vllm":
+        if args.workers > 1:
+            raise KVPilotError("--workers runs local engine processes; with --target vllm each trial starts its own "
+                               "server: run one tune process per GPU with the same --study instead")
         from kvpilot.commands.vllm import tune_vllm
 
         return tune_vllm(args)
@@ -127,35 +135,19 @@ def _tune(args: argparse.Namespace) -> int:
         raise KVPilotError(f"--heldout must be >= 0, got {args.heldout}")
     if agents and args.heldout:
         raise KVPilotError("--heldout applies to question workloads; an agent trace is replayed whole")
-    objectives = args.objective or list(AGENT_OBJECTIVES if agents else DEFAULT_OBJECTIVES)
-    for name in objectives:
-        objective(name)
-    texts = args.constraint or (["none"] if agents else [DEFAULT_CONSTRAINT])
-    constraints = [] if texts == ["none"] else [Constraint.parse(t) for t in texts]
-    if args.space:
-        space = SearchSpace.from_file(args.space)
-    else:
-        space = agent_space() if agents else SearchSpace()
-
+    _goals(args)  # a bad objective, constraint or space fails before anything is opened
     from kvpilot.storage import Store
 
     store = Store.open(args.db)
     t0 = time.perf_counter()
-    heldout = None
-    if agents:
-        evaluator = _replay_target(args)
-        study_name = args.study or f"{evaluator.label}-ttl"
+    tuner, constraints = make_tuner(args, store)
+    study_name = tuner.study_name
+    if args.workers > 1 and args.trials > 0:
+        from kvpilot.commands.tune_workers import optimize_with_workers
+
+        result = optimize_with_workers(tuner, args, study_name)
     else:
-        if args.heldout == 0:
-            evaluator = evaluator_from_arguments(args)
-        else:
-            evaluator, heldout = _split_evaluators(args)
-        study_name = args.study or f"{evaluator.label}-{'qa' if args.query_aware else 'agnostic'}"
-    pick = args.pick or ("mean_jct_s" if agents and "mean_jct_s" in objectives else None)
-    tuner = Tuner(evaluator, study_name=study_name, store=store, objectives=objectives, constraints=constraints,
-                  space=space, pick=pick, sampler=args.sampler, seed=args.sampler_seed,
-                  deployment=args.push, progress=not args.quiet, heldout=heldout)
-    result = tuner.optimize(args.trials)
+        result = tuner.optimize(args.trials)
     chosen = result.recommended
     pushed = tuner.push(args.push, chosen) if args.push and chosen is not None else None
     elapsed = time.perf_counter() - t0
@@ -173,6 +165,48 @@ def _tune(args: argparse.Namespace) -> int:
         print(f"nothing pushed to {args.push}: {why}", file=sys.stderr)
         return 1
     return 0
+
+
+def _goals(args: argparse.Namespace) -> tuple[list[str], list[Any], Any]:
+    """The objectives (checked), constraints and search space the flags ask for."""
+    from kvpilot.tuner import Constraint, SearchSpace
+    from kvpilot.tuner.objectives import DEFAULT_OBJECTIVES, objective
+
+    agents = args.workload == "agents"
+    objectives = args.objective or list(AGENT_OBJECTIVES if agents else DEFAULT_OBJECTIVES)
+    for name in objectives:
+        objective(name)
+    texts = args.constraint or (["none"] if agents else [DEFAULT_CONSTRAINT])
+    constraints = [] if texts == ["none"] else [Constraint.parse(t) for t in texts]
+    if args.space:
+        space = SearchSpace.from_file(args.space)
+    else:
+        space = agent_space() if agents else SearchSpace()
+    return objectives, constraints, space
+
+
+def make_tuner(args: argparse.Namespace, store: Any, *, validate: bool = True) -> tuple[Any, list[Any]]:
+    """The Tuner the flags describe, on `store` (and its constraints); `validate=False` leaves the held-out
+    set out (a `--workers` process: the parent validates the front once, after every worker is done)."""
+    from kvpilot.tuner import Tuner
+
+    agents = args.workload == "agents"
+    objectives, constraints, space = _goals(args)
+    heldout = None
+    if agents:
+        evaluator = _replay_target(args)
+        study_name = args.study or f"{evaluator.label}-ttl"
+    else:
+        if args.heldout == 0:
+            evaluator = evaluator_from_arguments(args)
+        else:
+            evaluator, heldout = _split_evaluators(args)
+        study_name = args.study or f"{evaluator.label}-{'qa' if args.query_aware else 'agnostic'}"
+    pick = args.pick or ("mean_jct_s" if agents and "mean_jct_s" in objectives else None)
+    tuner = Tuner(evaluator, study_name=study_name, store=store, objectives=objectives, constraints=constraints,
+                  space=space, pick=pick, sampler=args.sampler, seed=args.sampler_seed,
+                  deployment=args.push, progress=not args.quiet, heldout=heldout if validate else None)
+    return tuner, constraints
 
 
 def _split_evaluators(args: argparse.Namespace):

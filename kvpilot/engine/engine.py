@@ -19,6 +19,8 @@ from kvpilot.config import KVConfig
 from kvpilot.engine.episodes import EpisodeError, Episodes
 from kvpilot.engine.episodes import build as build_episodes
 from kvpilot.engine.generation import DecodeResult, extend, greedy_decode, prefill
+from kvpilot.engine.lineage import Lineage
+from kvpilot.engine.lineage import compute as compute_lineage
 from kvpilot.engine.model import load_model
 from kvpilot.engine.prompts import chat_parts
 from kvpilot.engine.units import unit_ids
@@ -38,6 +40,8 @@ class Request:
         own logits are reused when its tokens start with these; such a replay is neither timed nor counted
         in the peak.
     on_prefilled: called with (cache, prefill seconds) once the context is in, before any decoding.
+    lineage: also say which units of the context the compressed cache forgot (`Response.lineage`, see
+        `kvpilot.engine.lineage`; None with episodes).
     """
 
     context_ids: Sequence[int]
@@ -49,6 +53,7 @@ class Request:
     teacher_tokens: Sequence[Sequence[int]] | None = None
     stop_at_eos: bool = True
     on_prefilled: Callable[[ManagedCache, float], None] | None = None
+    lineage: bool = False
 
 
 @dataclass
@@ -90,6 +95,7 @@ class Response:
     answers: list[GenerationResult]
     compression: Compression
     cache: ManagedCache
+    lineage: Lineage | None = None  # when the request asked for it (`Request.lineage`)
 
 
 class Engine:
@@ -248,6 +254,9 @@ class Engine:
         )
         if episodes is not None:
             episodes.account_compression(compression)
+        lineage = None
+        if request.lineage and episodes is None:  # what the questions will read, before any is asked
+            lineage = compute_lineage(self.tokenizer, cache, request.context_ids, start_tokens)
         if request.on_prefilled is not None:
             request.on_prefilled(cache, prefill_s)
         questions: list[Sequence[int] | None] = list(request.questions) or [None]
@@ -266,7 +275,7 @@ class Engine:
                 hook(answer, cache)
             answers.append(answer)
         compression.peak_kv_bytes = cache.peak_bytes if episodes is None else episodes.peak(cache)
-        return Response(answers, compression, cache)
+        return Response(answers, compression, cache, lineage)
 
     def _answer(
         self,

@@ -16,7 +16,7 @@ def unit_ids(tokenizer, ids: Sequence[int], granularity: str, first_unit: int = 
     """One unit id per token (increasing), or None when the granularity needs no boundaries."""
     if granularity not in ("sentence", "turn"):
         return None
-    text_of = _decoder(tokenizer)
+    text_of = text_decoder(tokenizer)
     units, current = [], first_unit
     for tok in ids:
         units.append(current)
@@ -27,9 +27,11 @@ def unit_ids(tokenizer, ids: Sequence[int], granularity: str, first_unit: int = 
     return units
 
 
-def _decoder(tokenizer):
+def text_decoder(tokenizer):
+    """The text of one token id, cached (empty without a tokenizer: work on token ids alone)."""
+
     @lru_cache(maxsize=65536)
     def text_of(tok: int) -> str:
-        return tokenizer.decode([tok])
+        return tokenizer.decode([tok]) if tokenizer is not None else ""
 
     return text_of

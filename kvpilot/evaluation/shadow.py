@@ -10,7 +10,7 @@ after the response has been returned: the request pays only for keeping its answ
 queue drops work rather than grow (counted in `dropped`).
 
 Each measurement is one `quality` cache event (detail: top1_agreement, mean_kl, tokens, config hash and
-label, deployment config version) and OpenTelemetry `kvpilot.quality.top1_agreement` and
+label, deployment config version, and `request`: the key its eviction lineage is stored under, when any) and OpenTelemetry `kvpilot.quality.top1_agreement` and
 `kvpilot.quality.kl` histograms plus a `kvpilot.quality.measurements` counter.
 """
 
@@ -62,7 +62,7 @@ class ShadowFidelity:
         self.shadow = Engine(engine.model, engine.tokenizer)  # same weights; no observer, no request hooks
         self._version = version or (lambda: None)
         self._random = random.Random(seed)
-        self._queue: queue.Queue[tuple[Request, Response, int | None] | None] = queue.Queue(max_pending)
+        self._queue: queue.Queue[tuple[Request, Response, int | None, str | None] | None] = queue.Queue(max_pending)
         self.measurements: list[QualityMeasurement] = []  # the latest ones, for tests and the handle
         self.sampled = self.dropped = self.errors = 0
         self.busy_s = 0.0  # the worker's time spent replaying: the probe's cost, bounded by the rate
@@ -74,12 +74,14 @@ class ShadowFidelity:
         """Whether this request is measured: a fresh context (not a session's continuation), at `rate`."""
         return request.cache is None and self.rate > 0 and self._random.random() < self.rate
 
-    def submit(self, request: Request, response: Response, version: int | None = None, *, tagged: bool = False) -> bool:
+    def submit(self, request: Request, response: Response, version: int | None = None, *, tagged: bool = False,
+               key: str | None = None) -> bool:
         """Queue a served request (its answers kept their logits) for the full-cache replay; never blocks.
         With `tagged`, `version` is the deployment config version that served it (a canary's or the
-        incumbent's; None for a request with its own config); otherwise the version in force."""
+        incumbent's; None for a request with its own config); otherwise the version in force. ``key``: the
+        request's key (its eviction lineage's), carried by its `quality` events."""
         try:
-            self._queue.put_nowait((request, response, version if tagged else self._version()))
+            self._queue.put_nowait((request, response, version if tagged else self._version(), key))
         except queue.Full:
             self.dropped += 1
             return False
@@ -111,8 +113,9 @@ class ShadowFidelity:
             try:
                 if job is None:
                     return
-                for m in self.measure(*job):
-                    self._record(m)
+                request, response, version, key = job
+                for m in self.measure(request, response, version):
+                    self._record(m, key)
             except Exception:  # a failed measurement must never stop the worker or touch serving
                 self.errors += 1
                 log.exception("shadow fidelity measurement failed")
@@ -135,11 +138,13 @@ class ShadowFidelity:
             out.append(QualityMeasurement(qi, fid.tokens, fid.agreement, fid.mean_kl, answer.config, version))
         return out
 
-    def _record(self, m: QualityMeasurement) -> None:
+    def _record(self, m: QualityMeasurement, key: str | None = None) -> None:
         self.measurements = [*self.measurements[-999:], m]
         detail = {"question": m.question, "tokens": m.tokens, "top1_agreement": m.top1_agreement,
                   "mean_kl": m.mean_kl, "config_hash": config_hash(m.config), "config": config_label(m.config),
                   "version": m.version}
+        if key is not None:
+            detail["request"] = key
         if self.recorder is not None:
             self.recorder.event(QUALITY_EVENT, detail=detail)
         if self._instruments is not None:

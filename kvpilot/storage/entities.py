@@ -25,6 +25,7 @@ from kvpilot.storage.schema import (
     SAMPLE_TABLES,
     Deployment,
     EngineInstance,
+    EvictionLineage,
     IngestedPart,
     Run,
     SensitivityProfile,
@@ -341,7 +342,8 @@ class EntityStore(RollupJobs):
         minute_rollups_older_than: float | timedelta | None = None,
         hour_rollups_older_than: float | timedelta | None = None,
     ) -> dict[str, int]:
-        """Delete samples older than `older_than` (seconds or a timedelta); metadata and configs stay.
+        """Delete samples (and eviction lineage) older than `older_than` (seconds or a timedelta); metadata and
+        configs stay.
 
         Retention by downsampling: the rollups are refreshed first, so every raw row deleted is already in
         the per-minute and per-hour rollups, which stay (dashboards keep their long windows) until their own
@@ -380,6 +382,10 @@ class EntityStore(RollupJobs):
         parts = table_of(IngestedPart)  # ids of parts ingested before the cutoff: their spools are long replayed
         deleted["ingested_parts"] = self._write(
             lambda conn: conn.execute(parts.delete().where(parts.c.ts < cutoff)).rowcount
+        )
+        lineage = table_of(EvictionLineage)  # traced requests age like the samples they explain
+        deleted["eviction_lineage"] = self._write(
+            lambda conn: conn.execute(lineage.delete().where(lineage.c.ts < cutoff)).rowcount
         )
         for grain, rollup_age in rollup_ages.items():
             deleted.update(self.prune_rollups(grain, rollup_age, now=now))

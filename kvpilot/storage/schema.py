@@ -219,6 +219,33 @@ class ConfigAck(Base):
     __table_args__ = (Index(None, "deployment_id", "version"), Index(None, "instance_id", "ts"))
 
 
+class EvictionLineage(Base):
+    """Which units of a sampled request's context its compressed cache forgot (`kvpilot.engine.lineage`).
+
+    `units` is a list of [token_start, token_end, char_start, char_end, kept] (offsets into `context`, the
+    context as decoded token by token); `answers` a list of {"question", "answer"}; `request_key` is the
+    same key as the `request` of the request's `quality` cache event when the shadow probe measured it."""
+
+    __tablename__ = "eviction_lineage"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ts: Mapped[float] = mapped_column(Time)
+    deployment_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    instance_id: Mapped[int | None] = mapped_column(ForeignKey("engine_instances.id", ondelete="SET NULL"))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    request_key: Mapped[str] = mapped_column(String(64), index=True)
+    config: Mapped[dict[str, Any] | None]
+    config_version: Mapped[int | None]
+    kind: Mapped[str] = mapped_column(String(20))
+    context_tokens: Mapped[int]
+    kept_fraction: Mapped[float]
+    evicted_units: Mapped[int]
+    total_units: Mapped[int]
+    context: Mapped[str] = mapped_column(Text)
+    units: Mapped[list[Any]] = mapped_column(Json)
+    answers: Mapped[list[Any] | None] = mapped_column(Json)
+    __table_args__ = (Index(None, "deployment_id", "ts"), Index(None, "ts"))
+
+
 # ----- samples (bulk-inserted, time-indexed): one declaration each, see `kvpilot.storage.tabledef` -----
 #
 # Each sample table is the frozen dataclass its readers return; the SQL table, the writers' checks, the

@@ -6,13 +6,14 @@ from typing import TYPE_CHECKING
 
 from kvpilot.storage.aggregates import AggregateStore
 from kvpilot.storage.canary import CanaryStore
+from kvpilot.storage.lineage import LineageStore
 from kvpilot.storage.samples import SampleWriter
 
 if TYPE_CHECKING:
     from kvpilot.storage.protocols import ConfigSource, RunRecorder, SampleSink
 
 
-class Store(SampleWriter, AggregateStore, CanaryStore):
+class Store(SampleWriter, AggregateStore, CanaryStore, LineageStore):
     """kvpilot's store on SQLite or PostgreSQL (or any registered backend, see `kvpilot.storage.backends`).
 
     Open it with `Store.open(url)` (None: $KVPILOT_DB, else `$KVPILOT_HOME/kvpilot.db`). It is safe to share
@@ -33,6 +34,8 @@ class Store(SampleWriter, AggregateStore, CanaryStore):
       activate, rollback, ack, acks, activations, config_listener;
     - canary rollouts (`kvpilot.storage.canary`): start_canary, active_canary, canaries, canary_arms,
       finish_canary, canary_event, canary_events.
+    - eviction lineage (`kvpilot.storage.lineage`): add_lineage, lineages (a `Scope`), lineage,
+      lineage_for_request.
     """
 
 

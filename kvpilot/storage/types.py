@@ -422,3 +422,54 @@ class PoolBucket:
     pool_sessions: float | None
     pool_bytes: float | None
     pinned_bytes: float | None
+
+
+@dataclass(frozen=True)
+class LineageSummary:
+    """One sampled request's eviction lineage, without its context text (`Store.lineages`).
+
+    `top1_agreement` / `mean_kl`: the shadow probe's measurement of the same request (the mean over its
+    answers), when it measured it."""
+
+    id: int
+    ts: float
+    deployment: str | None
+    instance_id: int | None
+    run_id: int | None
+    request_key: str
+    config: dict[str, Any] | None
+    config_version: int | None
+    kind: str
+    context_tokens: int
+    kept_fraction: float
+    evicted_units: int
+    total_units: int
+    first_question: str | None
+    top1_agreement: float | None = None
+    mean_kl: float | None = None
+
+
+@dataclass(frozen=True)
+class LineageUnitInfo:
+    """A unit of the context: tokens [token_start, token_end), characters [char_start, char_end) of the
+    lineage's `context`, and the share of its (layer, KV head) slots the cache still held."""
+
+    token_start: int
+    token_end: int
+    char_start: int
+    char_end: int
+    kept: float
+    evicted: bool
+
+
+@dataclass(frozen=True)
+class LineageInfo:
+    """A request's full lineage (`Store.lineage`): the summary, the context, its units and the answers."""
+
+    summary: LineageSummary
+    context: str
+    units: list[LineageUnitInfo]
+    answers: list[dict[str, Any]]
+
+    def excerpt(self, unit: LineageUnitInfo) -> str:
+        return self.context[unit.char_start:unit.char_end]

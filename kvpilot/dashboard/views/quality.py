@@ -1,10 +1,9 @@
 """Quality page: what compression costs in answers, per deployment and config version. Shadow fidelity
 over time (top-1 agreement with the full cache, KL), canary rollouts with their status and decisions, and
-the place where the eviction lineage of a chosen request is drawn."""
+the eviction lineage of a chosen request (what its cache forgot, `kvpilot.dashboard.views.lineage`)."""
 
 from __future__ import annotations
 
-import importlib
 from collections import defaultdict
 from typing import Any
 
@@ -13,11 +12,11 @@ import streamlit as st
 
 from kvpilot.dashboard import charts, fmt
 from kvpilot.dashboard import context as C
+from kvpilot.dashboard.views.lineage import render_lineage
 from kvpilot.storage import Store
 
 MAX_MEASUREMENTS = 5000  # quality events read per view (sampled answers; a window rarely holds more)
 ALL = "all versions"
-LINEAGE_MODULE = "kvpilot.dashboard.views.lineage"
 
 
 def render() -> None:
@@ -30,7 +29,7 @@ def render() -> None:
             st.info(f"No deployment yet; run {C.fill_hint()}.")
             return
         C.live("quality", ctx, _body)
-        lineage_panel(ctx)
+        render_lineage(ctx)
 
 
 def _body(ctx: C.Ctx) -> None:
@@ -165,24 +164,6 @@ def _requests(detail: dict[str, Any]) -> str:
     if "requests" not in can:
         return "-"
     return f"{can.get('requests')} / {inc.get('requests', '-')}"
-
-
-# ----- lineage ---------------------------------------------------------------------------------------
-
-
-def lineage_panel(ctx: C.Ctx) -> None:
-    """LINEAGE PANEL CALL POINT: the eviction lineage of a chosen request (what its cache forgot) is drawn
-    here by `render_lineage(ctx)` from `kvpilot/dashboard/views/lineage.py`, once that module exists; until
-    then this says so."""
-    try:
-        module = importlib.import_module(LINEAGE_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != LINEAGE_MODULE:
-            raise  # the lineage module exists but something it imports does not: a real error
-        st.subheader("Eviction lineage")
-        st.caption("The eviction lineage of a chosen request is not recorded by this version of kvpilot yet.")
-        return
-    module.render_lineage(ctx)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ SQLite cannot drop a constraint in place: each table is rebuilt (Alembic's batch
 first and created again after, so partial indexes keep their WHERE clause.
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-11-30
 """
 
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
