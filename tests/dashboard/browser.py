@@ -35,7 +35,7 @@ MAX_HEIGHT = 3200  # a full-page screenshot stops here
 # page url path -> texts that must appear once it has rendered (from tests/dashboard/seed.py)
 PAGES = {
     "": ["Overview", "Engines alive", "2 / 4", "Memory pressure", "Active config of chat: v2"],
-    "runs": ["Runs", "of the newest", "Run #", "Mean TTFT"],
+    "runs": ["Runs", "of the newest", "Run #4: canary", "recorded no metrics"],
     "layers": ["Layers", "Sensitivity profile", "Budgets per layer under the active config"],
     "sessions": ["Sessions", "Hit ratio", "75.0%"],
     "events": ["Events", "Latest 100 events", "Config changes"],

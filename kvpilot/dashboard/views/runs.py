@@ -93,7 +93,10 @@ def _details(run: RunInfo) -> None:
     left, right = st.columns(2)
     with left:
         st.markdown("**Metrics**")
-        C.table(run.metrics, key="run_metrics")
+        if run.metrics:
+            C.table(run.metrics, key="run_metrics")
+        else:  # e.g. a canary run: its figures are its decision (Quality page), not metrics
+            st.caption("This run recorded no metrics.")
     with right:
         st.markdown("**KVConfig**")
         C.table(run.config, key="run_config")
