@@ -50,7 +50,7 @@ def test_show_space_reads_ranges_as_ranges(capsys):
     rows = dict(line.split(None, 1) for line in captured.out.splitlines())
     assert rows["compression_ratio"] == "range 0.5 .. 0.9 step 0.05"  # not three choices
     assert rows["policy"].startswith("one of: snapkv, tova")
-    assert rows["window"] == "one of: 8, 16, 32, 64" and rows["sink_tokens"] == "fixed: 4"
+    assert rows["window"] == "one of: 0, 4, 8, 16, 32, 64" and rows["sink_tokens"] == "fixed: 4"
     assert rows["layer_allocation.pyramid.beta"] == "range 2.0 .. 20.0, log scale"
     assert rows["head_allocation.adaptive.alpha"] == "range 0.1 .. 0.5"
     assert "[0.5, 0.9, 0.05]" not in captured.out and "--show-space --json" in captured.err
