@@ -58,6 +58,18 @@ def duration(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min"
 
 
+def config_name(config: dict[str, Any] | None) -> str:
+    """A stored config as its short label (e.g. "snapkv-0.5"); "-" when none, a note when it no longer parses."""
+    from kvpilot.config import KVConfig, KVConfigError, config_label
+
+    if not config:
+        return "-"
+    try:
+        return config_label(KVConfig.parse(config))
+    except KVConfigError:
+        return "(invalid config)"
+
+
 def pct(fraction: float | None, digits: int = 0) -> str:
     return "-" if fraction is None else f"{fraction * 100:.{digits}f} %"
 

@@ -14,7 +14,6 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from kvpilot.config import KVConfig, KVConfigError, config_label
 from kvpilot.dashboard import context as C
 from kvpilot.dashboard import fmt
 from kvpilot.storage import LineageInfo, LineageSummary, Store
@@ -52,23 +51,14 @@ def _rank(s: LineageSummary) -> tuple[float, float, float]:
     return agreement, s.kept_fraction, -s.ts
 
 
-def _config(config: dict[str, Any] | None) -> str:
-    if not config:
-        return "-"
-    try:
-        return config_label(KVConfig.parse(config))
-    except KVConfigError:
-        return "(invalid config)"
-
-
 def _label(s: LineageSummary) -> str:
     quality = "" if s.top1_agreement is None else f", top-1 {s.top1_agreement:.2f}"
-    return f"#{s.id} {C.when(s.ts)} {_config(s.config)} (kept {fmt.pct(s.kept_fraction)}{quality})"
+    return f"#{s.id} {C.when(s.ts)} {fmt.config_name(s.config)} (kept {fmt.pct(s.kept_fraction)}{quality})"
 
 
 def _row(s: LineageSummary) -> dict[str, Any]:
     return {
-        "id": s.id, "time": C.when(s.ts), "config": _config(s.config), "version": s.config_version,
+        "id": s.id, "time": C.when(s.ts), "config": fmt.config_name(s.config), "version": s.config_version,
         "units": s.kind, "tokens": s.context_tokens, "kept": s.kept_fraction,
         "evicted units": f"{s.evicted_units} / {s.total_units}", "top-1 agreement": s.top1_agreement,
         "KL": s.mean_kl, "question": (s.first_question or "")[:80],

@@ -11,7 +11,6 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from kvpilot.config import KVConfig, KVConfigError, config_label
 from kvpilot.dashboard import context as C
 from kvpilot.dashboard import fmt
 from kvpilot.dashboard.tuning import column, shown, unit_of
@@ -63,20 +62,11 @@ def _table(runs: list[RunInfo]) -> None:
     st.dataframe(df, hide_index=True, key="runs_table", column_config=config, placeholder="-")  # a metric the run lacks
 
 
-def _label(config: dict[str, Any] | None) -> str:
-    if not config:
-        return "-"
-    try:
-        return config_label(KVConfig.parse(config))
-    except KVConfigError:
-        return "(invalid config)"
-
-
 def _row(r: RunInfo) -> dict[str, Any]:
     """One table row: identity, status, timing, config label, then the run's scalar metrics."""
     row: dict[str, Any] = {
         "id": r.id, "kind": r.kind, "name": r.name or "", "status": r.status, "deployment": r.deployment or "",
-        "config": _label(r.config), "started": C.when(r.started_at),
+        "config": fmt.config_name(r.config), "started": C.when(r.started_at),
         "duration_s": None if r.finished_at is None else round(r.finished_at - r.started_at, 3),
         "study / trial": f"{r.study_name} / {r.trial_number}" if r.study_name else "",
     }
