@@ -17,16 +17,13 @@ label, deployment config version, and `request`: the key its eviction lineage is
 from __future__ import annotations
 
 import logging
-import queue
-import random
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from kvpilot.config import KVConfig, config_hash, config_label
 from kvpilot.engine.engine import Engine, Request, Response
 from kvpilot.evaluation.fidelity import Reference, compare, log_probs
+from kvpilot.probes.worker import SampledWorker
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +43,7 @@ class QualityMeasurement:
     version: int | None
 
 
-class ShadowFidelity:
+class ShadowFidelity(SampledWorker):
     """Sample requests, and measure their answers' fidelity against the full cache in a worker thread.
 
     recorder: where `quality` events go (a `kvpilot.probes.recorder.Recorder`, or None);
@@ -55,24 +52,17 @@ class ShadowFidelity:
 
     def __init__(self, engine: Engine, *, rate: float = DEFAULT_RATE, recorder: Any = None, telemetry: Any = None,
                  seed: int | None = None, max_pending: int = 4, version: Any = None) -> None:
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"the shadow fidelity rate must be in [0, 1], got {rate}")
-        self.rate = rate
         self.recorder = recorder
         self.shadow = Engine(engine.model, engine.tokenizer)  # same weights; no observer, no request hooks
         self._version = version or (lambda: None)
-        self._random = random.Random(seed)
-        self._queue: queue.Queue[tuple[Request, Response, int | None, str | None] | None] = queue.Queue(max_pending)
         self.measurements: list[QualityMeasurement] = []  # the latest ones, for tests and the handle
-        self.sampled = self.dropped = self.errors = 0
-        self.busy_s = 0.0  # the worker's time spent replaying: the probe's cost, bounded by the rate
         self._instruments = _instruments(telemetry)
-        self._thread = threading.Thread(target=self._run, name="kvpilot-shadow-fidelity", daemon=True)
-        self._thread.start()
+        super().__init__("kvpilot-shadow-fidelity", rate, what="shadow fidelity rate", seed=seed,
+                         max_pending=max_pending)
 
     def sample(self, request: Request) -> bool:
         """Whether this request is measured: a fresh context (not a session's continuation), at `rate`."""
-        return request.cache is None and self.rate > 0 and self._random.random() < self.rate
+        return request.cache is None and self._draw()
 
     def submit(self, request: Request, response: Response, version: int | None = None, *, tagged: bool = False,
                key: str | None = None) -> bool:
@@ -80,48 +70,15 @@ class ShadowFidelity:
         With `tagged`, `version` is the deployment config version that served it (a canary's or the
         incumbent's; None for a request with its own config); otherwise the version in force. ``key``: the
         request's key (its eviction lineage's), carried by its `quality` events."""
-        try:
-            self._queue.put_nowait((request, response, version if tagged else self._version(), key))
-        except queue.Full:
-            self.dropped += 1
-            return False
-        self.sampled += 1
-        return True
+        return self._offer((request, response, version if tagged else self._version(), key))
 
-    def join(self, timeout: float = 60.0) -> bool:
-        """Wait until every queued request is measured (tests, detach)."""
-        done = threading.Event()
+    def handle(self, job: tuple[Request, Response, int | None, str | None]) -> None:
+        request, response, version, key = job
+        for m in self.measure(request, response, version):
+            self._record(m, key)
 
-        def waiter() -> None:
-            self._queue.join()
-            done.set()
-
-        threading.Thread(target=waiter, daemon=True).start()
-        return done.wait(timeout)
-
-    def close(self, timeout: float = 60.0) -> None:
-        self.join(timeout)
-        self._queue.put(None)
-        self._thread.join(timeout)
-
-    # ----- the worker ---------------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        while True:
-            job = self._queue.get()
-            t0 = time.perf_counter()
-            try:
-                if job is None:
-                    return
-                request, response, version, key = job
-                for m in self.measure(request, response, version):
-                    self._record(m, key)
-            except Exception:  # a failed measurement must never stop the worker or touch serving
-                self.errors += 1
-                log.exception("shadow fidelity measurement failed")
-            finally:
-                self.busy_s += time.perf_counter() - t0
-                self._queue.task_done()
+    def failed(self, exc: Exception) -> None:
+        log.error("shadow fidelity measurement failed", exc_info=exc)
 
     def measure(self, request: Request, response: Response, version: int | None = None) -> list[QualityMeasurement]:
         """Replay the request on the full cache, teacher-forced over each compressed answer's tokens."""

@@ -11,13 +11,12 @@ and serving never waits for it.
 from __future__ import annotations
 
 import logging
-import queue
-import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from kvpilot.probes.worker import SampledWorker
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ class LineageJob:
     ts: float
 
 
-class LineageWriter:
+class LineageWriter(SampledWorker):
     """Sample requests at `rate` and store their lineage from a worker thread.
 
     store: what `add_lineage` is called on (a Store, or attach's lazily opened one);
@@ -47,61 +46,27 @@ class LineageWriter:
     def __init__(self, store: Any, deployment: str, *, rate: float = DEFAULT_RATE, tokenizer: Any = None,
                  owner: Callable[[], tuple[int | None, int | None]] = lambda: (None, None),
                  seed: int | None = None, max_pending: int = 16) -> None:
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"the lineage sampling rate must be in [0, 1], got {rate}")
         self.store = store
         self.deployment = deployment
-        self.rate = rate
         self.tokenizer = tokenizer
         self._owner = owner
-        self._random = random.Random(seed)
-        self._queue: queue.Queue[LineageJob | None] = queue.Queue(max_pending)
-        self.sampled = self.written = self.dropped = self.errors = 0
-        self._thread = threading.Thread(target=self._run, name="kvpilot-lineage", daemon=True)
-        self._thread.start()
+        self.written = 0
+        super().__init__("kvpilot-lineage", rate, what="lineage sampling rate", seed=seed, max_pending=max_pending)
 
     def sample(self) -> bool:
-        return self.rate > 0 and self._random.random() < self.rate
+        return self._draw()
 
     def submit(self, key: str, lineage: Any, questions: list[list[int]], answers: list[str], config: Any,
                version: int | None) -> bool:
         """Queue one request's lineage; never blocks (a full queue drops it)."""
-        try:
-            self._queue.put_nowait(LineageJob(key, lineage, questions, answers, config, version, time.time()))
-        except queue.Full:
-            self.dropped += 1
-            return False
-        self.sampled += 1
-        return True
+        return self._offer(LineageJob(key, lineage, questions, answers, config, version, time.time()))
 
-    def join(self, timeout: float = 30.0) -> bool:
-        done = threading.Event()
+    def handle(self, job: LineageJob) -> None:
+        self.write(job)
+        self.written += 1
 
-        def waiter() -> None:
-            self._queue.join()
-            done.set()
-
-        threading.Thread(target=waiter, daemon=True).start()
-        return done.wait(timeout)
-
-    def close(self, timeout: float = 30.0) -> None:
-        self.join(timeout)
-        self._queue.put(None)
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while True:
-            job = self._queue.get()
-            try:
-                if job is None:
-                    return
-                self.write(job)
-                self.written += 1
-            except Exception as exc:  # a lost lineage row must never stop the worker or touch serving
-                self.errors += 1
-                log.warning("kvpilot: eviction lineage not stored: %s", exc)
-            finally:
-                self._queue.task_done()
+    def failed(self, exc: Exception) -> None:  # a lost lineage row must never stop the worker or touch serving
+        log.warning("kvpilot: eviction lineage not stored: %s", exc)
 
     def _question(self, ids: list[int]) -> str:
         """A question's text without the chat template's markers (its role names stay as plain lines)."""
