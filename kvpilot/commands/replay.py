@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(--programs N): each turn runs on the real engine, one at a time; the agent's tools run for the "
         "trace's durations on a simulated clock; between turns the session's cache is pinned for the TTL "
         "that --ttl chooses. Reports hits, misses, re-prefilled tokens, pinned memory-time and job "
-        "completion times; the pool's events and the run's metrics go to the store (--db, else the default store; "
+        "completion times; each turn's request row (TTFT, TPOT, sizes), its memory and skew samples, the pool's events and the run's metrics go to the store (--db, else the default store; "
         "the dashboard's Sessions page) unless --no-db.",
     )
     src = p.add_mutually_exclusive_group()
@@ -124,9 +124,9 @@ def _run(args: argparse.Namespace, engine, config, events, store, capacity: int 
 def run_replay(engine, config, events, *, store=None, deployment: str = "replay", capacity_bytes: int | None = None,
                token_scale: float = 1.0, max_response_tokens: int = 8, progress: bool = True,
                instance: str | None = None) -> dict:
-    """Replay `events` under `config`; with a store (URL or Store) the pool's events and the run's metrics
-    are recorded there under `deployment`, as engine `instance` (default: a name for this process).
-    Returns the replay's metrics."""
+    """Replay `events` under `config`; with a store (URL or Store) every turn's request (through the probes
+    `kvpilot.attach` puts on any served engine), the pool's events and the run's metrics are recorded there
+    under `deployment`, as engine `instance` (default: a name for this process). Returns the replay's metrics."""
     from tqdm import tqdm
 
     from kvpilot.evaluation.replay import Replay
@@ -140,7 +140,9 @@ def run_replay(engine, config, events, *, store=None, deployment: str = "replay"
         engine.apply_config(config)
         engine.request_boundary()
 
-        handle = attach(engine, store=store, deployment=deployment, probes=[], otel=False, watch=False, instance=instance,
+        # the serving path's probes, so each replayed turn is a request row (TTFT, TPOT, sizes) with its
+        # memory, skew and eviction samples, recorded exactly as `Engine.serve` records any served request
+        handle = attach(engine, store=store, deployment=deployment, otel=False, watch=False, instance=instance,
                         run_kind="eval", run_name=f"replay {config.policy} ttl={config.session_ttl}")
     bar = tqdm(total=len(events), desc="turns", unit="turn", disable=not progress)
     try:

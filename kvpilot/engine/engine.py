@@ -241,6 +241,9 @@ class Engine:
             start_tokens, logits = 0, episodes.episodes[episodes.last_episode].logits
         else:
             cache = request.cache if request.cache is not None else self.new_cache(config)
+            begin = getattr(cache.observer, "begin_request", None)
+            if begin is not None:  # the probes time the request from here, also on a kept cache (a session's
+                begin(cache)  # next turn), not from when that cache was first filled
             start_tokens = cache.seen_tokens
             logits = self.compress(cache, request.context_ids)
         prefill_s = time.perf_counter() - t0

@@ -140,6 +140,15 @@ class ProbeSet:
             except Exception:
                 self._failed("on_evict")
 
+    def begin_request(self, cache: Any) -> None:
+        """`Engine.serve` starts a request on ``cache``: its end-to-end time starts now (so it covers the whole
+        prefill, as TTFT does), also when the cache is kept from an earlier request (an agent session's next
+        turn from the session pool), whose end-to-end time must not reach back to when the cache was filled."""
+        st = self.state(cache)
+        st.first_wall, st.first_perf = time.time(), time.perf_counter()
+        st.forwards = st.questions = 0
+        st.last_end_perf = None
+
     def on_request(self, result: Any, cache: Any) -> None:
         """Engine request hook ``(GenerationResult, cache)``."""
         try:

@@ -81,6 +81,39 @@ def test_replay_command_records_pool_events(tmp_path, capsys):
         assert (recorded.policy, recorded.compression_ratio, recorded.session_ttl) == ("snapkv", 0.5, "fixed")
         counts = dict(store.engine.connect().exec_driver_sql(
             "SELECT kind, COUNT(*) FROM cache_events GROUP BY kind").all())
-        assert counts == {"ttl_pin": out["hits"], "hit": out["hits"]}
+        assert {k: counts.get(k, 0) for k in ("ttl_pin", "hit", "miss", "expire")} == \
+            {"ttl_pin": out["hits"], "hit": out["hits"], "miss": 0, "expire": 0}
+        assert counts["evict"] > 0  # snapkv's evictions, recorded by the serving path's probes
+        # every replayed turn is a request row of this run, like any served request
+        rows = store.engine.connect().exec_driver_sql("SELECT run_id, output_tokens FROM requests").all()
+        assert len(rows) == out["turns"] and {r[0] for r in rows} == {run.id}
+        assert all(r[1] >= 1 for r in rows)
     for bad in (["--ttl", "sometimes"], ["--token-scale", "2"], ["--trace", str(tmp_path / "missing.jsonl")]):
         assert main(["replay", *bad]) == 2
+
+
+def test_replayed_turns_are_requests_timed_from_their_own_start(bundled_engine, tmp_path):
+    """`run_replay` with a store records each turn through the probes that record served requests: one row
+    per turn, its prompt the session's whole history on a hit, and its end-to-end time measured from that
+    turn's own start (a hit continues a cache filled turns earlier, with other programs served between)."""
+    from kvpilot.commands.replay import run_replay
+
+    config = KVConfig(session_ttl="fixed", session_ttl_s=1000.0)
+    with Store.open(str(tmp_path / "replay.db")) as store:
+        m = run_replay(bundled_engine, config, _trace(), store=store, deployment="agents", max_response_tokens=4,
+                       progress=False, instance="replayer")
+        assert (m["turns"], m["hits"], m["misses"]) == (9, 6, 0)
+        (run,) = store.runs(kind="eval")
+        with store.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT run_id, prompt_tokens, output_tokens, ttft_s, e2e_s FROM requests ORDER BY id").all()
+            memory = conn.exec_driver_sql("SELECT COUNT(*) FROM memory_samples").scalar()
+        assert len(rows) == 9 and {r[0] for r in rows} == {run.id} and memory == 9
+        assert all(out == 4 for _, _, out, _, _ in rows)
+        # on a hit the cache holds the history: each program's third turn is asked on 120 + 60 + 60 prompt
+        # tokens plus the 3 of each earlier answer's 4 tokens that were fed back
+        assert sorted(r[1] for r in rows)[-3:] == [120 + 60 + 60 + 2 * 3] * 3
+        # each request's end-to-end covers its own prefill and decode, and no more: together they fit in the
+        # engine time the replay measured (a hit timed from when its cache was first filled would not)
+        assert all(e2e >= ttft > 0 for *_, ttft, e2e in rows)
+        assert sum(r[4] for r in rows) <= m["compute_s"] * 1.05
