@@ -43,6 +43,23 @@ if TYPE_CHECKING:  # loaded by attach() itself, so `import kvpilot` stays light 
 
 log = logging.getLogger(__name__)
 
+# what this process has already reported unavailable, as (store URL, deployment, probe, reason): a missing GPU
+# is one `probe_unavailable` event per process, store and deployment, not one per attach (the demo attaches
+# once per compared policy, and a CPU-only engine's reason is the same every time)
+_SAID_UNAVAILABLE: set[tuple[str, str, str, str]] = set()
+_SAID_LOCK = threading.Lock()
+
+
+def _first_time_unavailable(store: Any, deployment: str, probe: str, reason: str) -> bool:
+    """True the first time this process reports `probe` unavailable for `reason` to `store` and `deployment`."""
+    where = "" if store is None else str(getattr(store, "url", None) or id(store))
+    key = (where, deployment, probe, reason)
+    with _SAID_LOCK:
+        if key in _SAID_UNAVAILABLE:
+            return False
+        _SAID_UNAVAILABLE.add(key)
+        return True
+
 
 class LazyStore:
     """A Store opened on first use and re-tried every ``retry_s`` while the database is unreachable.
@@ -397,7 +414,8 @@ def attach(
     handle = ProbeHandle(engine, opened, owns_store, probe_set, recorder, telemetry, owns_tel, None,
                          deployment, instance_name, model_name)
     for probe_name, reason in probe_set.unavailable().items():
-        recorder.event("probe_unavailable", detail={"probe": probe_name, "reason": reason})
+        if _first_time_unavailable(opened, deployment, probe_name, reason):
+            recorder.event("probe_unavailable", detail={"probe": probe_name, "reason": reason})
     engine.observer = probe_set
     engine.request_hooks.append(probe_set.on_request)
     recorder.start()

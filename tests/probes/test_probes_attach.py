@@ -51,6 +51,36 @@ def test_attach_detach(tiny_engine, store, tmp_path):
     assert len(mem) == 2 and all(p < lg and rss > 0 and nv is None for p, lg, rss, nv in mem)
 
 
+def test_probe_unavailable_is_said_once_per_process_store_and_deployment(tiny_engine, sqlite_url, tmp_path):
+    """A CPU-only engine attached again and again (the demo attaches once per compared policy) records the
+    missing GPU once for its store and deployment; another deployment, or another store, hears it once too."""
+    from kvpilot.storage import Store
+
+    def attach_serve_detach(target, deployment: str) -> None:
+        handle = attach(tiny_engine, store=target, deployment=deployment, otel=False, spool_dir=tmp_path,
+                        watch=False, run_kind="eval")
+        tiny_engine.run(ids(32), [], 2)
+        handle.detach()
+
+    def said(target) -> list[tuple[str, str]]:
+        return sorted((dep, json.loads(d)["probe"]) for dep, d in _count(
+            target, "SELECT d.name, e.detail FROM cache_events e JOIN engine_instances i ON i.id = e.instance_id "
+                    "JOIN deployments d ON d.id = i.deployment_id WHERE e.kind = 'probe_unavailable'"))
+
+    with Store.open(sqlite_url) as store:
+        for _ in range(3):
+            attach_serve_detach(store, "d")
+        assert said(store) == [("d", "nvml"), ("d", "torch.cuda")]
+        attach_serve_detach(store, "e")
+        assert said(store) == [("d", "nvml"), ("d", "torch.cuda"), ("e", "nvml"), ("e", "torch.cuda")]
+        assert store.counts()["requests"] == 4  # the later attaches recorded their requests all the same
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    attach_serve_detach(other, "d")  # a URL opened by attach itself
+    attach_serve_detach(other, "d")
+    with Store.open(other) as store:
+        assert said(store) == [("d", "nvml"), ("d", "torch.cuda")]
+
+
 def test_store_killed_mid_run_loses_and_duplicates_nothing(tiny_engine, flaky, store, tmp_path):
     handle = attach(tiny_engine, store=flaky, deployment="d", otel=False, spool_dir=tmp_path, watch=False,
                     sampling=SamplingPolicy(decode_every=1), flush_interval_s=0.05)
