@@ -3,8 +3,9 @@
 It compares KV policies on passkey retrieval (question-agnostic: the context is compressed before the
 question is asked) with the probes attached, so every run, request, per-layer attention-skew and memory
 sample and eviction lands in the store; then runs a short Optuna study on the same samples (the smallest
-cache that matches the full cache's accuracy) and pushes the best config found, hand-picked or tuned, to
-the `demo` deployment, so every page of the dashboard and `kvpilot configs` have something to show.
+cache that matches the full cache's accuracy, over the policies that are cheap to score) and pushes the
+best config found, hand-picked or tuned, to the `demo` deployment, so every page of the dashboard and
+`kvpilot configs` have something to show. Torch uses the cores that are idle when it starts (--threads).
 """
 
 from __future__ import annotations
@@ -31,26 +32,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--db", help="store URL (default: $KVPILOT_DB or the SQLite file in $KVPILOT_HOME)")
     p.add_argument("--samples", type=int, default=6, help="passkey samples (default 6)")
-    p.add_argument("--tokens", type=int, default=1000, help="context length in tokens (default 1000)")
+    p.add_argument("--tokens", type=int, default=600, help="context length in tokens (default 600)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--deployment", default="demo", help="deployment the best config is pushed to")
-    p.add_argument("--trials", type=int, default=8,
-                   help="tuner trials after the comparison (default 8; 0 skips tuning)")
+    p.add_argument("--trials", type=int, default=4,
+                   help="tuner trials after the comparison (default 4; 0 skips tuning)")
     p.add_argument("--sessions", type=int, default=4,
                    help="agent sessions replayed with the pushed config and a KV time-to-live (default 4; 0 skips)")
     p.add_argument("--model", default=None, help="local HF model directory (default: the bundled model)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: $OMP_NUM_THREADS if set, else the cores the load average leaves idle, "
+                        "at least one)")
     p.set_defaults(func=run)
 
 
 STAGES = 5
 DEMO_INSTANCE = "demo-engine"
-# One demo request on a quiet 2-core CPU per 1,000 context tokens, everything included (probes, scoring
-# prompts, H2O's attention mass, the tuner's bookkeeping): `kvpilot demo` at 6 x 1,500 tokens with 8 trials
-# took 4 min 31 s there for 84 requests plus 4 sessions. The estimate scales it by the work and the load.
+# One demo request on a quiet 2-core CPU (two torch threads) per 1,000 context tokens, everything included
+# (probes, H2O's attention mass, the tuner's bookkeeping): `kvpilot demo` at 6 x 1,500 tokens with 8 trials
+# took 4 min 31 s there for 84 requests plus 4 sessions. On one thread the same work measures about 4.0 CPU
+# seconds per 1,000 tokens (at 600 and at 1,000 tokens alike), i.e. two threads ran about 2x faster.
 QUIET_REQUEST_S_PER_1K = 2.0
-SESSION_REQUESTS = 3  # one replayed agent session at the demo's token scale, in 1,000-token requests
+SESSION_REQUESTS = 1  # one replayed agent session (3 turns at the demo's token scale), in 1,000-token requests
 QUIET_CORES = 2
-STARTUP_S = 15.0  # loading the model and the first forward's one-time set-up, on the quiet machine
+STARTUP_S = 10.0  # loading the model and the first forward's one-time set-up, on the quiet machine
+# The tuning stage searches the policies that score from the prefill's own attention or keys (no scoring
+# prompt, no KVzip reconstruction, which costs one to three more prefills per request), at the ratios that
+# can beat the hand-picked 0.75: a few trials can then find a smaller cache that still answers.
+DEMO_SPACE = dict(policy=("knorm", "keydiff", "snapkv", "streaming"), compression_ratio=(0.75, 0.9, 0.05),
+                  layer_allocation=("uniform", "pyramid"), head_allocation=("uniform",), window=(4, 8, 16),
+                  scoring=("window",), granularity=("token",))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,13 +73,15 @@ def run(args: argparse.Namespace) -> int:
             raise KVPilotError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.trials < 0 or args.sessions < 0:
         raise KVPilotError("--trials and --sessions must be 0 or more")
-    started = time.perf_counter()
+    threads = args.threads_used = _threads(args.threads)
+    started, cpu0 = time.perf_counter(), time.process_time()
     store = Store.open(args.db)
     try:
         _demo(args, store)
     finally:
         store.close()
-    print(f"\ndone in {_duration(time.perf_counter() - started)}; everything is in {store.url}")
+    print(f"\ndone in {_duration(time.perf_counter() - started)} ({_duration(time.process_time() - cpu0)} of CPU on "
+          f"{_n(threads, 'thread')}{_load_note()}); everything is in {store.url}")
     print(f"next: `kvpilot configs --deployment {args.deployment}`, `kvpilot dashboard"
           + ("`" if args.db is None else f" --db {args.db}`"))
     return 0
@@ -114,8 +127,10 @@ def _compare(args: argparse.Namespace, engine, evaluator, store) -> list:
     from kvpilot.config import KVConfig
 
     rows = []
-    for policy, ratio in tqdm(DEFAULT_CONFIGS, desc=f"[2/{STAGES}] policies", unit="policy", leave=False):
+    for i, (policy, ratio) in enumerate(tqdm(DEFAULT_CONFIGS, desc=f"[2/{STAGES}] policies", unit="policy",
+                                             leave=False)):
         config = KVConfig(policy=policy, compression_ratio=ratio)
+        t0 = time.perf_counter()
         # the engine's config before attach: the run records it as the run's config (the Runs page)
         engine.apply_config(config)
         engine.request_boundary()
@@ -134,6 +149,8 @@ def _compare(args: argparse.Namespace, engine, evaluator, store) -> list:
         if handle.run_id is not None:
             store.finish_run(handle.run_id, metrics=metrics)
         rows.append((config, metrics))
+        if i == 0:  # the first policy's pace on this machine, now, says how long the rest will take
+            tqdm.write(_pace(args, time.perf_counter() - t0))
     full = next(m for c, m in rows if not c.compresses)
     best_c, best_m = max(((c, m) for c, m in rows if c.compresses),
                          key=lambda cm: (cm[1]["accuracy"], -cm[1]["kv_bytes"]))
@@ -187,11 +204,12 @@ def _sessions(args: argparse.Namespace, engine, store, config) -> None:
 def _tune(args: argparse.Namespace, evaluator, store):
     """Stage 3: a short Optuna study on the same samples, the smallest cache that answers as well as the full
     one. It lands in the store, so the dashboard's Tuning page has a study to show after the demo."""
-    from kvpilot.tuner import Tuner
+    from kvpilot.tuner import SearchSpace, Tuner
 
     # the comparison's evaluator (no fidelity reference: the objectives are accuracy and bytes, and the demo
     # should stay short): the baseline and any trial identical to a config already run are not recomputed
     tuner = Tuner(evaluator, study_name=_study_name(args), store=store, constraints=["accuracy>=full"],
+                  space=SearchSpace(**DEMO_SPACE),  # type: ignore[arg-type]
                   deployment=args.deployment, seed=0)  # the demo replays the same study every time
     result = tuner.optimize(args.trials)
     reused = args.trials - result.computed_runs
@@ -211,23 +229,89 @@ def _study_name(args: argparse.Namespace) -> str:
     return f"demo-passkey-{args.samples}x{args.tokens}t-seed{args.seed}"
 
 
-def _estimate(args: argparse.Namespace) -> str:
-    """How long the demo should take, said before it starts: the quiet-machine rate scaled by the work asked
-    for and by how busy this machine is now (its load average over its cores)."""
+def _threads(requested: int | None) -> int:
+    """Set torch's intra-op threads for the demo (one process doing one thing): --threads, else
+    $OMP_NUM_THREADS when set, else the cores this process may use that the load average leaves idle (at
+    least one). On the shared 2-core machine the default demo took 10 min (5.7 min of CPU) on two threads at
+    load 6-8, and 4 min (2.5 min of CPU) on one at load 5.6: threads waiting for a busy core spin and stall.
+    Returns the count."""
     import os
 
-    requests = (len(DEFAULT_CONFIGS) + args.trials) * args.samples * args.tokens / 1000 + args.sessions * SESSION_REQUESTS
-    quiet = STARTUP_S + requests * QUIET_REQUEST_S_PER_1K * QUIET_CORES / max(1, min(os.cpu_count() or 1, QUIET_CORES))
-    line = (f"estimate: about {_duration(quiet)} on a quiet 2-core machine for {len(DEFAULT_CONFIGS)} policies and "
-            f"{_n(args.trials, 'tuning trial')} on {_n(args.samples, 'sample')} of ~{args.tokens:,} tokens, then "
-            f"{_n(args.sessions, 'agent session')}")
+    import torch
+
+    if requested is None:
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        if env.isdigit() and int(env) > 0:
+            requested = int(env)
+        else:
+            cores = _cores()
+            try:
+                busy = os.getloadavg()[0]
+            except OSError:  # no load average on this platform
+                busy = 0.0
+            requested = max(1, min(cores, int(cores - busy + 0.5)))
+    if requested < 1:
+        from kvpilot.errors import KVPilotError
+
+        raise KVPilotError(f"--threads must be at least 1, got {requested}")
+    torch.set_num_threads(requested)
+    return requested
+
+
+def _cores() -> int:
+    import os
+
     try:
-        load = os.getloadavg()[0] / (os.cpu_count() or 1)
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
+def _work(args: argparse.Namespace, policies: int, trials: int) -> float:
+    """The demo's work in 1,000-token requests: each policy and trial runs every sample once, then sessions."""
+    return (policies + trials) * args.samples * args.tokens / 1000 + args.sessions * SESSION_REQUESTS
+
+
+def _estimate(args: argparse.Namespace) -> str:
+    """How long the demo should take, said before it starts: the quiet-machine rate scaled by the work asked
+    for, by the threads it runs on and by how busy this machine is now (its load average over its cores).
+    Once the first policy has run, `_pace` says it again from this machine's measured speed."""
+    import os
+
+    # on a quiet machine the demo would use both cores, unless told otherwise
+    asked = getattr(args, "threads", None)
+    quiet_threads = max(1, min(asked or QUIET_CORES, QUIET_CORES))
+    used = getattr(args, "threads_used", None) or quiet_threads
+    quiet = STARTUP_S + _work(args, len(DEFAULT_CONFIGS), args.trials) * QUIET_REQUEST_S_PER_1K * QUIET_CORES / quiet_threads
+    line = (f"estimate: about {_duration(quiet)} on a quiet 2-core machine ({_n(quiet_threads, 'torch thread')}) for "
+            f"{len(DEFAULT_CONFIGS)} policies and {_n(args.trials, 'tuning trial')} on {_n(args.samples, 'sample')} of "
+            f"~{args.tokens:,} tokens, then {_n(args.sessions, 'agent session')}; this run uses "
+            f"{_n(used, 'torch thread')}")
+    try:
+        load = os.getloadavg()[0] / _cores()
     except OSError:  # no load average on this platform
         return line
-    if load > 1.2:
-        line += f"; this machine is busy (load {load:.1f} per core), so expect up to {_duration(quiet * load)}"
+    if load > 0.5:  # how much longer is not knowable from the load average; the first policy measures it
+        line += (f"; this machine is busy (load {load:.1f} per core), so it will take longer: the first policy's "
+                 "measured speed gives a better estimate")
     return line
+
+
+def _pace(args: argparse.Namespace, first_s: float) -> str:
+    """The estimate again, from the first policy's measured wall time on this machine as it is now."""
+    per_1k = first_s / (args.samples * args.tokens / 1000)
+    rest = _work(args, len(DEFAULT_CONFIGS) - 1, args.trials) * per_1k
+    return (f"      measured: the full cache took {first_s:.0f} s for {_n(args.samples, 'request')} ({per_1k:.1f} s per "
+            f"1,000 tokens here{_load_note()}); the rest should take about {_duration(rest)}")
+
+
+def _load_note() -> str:
+    import os
+
+    try:
+        return f", load average {os.getloadavg()[0]:.1f} on {_n(_cores(), 'core')}"
+    except OSError:
+        return ""
 
 
 def _n(count: int, noun: str) -> str:
