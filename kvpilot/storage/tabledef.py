@@ -163,9 +163,13 @@ class SampleTable(Generic[R]):
         types: Mapping[type, Callable[[], TypeEngine[Any]]],
         id_type: TypeEngine[Any],
         indexes: Sequence[Sequence[str]] = (),
+        owner_indexes: Sequence[str] = OWNERS,
+        time_index: bool = False,
         otel: TableOtel | None = None,
     ):
         self.name = name
+        self.owner_indexes = tuple(owner_indexes)
+        self.time_index = time_index
         self.record = record
         self.otel = otel or TableOtel()
         self.doc = (record.__doc__ or "").strip()
@@ -175,7 +179,7 @@ class SampleTable(Generic[R]):
             for f in dataclasses.fields(record)
         )
         self.by_name = {c.name: c for c in self.columns}
-        self.table = _sql_table(name, self.columns, metadata, types, id_type, indexes)
+        self.table = _sql_table(name, self.columns, metadata, types, id_type, indexes, self.owner_indexes, time_index)
         # writer side: every column but the id, in table order
         self.writable = tuple(c.name for c in self.columns if c.name != "id")
         self._allowed = frozenset(self.writable)
@@ -336,6 +340,8 @@ def _sql_table(
     types: Mapping[type, Callable[[], TypeEngine[Any]]],
     id_type: TypeEngine[Any],
     indexes: Sequence[Sequence[str]],
+    owner_indexes: Sequence[str] = OWNERS,
+    time_index: bool = False,
 ) -> Table:
     cols: list[Any] = []
     for c in columns:
@@ -351,7 +357,13 @@ def _sql_table(
     # Dashboards read one instance or one run over a time window, and prune deletes per owner by time.
     # The indexes are partial (owner NOT NULL): engine rows without a run skip the run index entirely,
     # which is a third of the insert cost. Every sample row has an instance or a run (writers check).
-    for owner in OWNERS:
+    # A table written at high rates (layer stats) trades its (instance_id, ts) B-tree, which every row
+    # descends into, for a time index: BRIN on PostgreSQL (rows arrive in time order, so each block range
+    # covers a short span; an insert into the newest, unsummarised range costs almost nothing), a B-tree
+    # appended at its right edge on SQLite. Readers filter the instance after the time range (migration 0011).
+    if time_index:
+        cols.append(Index(f"ix_{name}_ts", "ts", postgresql_using="brin"))
+    for owner in owner_indexes:
         where = text(f"{owner} IS NOT NULL")
         cols.append(
             Index(f"ix_{name}_{owner.removesuffix('_id')}_ts", owner, "ts", sqlite_where=where, postgresql_where=where)

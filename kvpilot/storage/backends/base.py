@@ -88,6 +88,10 @@ class Backend(abc.ABC):
         the transactions writing to it, so every id up to the max(id) read next is committed (SQLite's
         BEGIN IMMEDIATE already gives both)."""
 
+    def summarize_time_index(self, conn: Connection, table: Table) -> None:  # noqa: B027 - optional hook
+        """Bring `table`'s time index up to date with the rows stored since the last call, where the index
+        lags (PostgreSQL's BRIN); called after each rollup refresh."""
+
     def deadline(self, engine: Engine) -> AbstractContextManager[None]:
         """A guard bounding how long one store operation may block on the network (none by default)."""
         return nullcontext()

@@ -105,6 +105,11 @@ class PostgresBackend(Backend):
         if raw is not None:
             conn.exec_driver_sql(f"LOCK TABLE {raw.name} IN SHARE MODE")
 
+    def summarize_time_index(self, conn: Connection, table: Table) -> None:
+        # A BRIN block range filled since the last summary is not summarised: every time-range scan reads it
+        # whole until VACUUM (autovacuum may lag under steady inserts) or this call summarises it.
+        conn.exec_driver_sql("SELECT brin_summarize_new_values(%s::regclass)", (f"ix_{table.name}_ts",))
+
     def migration_lock(self, conn: Connection) -> None:
         conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(b"kvpilot-migrations"),))
 
