@@ -48,13 +48,14 @@ def splits(url: str, batches: int) -> dict:
                 current[name] = current.get(name, 0.0) + time.perf_counter() - t
         return wrapper
 
-    orig = (LAYER_STATS.batch, samples_module._check_owners, pgcopy.pack_columns)
+    orig = (LAYER_STATS.batch, samples_module._check_owners, pgcopy.column_arrays, pgcopy._pack)
     with Store.open(url) as store:
         store.rollup_every_s = None
         ids = [store.register_instance("bench", f"engine-{i}").id for i in range(4)]
         LAYER_STATS.batch = timed("batch", orig[0])  # type: ignore[method-assign]
         samples_module._check_owners = timed("owners", orig[1])
-        pgcopy.pack_columns = timed("pack", orig[2])
+        pgcopy.column_arrays = timed("pack", orig[2])
+        pgcopy._pack = timed("pack", orig[3])
         bulk = store._backend.bulk_insert
         store._backend.bulk_insert = timed("bulk_insert", bulk)  # type: ignore[method-assign]
         try:
@@ -70,7 +71,7 @@ def splits(url: str, batches: int) -> dict:
                         spent[name].append(current.get(name, 0.0))
         finally:
             del LAYER_STATS.batch
-            samples_module._check_owners, pgcopy.pack_columns = orig[1], orig[2]
+            samples_module._check_owners, pgcopy.column_arrays, pgcopy._pack = orig[1], orig[2], orig[3]
             store._backend.bulk_insert = bulk  # type: ignore[method-assign]
     med = {k: statistics.median(v) for k, v in spent.items()}
     ms = {f"{k}_ms": round(v * 1000, 2) for k, v in med.items()}

@@ -109,7 +109,7 @@ class SampleWriter(EntityStore):
 
     def _insert(self, spec: SampleTable[Any], batch: Batch, part_id: str | None = None) -> int:
         """Bulk-insert in one transaction, claiming `part_id` in the same one (see the class docstring)."""
-        if not batch.rows:
+        if not len(batch):
             return 0
 
         def write(conn: Connection) -> int:
@@ -118,8 +118,8 @@ class SampleWriter(EntityStore):
             ):
                 return 0
             _check_owners(conn, spec.name, batch)
-            self._backend.bulk_insert(conn, spec.table, batch.columns, batch.rows)
-            return len(batch.rows)
+            self._backend.bulk_insert(conn, spec.table, batch.columns, batch.data)
+            return len(batch)
 
         stored = self._write(write)
         self._maybe_refresh_rollups()

@@ -24,8 +24,7 @@ import time
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
-from operator import add, itemgetter
+from operator import itemgetter
 from types import NoneType, UnionType
 from typing import Any, Generic, Literal, TypeVar
 
@@ -118,12 +117,29 @@ class SampleRecord:
 
 @dataclass(frozen=True)
 class Batch:
-    """Rows ready for a bulk insert: tuples in `columns` order and the distinct owner ids they name."""
+    """Rows ready for a bulk insert, column by column: `data[i]` holds column `columns[i]` of every row (a
+    column-major batch is what PostgreSQL's packing needs and what the writers' checks read), plus the distinct
+    owner ids the rows name."""
 
     columns: tuple[str, ...]
-    rows: list[tuple]
+    data: tuple[Sequence[Any], ...]
     instance_ids: frozenset[int]
     run_ids: frozenset[int]
+
+    def __len__(self) -> int:
+        return len(self.data[0]) if self.data else 0
+
+    @property
+    def rows(self) -> list[tuple]:
+        """The rows as tuples in `columns` order."""
+        return list(zip(*self.data, strict=True))
+
+    @classmethod
+    def of_rows(cls, columns: tuple[str, ...], rows: list[tuple], instance_ids: frozenset[int],
+                run_ids: frozenset[int]) -> Batch:
+        """A batch from row tuples."""
+        data = tuple(zip(*rows, strict=True)) if rows else tuple(() for _ in columns)
+        return cls(columns, data, instance_ids, run_ids)
 
 
 def _ids(values: Iterable[Any]) -> frozenset[int]:
@@ -228,17 +244,17 @@ class SampleTable(Generic[R]):
         columns the rows give or that have a value (omitted ones are NULL).
 
         A batch whose rows all have the same keys (what probes and the recorder send) is checked a column at
-        a time with C-level passes (`itemgetter`, `map`, `set`) and its tuples come from one `itemgetter`
-        per row, not a dict merge; any other batch, or one with JSON values, goes row by row (`tuples`)."""
+        a time with C-level passes (`itemgetter`, `map`, `set`) and its columns come from one `itemgetter`
+        pass per column, not a dict merge per row; any other batch, or one with JSON values, goes row by row (`tuples`)."""
         rows = rows if isinstance(rows, list) else list(rows)
         if not rows:
-            return Batch(self.writable, [], frozenset(), frozenset())
+            return Batch.of_rows(self.writable, [], frozenset(), frozenset())
         fast = self._columnar(rows, instance_id, run_id)
         if fast is not None:
             return fast
         out = self._row_by_row(rows, instance_id, run_id)
         i, r = self._owner_index
-        return Batch(self.writable, out, _ids(map(itemgetter(i), out)), _ids(map(itemgetter(r), out)))
+        return Batch.of_rows(self.writable, out, _ids(map(itemgetter(i), out)), _ids(map(itemgetter(r), out)))
 
     def _columnar(self, rows: list[SampleRow], instance_id: int | None, run_id: int | None) -> Batch | None:
         """`batch` for rows with the same keys, or None when they differ (or carry JSON): see `batch`."""
@@ -249,10 +265,11 @@ class SampleTable(Generic[R]):
         if not self._allowed.issuperset(keys):
             unknown = sorted(set(keys) - self._allowed)
             raise StoreError(f"{name} row has unknown field(s) {unknown}; allowed: {', '.join(self.writable)}")
-        try:  # same length and every key present: the same keys
-            values = list(map(itemgetter(*keys), rows))
+        try:  # same length and every key present: the same keys; one C-level pass per column
+            data = [tuple(map(itemgetter(k), rows)) for k in keys]
         except KeyError:
             return None
+        n = len(rows)
         defaults = dict(self._defaults, ts=time.time(), instance_id=instance_id, run_id=run_id)
         const = {c: defaults[c] for c in self.writable if c not in keys}
 
@@ -260,17 +277,17 @@ class SampleTable(Generic[R]):
             """The distinct values of a column in this batch."""
             if col in const:
                 return {const[col]}
-            return set(map(itemgetter(keys.index(col)), values))
+            return set(data[keys.index(col)])
 
         owners = {o: column(o) for o in OWNERS}
         if None in owners["instance_id"] and None in owners["run_id"]:
             if "instance_id" in const or "run_id" in const or any(
-                    row[0] is None and row[1] is None
-                    for row in map(itemgetter(keys.index("instance_id"), keys.index("run_id")), values)):
+                    i is None and r is None
+                    for i, r in zip(data[keys.index("instance_id")], data[keys.index("run_id")], strict=True)):
                 raise StoreError(f"{name} row belongs to no engine instance and no run: pass instance_id= or run_id=")
         for col in self._required:
             if None in column(col):
-                bad = rows[0] if col in const else rows[[v[keys.index(col)] for v in values].index(None)]
+                bad = rows[0] if col in const else rows[data[keys.index(col)].index(None)]
                 raise StoreError(f"{name} row is missing {col!r}: {dict(bad)}")
         for _, col, allowed in self._choices:
             try:
@@ -281,10 +298,9 @@ class SampleTable(Generic[R]):
                 raise StoreError(f"{name} {col} {sorted(map(repr, unknown_values))[0]} unknown; allowed: "
                                  f"{', '.join(allowed)}")
         extra = tuple((c, v) for c, v in const.items() if v is not None)
-        if extra:
-            tail = tuple(v for _, v in extra)
-            values = list(map(add, values, repeat(tail, len(values))))
-        return Batch(keys + tuple(c for c, _ in extra), values, _ids(owners["instance_id"]), _ids(owners["run_id"]))
+        data += [(v,) * n for _, v in extra]  # a constant column: one tuple of the same object
+        return Batch(keys + tuple(c for c, _ in extra), tuple(data), _ids(owners["instance_id"]),
+                     _ids(owners["run_id"]))
 
     def _row_by_row(self, rows: list[SampleRow], instance_id: int | None, run_id: int | None) -> list[tuple]:
         base = dict(self._defaults, ts=time.time(), instance_id=instance_id, run_id=run_id)

@@ -44,8 +44,11 @@ class Backend(abc.ABC):
         """The dialect's INSERT for `table`, with `on_conflict_do_nothing` / `on_conflict_do_update`."""
 
     @abc.abstractmethod
-    def bulk_insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
-        """Insert many rows (tuples in `columns` order) as fast as the database allows, in `conn`'s transaction."""
+    def bulk_insert(
+        self, conn: Connection, table: Table, columns: Sequence[str], data: Sequence[Sequence[Any]]
+    ) -> None:
+        """Insert many rows, given column by column (`data[i]`: column `columns[i]` of every row), as fast as the
+        database allows, in `conn`'s transaction."""
 
     def insert_ignore(self, conn: Connection, table: Table, values: dict[str, Any]) -> bool:
         """Insert one row unless its primary key exists; True when it was inserted (in `conn`'s transaction)."""

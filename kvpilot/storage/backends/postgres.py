@@ -57,15 +57,17 @@ class PostgresBackend(Backend):
     def deadline(self, engine: Engine) -> AbstractContextManager[None]:
         return deadlines.guard(engine)
 
-    def bulk_insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
+    def bulk_insert(
+        self, conn: Connection, table: Table, columns: Sequence[str], data: Sequence[Sequence[Any]]
+    ) -> None:
         import psycopg
 
-        from kvpilot.storage.backends.pgcopy import copy_rows
+        from kvpilot.storage.backends.pgcopy import copy_columns
 
         dbapi: Any = conn.connection.driver_connection
         try:
             with dbapi.cursor() as cur:
-                copy_rows(cur, table, columns, rows)
+                copy_columns(cur, table, columns, data)
         except psycopg.Error as exc:  # the raw cursor bypasses SQLAlchemy: wrap like SQLAlchemy would
             raise DBAPIError.instance(f"COPY {table.name}", None, exc, psycopg.Error) from exc
 

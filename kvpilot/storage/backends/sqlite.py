@@ -25,6 +25,7 @@ from kvpilot.storage.backends.base import Backend
 from kvpilot.storage.errors import BadDatabaseURLError, StoreError
 
 WRITE_OPTION = "kvpilot_write"
+WAL_CHECKPOINT_PAGES = 10_000
 
 
 def _in_wal(cur: sqlite3.Cursor) -> bool:
@@ -97,6 +98,12 @@ class SQLiteBackend(Backend):
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA cache_size=-65536")  # 64 MiB: the time indexes of big sample tables stay hot
+            # Checkpoint the WAL every 10,000 pages (about 40 MiB) instead of 1,000: a page rewritten by many
+            # commits (the right edge of a table or index that bulk inserts append to) is copied into the
+            # database once per checkpoint, not once per few batches. Commits stay as durable as before (WAL
+            # with synchronous=NORMAL); the WAL file grows to about that size. x1.24 on 12,000-row layer-stat
+            # batches (benchmarks/results/store_ingest_sqlite_pragmas.json).
+            cur.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -106,14 +113,17 @@ class SQLiteBackend(Backend):
 
         return engine
 
-    def bulk_insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
+    def bulk_insert(
+        self, conn: Connection, table: Table, columns: Sequence[str], data: Sequence[Sequence[Any]]
+    ) -> None:
         # Straight to sqlite3's executemany on the raw connection, inside the transaction the store began:
         # the statement is prepared once (sqlite3's statement cache) and stepped per row in C, without
-        # SQLAlchemy's per-row parameter processing. SQLite stores a NaN float as NULL by itself.
+        # SQLAlchemy's per-row parameter processing; zip hands it the rows of the columns one at a time, in C.
+        # SQLite stores a NaN float as NULL by itself.
         sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         dbapi: Any = conn.connection.driver_connection
         try:
-            dbapi.executemany(sql, rows)
+            dbapi.executemany(sql, zip(*data, strict=True))
         except sqlite3.Error as exc:  # the raw connection bypasses SQLAlchemy: wrap like SQLAlchemy would
             raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
         except (TypeError, ValueError, OverflowError) as exc:
