@@ -87,7 +87,7 @@ def copy_columns(cursor: Any, table: Table, columns: Sequence[str], data: Sequen
             write = copy.write_row
             row: tuple = ()
             try:
-                for row in prepare(plan, table.name, columns, rows, list(data)):
+                for row in prepare(plan, table.name, columns, rows, [tuple(c) for c in data]):
                     write(row)
             except (TypeError, ValueError, OverflowError) as exc:
                 raise StoreError(f"{table.name} row does not fit the column types ({exc}): {row}") from None
