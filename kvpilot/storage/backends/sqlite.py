@@ -105,8 +105,8 @@ class SQLiteBackend(Backend):
             # Checkpoint the WAL every 10,000 pages (about 40 MiB) instead of 1,000: a page rewritten by many
             # commits (the right edge of a table or index that bulk inserts append to) is copied into the
             # database once per checkpoint, not once per few batches. Commits stay as durable as before (WAL
-            # with synchronous=NORMAL); the WAL file grows to about that size. x1.24 on 12,000-row layer-stat
-            # batches (benchmarks/results/store_ingest_sqlite_pragmas.json).
+            # with synchronous=NORMAL); the WAL file grows to about that size. The gain depends on the disk's
+            # load: benchmarks/results/store_ingest_profile_0011.json compares both intervals.
             cur.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             cur.close()
 
@@ -123,8 +123,9 @@ class SQLiteBackend(Backend):
         # Straight to sqlite3 on the raw connection, inside the transaction the store began, without
         # SQLAlchemy's per-row parameter processing: executemany of one INSERT with up to VALUES_ROWS rows
         # (prepared once, sqlite3's statement cache), so SQLite steps one statement per VALUES_ROWS rows
-        # instead of per row (x1.6 on the insert of 12,000 layer-stat rows). zip and chain build each
-        # statement's flat parameters from the columns in C. SQLite stores a NaN float as NULL by itself.
+        # instead of per row (about x2 on the insert alone: benchmarks/results/store_ingest_profile_0011.json).
+        # zip and chain build each statement's flat parameters from the columns in C. SQLite stores a NaN
+        # float as NULL by itself.
         n = len(data[0]) if data else 0
         per = max(1, min(VALUES_ROWS, _MAX_VARIABLES // max(1, len(columns))))
         head = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "

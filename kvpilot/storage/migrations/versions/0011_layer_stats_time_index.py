@@ -2,7 +2,7 @@
 
 Layer stats arrive at hundreds of thousands of rows per second from a fleet; each row descended the partial
 (instance_id, ts) B-tree, which cost PostgreSQL's COPY about a fifth of its server time at 12,000-row batches
-(benchmarks/results/store_ingest_index_variants.json). Rows arrive in time order, so a BRIN index on `ts`
+(benchmarks/results/store_ingest_profile_0011.json). Rows arrive in time order, so a BRIN index on `ts`
 (one summary per block range) serves the time windows readers ask for at almost no insert cost; on SQLite,
 which has no BRIN, the same declaration is a B-tree on `ts`, appended at its right edge. Readers filter the
 instance after the time range; the newest sample per instance comes from the per-minute rollup and the raw rows
