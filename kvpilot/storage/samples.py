@@ -31,7 +31,7 @@ from kvpilot.storage.schema import (
     Run,
     table_of,
 )
-from kvpilot.storage.tabledef import Batch, SampleRow, SampleTable
+from kvpilot.storage.tabledef import Batch, RaggedBatch, SampleRow, SampleTable
 
 _PARTS = table_of(IngestedPart)
 log = logging.getLogger(__name__)
@@ -70,7 +70,11 @@ class SampleWriter(EntityStore):
     ) -> int:
         """Store rows of any sample table, named (`"layer_stats"`, ...) or given as its declaration."""
         spec = _table(table)
-        return self._insert(spec, spec.batch(rows, instance_id, run_id), part_id)
+        rows = rows if isinstance(rows, list) else list(rows)
+        try:
+            return self._insert(spec, spec.batch(rows, instance_id, run_id), part_id)
+        except RaggedBatch:  # rows with other keys, found while sending: rolled back, again row by row
+            return self._insert(spec, spec.batch(rows, instance_id, run_id, by_rows=True), part_id)
 
     def add_layer_stats(
         self, rows: Iterable[SampleRow], *, instance_id: int | None = None, run_id: int | None = None,

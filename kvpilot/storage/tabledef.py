@@ -115,6 +115,42 @@ class SampleRecord:
     run_id: int | None
 
 
+class RaggedBatch(Exception):
+    """Rows taken for a same-key batch hold other keys after all (found while a writer read a lazy column):
+    the writer's transaction is rolled back and the rows go again row by row."""
+
+
+class LazyColumn(Sequence[Any]):
+    """One column of same-key dict rows, read from the rows when sliced: a writer reads it a chunk at a time,
+    so on PostgreSQL reading the rows overlaps the server's work on the chunk before. A row without the key
+    raises RaggedBatch."""
+
+    __slots__ = ("_get", "_rows")
+
+    def __init__(self, rows: list[SampleRow], key: str):
+        self._rows, self._get = rows, itemgetter(key)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @typing.overload
+    def __getitem__(self, index: int) -> Any: ...
+
+    @typing.overload
+    def __getitem__(self, index: slice) -> tuple[Any, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        try:
+            if isinstance(index, slice):
+                return tuple(map(self._get, self._rows[index]))
+            return self._get(self._rows[index])
+        except KeyError:
+            raise RaggedBatch(f"a row lacks {self._get!r}") from None
+
+    def __iter__(self) -> typing.Iterator[Any]:
+        return iter(self[:])
+
+
 @dataclass(frozen=True)
 class Batch:
     """Rows ready for a bulk insert, column by column: `data[i]` holds column `columns[i]` of every row (a
@@ -239,17 +275,19 @@ class SampleTable(Generic[R]):
         rows = rows if isinstance(rows, list) else list(rows)
         return self._row_by_row(rows, instance_id, run_id) if rows else []
 
-    def batch(self, rows: Iterable[SampleRow], instance_id: int | None, run_id: int | None) -> Batch:
+    def batch(self, rows: Iterable[SampleRow], instance_id: int | None, run_id: int | None, *,
+              by_rows: bool = False) -> Batch:
         """The rows validated as `tuples` does, as a `Batch` for a bulk insert: the same values, but only the
         columns the rows give or that have a value (omitted ones are NULL).
 
         A batch whose rows all have the same keys (what probes and the recorder send) is checked a column at
-        a time with C-level passes (`itemgetter`, `map`, `set`) and its columns come from one `itemgetter`
-        pass per column, not a dict merge per row; any other batch, or one with JSON values, goes row by row (`tuples`)."""
+        a time with C-level passes (`itemgetter`, `map`, `set`), not a dict merge per row: the columns it
+        checks are read at once, the others as the writer sends them (`LazyColumn`). Any other batch, one with
+        JSON values, or any batch with `by_rows`, goes row by row (`tuples`)."""
         rows = rows if isinstance(rows, list) else list(rows)
         if not rows:
             return Batch.of_rows(self.writable, [], frozenset(), frozenset())
-        fast = self._columnar(rows, instance_id, run_id)
+        fast = None if by_rows else self._columnar(rows, instance_id, run_id)
         if fast is not None:
             return fast
         out = self._row_by_row(rows, instance_id, run_id)
@@ -265,8 +303,14 @@ class SampleTable(Generic[R]):
         if not self._allowed.issuperset(keys):
             unknown = sorted(set(keys) - self._allowed)
             raise StoreError(f"{name} row has unknown field(s) {unknown}; allowed: {', '.join(self.writable)}")
-        try:  # same length and every key present: the same keys; one C-level pass per column
-            data = [tuple(map(itemgetter(k), rows)) for k in keys]
+        # Same length and every key present means the same keys: the columns checked here are read now (one
+        # C-level pass each), the others when the writer sends them (`LazyColumn`), which finds a missing key
+        # then (RaggedBatch: the writer goes row by row).
+        checked = {*OWNERS, *self._required, *(col for _, col, _ in self._choices)}
+        try:
+            data: list[Sequence[Any]] = [
+                tuple(map(itemgetter(k), rows)) if k in checked else LazyColumn(rows, k) for k in keys
+            ]
         except KeyError:
             return None
         n = len(rows)
@@ -287,7 +331,7 @@ class SampleTable(Generic[R]):
                 raise StoreError(f"{name} row belongs to no engine instance and no run: pass instance_id= or run_id=")
         for col in self._required:
             if None in column(col):
-                bad = rows[0] if col in const else rows[data[keys.index(col)].index(None)]
+                bad = rows[0] if col in const else rows[list(data[keys.index(col)]).index(None)]
                 raise StoreError(f"{name} row is missing {col!r}: {dict(bad)}")
         for _, col, allowed in self._choices:
             try:
@@ -400,6 +444,7 @@ def json_safe(value: Any) -> Any:
 
 
 __all__ = [
-    "Batch", "ColumnInfo", "ColumnSpec", "Instrument", "InstrumentKind", "SampleRecord", "SampleRow", "SampleTable", "TableOtel",
+    "Batch", "ColumnInfo", "ColumnSpec", "Instrument", "InstrumentKind", "LazyColumn", "RaggedBatch", "SampleRecord",
+    "SampleRow", "SampleTable", "TableOtel",
     "column", "json_safe",
 ]

@@ -104,6 +104,19 @@ def test_latest_reads_the_rollup_and_the_raw_tail_as_raw_rows_would(store, inst)
     assert [r.step for r in store.layer_stats_latest(instance_id=inst.id)] == [1, 1, 1]
 
 
+def test_rows_with_other_keys_found_while_sending_go_again_row_by_row(store, inst):
+    """Rows of the same length whose keys differ pass the batch's up-front checks; the writer finds the missing
+    key while it sends the lazy columns, rolls back (the part's claim too) and stores them row by row, once."""
+    rows = [{"ts": T0 + i, "layer": 0, "entropy": float(i)} for i in range(4500)]
+    rows.append({"ts": T0 + 4500, "layer": 0, "gini": 0.5})  # after the first chunks have gone
+    assert store.add_layer_stats(rows, instance_id=inst.id, part_id="p-ragged") == len(rows)
+    assert store.add_layer_stats(rows, instance_id=inst.id, part_id="p-ragged") == 0
+    with store.engine.connect() as conn:
+        got = conn.exec_driver_sql(
+            "SELECT COUNT(*), COUNT(entropy), COUNT(gini), SUM(entropy) FROM layer_stats").one()
+    assert tuple(got) == (4501, 4500, 1, pytest.approx(sum(range(4500))))
+
+
 def test_prune_by_time_slices_deletes_every_old_layer_row(store, inst):
     """Layer stats are pruned by time slices for all owners at once: rows before the cutoff go, late rows
     (an old time under a high id) included; newer rows stay."""

@@ -69,34 +69,38 @@ CHUNK_ROWS = 2_000  # rows packed and sent at a time: the server loads one chunk
 
 
 def copy_columns(cursor: Any, table: Table, columns: Sequence[str], data: Sequence[Sequence[Any]]) -> None:
-    """Send a batch given column by column (`data[i]`: column `columns[i]` of every row) to `table` with one
-    binary COPY on a psycopg cursor.
+    """Send a batch given column by column (`data[i]`: column `columns[i]` of every row, sliceable) to `table`
+    with one binary COPY on a psycopg cursor.
 
-    A batch of plain numbers is converted by numpy once per column (`column_arrays`) and packed and sent in
-    chunks of CHUNK_ROWS rows, so packing overlaps the server's work on the chunk before; any other batch goes
-    through psycopg's typed `write_row` (`prepare`). An error fails the whole COPY (and its transaction)."""
+    The batch goes in chunks of CHUNK_ROWS rows, each sliced from the columns (lazy columns read their rows
+    then), converted by numpy once per column (`column_arrays`) and packed, so reading and packing a chunk
+    overlaps the server's work on the chunk before; a chunk that is not all plain numbers goes through
+    psycopg's typed `write_row` (`prepare`) in the same stream. An error in any chunk fails the whole COPY
+    (and its transaction)."""
     plan = copy_plan(table, tuple(columns))
     n = len(data[0]) if data else 0
     if not n:
         return
-    arrays = column_arrays(plan, table.name, data)
     with cursor.copy(plan.statement) as copy:
         copy.set_types(list(plan.types))
-        if arrays is None:
-            rows = list(zip(*data, strict=True))
+        copy.write(_HEADER)
+        by_rows = False  # psycopg ends a stream it wrote rows into with the trailer itself
+        for start in range(0, n, CHUNK_ROWS):
+            chunk = [tuple(c[start:start + CHUNK_ROWS]) for c in data]  # a tuple's slice is one already
+            arrays = column_arrays(plan, table.name, chunk)
+            if arrays is not None:
+                copy.write(_pack(_layout(plan, arrays), arrays, 0, len(chunk[0])))
+                continue
+            by_rows = True
             write = copy.write_row
             row: tuple = ()
             try:
-                for row in prepare(plan, table.name, columns, rows, [tuple(c) for c in data]):
+                for row in prepare(plan, table.name, columns, list(zip(*chunk, strict=True)), chunk):
                     write(row)
             except (TypeError, ValueError, OverflowError) as exc:
                 raise StoreError(f"{table.name} row does not fit the column types ({exc}): {row}") from None
-            return
-        copy.write(_HEADER)
-        layout = _layout(plan, arrays)
-        for start in range(0, n, CHUNK_ROWS):
-            copy.write(_pack(layout, arrays, start, min(n, start + CHUNK_ROWS)))
-        copy.write(_TRAILER)
+        if not by_rows:
+            copy.write(_TRAILER)
 
 
 # numpy's big-endian types for the binary format's fixed-width values
@@ -125,7 +129,7 @@ def column_arrays(plan: CopyPlan, name: str, by_column: Sequence[Sequence[Any]])
         except (ValueError, OverflowError):
             return None
         if arr.dtype.kind == "O":  # None among the values, or ints beyond 64 bits
-            if values.count(None) == len(values):
+            if list(values).count(None) == len(values):
                 arrays.append(None)
                 continue
             return None

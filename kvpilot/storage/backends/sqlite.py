@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from itertools import chain, islice
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -124,23 +124,26 @@ class SQLiteBackend(Backend):
         # SQLAlchemy's per-row parameter processing: executemany of one INSERT with up to VALUES_ROWS rows
         # (prepared once, sqlite3's statement cache), so SQLite steps one statement per VALUES_ROWS rows
         # instead of per row (about x2 on the insert alone: benchmarks/results/store_ingest_profile_0011.json).
-        # zip and chain build each statement's flat parameters from the columns in C. SQLite stores a NaN
-        # float as NULL by itself.
+        # Each statement's flat parameters come from slices of the columns (lazy ones read their rows then),
+        # zipped and chained in C. SQLite stores a NaN float as NULL by itself.
         n = len(data[0]) if data else 0
         per = max(1, min(VALUES_ROWS, _MAX_VARIABLES // max(1, len(columns))))
         head = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
         one = f"({', '.join('?' * len(columns))})"
-        full, rest = divmod(n, per)
-        rows = zip(*data, strict=True)
+        full = n // per
+
+        def params(start: int, end: int) -> tuple:
+            return tuple(chain.from_iterable(zip(*(c[start:end] for c in data), strict=True)))
+
         dbapi: Any = conn.connection.driver_connection
         sql = head + one
         try:
             if full:
                 sql = head + ", ".join([one] * per)
-                dbapi.executemany(sql, (tuple(chain.from_iterable(islice(rows, per))) for _ in range(full)))
-            if rest:
-                sql = head + ", ".join([one] * rest)
-                dbapi.execute(sql, tuple(chain.from_iterable(rows)))
+                dbapi.executemany(sql, (params(k * per, (k + 1) * per) for k in range(full)))
+            if n > full * per:
+                sql = head + ", ".join([one] * (n - full * per))
+                dbapi.execute(sql, params(full * per, n))
         except sqlite3.Error as exc:  # the raw connection bypasses SQLAlchemy: wrap like SQLAlchemy would
             raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
         except (TypeError, ValueError, OverflowError) as exc:
