@@ -214,25 +214,25 @@ class QueryStore(EntityStore):
     @staticmethod
     def _newest_of_instance(conn: Connection, spec: SampleTable[Any], instance_id: int) -> float | None:
         """The newest `ts` of an instance's rows in a table without an (instance_id, ts) index, from indexed
-        reads only: the per-minute rollup's newest bucket of the instance (its (instance_id, bucket) index)
-        and the raw rows not rolled up yet (ids above the rollup watermark, a primary-key range). Equal to
-        MAX(ts) over the raw rows while they are there; a store never rolled up falls back to that scan."""
+        reads only: each rollup's newest bucket of the instance (their (instance_id, bucket) indexes; every
+        grain holds the rows up to the watermark, so a pruned per-minute rollup leaves the hourly one) and
+        the raw rows not rolled up yet (ids above the watermark, a primary-key range). Equal to MAX(ts) over
+        the raw rows unless every rollup of the instance's rows was pruned before the rows themselves; a store
+        never rolled up falls back to that scan."""
         raw = spec.table
-        state = conn.execute(select(STATE.c.last_id).where(STATE.c.table_name == spec.name)).scalar()
-        if state is None:
+        last_id = conn.execute(select(STATE.c.last_id).where(STATE.c.table_name == spec.name)).scalar()
+        if last_id is None:
             return opt_float(conn.execute(select(func.max(raw.c.ts)).where(raw.c.instance_id == instance_id)).scalar())
-        fine = ROLLUPS[spec.name][0].table
-        mine = (fine.c.instance_id == instance_id, fine.c.instance_id.is_not(None))
-        last_bucket = select(func.max(fine.c.bucket)).where(*mine).scalar_subquery()
-        rolled = conn.execute(select(func.max(fine.c.ts_max)).where(*mine, fine.c.bucket >= last_bucket)).scalar()
-        tail = conn.execute(
-            select(func.max(raw.c.ts)).where(raw.c.instance_id == instance_id, raw.c.id > int(state))
-        ).scalar()
-        found = [float(v) for v in (rolled, tail) if v is not None]
-        if found:
-            return max(found)
-        # no rollup row: its raw rows may predate a pruned rollup, or the instance has none
-        return opt_float(conn.execute(select(func.max(raw.c.ts)).where(raw.c.instance_id == instance_id)).scalar())
+        found = []
+        for rollup in ROLLUPS[spec.name]:
+            t = rollup.table
+            mine = (t.c.instance_id == instance_id, t.c.instance_id.is_not(None))
+            newest_bucket = select(func.max(t.c.bucket)).where(*mine).scalar_subquery()
+            found.append(conn.execute(select(func.max(t.c.ts_max)).where(*mine, t.c.bucket >= newest_bucket)).scalar())
+        found.append(conn.execute(
+            select(func.max(raw.c.ts)).where(raw.c.instance_id == instance_id, raw.c.id > int(last_id))
+        ).scalar())
+        return max((float(v) for v in found if v is not None), default=None)
 
     def layer_stats_window(
         self, scope: Scope | None = None, *, layers: Sequence[int] | None = None, level: Level = "layer",

@@ -78,7 +78,7 @@ def test_latest_uses_lookback(store, inst):
 def test_latest_reads_the_rollup_and_the_raw_tail_as_raw_rows_would(store, inst):
     """layer_stats has no (instance_id, ts) index (migration 0011): the newest sample of an instance comes from
     the per-minute rollup plus the rows above its watermark, and equals the newest raw row in every case: no
-    rollup yet, all rolled up, a newer tail, a late old row, an instance without rows."""
+    rollup yet, all rolled up, a newer tail, a late old row, per-minute rollups pruned, an instance without rows."""
     other = store.register_instance("chat", "engine-1")
     idle = store.register_instance("chat", "engine-2")
     store.add_layer_stats(_layer_rows(5), instance_id=inst.id)
@@ -100,6 +100,9 @@ def test_latest_reads_the_rollup_and_the_raw_tail_as_raw_rows_would(store, inst)
     store.add_layer_stats(_layer_rows(2, t0=T0 + 900), instance_id=inst.id)  # a newer tail above the watermark
     store.add_layer_stats([{"ts": T0 - 50, "layer": 0}], instance_id=other.id)  # a late, old row
     assert newest() == expected() == {inst.id: T0 + 901, other.id: T0 + 502}
+    store.refresh_rollups(lag_s=0)
+    store.prune_rollups("1m", 0, now=T0 + 10**6)  # per-minute rollups gone: the hourly ones answer
+    assert newest() == expected()
     assert store.layer_stats_latest(instance_id=idle.id) == []
     assert [r.step for r in store.layer_stats_latest(instance_id=inst.id)] == [1, 1, 1]
 
