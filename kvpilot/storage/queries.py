@@ -229,8 +229,10 @@ class QueryStore(EntityStore):
             mine = (t.c.instance_id == instance_id, t.c.instance_id.is_not(None))
             newest_bucket = select(func.max(t.c.bucket)).where(*mine).scalar_subquery()
             found.append(conn.execute(select(func.max(t.c.ts_max)).where(*mine, t.c.bucket >= newest_bucket)).scalar())
+        # MAX(ts + 0), not MAX(ts): SQLite would answer MAX(ts) by walking the ts index back from its end,
+        # testing every row (the whole table when the tail is empty) instead of the rowid range
         found.append(conn.execute(
-            select(func.max(raw.c.ts)).where(raw.c.instance_id == instance_id, raw.c.id > int(last_id))
+            select(func.max(raw.c.ts + 0)).where(raw.c.instance_id == instance_id, raw.c.id > int(last_id))
         ).scalar())
         return max((float(v) for v in found if v is not None), default=None)
 
