@@ -5,8 +5,10 @@
     python benchmarks/store_ingest.py --rows 1000000 --ingest-seconds 5 --skip-pg   # quick look
 
 Ingest goes through the public API (`Store.add_layer_stats` with dict rows, 4 engine instances, batches of
-120 rows per decode step x 100 steps) on a fresh store, alternating with the previous write path on a store
-at the previous schema (revision 0007) in the same run; the time to build the dicts is not counted. The 10M-row store is
+120 rows per decode step x 100 steps) on a fresh store, alternating in the same run with the previous layout:
+`--previous 0010` (default) is the same writer on a store at revision 0010 (layer_stats with its (instance_id, ts)
+B-tree, before migration 0011's time index), `--previous 0007` the write path of revision 0007 kept verbatim
+below; the time to build the dicts is not counted. The 10M-row store is
 filled with INSERT ... SELECT (recursive CTE on SQLite, generate_series on PostgreSQL), then each dashboard
 query runs 5 times (median and max reported). Writes benchmarks/results/store_ingest.json.
 """
@@ -136,8 +138,9 @@ def _previous_postgres(conn, table, columns, rows) -> None:
 PREVIOUS = {"sqlite": _previous_sqlite, "postgresql": _previous_postgres}
 
 
-def previous_store(url: str) -> Store:
-    """A store at revision 0007 (sample rows with foreign keys), opened without the schema check."""
+def previous_store(url: str, revision: str = "0010") -> Store:
+    """A store at an earlier `revision` (0007: sample rows with foreign keys; 0010: layer_stats with its
+    (instance_id, ts) B-tree), opened without the schema check."""
     from kvpilot.storage import migrate
     from kvpilot.storage.backends import backend_for
     from kvpilot.storage.url import resolve_url
@@ -145,17 +148,47 @@ def previous_store(url: str) -> Store:
     checked = resolve_url(url)
     backend = backend_for(checked)
     engine = backend.create_engine(checked, busy_timeout_s=60.0, connect_timeout_s=5.0)
-    migrate.upgrade(engine, backend, "0007")
+    if backend.name == "sqlite":  # the checkpoint interval SQLite stores had before (its default)
+        sqlalchemy.event.listen(engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA wal_autocheckpoint=1000"))
+    migrate.upgrade(engine, backend, revision)
     return Store(engine, backend, checked, busy_timeout_s=60.0)
 
 
-def previous_add(store: Store, rows: list[dict], instance_id: int) -> int:
+def previous_add(store: Store, rows: list[dict], instance_id: int, revision: str = "0010") -> int:
     from kvpilot.storage.schema import LAYER_STATS
+
+    if revision == "0010":
+        return _previous_0010(store, rows, instance_id)
 
     tuples = _previous_tuples(LAYER_STATS, rows, instance_id, None)
     bulk = PREVIOUS[store.backend_name]
     store._write(lambda conn: bulk(conn, LAYER_STATS.table, LAYER_STATS.writable, tuples))
     return len(tuples)
+
+
+def _previous_0010(store: Store, rows: list[dict], instance_id: int) -> int:
+    """Revision 0010's `Store.add_layer_stats` for same-key rows (`store_ingest_previous`), in one transaction."""
+    from store_ingest_previous import previous_columnar, previous_copy_rows
+
+    from kvpilot.storage.samples import _check_owners
+    from kvpilot.storage.schema import LAYER_STATS
+
+    batch = previous_columnar(LAYER_STATS, rows, instance_id, None)
+    assert batch is not None, "the benchmark's rows all have the same keys"
+    table, columns = LAYER_STATS.table, batch.columns
+
+    def write(conn) -> int:
+        _check_owners(conn, "layer_stats", batch)
+        dbapi = conn.connection.driver_connection
+        if store.backend_name == "sqlite":
+            dbapi.executemany(f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
+                              f"({', '.join('?' * len(columns))})", batch.rows)
+        else:
+            with dbapi.cursor() as cur:
+                previous_copy_rows(cur, table, columns, batch.rows)
+        return len(batch.rows)
+
+    return store._write(write)
 
 
 def _rows(rnd: random.Random, step: int, steps: int) -> list[dict]:
@@ -182,8 +215,9 @@ def _rows(rnd: random.Random, step: int, steps: int) -> list[dict]:
     ]
 
 
-def ingest(new: Store, old: Store, seconds: float, steps_per_call: int, calls_per_turn: int = 4) -> dict:
-    """The current write path (`new`, head schema) against the previous one (`old`, revision 0007).
+def ingest(new: Store, old: Store, seconds: float, steps_per_call: int, calls_per_turn: int = 4,
+           previous: str = "0010") -> dict:
+    """The current write path (`new`, head schema) against the previous one (`old`, at revision `previous`).
 
     Turns of `calls_per_turn` calls alternate between the paths (new, old, old, new, ...), so load changes
     on the shared machine hit both; each pair of turns gives one new/old ratio. Building the dicts is not
@@ -193,7 +227,7 @@ def ingest(new: Store, old: Store, seconds: float, steps_per_call: int, calls_pe
            for name, s in (("new", new), ("previous", old))}
     add = {
         "new": lambda rows, iid: new.add_layer_stats(rows, instance_id=iid),
-        "previous": lambda rows, iid: previous_add(old, rows, iid),
+        "previous": lambda rows, iid: previous_add(old, rows, iid, previous),
     }
     rnd = random.Random(0)
     stats = {"new": {"rows": 0, "busy": 0.0, "rates": []}, "previous": {"rows": 0, "busy": 0.0, "rates": []}}
@@ -236,6 +270,7 @@ def ingest(new: Store, old: Store, seconds: float, steps_per_call: int, calls_pe
         }
 
     return {
+        "previous_revision": previous,
         "rows_per_call": steps_per_call * ROWS_PER_STEP,
         "calls_per_turn": calls_per_turn,
         "pairs": len(ratios),
@@ -441,10 +476,10 @@ def _fresh_pg(url: str, schema: str) -> str:
 
 def bench_backend(name: str, make_url, args) -> dict:
     print(f"[{name}] ingest for {args.ingest_seconds} s", flush=True)
-    old = previous_store(make_url("ingest_previous"))
+    old = previous_store(make_url("ingest_previous"), args.previous)
     try:
         with Store.open(make_url("ingest")) as store:
-            result = {"ingest": ingest(store, old, args.ingest_seconds, args.steps_per_call)}
+            result = {"ingest": ingest(store, old, args.ingest_seconds, args.steps_per_call, previous=args.previous)}
             if name == "postgresql":
                 with store.engine.connect() as conn:
                     result["server_version"] = conn.execute(text("SHOW server_version")).scalar()
@@ -474,6 +509,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=10_000_000, help="layer-stat rows for the query benchmark (0: skip)")
     ap.add_argument("--ingest-seconds", type=float, default=20.0)
     ap.add_argument("--steps-per-call", type=int, default=100, help="decode steps per add_layer_stats call")
+    ap.add_argument("--previous", choices=("0010", "0007"), default="0010",
+                    help="the layout and write path measured against (see the docstring)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     # the 10M-row generator's statements run for minutes: no client-side operation deadline for this process

@@ -8,8 +8,11 @@ checking the batch (`SampleTable.batch`), the per-batch owner check, numpy packi
 insert itself (executemany / COPY, server work included) and the rest of the transaction (BEGIN, COMMIT).
 With `--server-variants` (PostgreSQL superuser; the server must be able to read a file this process writes
 under --tmp), the same batch is loaded by the server from a binary file (`COPY ... FROM 'file'`, no client
-in the loop) into `layer_stats` as it is and with its indexes replaced or dropped, in a scratch schema.
-Writes benchmarks/results/store_ingest_profile.json.
+in the loop) into copies of `layer_stats` with the index layouts of revisions 0010 and 0011, in a scratch
+schema. With `--sqlite-variants`, SQLite's insert alone (no writer around it) at revisions 0010 and 0011, with
+the bulk insert and checkpoint interval of before and of now. Writes benchmarks/results/store_ingest_profile.json.
+
+    python benchmarks/store_ingest_profile.py --pg URL --server-variants --sqlite-variants
 """
 
 from __future__ import annotations
@@ -48,13 +51,14 @@ def splits(url: str, batches: int) -> dict:
                 current[name] = current.get(name, 0.0) + time.perf_counter() - t
         return wrapper
 
-    orig = (LAYER_STATS.batch, samples_module._check_owners, pgcopy.pack_columns)
+    orig = (LAYER_STATS.batch, samples_module._check_owners, pgcopy.column_arrays, pgcopy._pack)
     with Store.open(url) as store:
         store.rollup_every_s = None
         ids = [store.register_instance("bench", f"engine-{i}").id for i in range(4)]
         LAYER_STATS.batch = timed("batch", orig[0])  # type: ignore[method-assign]
         samples_module._check_owners = timed("owners", orig[1])
-        pgcopy.pack_columns = timed("pack", orig[2])
+        pgcopy.column_arrays = timed("pack", orig[2])
+        pgcopy._pack = timed("pack", orig[3])
         bulk = store._backend.bulk_insert
         store._backend.bulk_insert = timed("bulk_insert", bulk)  # type: ignore[method-assign]
         try:
@@ -70,7 +74,7 @@ def splits(url: str, batches: int) -> dict:
                         spent[name].append(current.get(name, 0.0))
         finally:
             del LAYER_STATS.batch
-            samples_module._check_owners, pgcopy.pack_columns = orig[1], orig[2]
+            samples_module._check_owners, pgcopy.column_arrays, pgcopy._pack = orig[1], orig[2], orig[3]
             store._backend.bulk_insert = bulk  # type: ignore[method-assign]
     med = {k: statistics.median(v) for k, v in spent.items()}
     ms = {f"{k}_ms": round(v * 1000, 2) for k, v in med.items()}
@@ -82,7 +86,8 @@ def splits(url: str, batches: int) -> dict:
 
 
 def server_variants(pg: str, tmp: Path, reps: int) -> dict:
-    """Server-only COPY of one 12,000-row batch from a file, per index layout of layer_stats."""
+    """Server-only COPY of one 12,000-row batch from a file into copies of layer_stats with different index
+    layouts, in round-robin turns (so load changes hit every layout): median rows/s per layout."""
     import psycopg
 
     url = B._fresh_pg(pg, "kvbench_profile")
@@ -92,7 +97,7 @@ def server_variants(pg: str, tmp: Path, reps: int) -> dict:
     cols = ", ".join(batch.columns)
     tmp.mkdir(parents=True, exist_ok=True)
     tmp.chmod(0o777)
-    path = tmp / "layer_stats_batch.bin"
+    path, with_ids = tmp / "layer_stats_batch.bin", tmp / "layer_stats_batch_ids.bin"
     from sqlalchemy.engine import make_url
 
     u = make_url(pg)
@@ -100,40 +105,103 @@ def server_variants(pg: str, tmp: Path, reps: int) -> dict:
                            options="-csearch_path=kvbench_profile")
     plan = pgcopy.copy_plan(LAYER_STATS.table, batch.columns)
     with conn.cursor() as cur, cur.copy(plan.statement) as copy:
-        copy.write(pgcopy._HEADER + pgcopy.pack_columns(plan, "layer_stats", list(zip(*batch.rows, strict=True)))
-                   + pgcopy._TRAILER)
+        copy.write(pgcopy._HEADER + pgcopy.pack_columns(plan, "layer_stats", batch.data) + pgcopy._TRAILER)
     conn.execute(f"COPY (SELECT {cols} FROM layer_stats) TO '{path}' (FORMAT binary)")
-    conn.execute("TRUNCATE layer_stats")
     conn.commit()
-
-    def rate() -> int:
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            conn.execute(f"COPY layer_stats ({cols}) FROM '{path}' (FORMAT binary)")
-            conn.commit()
-            times.append(time.perf_counter() - t)
-        return round(len(batch.rows) / statistics.median(times))
-
-    out = {}
-    steps = [
-        ("as migrated (pk btree, (instance, ts) and (run, ts) partial btrees)", []),
-        ("pk btree + BRIN(ts) instead of (instance, ts)", [
-            "DROP INDEX ix_layer_stats_instance_ts", "CREATE INDEX ix_b_ts ON layer_stats USING brin (ts)"]),
-        ("BRIN(id) + BRIN(ts), no btree", [
-            "ALTER TABLE layer_stats DROP CONSTRAINT pk_layer_stats",
-            "CREATE INDEX ix_b_id ON layer_stats USING brin (id)"]),
-        ("no index at all", ["DROP INDEX ix_b_id", "DROP INDEX ix_b_ts", "DROP INDEX ix_layer_stats_run_ts"]),
-    ]
-    for name, ddl in steps:
-        for statement in ddl:
-            conn.execute(statement)
+    # each layout on a copy of layer_stats with the primary key and the partial (run_id, ts) index, plus:
+    layouts = {
+        "0010: (instance_id, ts) B-tree": "CREATE INDEX {t}_i ON {t} (instance_id, ts) WHERE instance_id IS NOT NULL",
+        "0011: BRIN (ts)": "CREATE INDEX {t}_b ON {t} USING brin (ts)",
+        "0011, ids sent by the client (no nextval per row)": "CREATE INDEX {t}_b ON {t} USING brin (ts)",
+        "primary key only": None,
+    }
+    for k, ddl in enumerate(layouts.values()):
+        conn.execute(f"CREATE TABLE v{k} (LIKE layer_stats INCLUDING DEFAULTS)")
+        conn.execute(f"ALTER TABLE v{k} ADD PRIMARY KEY (id)")
+        conn.execute(f"CREATE INDEX v{k}_r ON v{k} (run_id, ts) WHERE run_id IS NOT NULL")
+        if ddl:
+            conn.execute(ddl.format(t=f"v{k}"))
+    conn.commit()
+    times: dict[str, list[float]] = {name: [] for name in layouts}
+    for r in range(reps):
+        # fresh ids for the layout that is sent them, above every id the sequence hands out here
+        conn.execute(f"COPY (SELECT id + {10**9 + r * 10**6}, {cols} FROM layer_stats) TO '{with_ids}' (FORMAT binary)")
         conn.commit()
-        out[name] = rate()
-        print(f"  server-only COPY, {name}: {out[name]:,} rows/s", flush=True)
+        order = list(enumerate(layouts)) if r % 2 == 0 else list(reversed(list(enumerate(layouts))))
+        for k, name in order:
+            source = f"v{k} (id, {cols}) FROM '{with_ids}'" if "ids sent" in name else f"v{k} ({cols}) FROM '{path}'"
+            t = time.perf_counter()
+            conn.execute(f"COPY {source} (FORMAT binary)")
+            conn.commit()
+            times[name].append(time.perf_counter() - t)
+    out = {name: round(len(batch) / statistics.median(ts)) for name, ts in times.items()}
+    for name, rate in out.items():
+        print(f"  server-only COPY, {name}: {rate:,} rows/s", flush=True)
     conn.close()
     path.unlink(missing_ok=True)
+    with_ids.unlink(missing_ok=True)
     B._fresh_pg(pg, "kvbench_profile")  # leave an empty schema behind, not the data
+    return out
+
+
+def sqlite_variants(tmp: Path, reps: int) -> dict:
+    """SQLite without the writer around it: one 12,000-row batch per transaction (BEGIN IMMEDIATE, insert,
+    COMMIT) into stores at revision 0010 and at head, with executemany per row or per multi-row INSERT and the
+    WAL checkpoint interval of before (1,000 pages) or now, in round-robin turns: median rows/s per variant."""
+    import sqlite3
+    from itertools import chain, islice
+
+    from kvpilot.storage import migrate
+    from kvpilot.storage.backends import backend_for
+    from kvpilot.storage.url import resolve_url
+
+    variants = {  # (revision, rows per INSERT, checkpoint pages)
+        "0010, executemany per row, checkpoint 1000": ("0010", 1, 1000),
+        "0011, executemany per row, checkpoint 1000": ("head", 1, 1000),
+        "0011, executemany per row, checkpoint 10000": ("head", 1, 10_000),
+        "0011, 200 rows per INSERT, checkpoint 10000": ("head", 200, 10_000),
+    }
+    conns = {}
+    for k, (name, (revision, _, pages)) in enumerate(variants.items()):
+        url = resolve_url(B._fresh_sqlite(tmp.parent / f"{tmp.name}_sqlite_v{k}.db"))
+        backend = backend_for(url)
+        engine = backend.create_engine(url, busy_timeout_s=60.0, connect_timeout_s=5.0)
+        migrate.upgrade(engine, backend, revision)
+        with engine.begin() as c:
+            c.exec_driver_sql("INSERT INTO deployments (id, name, created_at) VALUES (1, 'bench', 0)")
+            c.exec_driver_sql("INSERT INTO engine_instances (id, deployment_id, name, started_at, last_heartbeat) "
+                              "VALUES (1, 1, 'engine-0', 0, 0)")
+        engine.dispose()
+        conn = sqlite3.connect(str(url.database), isolation_level=None)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
+        conns[name] = conn
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    rnd = random.Random(0)
+    for r in range(reps):
+        batch = LAYER_STATS.batch(B._rows(rnd, r * 100, 100), 1, None)
+        head = f"INSERT INTO layer_stats ({', '.join(batch.columns)}) VALUES "
+        one = f"({', '.join('?' * len(batch.columns))})"
+        for name in (variants if r % 2 == 0 else reversed(list(variants))):
+            conn, per = conns[name], variants[name][1]
+            rows = zip(*batch.data, strict=True)
+            t = time.perf_counter()
+            conn.execute("BEGIN IMMEDIATE")
+            if per == 1:
+                conn.executemany(head + one, rows)
+            else:  # 12,000 rows: 60 statements of 200
+                conn.executemany(head + ", ".join([one] * per),
+                                 (tuple(chain.from_iterable(islice(rows, per))) for _ in range(len(batch) // per)))
+            conn.execute("COMMIT")
+            times[name].append(time.perf_counter() - t)
+    out = {name: round(12_000 / statistics.median(ts)) for name, ts in times.items()}
+    for k, (name, conn) in enumerate(conns.items()):
+        assert conn.execute("SELECT count(*) FROM layer_stats").fetchone()[0] == 12_000 * reps
+        conn.close()
+        for suffix in ("", "-wal", "-shm", ".init-lock"):
+            Path(f"{tmp.parent / f'{tmp.name}_sqlite_v{k}.db'}{suffix}").unlink(missing_ok=True)
+        print(f"  SQLite insert only, {name}: {out[name]:,} rows/s", flush=True)
     return out
 
 
@@ -142,13 +210,16 @@ def main() -> None:
     ap.add_argument("--pg", default=os.environ.get("KVPILOT_TEST_DATABASE_URL"))
     ap.add_argument("--batches", type=int, default=15)
     ap.add_argument("--server-variants", action="store_true")
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--sqlite-variants", action="store_true")
+    ap.add_argument("--reps", type=int, default=30, help="turns per layout in the variant comparisons")
     ap.add_argument("--tmp", default="/tmp/kvpilot_profile")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     os.environ.setdefault("KVPILOT_DB_TIMEOUT_S", "0")
     report: dict = {"command": "python " + " ".join(sys.argv), "machine": B.machine(),
                     "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "splits": {}}
+    if args.sqlite_variants:
+        report["sqlite_insert_only_rows_per_s"] = sqlite_variants(Path(args.tmp), args.reps)
     report["splits"]["sqlite"] = splits(B._fresh_sqlite(Path(args.tmp + "_sqlite.db")), args.batches)
     print("sqlite", report["splits"]["sqlite"], flush=True)
     if args.pg:

@@ -23,6 +23,7 @@ from kvpilot.storage.schema import (
     RUN_KINDS,
     RUN_STATUSES,
     SAMPLE_TABLES,
+    SAMPLES,
     Deployment,
     EngineInstance,
     EvictionLineage,
@@ -349,7 +350,8 @@ class EntityStore(RollupJobs):
         the per-minute and per-hour rollups, which stay (dashboards keep their long windows) until their own
         ages, `minute_rollups_older_than` / `hour_rollups_older_than`, when given.
 
-        Deletes per owner (instance or run) through the (owner, ts) indexes, in batches of `batch_rows`,
+        Deletes per owner (instance or run) through the (owner, ts) indexes, and layer stats (no instance index,
+        migration 0011) by time slices for all owners at once, in batches of about `batch_rows`,
         each its own short transaction, so engines writing to a SQLite file wait at most one batch for the
         lock. Returns rows deleted per table.
         """
@@ -370,6 +372,9 @@ class EntityStore(RollupJobs):
 
         deleted: dict[str, int] = {}
         for name, table in SAMPLE_TABLES.items():
+            if SAMPLES[name].time_index:  # no (owner, ts) index to walk: whole time slices, every owner's rows
+                deleted[name] = self._prune_by_time(table, cutoff, batch_rows)
+                continue
             total = 0
             for column, owner in self._read(owners):
                 while True:
@@ -390,6 +395,33 @@ class EntityStore(RollupJobs):
         for grain, rollup_age in rollup_ages.items():
             deleted.update(self.prune_rollups(grain, rollup_age, now=now))
         return deleted
+
+    def _prune_by_time(self, table: Table, cutoff: float, batch_rows: int) -> int:
+        """Delete the rows of `table` older than `cutoff` in time slices of about `batch_rows` rows, each its own
+        transaction and a range of the table's time index (BRIN on PostgreSQL).
+
+        Slices start at the time of the lowest id (rows arrive about in time order; the first slice has no lower
+        bound, so older late rows go with it) and are sized from the previous slice's row count. Returns rows
+        deleted."""
+        first = self._read(lambda conn: conn.execute(select(table.c.ts).order_by(table.c.id).limit(1)).scalar())
+        if first is None:
+            return 0
+        lo: float | None = None
+        hi, step, total = float(first), 60.0, 0
+        while True:
+            hi = min(hi + step, cutoff)
+            n = self._write(functools.partial(_delete_slice, table=table, lo=lo, hi=hi))
+            total += n
+            if hi >= cutoff:
+                return total
+            step = min(step * 4, max(step / 4, step * batch_rows / n)) if n else step * 4
+            lo = hi
+
+
+def _delete_slice(conn: Connection, *, table: Table, lo: float | None, hi: float) -> int:
+    """Delete the rows with lo <= ts < hi (no lower bound when `lo` is None)."""
+    older = (table.c.ts < hi, *(() if lo is None else (table.c.ts >= lo,)))
+    return int(conn.execute(delete(table).where(*older)).rowcount)
 
 
 def _delete_batch(

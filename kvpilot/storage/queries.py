@@ -19,7 +19,7 @@ from sqlalchemy.sql import ColumnElement, Subquery
 
 from kvpilot.storage.entities import EntityStore
 from kvpilot.storage.errors import StoreError
-from kvpilot.storage.rollup_jobs import covered_until
+from kvpilot.storage.rollup_jobs import STATE, covered_until
 from kvpilot.storage.rollups import Agg, plan_segments, segment_select
 from kvpilot.storage.schema import (
     CACHE_EVENTS,
@@ -178,17 +178,19 @@ class QueryStore(EntityStore):
             raise StoreError("layer_stats_latest needs instance_id, deployment or run_id")
 
         def run(conn: Connection) -> list[LayerStat]:
-            owners: list[ColumnElement[bool]]
             if sc.run_id is not None:
-                owners = [LS.c.run_id == sc.run_id]
-            elif sc.instance_id is not None:
-                owners = [LS.c.instance_id == sc.instance_id]
+                runs = [LS.c.run_id == sc.run_id]
+                newest_of = [conn.execute(select(func.max(LS.c.ts)).where(*runs)).scalar()]  # the (run_id, ts) index
+                owners = runs
             else:
-                assert sc.deployment is not None
-                owners = [LS.c.instance_id == i for i in self._deployment_instance_ids(conn, sc.deployment)]
+                ids = [sc.instance_id] if sc.instance_id is not None else []
+                if sc.instance_id is None:
+                    assert sc.deployment is not None
+                    ids = self._deployment_instance_ids(conn, sc.deployment)
+                owners = [LS.c.instance_id == i for i in ids]
+                newest_of = [self._newest_of_instance(conn, LAYER_STATS, i) for i in ids]
             out: list[LayerStat] = []
-            for owner in owners:
-                newest = conn.execute(select(func.max(LS.c.ts)).where(owner)).scalar()
+            for owner, newest in zip(owners, newest_of, strict=True):
                 if newest is None:
                     continue
                 rank = (
@@ -208,6 +210,31 @@ class QueryStore(EntityStore):
             return out
 
         return self._read(run)
+
+    @staticmethod
+    def _newest_of_instance(conn: Connection, spec: SampleTable[Any], instance_id: int) -> float | None:
+        """The newest `ts` of an instance's rows in a table without an (instance_id, ts) index, from indexed
+        reads only: each rollup's newest bucket of the instance (their (instance_id, bucket) indexes; every
+        grain holds the rows up to the watermark, so a pruned per-minute rollup leaves the hourly one) and
+        the raw rows not rolled up yet (ids above the watermark, a primary-key range). Equal to MAX(ts) over
+        the raw rows unless every rollup of the instance's rows was pruned before the rows themselves; a store
+        never rolled up falls back to that scan."""
+        raw = spec.table
+        last_id = conn.execute(select(STATE.c.last_id).where(STATE.c.table_name == spec.name)).scalar()
+        if last_id is None:
+            return opt_float(conn.execute(select(func.max(raw.c.ts)).where(raw.c.instance_id == instance_id)).scalar())
+        found = []
+        for rollup in ROLLUPS[spec.name]:
+            t = rollup.table
+            mine = (t.c.instance_id == instance_id, t.c.instance_id.is_not(None))
+            newest_bucket = select(func.max(t.c.bucket)).where(*mine).scalar_subquery()
+            found.append(conn.execute(select(func.max(t.c.ts_max)).where(*mine, t.c.bucket >= newest_bucket)).scalar())
+        # MAX(ts + 0), not MAX(ts): SQLite would answer MAX(ts) by walking the ts index back from its end,
+        # testing every row (the whole table when the tail is empty) instead of the rowid range
+        found.append(conn.execute(
+            select(func.max(raw.c.ts + 0)).where(raw.c.instance_id == instance_id, raw.c.id > int(last_id))
+        ).scalar())
+        return max((float(v) for v in found if v is not None), default=None)
 
     def layer_stats_window(
         self, scope: Scope | None = None, *, layers: Sequence[int] | None = None, level: Level = "layer",

@@ -64,6 +64,8 @@ class RollupJobs(StoreCore):
             chunks += 1
             if done:
                 break
+        if SAMPLES[name].time_index:
+            self._write(lambda conn: self._backend.summarize_time_index(conn, raw))
         return total
 
     def _chunk(self, conn: Connection, name: str, top: int, lag_s: float, chunk_ids: int) -> tuple[int, bool]:

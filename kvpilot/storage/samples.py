@@ -31,7 +31,7 @@ from kvpilot.storage.schema import (
     Run,
     table_of,
 )
-from kvpilot.storage.tabledef import Batch, SampleRow, SampleTable
+from kvpilot.storage.tabledef import Batch, RaggedBatch, SampleRow, SampleTable
 
 _PARTS = table_of(IngestedPart)
 log = logging.getLogger(__name__)
@@ -70,7 +70,11 @@ class SampleWriter(EntityStore):
     ) -> int:
         """Store rows of any sample table, named (`"layer_stats"`, ...) or given as its declaration."""
         spec = _table(table)
-        return self._insert(spec, spec.batch(rows, instance_id, run_id), part_id)
+        rows = rows if isinstance(rows, list) else list(rows)
+        try:
+            return self._insert(spec, spec.batch(rows, instance_id, run_id), part_id)
+        except RaggedBatch:  # rows with other keys, found while sending: rolled back, again row by row
+            return self._insert(spec, spec.batch(rows, instance_id, run_id, by_rows=True), part_id)
 
     def add_layer_stats(
         self, rows: Iterable[SampleRow], *, instance_id: int | None = None, run_id: int | None = None,
@@ -109,7 +113,7 @@ class SampleWriter(EntityStore):
 
     def _insert(self, spec: SampleTable[Any], batch: Batch, part_id: str | None = None) -> int:
         """Bulk-insert in one transaction, claiming `part_id` in the same one (see the class docstring)."""
-        if not batch.rows:
+        if not len(batch):
             return 0
 
         def write(conn: Connection) -> int:
@@ -118,8 +122,8 @@ class SampleWriter(EntityStore):
             ):
                 return 0
             _check_owners(conn, spec.name, batch)
-            self._backend.bulk_insert(conn, spec.table, batch.columns, batch.rows)
-            return len(batch.rows)
+            self._backend.bulk_insert(conn, spec.table, batch.columns, batch.data)
+            return len(batch)
 
         stored = self._write(write)
         self._maybe_refresh_rollups()

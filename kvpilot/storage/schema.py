@@ -412,6 +412,8 @@ def _sample_table(name: str, record: type[Any], **kw: Any) -> SampleTable[Any]:
 
 LAYER_STATS: SampleTable[LayerStat] = _sample_table(
     "layer_stats", LayerStat,
+    # the high-rate table: a time index instead of the (instance_id, ts) B-tree (see `tabledef._sql_table`)
+    owner_indexes=("run_id",), time_index=True,
     # per-head rows stay in the store: the layer is the metrics' finest attribute
     otel=TableOtel(rows=lambda r: r.get("head", -1) == -1, attributes=((ATTR_LAYER, "layer"),)),
 )

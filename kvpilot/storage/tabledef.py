@@ -24,8 +24,7 @@ import time
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
-from operator import add, itemgetter
+from operator import itemgetter
 from types import NoneType, UnionType
 from typing import Any, Generic, Literal, TypeVar
 
@@ -116,14 +115,67 @@ class SampleRecord:
     run_id: int | None
 
 
+class RaggedBatch(Exception):
+    """Rows taken for a same-key batch hold other keys after all (found while a writer read a lazy column):
+    the writer's transaction is rolled back and the rows go again row by row."""
+
+
+class LazyColumn(Sequence[Any]):
+    """One column of same-key dict rows, read from the rows when sliced: a writer reads it a chunk at a time,
+    so on PostgreSQL reading the rows overlaps the server's work on the chunk before. A row without the key
+    raises RaggedBatch."""
+
+    __slots__ = ("_get", "_rows")
+
+    def __init__(self, rows: list[SampleRow], key: str):
+        self._rows, self._get = rows, itemgetter(key)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @typing.overload
+    def __getitem__(self, index: int) -> Any: ...
+
+    @typing.overload
+    def __getitem__(self, index: slice) -> tuple[Any, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        try:
+            if isinstance(index, slice):
+                return tuple(map(self._get, self._rows[index]))
+            return self._get(self._rows[index])
+        except KeyError:
+            raise RaggedBatch(f"a row lacks {self._get!r}") from None
+
+    def __iter__(self) -> typing.Iterator[Any]:
+        return iter(self[:])
+
+
 @dataclass(frozen=True)
 class Batch:
-    """Rows ready for a bulk insert: tuples in `columns` order and the distinct owner ids they name."""
+    """Rows ready for a bulk insert, column by column: `data[i]` holds column `columns[i]` of every row (a
+    column-major batch is what PostgreSQL's packing needs and what the writers' checks read), plus the distinct
+    owner ids the rows name."""
 
     columns: tuple[str, ...]
-    rows: list[tuple]
+    data: tuple[Sequence[Any], ...]
     instance_ids: frozenset[int]
     run_ids: frozenset[int]
+
+    def __len__(self) -> int:
+        return len(self.data[0]) if self.data else 0
+
+    @property
+    def rows(self) -> list[tuple]:
+        """The rows as tuples in `columns` order."""
+        return list(zip(*self.data, strict=True))
+
+    @classmethod
+    def of_rows(cls, columns: tuple[str, ...], rows: list[tuple], instance_ids: frozenset[int],
+                run_ids: frozenset[int]) -> Batch:
+        """A batch from row tuples."""
+        data = tuple(zip(*rows, strict=True)) if rows else tuple(() for _ in columns)
+        return cls(columns, data, instance_ids, run_ids)
 
 
 def _ids(values: Iterable[Any]) -> frozenset[int]:
@@ -163,9 +215,13 @@ class SampleTable(Generic[R]):
         types: Mapping[type, Callable[[], TypeEngine[Any]]],
         id_type: TypeEngine[Any],
         indexes: Sequence[Sequence[str]] = (),
+        owner_indexes: Sequence[str] = OWNERS,
+        time_index: bool = False,
         otel: TableOtel | None = None,
     ):
         self.name = name
+        self.owner_indexes = tuple(owner_indexes)
+        self.time_index = time_index
         self.record = record
         self.otel = otel or TableOtel()
         self.doc = (record.__doc__ or "").strip()
@@ -175,7 +231,7 @@ class SampleTable(Generic[R]):
             for f in dataclasses.fields(record)
         )
         self.by_name = {c.name: c for c in self.columns}
-        self.table = _sql_table(name, self.columns, metadata, types, id_type, indexes)
+        self.table = _sql_table(name, self.columns, metadata, types, id_type, indexes, self.owner_indexes, time_index)
         # writer side: every column but the id, in table order
         self.writable = tuple(c.name for c in self.columns if c.name != "id")
         self._allowed = frozenset(self.writable)
@@ -219,22 +275,24 @@ class SampleTable(Generic[R]):
         rows = rows if isinstance(rows, list) else list(rows)
         return self._row_by_row(rows, instance_id, run_id) if rows else []
 
-    def batch(self, rows: Iterable[SampleRow], instance_id: int | None, run_id: int | None) -> Batch:
+    def batch(self, rows: Iterable[SampleRow], instance_id: int | None, run_id: int | None, *,
+              by_rows: bool = False) -> Batch:
         """The rows validated as `tuples` does, as a `Batch` for a bulk insert: the same values, but only the
         columns the rows give or that have a value (omitted ones are NULL).
 
         A batch whose rows all have the same keys (what probes and the recorder send) is checked a column at
-        a time with C-level passes (`itemgetter`, `map`, `set`) and its tuples come from one `itemgetter`
-        per row, not a dict merge; any other batch, or one with JSON values, goes row by row (`tuples`)."""
+        a time with C-level passes (`itemgetter`, `map`, `set`), not a dict merge per row: the columns it
+        checks are read at once, the others as the writer sends them (`LazyColumn`). Any other batch, one with
+        JSON values, or any batch with `by_rows`, goes row by row (`tuples`)."""
         rows = rows if isinstance(rows, list) else list(rows)
         if not rows:
-            return Batch(self.writable, [], frozenset(), frozenset())
-        fast = self._columnar(rows, instance_id, run_id)
+            return Batch.of_rows(self.writable, [], frozenset(), frozenset())
+        fast = None if by_rows else self._columnar(rows, instance_id, run_id)
         if fast is not None:
             return fast
         out = self._row_by_row(rows, instance_id, run_id)
         i, r = self._owner_index
-        return Batch(self.writable, out, _ids(map(itemgetter(i), out)), _ids(map(itemgetter(r), out)))
+        return Batch.of_rows(self.writable, out, _ids(map(itemgetter(i), out)), _ids(map(itemgetter(r), out)))
 
     def _columnar(self, rows: list[SampleRow], instance_id: int | None, run_id: int | None) -> Batch | None:
         """`batch` for rows with the same keys, or None when they differ (or carry JSON): see `batch`."""
@@ -245,10 +303,17 @@ class SampleTable(Generic[R]):
         if not self._allowed.issuperset(keys):
             unknown = sorted(set(keys) - self._allowed)
             raise StoreError(f"{name} row has unknown field(s) {unknown}; allowed: {', '.join(self.writable)}")
-        try:  # same length and every key present: the same keys
-            values = list(map(itemgetter(*keys), rows))
+        # Same length and every key present means the same keys: the columns checked here are read now (one
+        # C-level pass each), the others when the writer sends them (`LazyColumn`), which finds a missing key
+        # then (RaggedBatch: the writer goes row by row).
+        checked = {*OWNERS, *self._required, *(col for _, col, _ in self._choices)}
+        try:
+            data: list[Sequence[Any]] = [
+                tuple(map(itemgetter(k), rows)) if k in checked else LazyColumn(rows, k) for k in keys
+            ]
         except KeyError:
             return None
+        n = len(rows)
         defaults = dict(self._defaults, ts=time.time(), instance_id=instance_id, run_id=run_id)
         const = {c: defaults[c] for c in self.writable if c not in keys}
 
@@ -256,17 +321,17 @@ class SampleTable(Generic[R]):
             """The distinct values of a column in this batch."""
             if col in const:
                 return {const[col]}
-            return set(map(itemgetter(keys.index(col)), values))
+            return set(data[keys.index(col)])
 
         owners = {o: column(o) for o in OWNERS}
         if None in owners["instance_id"] and None in owners["run_id"]:
             if "instance_id" in const or "run_id" in const or any(
-                    row[0] is None and row[1] is None
-                    for row in map(itemgetter(keys.index("instance_id"), keys.index("run_id")), values)):
+                    i is None and r is None
+                    for i, r in zip(data[keys.index("instance_id")], data[keys.index("run_id")], strict=True)):
                 raise StoreError(f"{name} row belongs to no engine instance and no run: pass instance_id= or run_id=")
         for col in self._required:
             if None in column(col):
-                bad = rows[0] if col in const else rows[[v[keys.index(col)] for v in values].index(None)]
+                bad = rows[0] if col in const else rows[list(data[keys.index(col)]).index(None)]
                 raise StoreError(f"{name} row is missing {col!r}: {dict(bad)}")
         for _, col, allowed in self._choices:
             try:
@@ -277,10 +342,9 @@ class SampleTable(Generic[R]):
                 raise StoreError(f"{name} {col} {sorted(map(repr, unknown_values))[0]} unknown; allowed: "
                                  f"{', '.join(allowed)}")
         extra = tuple((c, v) for c, v in const.items() if v is not None)
-        if extra:
-            tail = tuple(v for _, v in extra)
-            values = list(map(add, values, repeat(tail, len(values))))
-        return Batch(keys + tuple(c for c, _ in extra), values, _ids(owners["instance_id"]), _ids(owners["run_id"]))
+        data += [(v,) * n for _, v in extra]  # a constant column: one tuple of the same object
+        return Batch(keys + tuple(c for c, _ in extra), tuple(data), _ids(owners["instance_id"]),
+                     _ids(owners["run_id"]))
 
     def _row_by_row(self, rows: list[SampleRow], instance_id: int | None, run_id: int | None) -> list[tuple]:
         base = dict(self._defaults, ts=time.time(), instance_id=instance_id, run_id=run_id)
@@ -336,6 +400,8 @@ def _sql_table(
     types: Mapping[type, Callable[[], TypeEngine[Any]]],
     id_type: TypeEngine[Any],
     indexes: Sequence[Sequence[str]],
+    owner_indexes: Sequence[str] = OWNERS,
+    time_index: bool = False,
 ) -> Table:
     cols: list[Any] = []
     for c in columns:
@@ -351,7 +417,13 @@ def _sql_table(
     # Dashboards read one instance or one run over a time window, and prune deletes per owner by time.
     # The indexes are partial (owner NOT NULL): engine rows without a run skip the run index entirely,
     # which is a third of the insert cost. Every sample row has an instance or a run (writers check).
-    for owner in OWNERS:
+    # A table written at high rates (layer stats) trades its (instance_id, ts) B-tree, which every row
+    # descends into, for a time index: BRIN on PostgreSQL (rows arrive in time order, so each block range
+    # covers a short span; an insert into the newest, unsummarised range costs almost nothing), a B-tree
+    # appended at its right edge on SQLite. Readers filter the instance after the time range (migration 0011).
+    if time_index:
+        cols.append(Index(f"ix_{name}_ts", "ts", postgresql_using="brin"))
+    for owner in owner_indexes:
         where = text(f"{owner} IS NOT NULL")
         cols.append(
             Index(f"ix_{name}_{owner.removesuffix('_id')}_ts", owner, "ts", sqlite_where=where, postgresql_where=where)
@@ -372,6 +444,7 @@ def json_safe(value: Any) -> Any:
 
 
 __all__ = [
-    "Batch", "ColumnInfo", "ColumnSpec", "Instrument", "InstrumentKind", "SampleRecord", "SampleRow", "SampleTable", "TableOtel",
+    "Batch", "ColumnInfo", "ColumnSpec", "Instrument", "InstrumentKind", "LazyColumn", "RaggedBatch", "SampleRecord",
+    "SampleRow", "SampleTable", "TableOtel",
     "column", "json_safe",
 ]

@@ -74,6 +74,70 @@ def test_latest_uses_lookback(store, inst):
     assert [r.layer for r in store.layer_stats_latest(instance_id=inst.id, lookback_s=2000)] == [0, 1]
 
 
+
+def test_latest_reads_the_rollup_and_the_raw_tail_as_raw_rows_would(store, inst):
+    """layer_stats has no (instance_id, ts) index (migration 0011): the newest sample of an instance comes from
+    the per-minute rollup plus the rows above its watermark, and equals the newest raw row in every case: no
+    rollup yet, all rolled up, a newer tail, a late old row, per-minute rollups pruned, an instance without rows."""
+    other = store.register_instance("chat", "engine-1")
+    idle = store.register_instance("chat", "engine-2")
+    store.add_layer_stats(_layer_rows(5), instance_id=inst.id)
+    store.add_layer_stats(_layer_rows(3, t0=T0 + 500), instance_id=other.id)
+
+    def expected() -> dict[int, float]:
+        with store.engine.connect() as conn:
+            return dict(conn.exec_driver_sql(
+                "SELECT instance_id, MAX(ts) FROM layer_stats GROUP BY instance_id").all())
+
+    def newest() -> dict[int, float]:
+        return {r.instance_id: max(x.ts for x in store.layer_stats_latest(deployment="chat")
+                                   if x.instance_id == r.instance_id)
+                for r in store.layer_stats_latest(deployment="chat")}
+
+    assert newest() == expected() == {inst.id: T0 + 4, other.id: T0 + 502}  # no rollup state: the plain scan
+    store.refresh_rollups(lag_s=0)
+    assert newest() == expected()  # all rolled up: from the rollup
+    store.add_layer_stats(_layer_rows(2, t0=T0 + 900), instance_id=inst.id)  # a newer tail above the watermark
+    store.add_layer_stats([{"ts": T0 - 50, "layer": 0}], instance_id=other.id)  # a late, old row
+    assert newest() == expected() == {inst.id: T0 + 901, other.id: T0 + 502}
+    store.refresh_rollups(lag_s=0)
+    store.prune_rollups("1m", 0, now=T0 + 10**6)  # per-minute rollups gone: the hourly ones answer
+    assert newest() == expected()
+    assert store.layer_stats_latest(instance_id=idle.id) == []
+    assert [r.step for r in store.layer_stats_latest(instance_id=inst.id)] == [1, 1, 1]
+
+
+def test_rows_with_other_keys_found_while_sending_go_again_row_by_row(store, inst):
+    """Rows of the same length whose keys differ pass the batch's up-front checks; the writer finds the missing
+    key while it sends the lazy columns, rolls back (the part's claim too) and stores them row by row, once."""
+    rows = [{"ts": T0 + i, "layer": 0, "entropy": float(i)} for i in range(4500)]
+    rows.append({"ts": T0 + 4500, "layer": 0, "gini": 0.5})  # after the first chunks have gone
+    assert store.add_layer_stats(rows, instance_id=inst.id, part_id="p-ragged") == len(rows)
+    assert store.add_layer_stats(rows, instance_id=inst.id, part_id="p-ragged") == 0
+    with store.engine.connect() as conn:
+        got = conn.exec_driver_sql(
+            "SELECT COUNT(*), COUNT(entropy), COUNT(gini), SUM(entropy) FROM layer_stats").one()
+    assert tuple(got) == (4501, 4500, 1, pytest.approx(sum(range(4500))))
+
+
+def test_prune_by_time_slices_deletes_every_old_layer_row(store, inst):
+    """Layer stats are pruned by time slices for all owners at once: rows before the cutoff go, late rows
+    (an old time under a high id) included; newer rows stay."""
+    rows = _layer_rows(40, layers=2, heads=1)
+    for r in rows:
+        r["ts"] = T0 + 30 * r["step"]  # a sample every 30 s for 20 minutes
+    store.add_layer_stats(rows, instance_id=inst.id)
+    store.add_layer_stats([{"ts": T0 + 5, "layer": 7}], instance_id=inst.id)  # late: old time, newest id
+    other = store.register_instance("chat", "engine-1")
+    store.add_layer_stats([{"ts": T0 + 60, "layer": 0}, {"ts": T0 + 700, "layer": 0}], instance_id=other.id)
+    cutoff = T0 + 600  # now - 300 s, on a minute boundary
+    deleted = store.prune(300, now=T0 + 900, batch_rows=5)
+    with store.engine.connect() as conn:
+        left = [r[0] for r in conn.exec_driver_sql("SELECT ts FROM layer_stats ORDER BY ts").all()]
+    assert left and min(left) >= cutoff
+    assert deleted["layer_stats"] == 20 * 4 + 2 and len(left) == 20 * 4 + 1
+
+
 def test_requests_memory_events(store, inst):
     store.add_requests(
         [

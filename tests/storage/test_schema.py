@@ -96,12 +96,47 @@ def test_0010_drops_the_sample_owner_keys_and_keeps_rows_and_indexes(db_url):
         conn.exec_driver_sql("INSERT INTO layer_stats (ts, instance_id, layer, head) VALUES (5, 1, 2, -1)")
         conn.exec_driver_sql("INSERT INTO cache_events (ts, instance_id, kind, count) VALUES (5, 1, 'hit', 1)")
     assert inspect(old.engine).get_foreign_keys("layer_stats")
+    migrate.upgrade(old.engine, old._backend, "0010")
+    insp = inspect(old.engine)
+    for table in ("layer_stats", "requests", "memory_samples", "cache_events", "vllm_samples"):
+        assert insp.get_foreign_keys(table) == [], table
+        assert {"ix_" + table + "_instance_ts", "ix_" + table + "_run_ts"} <= {i["name"] for i in insp.get_indexes(table)}
+    assert "ix_cache_events_kind_ts" in {i["name"] for i in insp.get_indexes("cache_events")}
     old.close()
     with Store.open(db_url, upgrade=True) as s:
-        insp = inspect(s.engine)
-        for table in ("layer_stats", "requests", "memory_samples", "cache_events", "vllm_samples"):
-            assert insp.get_foreign_keys(table) == [], table
-            assert {"ix_" + table + "_instance_ts", "ix_" + table + "_run_ts"} <= {i["name"] for i in insp.get_indexes(table)}
-        assert "ix_cache_events_kind_ts" in {i["name"] for i in insp.get_indexes("cache_events")}
         assert s.counts() == {"layer_stats": 1, "requests": 0, "memory_samples": 0, "cache_events": 1, "vllm_samples": 0}
         assert [r.layer for r in s.layer_stats_window(instance_id=1, since=0)] == [2]
+
+
+def test_0011_gives_layer_stats_a_time_index_and_goes_back(db_url):
+    """0011 swaps layer_stats' (instance_id, ts) B-tree for a time index (BRIN on PostgreSQL); rows stay and the
+    readers that used the old index still answer; downgrading restores the old index."""
+    old = open_for_migration(db_url)
+    migrate.upgrade(old.engine, old._backend, "0010")
+    with old.engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO deployments (id, name, created_at) VALUES (1, 'd', 0)")
+        conn.exec_driver_sql("INSERT INTO engine_instances (id, deployment_id, name, started_at, last_heartbeat) "
+                             "VALUES (1, 1, 'e', 0, 0)")
+        conn.exec_driver_sql("INSERT INTO layer_stats (ts, instance_id, layer, head, entropy) VALUES (5, 1, 2, -1, 1.5)")
+    migrate.upgrade(old.engine, old._backend, "0011")
+    indexes = {i["name"] for i in inspect(old.engine).get_indexes("layer_stats")}
+    assert "ix_layer_stats_ts" in indexes and "ix_layer_stats_instance_ts" not in indexes
+    assert "ix_layer_stats_run_ts" in indexes
+    if old._backend.name == "postgresql":
+        with old.engine.connect() as conn:
+            method = conn.exec_driver_sql(
+                "SELECT am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam WHERE c.relname = 'ix_layer_stats_ts'"
+            ).scalar()
+        assert method == "brin"
+    old.close()
+    with Store.open(db_url) as s:
+        assert [r.entropy for r in s.layer_stats_latest(instance_id=1)] == [1.5]
+        assert [r.layer for r in s.layer_stats_window(deployment="d", since=0)] == [2]
+    from alembic import command
+
+    handle = open_for_migration(db_url)
+    with handle.engine.connect() as conn, conn.begin():
+        command.downgrade(migrate.alembic_config(conn), "0010")
+    indexes = {i["name"] for i in inspect(handle.engine).get_indexes("layer_stats")}
+    assert "ix_layer_stats_instance_ts" in indexes and "ix_layer_stats_ts" not in indexes
+    handle.close()

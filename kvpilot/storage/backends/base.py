@@ -44,8 +44,11 @@ class Backend(abc.ABC):
         """The dialect's INSERT for `table`, with `on_conflict_do_nothing` / `on_conflict_do_update`."""
 
     @abc.abstractmethod
-    def bulk_insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
-        """Insert many rows (tuples in `columns` order) as fast as the database allows, in `conn`'s transaction."""
+    def bulk_insert(
+        self, conn: Connection, table: Table, columns: Sequence[str], data: Sequence[Sequence[Any]]
+    ) -> None:
+        """Insert many rows, given column by column (`data[i]`: column `columns[i]` of every row), as fast as the
+        database allows, in `conn`'s transaction."""
 
     def insert_ignore(self, conn: Connection, table: Table, values: dict[str, Any]) -> bool:
         """Insert one row unless its primary key exists; True when it was inserted (in `conn`'s transaction)."""
@@ -87,6 +90,10 @@ class Backend(abc.ABC):
         """Serialise rollup refreshes on `state`, inside `conn`'s write transaction; with `raw`, also wait for
         the transactions writing to it, so every id up to the max(id) read next is committed (SQLite's
         BEGIN IMMEDIATE already gives both)."""
+
+    def summarize_time_index(self, conn: Connection, table: Table) -> None:  # noqa: B027 - optional hook
+        """Bring `table`'s time index up to date with the rows stored since the last call, where the index
+        lags (PostgreSQL's BRIN); called after each rollup refresh."""
 
     def deadline(self, engine: Engine) -> AbstractContextManager[None]:
         """A guard bounding how long one store operation may block on the network (none by default)."""

@@ -2,7 +2,7 @@
 
 Binary COPY skips the server's text parsing and psycopg's text formatting: each value is packed by the C
 dumper of the column's own type (`Copy.set_types`). Two things the text format did for free are checked
-here, per batch and column (C-level passes over the transposed batch, not a Python loop per value):
+here, per batch and column (numpy and C-level passes over the batch's columns, not a Python loop per value):
 
 - a NaN or infinite float would be stored as such and poison every AVG(); it becomes NULL, as on SQLite;
 - binary integers are packed to the column's width without a range check (2**40 into an `integer` column
@@ -68,31 +68,34 @@ def copy_plan(table: Table, columns: tuple[str, ...]) -> CopyPlan:
 CHUNK_ROWS = 2_000  # rows packed and sent at a time: the server loads one chunk while the next is packed
 
 
-def copy_rows(cursor: Any, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
-    """Send `rows` (tuples in `columns` order) to `table` with one binary COPY on a psycopg cursor.
+def copy_columns(cursor: Any, table: Table, columns: Sequence[str], data: Sequence[Sequence[Any]]) -> None:
+    """Send a batch given column by column (`data[i]`: column `columns[i]` of every row, sliceable) to `table`
+    with one binary COPY on a psycopg cursor.
 
-    The batch goes in chunks of CHUNK_ROWS, so packing overlaps the server's work on the chunk before. A chunk
-    of plain numbers is packed by numpy (`pack_columns`); any other goes through psycopg's typed `write_row`
-    in the same COPY stream. An error in any chunk fails the whole COPY (and its transaction)."""
+    The batch goes in chunks of CHUNK_ROWS rows, each sliced from the columns (lazy columns read their rows
+    then), converted by numpy once per column (`column_arrays`) and packed, so reading and packing a chunk
+    overlaps the server's work on the chunk before; a chunk that is not all plain numbers goes through
+    psycopg's typed `write_row` (`prepare`) in the same stream. An error in any chunk fails the whole COPY
+    (and its transaction)."""
     plan = copy_plan(table, tuple(columns))
-    if not rows:
+    n = len(data[0]) if data else 0
+    if not n:
         return
     with cursor.copy(plan.statement) as copy:
         copy.set_types(list(plan.types))
         copy.write(_HEADER)
         by_rows = False  # psycopg ends a stream it wrote rows into with the trailer itself
-        for start in range(0, len(rows), CHUNK_ROWS):
-            chunk = rows[start:start + CHUNK_ROWS]
-            by_column = list(zip(*chunk, strict=True))
-            packed = pack_columns(plan, table.name, by_column)
-            if packed is not None:
-                copy.write(packed)
+        for start in range(0, n, CHUNK_ROWS):
+            chunk = [tuple(c[start:start + CHUNK_ROWS]) for c in data]  # a tuple's slice is one already
+            arrays = column_arrays(plan, table.name, chunk)
+            if arrays is not None:
+                copy.write(_pack(_layout(plan, arrays), arrays, 0, len(chunk[0])))
                 continue
             by_rows = True
             write = copy.write_row
             row: tuple = ()
             try:
-                for row in prepare(plan, table.name, columns, chunk, by_column):
+                for row in prepare(plan, table.name, columns, list(zip(*chunk, strict=True)), chunk):
                     write(row)
             except (TypeError, ValueError, OverflowError) as exc:
                 raise StoreError(f"{table.name} row does not fit the column types ({exc}): {row}") from None
@@ -106,22 +109,18 @@ _HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _TRAILER = struct.pack(">h", -1)
 
 
-def pack_columns(plan: CopyPlan, name: str, by_column: list[tuple]) -> bytes | None:
-    """The binary COPY rows (no header or trailer) of a batch of numbers, packed a column at a time by numpy,
-    or None when the batch needs the row-by-row path: a column mixing NULLs and values (rows of different
-    lengths), a non-finite float (stored as NULL), a value that is not a plain int or float for its column,
-    or a type numpy does not pack. Out-of-range integers are refused as on that path."""
+def column_arrays(plan: CopyPlan, name: str, by_column: Sequence[Sequence[Any]]) -> list[Any] | None:
+    """One numpy array per column (None for a column NULL in every row), or None when the batch needs the
+    row-by-row path: a column mixing NULLs and values, a non-finite float (stored as NULL), a value that is not
+    a plain int or float for its column, or a type numpy does not pack. Out-of-range integers are refused as on
+    that path.
+
+    NULLs are found from the arrays' dtype (a None makes numpy fall back to objects), not by scanning each
+    column for None in Python."""
     import numpy as np
 
-    n = len(by_column[0])
-    fields: list[tuple[str, str]] = [("count", ">i2")]
-    arrays: list[tuple[int, Any]] = []
+    arrays: list[Any] = []
     for i, (typ, values) in enumerate(zip(plan.types, by_column, strict=True)):
-        if None in values:
-            if values.count(None) != n:
-                return None
-            fields.append((f"l{i}", ">i4"))  # NULL in every row: its length -1 only
-            continue
         code = _PACKED.get(typ)
         if code is None:
             return None
@@ -129,10 +128,15 @@ def pack_columns(plan: CopyPlan, name: str, by_column: list[tuple]) -> bytes | N
             arr = np.array(values)
         except (ValueError, OverflowError):
             return None
+        if arr.dtype.kind == "O":  # None among the values, or ints beyond 64 bits
+            if list(values).count(None) == len(values):
+                arrays.append(None)
+                continue
+            return None
         if code[1] == "f":
             if arr.dtype.kind not in "fiu" or not np.isfinite(arr).all():
                 return None
-        elif arr.dtype.kind not in "iu":  # floats, bools or objects (ints beyond 64 bits) in an integer column
+        elif arr.dtype.kind not in "iu":  # floats, bools or strings in an integer column
             return None
         else:
             low, high = _INT_RANGES[typ]
@@ -140,16 +144,45 @@ def pack_columns(plan: CopyPlan, name: str, by_column: list[tuple]) -> bytes | N
             if lo < low or hi > high:
                 bad = lo if lo < low else hi
                 raise StoreError(f"{name} {plan.columns[i]} {bad!r} is out of range for its column ({low}..{high})")
-        fields += [(f"l{i}", ">i4"), (f"v{i}", code)]
-        arrays.append((i, arr))
-    out = np.empty(n, dtype=np.dtype(fields))
-    out["count"] = len(by_column)
-    with_values = {i for i, _ in arrays}
-    for i in range(len(by_column)):
-        out[f"l{i}"] = np.dtype(_PACKED[plan.types[i]]).itemsize if i in with_values else -1
-    for i, arr in arrays:
-        out[f"v{i}"] = arr
+        arrays.append(arr)
+    return arrays
+
+
+def _layout(plan: CopyPlan, arrays: list[Any]) -> Any:
+    """The numpy record type of one binary COPY row: the field count, then per column its length (-1: NULL)
+    and, when not NULL, its big-endian value."""
+    import numpy as np
+
+    fields: list[tuple[str, str]] = [("count", ">i2")]
+    for i, arr in enumerate(arrays):
+        fields.append((f"l{i}", ">i4"))
+        if arr is not None:
+            fields.append((f"v{i}", _PACKED[plan.types[i]]))
+    return np.dtype(fields)
+
+
+def _pack(layout: Any, arrays: list[Any], start: int, end: int) -> bytes:
+    """Rows start..end of the arrays as binary COPY rows (no header or trailer)."""
+    import numpy as np
+
+    out = np.empty(end - start, dtype=layout)
+    out["count"] = len(arrays)
+    for i, arr in enumerate(arrays):
+        if arr is None:
+            out[f"l{i}"] = -1
+            continue
+        out[f"l{i}"] = layout[f"v{i}"].itemsize
+        out[f"v{i}"] = arr[start:end]
     return out.tobytes()
+
+
+def pack_columns(plan: CopyPlan, name: str, by_column: Sequence[Sequence[Any]]) -> bytes | None:
+    """The binary COPY rows (no header or trailer) of a batch given column by column, or None when it needs the
+    row-by-row path (see `column_arrays`)."""
+    arrays = column_arrays(plan, name, by_column)
+    if arrays is None:
+        return None
+    return _pack(_layout(plan, arrays), arrays, 0, len(by_column[0]))
 
 
 def prepare(plan: CopyPlan, name: str, columns: Sequence[str], rows: list[tuple],

@@ -57,15 +57,17 @@ class PostgresBackend(Backend):
     def deadline(self, engine: Engine) -> AbstractContextManager[None]:
         return deadlines.guard(engine)
 
-    def bulk_insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
+    def bulk_insert(
+        self, conn: Connection, table: Table, columns: Sequence[str], data: Sequence[Sequence[Any]]
+    ) -> None:
         import psycopg
 
-        from kvpilot.storage.backends.pgcopy import copy_rows
+        from kvpilot.storage.backends.pgcopy import copy_columns
 
         dbapi: Any = conn.connection.driver_connection
         try:
             with dbapi.cursor() as cur:
-                copy_rows(cur, table, columns, rows)
+                copy_columns(cur, table, columns, data)
         except psycopg.Error as exc:  # the raw cursor bypasses SQLAlchemy: wrap like SQLAlchemy would
             raise DBAPIError.instance(f"COPY {table.name}", None, exc, psycopg.Error) from exc
 
@@ -104,6 +106,11 @@ class PostgresBackend(Backend):
         conn.exec_driver_sql(f"LOCK TABLE {state.name} IN EXCLUSIVE MODE")
         if raw is not None:
             conn.exec_driver_sql(f"LOCK TABLE {raw.name} IN SHARE MODE")
+
+    def summarize_time_index(self, conn: Connection, table: Table) -> None:
+        # A BRIN block range filled since the last summary is not summarised: every time-range scan reads it
+        # whole until VACUUM (autovacuum may lag under steady inserts) or this call summarises it.
+        conn.exec_driver_sql("SELECT brin_summarize_new_values(%s::regclass)", (f"ix_{table.name}_ts",))
 
     def migration_lock(self, conn: Connection) -> None:
         conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(b"kvpilot-migrations"),))
