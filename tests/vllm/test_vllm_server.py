@@ -40,11 +40,17 @@ def acks(store, version):
 def test_metrics_of_a_loaded_server_are_recorded(supervised):
     sup, store = supervised
     prompt = "Summarise the plot of a long novel about a lighthouse keeper. " * 40  # > 4 blocks of 128
+    # counters are recorded as changes between scrapes: requests before the first scrape would go uncounted
+    wait_for(lambda: store.vllm_samples(deployment="chat-vllm"), 60, "a first scrape")
     for _ in range(3):  # the same prompt again: whole blocks come from the prefix cache
         assert chat(sup.url, prompt)
-    rows = wait_for(lambda: [r for r in store.vllm_samples(deployment="chat-vllm") if r.prefix_hits],
-                    30, "a scrape that saw prefix-cache hits")
-    hits = sum(r.prefix_hits or 0 for r in store.vllm_samples(deployment="chat-vllm"))
+
+    def hits_so_far() -> int:
+        return sum(r.prefix_hits or 0 for r in store.vllm_samples(deployment="chat-vllm"))
+
+    wait_for(lambda: hits_so_far() >= 2 * 512, 30, "scrapes that saw both repeats' prefix-cache hits")
+    rows = [r for r in store.vllm_samples(deployment="chat-vllm") if r.prefix_hits]
+    hits = hits_so_far()
     queries = sum(r.prefix_queries or 0 for r in store.vllm_samples(deployment="chat-vllm"))
     assert hits >= 2 * 512 and queries > hits  # two repeats, each reusing at least four full blocks
     assert rows[0].kv_capacity_bytes == 1 << 30  # VLLM_CPU_KVCACHE_SPACE=1 (GiB)
