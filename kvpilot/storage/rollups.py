@@ -32,6 +32,7 @@ from sqlalchemy import (
     cast,
     func,
     literal,
+    or_,
     select,
     text,
 )
@@ -118,9 +119,19 @@ def refresh_select(rollup: RollupTable, bucket: ColumnElement[Any], after_id: in
     aggs += [func.count(raw[c]) for c in rollup.counted]
     return (
         select(*group, *aggs)
-        .where(raw.id > after_id, raw.id <= upto_id)
+        .where(raw.id > after_id, raw.id <= upto_id, *_owned(rollup, raw))
         .group_by(*group)
     )
+
+
+def _owned(rollup: RollupTable, raw: Any) -> list[ColumnElement[Any]]:
+    """Raw rows whose engine and run still exist: raw tables keep no foreign keys (the writer checks a batch's
+    owners once), rollups do; a row of an owner deleted since (by hand) would otherwise fail every refresh."""
+    conditions: list[ColumnElement[Any]] = []
+    for owner in OWNERS:
+        for fk in rollup.table.c[owner].foreign_keys:
+            conditions.append(or_(raw[owner].is_(None), raw[owner].in_(select(fk.column))))
+    return conditions
 
 
 def coarsen_select(rollup: RollupTable, finer: RollupTable, bucket: ColumnElement[Any], after_id: int) -> Select[Any]:

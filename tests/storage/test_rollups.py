@@ -276,3 +276,22 @@ def test_a_retention_policy_prunes_raw_rows_and_minutes_but_keeps_hours(db_url, 
     monkeypatch.setenv("KVPILOT_RETENTION", "raw=soon")
     with pytest.raises(StoreError, match=r"\$KVPILOT_RETENTION: cannot read duration 'soon'"):
         Store.open(db_url)
+
+
+def test_rows_of_an_engine_deleted_by_hand_do_not_stop_the_refresh(store):
+    """Raw tables keep no foreign keys, rollups do: a raw row whose engine was deleted (by hand, in SQL) is left
+    out of the rollups instead of failing every later refresh, and the other engines' rows still roll up."""
+    from kvpilot.storage.schema import EngineInstance
+
+    kept = store.register_instance("chat", "kept").id
+    gone = store.register_instance("chat", "gone").id
+    for inst in (kept, gone):
+        store.add_requests([{"ts": T0 + i, "ttft_s": 0.5, "prompt_tokens": 10} for i in range(20)], instance_id=inst)
+    with store.engine.begin() as conn:
+        conn.execute(EngineInstance.__table__.delete().where(EngineInstance.__table__.c.id == gone))
+    assert store.refresh_rollups(lag_s=0)["requests"] == 20  # the kept engine's rows; no error
+    assert store.refresh_rollups(lag_s=0)["requests"] == 0  # the orphans are passed, not retried
+    minute = ROLLUPS["requests"][0].table
+    with store.engine.connect() as conn:
+        owners = conn.execute(select(minute.c.instance_id, func.sum(minute.c.n)).group_by(minute.c.instance_id)).all()
+    assert owners == [(kept, 20)]
