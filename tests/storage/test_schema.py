@@ -85,14 +85,19 @@ def test_optuna_shares_the_database(db_url):
     assert len(optuna.load_study(study_name="s", storage=db_url).trials) == 2
 
 
+def _one_engine(conn) -> None:
+    """Deployment 1 with engine instance 1, in raw SQL (the ORM may be ahead of the revision under test)."""
+    conn.exec_driver_sql("INSERT INTO deployments (id, name, created_at) VALUES (1, 'd', 0)")
+    conn.exec_driver_sql("INSERT INTO engine_instances (id, deployment_id, name, started_at, last_heartbeat) "
+                         "VALUES (1, 1, 'e', 0, 0)")
+
+
 def test_0010_drops_the_sample_owner_keys_and_keeps_rows_and_indexes(db_url):
     """Upgrading a 0007 store with samples in it: rows stay, the owner foreign keys go, the indexes stay."""
     old = open_for_migration(db_url)
     migrate.upgrade(old.engine, old._backend, "0007")
     with old.engine.begin() as conn:
-        conn.exec_driver_sql("INSERT INTO deployments (id, name, created_at) VALUES (1, 'd', 0)")
-        conn.exec_driver_sql("INSERT INTO engine_instances (id, deployment_id, name, started_at, last_heartbeat) "
-                             "VALUES (1, 1, 'e', 0, 0)")
+        _one_engine(conn)
         conn.exec_driver_sql("INSERT INTO layer_stats (ts, instance_id, layer, head) VALUES (5, 1, 2, -1)")
         conn.exec_driver_sql("INSERT INTO cache_events (ts, instance_id, kind, count) VALUES (5, 1, 'hit', 1)")
     assert inspect(old.engine).get_foreign_keys("layer_stats")
@@ -114,9 +119,7 @@ def test_0011_gives_layer_stats_a_time_index_and_goes_back(db_url):
     old = open_for_migration(db_url)
     migrate.upgrade(old.engine, old._backend, "0010")
     with old.engine.begin() as conn:
-        conn.exec_driver_sql("INSERT INTO deployments (id, name, created_at) VALUES (1, 'd', 0)")
-        conn.exec_driver_sql("INSERT INTO engine_instances (id, deployment_id, name, started_at, last_heartbeat) "
-                             "VALUES (1, 1, 'e', 0, 0)")
+        _one_engine(conn)
         conn.exec_driver_sql("INSERT INTO layer_stats (ts, instance_id, layer, head, entropy) VALUES (5, 1, 2, -1, 1.5)")
     migrate.upgrade(old.engine, old._backend, "0011")
     indexes = {i["name"] for i in inspect(old.engine).get_indexes("layer_stats")}
