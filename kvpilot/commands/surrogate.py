@@ -28,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--held-out", type=int, default=2, help="contexts kept out of the fit to check it (default 2)")
     fit.add_argument("--tokens", type=int, default=1000, help="tokens per calibration context (default 1000)")
     fit.add_argument("--seed", type=int, default=101, help="calibration seed; keep it apart from evaluation seeds")
+    fit.add_argument("--target", choices=["reconstruction", "questions", "both"], default="reconstruction",
+                     help="what the weights predict: KVzip's reconstruction scores (default), the attention the "
+                     "calibration questions and their answers give each pair, or both (log of their sum); "
+                     "the last two need a workload with questions (convqa asks about every fact it states)")
     fit.add_argument("--ridge", type=float, default=1e-3, help="ridge strength, relative (default 1e-3)")
     fit.add_argument("--out", default=None, help="weights file (default: $KVPILOT_HOME/surrogates/<model>.json)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -46,18 +50,27 @@ def run_fit(args: argparse.Namespace) -> int:
     from kvpilot.engine import Engine
     from kvpilot.engine.model import resolve_model_dir
     from kvpilot.engine.prompts import chat_parts
-    from kvpilot.evaluation.surrogate import fit_surrogate, save_weights
+    from kvpilot.evaluation.surrogate import calibration_questions, fit_surrogate, save_weights
     from kvpilot.paths import kvpilot_home
     from kvpilot.workloads.registry import generate
 
     model_dir = resolve_model_dir(args.model)
     engine = Engine.load(args.model)
-    samples = generate(args.workload, args.samples, args.tokens, seed=args.seed, tokenizer=engine.tokenizer)
+    opts = {"n_facts": 10, "n_questions": 10} if args.target != "reconstruction" and args.workload == "convqa" else {}
+    samples = generate(args.workload, args.samples, args.tokens, seed=args.seed, tokenizer=engine.tokenizer, **opts)
     contexts = [chat_parts(engine.tokenizer, s.context, s.qa[0].question if s.qa else "").context_ids
                 for s in samples]
+    questions = None
+    if args.target != "reconstruction":
+        if not all(s.qa for s in samples):
+            print(f"error: --target {args.target} needs a workload with questions; {args.workload} has none",
+                  file=sys.stderr)
+            return 2
+        questions = [calibration_questions(engine.tokenizer, s) for s in samples]
     progress = (lambda it: it) if args.quiet else None
     data = fit_surrogate(engine.model, contexts, engine.reconstruction_queries, held_out=args.held_out,
-                         ridge=args.ridge, name=model_dir.name, progress=progress)
+                         ridge=args.ridge, name=model_dir.name, progress=progress, questions=questions,
+                         target=args.target)
     out = save_weights(data, args.out or kvpilot_home() / "surrogates" / f"{model_dir.name}.json")
     fit = data["fit"]
     print(f"fitted on {fit['contexts']} contexts ({fit['pairs']} pairs); held-out Spearman "

@@ -21,31 +21,69 @@ from tqdm import tqdm
 from kvpilot.cache.managed import ManagedCache
 from kvpilot.config import KVConfig
 from kvpilot.engine.generation import Reconstruction, prefill
+from kvpilot.engine.prompts import chat_parts
 from kvpilot.policies.surrogate import FEATURES, FORMAT, feature_count, pair_features
+from kvpilot.workloads.sample import Sample
 
-SCORE_FLOOR = 1e-6  # reconstruction scores are probabilities; the log needs a floor for pairs nobody read
+SCORE_FLOOR = 1e-6  # scores are attention probabilities; the log needs a floor for pairs nobody read
 CALIBRATION = KVConfig(policy="kvzip", scoring="reconstruct", compression_ratio=0.5)
+QUESTIONS = KVConfig(policy="kvzip", scoring="prompt", compression_ratio=0.5)
+# what the fit predicts: reconstruction's scores, the questions', or log(reconstruction + questions)
+TARGETS = ("reconstruction", "questions", "both")
+TARGET_FORMULAS = {
+    "reconstruction": "log(max(reconstruction score, {floor}))",
+    "questions": "log(max(question score, {floor}))",
+    "both": "log(max(reconstruction score, {floor}) + max(question score, {floor}))",
+}
 
 
 def scored_layers(model: Any, context_ids: Sequence[int], reconstruction: Reconstruction,
-                  config: KVConfig = CALIBRATION, features: str = FEATURES) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer: features [H_kv, n, F] and log reconstruction scores [H_kv, n] of the context's pairs
-    (the attention sinks left out: they are always kept)."""
-    cache = ManagedCache.for_model(model, config)
-    with torch.inference_mode():
-        prefill(model, cache, context_ids, reconstruction=reconstruction, evict=False)
-    out = []
-    for layer in cache.layers:
-        assert layer.keys is not None and layer.values is not None and layer.positions is not None
-        scores = layer.stats.scoring_mass
-        if scores is None:
-            raise RuntimeError(f"layer {layer.layer_idx} recorded no reconstruction scores")
-        keep = layer.positions[0] >= config.sink_tokens
-        feats = pair_features(layer.keys[0], layer.values[0], features=features, positions=layer.positions,
-                              seen=layer.seen, rope=cache.rope)[:, keep]
-        target = scores[:, : keep.numel()][:, keep].float().clamp_min(SCORE_FLOOR).log()
-        out.append((feats.cpu(), target.cpu()))
-    return out
+                  features: str = FEATURES, *, question_ids: Sequence[int] | None = None,
+                  target: str = "reconstruction") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer: features [H_kv, n, F] and log scores [H_kv, n] of the context's pairs (the attention sinks
+    left out: they are always kept).
+
+    `target` "reconstruction": KVzip's scores (the context reproduced as queries); "questions": the largest
+    attention that `question_ids` (questions about the context with their answers, as the model will later
+    read them) give each pair, i.e. what a question-agnostic score should have foreseen; "both": the log of
+    their sum, so a pair either pass needs ranks high."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown surrogate target {target!r}; targets: {', '.join(TARGETS)}")
+    if target != "reconstruction" and not question_ids:
+        raise ValueError(f"target {target!r} needs the calibration questions' token ids")
+    feats_by_layer: list[torch.Tensor] = []
+    logs: list[torch.Tensor] | None = None
+    passes: list[tuple[KVConfig, Sequence[int] | None]] = [(CALIBRATION, None)] if target != "questions" else []
+    passes += [(QUESTIONS, question_ids)] if target != "reconstruction" else []
+    for config, scoring_ids in passes:
+        cache = ManagedCache.for_model(model, config)
+        with torch.inference_mode():
+            prefill(model, cache, context_ids, reconstruction=reconstruction, scoring_ids=scoring_ids, evict=False)
+        layer_logs = []
+        for layer in cache.layers:
+            assert layer.keys is not None and layer.values is not None and layer.positions is not None
+            scores = layer.stats.scoring_mass
+            if scores is None:
+                raise RuntimeError(f"layer {layer.layer_idx} recorded no scoring attention")
+            keep = layer.positions[0] >= config.sink_tokens
+            if len(feats_by_layer) < len(cache.layers):
+                feats_by_layer.append(pair_features(layer.keys[0], layer.values[0], features=features,
+                                                    positions=layer.positions, seen=layer.seen,
+                                                    rope=cache.rope)[:, keep].cpu())
+            layer_logs.append(scores[:, : keep.numel()][:, keep].float().clamp_min(SCORE_FLOOR).log().cpu())
+        logs = layer_logs if logs is None else [torch.logaddexp(a, b) for a, b in zip(logs, layer_logs, strict=True)]
+    assert logs is not None
+    return list(zip(feats_by_layer, logs, strict=True))
+
+
+def calibration_questions(tokenizer: Any, sample: Sample) -> list[int]:
+    """Every question of `sample` with its answer, as the model reads them after the context (the chat
+    template's turn, the answer prefix, the answer), one after another: the queries of target "questions"."""
+    ids: list[int] = []
+    for qa in sample.qa:
+        parts = chat_parts(tokenizer, sample.context, qa.question, qa.answer_prefix)
+        ids += parts.question_ids + list(tokenizer(" " + qa.answers[0], add_special_tokens=False)["input_ids"])
+    return ids
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -66,6 +104,8 @@ def fit_surrogate(
     ridge: float = 1e-3,
     name: str = "",
     progress: Callable[[Any], Any] | None = None,
+    questions: Sequence[Sequence[int]] | None = None,
+    target: str = "reconstruction",
 ) -> dict[str, Any]:
     """Weights for the `surrogate` policy, fitted on ``contexts[held_out:]`` and checked on the first ones.
 
@@ -79,13 +119,16 @@ def fit_surrogate(
     xty: list[torch.Tensor] = []
     tests: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     pairs = 0
+    if questions is not None and len(questions) != len(contexts):
+        raise ValueError(f"{len(questions)} question sets for {len(contexts)} contexts")
     for i, ctx in enumerate(wrap(list(contexts))):
-        layers = scored_layers(model, ctx, reconstruction)
+        layers = scored_layers(model, ctx, reconstruction, question_ids=None if questions is None else questions[i],
+                               target=target)
         if i < held_out:
             tests.append(layers)
             continue
-        for li, (feats, target) in enumerate(layers):
-            x, y = feats.double(), target.double()
+        for li, (feats, log_scores) in enumerate(layers):
+            x, y = feats.double(), log_scores.double()
             a = torch.einsum("hnf,hng->hfg", x, x)
             b = torch.einsum("hnf,hn->hf", x, y)
             if li == len(xtx):
@@ -94,7 +137,7 @@ def fit_surrogate(
             else:
                 xtx[li] += a
                 xty[li] += b
-            pairs += target.numel()
+            pairs += log_scores.numel()
     weights = []
     for a, b in zip(xtx, xty, strict=True):
         eye = torch.eye(a.shape[-1], dtype=a.dtype)
@@ -104,9 +147,9 @@ def fit_surrogate(
     for li, w in enumerate(weights):
         rhos = []
         for layers in tests:
-            feats, target = layers[li]
+            feats, log_scores = layers[li]
             pred = (feats @ w[:, :, None]).squeeze(-1)
-            rhos += [spearman(pred[h], target[h]) for h in range(target.shape[0])]
+            rhos += [spearman(pred[h], log_scores[h]) for h in range(log_scores.shape[0])]
         by_layer.append(sum(rhos) / len(rhos))
     head_dim = next(d for d in range(2, 4096, 2) if feature_count(d) == weights[0].shape[-1])
     return {
@@ -122,7 +165,8 @@ def fit_surrogate(
             "held_out_contexts": held_out,
             "pairs": pairs,
             "ridge": ridge,
-            "target": f"log(max(reconstruction score, {SCORE_FLOOR}))",
+            "target": target,
+            "target_formula": TARGET_FORMULAS[target].format(floor=SCORE_FLOOR),
             "held_out_spearman_mean": sum(by_layer) / len(by_layer),
             "held_out_spearman_by_layer": [round(r, 4) for r in by_layer],
         },
@@ -136,4 +180,4 @@ def save_weights(data: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-__all__ = ["fit_surrogate", "save_weights", "scored_layers", "spearman"]
+__all__ = ["TARGETS", "calibration_questions", "fit_surrogate", "save_weights", "scored_layers", "spearman"]

@@ -12,7 +12,10 @@ predicts the log of a pair's reconstruction score from features the cache alread
 
 One weight vector per (layer, KV head); scoring costs one small matrix product per layer, so the prefill
 costs what a plain prefill costs. The weights file records the model shape it was fitted on and is
-refused on another. ``weights="bundled"`` is the file fitted for the bundled SmolLM2-135M.
+refused on another. ``weights="bundled"`` is the file fitted for the bundled SmolLM2-135M on both reconstruction's
+scores and the attention calibration questions give each pair (what later questions read, which
+reconstruction alone under-weights: issue 11's measurements); ``"bundled-reconstruction"`` the earlier fit on
+reconstruction's scores alone.
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT = 1
-BUNDLED = Path(__file__).with_name("surrogates") / "smollm2-135m-instruct.json"
+_SHIPPED = Path(__file__).with_name("surrogates")
+BUNDLED = {
+    "bundled": _SHIPPED / "smollm2-135m-instruct.json",  # `kvpilot surrogate fit --target both -n 12`
+    "bundled-reconstruction": _SHIPPED / "smollm2-135m-instruct-reconstruction.json",  # the first fit, -n 6
+}
 
 
 class SurrogateError(KVPilotError, ValueError):
@@ -94,7 +101,7 @@ def feature_count(head_dim: int, features: str = FEATURES) -> int:
 @lru_cache(maxsize=8)
 def load_weights(path: str) -> dict[str, Any]:
     """The weights file as written by the fit (checked for format and shape consistency)."""
-    file = BUNDLED if path == "bundled" else Path(path).expanduser()
+    file = BUNDLED.get(path) or Path(path).expanduser()
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -122,7 +129,8 @@ class SurrogatePolicy(Policy):
     needs_profile = True
 
     weights: str = param("bundled", description="weights file written by `kvpilot surrogate fit`, or 'bundled' "
-                         "(fitted for the bundled SmolLM2-135M)")
+                         "(fitted for the bundled SmolLM2-135M on reconstruction and question scores) or "
+                         "'bundled-reconstruction' (the same model, reconstruction scores alone)")
 
     def score(self, inp: ScoringInputs) -> torch.Tensor:
         import torch
