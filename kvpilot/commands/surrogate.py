@@ -23,10 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     fit.add_argument("--model", default=None, help="local HF model directory (default: the bundled model)")
     fit.add_argument("--workload", default="convqa", help="calibration workload (default convqa)")
-    fit.add_argument("-n", "--samples", type=int, default=8, help="calibration contexts, held-out ones included "
-                     "(default 8)")
+    fit.add_argument("-n", "--samples", type=int, default=8, help="calibration contexts per size, held-out ones "
+                     "included (default 8)")
     fit.add_argument("--held-out", type=int, default=2, help="contexts kept out of the fit to check it (default 2)")
-    fit.add_argument("--tokens", type=int, default=1000, help="tokens per calibration context (default 1000)")
+    fit.add_argument("--tokens", type=int, nargs="+", default=[1000], help="tokens per calibration context; "
+                     "several sizes give -n contexts of each, interleaved (default 1000)")
     fit.add_argument("--seed", type=int, default=101, help="calibration seed; keep it apart from evaluation seeds")
     fit.add_argument("--target", choices=["reconstruction", "questions", "both"], default="reconstruction",
                      help="what the weights predict: KVzip's reconstruction scores (default), the attention the "
@@ -40,12 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    if args.samples <= args.held_out or args.held_out < 1:
-        print(f"error: --samples ({args.samples}) must exceed --held-out ({args.held_out}), which must be >= 1",
-              file=sys.stderr)
+    total = args.samples * len(args.tokens)
+    if total <= args.held_out or args.held_out < 1:
+        print(f"error: the calibration contexts ({args.samples} x {len(args.tokens)} size(s)) must outnumber "
+              f"--held-out ({args.held_out}), which must be >= 1", file=sys.stderr)
         return 2
-    if args.tokens < 64:
-        print(f"error: --tokens must be at least 64, got {args.tokens}", file=sys.stderr)
+    if min(args.tokens) < 64:
+        print(f"error: --tokens must be at least 64, got {min(args.tokens)}", file=sys.stderr)
         return 2
     from kvpilot.engine import Engine
     from kvpilot.engine.model import resolve_model_dir
@@ -57,7 +59,9 @@ def run_fit(args: argparse.Namespace) -> int:
     model_dir = resolve_model_dir(args.model)
     engine = Engine.load(args.model)
     opts = {"n_facts": 10, "n_questions": 10} if args.target != "reconstruction" and args.workload == "convqa" else {}
-    samples = generate(args.workload, args.samples, args.tokens, seed=args.seed, tokenizer=engine.tokenizer, **opts)
+    by_size = [generate(args.workload, args.samples, tokens, seed=args.seed, tokenizer=engine.tokenizer, **opts)
+               for tokens in args.tokens]
+    samples = [s for group in zip(*by_size, strict=True) for s in group]  # interleaved: held-out ones of each size
     contexts = [chat_parts(engine.tokenizer, s.context, s.qa[0].question if s.qa else "").context_ids
                 for s in samples]
     questions = None

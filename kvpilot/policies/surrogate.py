@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 FORMAT = 1
 _SHIPPED = Path(__file__).with_name("surrogates")
 BUNDLED = {
-    "bundled": _SHIPPED / "smollm2-135m-instruct.json",  # `kvpilot surrogate fit --target both -n 12`
+    # `kvpilot surrogate fit --target both -n 6 --held-out 3 --tokens 1000 2000 4000 --seed 101`
+    "bundled": _SHIPPED / "smollm2-135m-instruct.json",
     "bundled-reconstruction": _SHIPPED / "smollm2-135m-instruct-reconstruction.json",  # the first fit, -n 6
 }
 

@@ -164,3 +164,21 @@ def test_question_target_puts_the_answers_asked_in_the_kept_share(bundled_engine
 
     questions, reconstruction = kept_share("questions"), kept_share("reconstruction")
     assert questions > reconstruction + 0.1, (questions, reconstruction)
+
+
+@pytest.mark.slow
+def test_fit_command_mixes_sizes_and_targets(tmp_path, capsys):
+    """`kvpilot surrogate fit` with two sizes fits on contexts of each (interleaved, so the held-out ones
+    include both) and records the target; a bad size is one error line."""
+    from kvpilot.cli import main
+
+    out = tmp_path / "w.json"
+    assert main(["surrogate", "fit", "--target", "both", "-n", "1", "--held-out", "1", "--tokens", "400", "500",
+                 "--quiet", "--out", str(out)]) == 0
+    fit = json.loads(out.read_text())["fit"]
+    assert (fit["contexts"], fit["held_out_contexts"], fit["target"]) == (1, 1, "both")
+    assert load_weights(str(out))["num_layers"] == 30
+    capsys.readouterr()
+    assert main(["surrogate", "fit", "--tokens", "1000", "10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --tokens must be at least 64, got 10"]
