@@ -129,7 +129,7 @@ class SurrogatePolicy(Policy):
                    "pair's key and value; no second pass")
     needs_profile = True
 
-    weights: str = param("bundled", description="weights file written by `kvpilot surrogate fit`, or 'bundled' "
+    weights: str = param("bundled", search=("bundled", "bundled-reconstruction"), description="weights file written by `kvpilot surrogate fit`, or 'bundled' "
                          "(fitted for the bundled SmolLM2-135M on reconstruction and question scores) or "
                          "'bundled-reconstruction' (the same model, reconstruction scores alone)")
 
