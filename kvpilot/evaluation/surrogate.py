@@ -29,12 +29,12 @@ SCORE_FLOOR = 1e-6  # scores are attention probabilities; the log needs a floor 
 CALIBRATION = KVConfig(policy="kvzip", scoring="reconstruct", compression_ratio=0.5)
 QUESTIONS = KVConfig(policy="kvzip", scoring="prompt", compression_ratio=0.5)
 # what the fit predicts: reconstruction's scores, the questions', or log(reconstruction + questions)
-TARGETS = ("reconstruction", "questions", "both")
 TARGET_FORMULAS = {
     "reconstruction": "log(max(reconstruction score, {floor}))",
     "questions": "log(max(question score, {floor}))",
     "both": "log(max(reconstruction score, {floor}) + max(question score, {floor}))",
 }
+TARGETS = tuple(TARGET_FORMULAS)
 
 
 def scored_layers(model: Any, context_ids: Sequence[int], reconstruction: Reconstruction,
@@ -66,7 +66,7 @@ def scored_layers(model: Any, context_ids: Sequence[int], reconstruction: Recons
             if scores is None:
                 raise RuntimeError(f"layer {layer.layer_idx} recorded no scoring attention")
             keep = layer.positions[0] >= config.sink_tokens
-            if len(feats_by_layer) < len(cache.layers):
+            if logs is None:  # the features are the same in every pass (same context, nothing evicted)
                 feats_by_layer.append(pair_features(layer.keys[0], layer.values[0], features=features,
                                                     positions=layer.positions, seen=layer.seen,
                                                     rope=cache.rope)[:, keep].cpu())
