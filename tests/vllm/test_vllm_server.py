@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -55,8 +56,23 @@ def test_metrics_of_a_loaded_server_are_recorded(supervised):
     assert hits >= 2 * 512 and queries > hits  # two repeats, each reusing at least four full blocks
     assert rows[0].kv_capacity_bytes == 1 << 30  # VLLM_CPU_KVCACHE_SPACE=1 (GiB)
     assert any(r.generation_tokens_per_s for r in store.vllm_samples(deployment="chat-vllm"))
-    mem = store.memory_window(deployment="chat-vllm", bucket_s=3600)
-    assert mem and max(b.kv_bytes_physical_max or 0 for b in mem) > 0  # the repeats held KV blocks
+    # vLLM reports the blocks running requests hold at the moment of a scrape, and a short request can fall
+    # between two scrapes: keep the server busy until a scrape lands inside one
+    stop = threading.Event()
+
+    def keep_busy() -> None:
+        while not stop.is_set():
+            chat(sup.url, prompt, max_tokens=32)
+
+    busy = threading.Thread(target=keep_busy, daemon=True)
+    busy.start()
+    try:
+        mem = wait_for(lambda: [b for b in store.memory_window(deployment="chat-vllm", bucket_s=3600)
+                                if (b.kv_bytes_physical_max or 0) > 0], 60, "a scrape during a request")
+    finally:
+        stop.set()
+        busy.join(timeout=120)
+    assert mem[0].kv_bytes_physical_max <= 1 << 30  # held blocks, within the 1 GiB cache
     (inst,) = store.instances("chat-vllm")
     assert inst.alive and inst.config_version == 1
     # the server's KV events (its ZMQ publisher) arrive as cache events: blocks the prompts stored
