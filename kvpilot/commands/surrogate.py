@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="what the weights predict: KVzip's reconstruction scores (default), the attention the "
                      "calibration questions and their answers give each pair, or both (log of their sum); "
                      "the last two need a workload with questions (convqa asks about every fact it states)")
+    fit.add_argument("--question-weight", type=float, default=1.0, help="with --target both: weight of the "
+                     "questions' scores in the sum (reconstruction reads every token about once, so at 1 it "
+                     "dominates most pairs; default 1)")
     fit.add_argument("--ridge", type=float, default=1e-3, help="ridge strength, relative (default 1e-3)")
     fit.add_argument("--out", default=None, help="weights file (default: $KVPILOT_HOME/surrogates/<model>.json)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -45,6 +48,9 @@ def run_fit(args: argparse.Namespace) -> int:
     if total <= args.held_out or args.held_out < 1:
         print(f"error: the calibration contexts ({args.samples} x {len(args.tokens)} size(s)) must outnumber "
               f"--held-out ({args.held_out}), which must be >= 1", file=sys.stderr)
+        return 2
+    if args.question_weight <= 0:
+        print(f"error: --question-weight must be positive, got {args.question_weight}", file=sys.stderr)
         return 2
     if min(args.tokens) < 64:
         print(f"error: --tokens must be at least 64, got {min(args.tokens)}", file=sys.stderr)
@@ -74,7 +80,7 @@ def run_fit(args: argparse.Namespace) -> int:
     progress = (lambda it: it) if args.quiet else None
     data = fit_surrogate(engine.model, contexts, engine.reconstruction_queries, held_out=args.held_out,
                          ridge=args.ridge, name=model_dir.name, progress=progress, questions=questions,
-                         target=args.target)
+                         target=args.target, question_weight=args.question_weight)
     out = save_weights(data, args.out or kvpilot_home() / "surrogates" / f"{model_dir.name}.json")
     fit = data["fit"]
     print(f"fitted on {fit['contexts']} contexts ({fit['pairs']} pairs); held-out Spearman "

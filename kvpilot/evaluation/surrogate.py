@@ -11,6 +11,7 @@ what selection uses.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,23 +33,27 @@ QUESTIONS = KVConfig(policy="kvzip", scoring="prompt", compression_ratio=0.5)
 TARGET_FORMULAS = {
     "reconstruction": "log(max(reconstruction score, {floor}))",
     "questions": "log(max(question score, {floor}))",
-    "both": "log(max(reconstruction score, {floor}) + max(question score, {floor}))",
+    "both": "log(max(reconstruction score, {floor}) + {weight} x max(question score, {floor}))",
 }
 TARGETS = tuple(TARGET_FORMULAS)
 
 
 def scored_layers(model: Any, context_ids: Sequence[int], reconstruction: Reconstruction,
                   features: str = FEATURES, *, question_ids: Sequence[int] | None = None,
-                  target: str = "reconstruction") -> list[tuple[torch.Tensor, torch.Tensor]]:
+                  target: str = "reconstruction", question_weight: float = 1.0,
+                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer: features [H_kv, n, F] and log scores [H_kv, n] of the context's pairs (the attention sinks
     left out: they are always kept).
 
     `target` "reconstruction": KVzip's scores (the context reproduced as queries); "questions": the largest
     attention that `question_ids` (questions about the context with their answers, as the model will later
     read them) give each pair, i.e. what a question-agnostic score should have foreseen; "both": the log of
-    their sum, so a pair either pass needs ranks high."""
+    their sum, so a pair either pass needs ranks high; `question_weight` scales the questions' part (reconstruction
+    reads every token about once, so at weight 1 its scores dominate the sum for most pairs)."""
     if target not in TARGETS:
         raise ValueError(f"unknown surrogate target {target!r}; targets: {', '.join(TARGETS)}")
+    if question_weight <= 0:
+        raise ValueError(f"question_weight must be positive, got {question_weight}")
     if target != "reconstruction" and not question_ids:
         raise ValueError(f"target {target!r} needs the calibration questions' token ids")
     feats_by_layer: list[torch.Tensor] = []
@@ -56,6 +61,7 @@ def scored_layers(model: Any, context_ids: Sequence[int], reconstruction: Recons
     passes: list[tuple[KVConfig, Sequence[int] | None]] = [(CALIBRATION, None)] if target != "questions" else []
     passes += [(QUESTIONS, question_ids)] if target != "reconstruction" else []
     for config, scoring_ids in passes:
+        shift = math.log(question_weight) if target == "both" and config is QUESTIONS else 0.0
         cache = ManagedCache.for_model(model, config)
         with torch.inference_mode():
             prefill(model, cache, context_ids, reconstruction=reconstruction, scoring_ids=scoring_ids, evict=False)
@@ -70,7 +76,7 @@ def scored_layers(model: Any, context_ids: Sequence[int], reconstruction: Recons
                 feats_by_layer.append(pair_features(layer.keys[0], layer.values[0], features=features,
                                                     positions=layer.positions, seen=layer.seen,
                                                     rope=cache.rope)[:, keep].cpu())
-            layer_logs.append(scores[:, : keep.numel()][:, keep].float().clamp_min(SCORE_FLOOR).log().cpu())
+            layer_logs.append(scores[:, : keep.numel()][:, keep].float().clamp_min(SCORE_FLOOR).log().cpu() + shift)
         logs = layer_logs if logs is None else [torch.logaddexp(a, b) for a, b in zip(logs, layer_logs, strict=True)]
     assert logs is not None
     return list(zip(feats_by_layer, logs, strict=True))
@@ -106,6 +112,7 @@ def fit_surrogate(
     progress: Callable[[Any], Any] | None = None,
     questions: Sequence[Sequence[int]] | None = None,
     target: str = "reconstruction",
+    question_weight: float = 1.0,
 ) -> dict[str, Any]:
     """Weights for the `surrogate` policy, fitted on ``contexts[held_out:]`` and checked on the first ones.
 
@@ -123,7 +130,7 @@ def fit_surrogate(
         raise ValueError(f"{len(questions)} question sets for {len(contexts)} contexts")
     for i, ctx in enumerate(wrap(list(contexts))):
         layers = scored_layers(model, ctx, reconstruction, question_ids=None if questions is None else questions[i],
-                               target=target)
+                               target=target, question_weight=question_weight)
         if i < held_out:
             tests.append(layers)
             continue
@@ -166,7 +173,8 @@ def fit_surrogate(
             "pairs": pairs,
             "ridge": ridge,
             "target": target,
-            "target_formula": TARGET_FORMULAS[target].format(floor=SCORE_FLOOR),
+            "question_weight": question_weight if target == "both" else None,
+            "target_formula": TARGET_FORMULAS[target].format(floor=SCORE_FLOOR, weight=f"{question_weight:g}"),
             "held_out_spearman_mean": sum(by_layer) / len(by_layer),
             "held_out_spearman_by_layer": [round(r, 4) for r in by_layer],
         },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -119,9 +120,16 @@ def test_both_target_is_the_log_of_the_summed_scores(tiny_model):
         assert torch.equal(fr, fb) and torch.equal(fq, fb)
         assert not torch.allclose(r, q)
         torch.testing.assert_close(b, torch.logaddexp(r, q))
+    weighted = scored_layers(tiny_model, ctx, toy_reconstruction, question_ids=questions, target="both",
+                             question_weight=10.0)
+    for (_, r), (_, q), (_, w) in zip(rec, que, weighted, strict=True):
+        torch.testing.assert_close(w, torch.logaddexp(r, q + math.log(10.0)))
     data = fit_surrogate(tiny_model, _contexts(3), toy_reconstruction, held_out=1, progress=lambda it: it,
-                         questions=[questions] * 3, target="both")
-    assert data["fit"]["target"] == "both" and "question score" in data["fit"]["target_formula"]
+                         questions=[questions] * 3, target="both", question_weight=3.0)
+    assert data["fit"]["target"] == "both" and "3 x max(question score" in data["fit"]["target_formula"]
+    assert data["fit"]["question_weight"] == 3.0
+    with pytest.raises(ValueError, match="question_weight must be positive"):
+        scored_layers(tiny_model, ctx, toy_reconstruction, question_ids=questions, target="both", question_weight=0)
     with pytest.raises(ValueError, match="needs the calibration questions"):
         scored_layers(tiny_model, ctx, toy_reconstruction, target="questions")
 
@@ -174,11 +182,13 @@ def test_fit_command_mixes_sizes_and_targets(tmp_path, capsys):
 
     out = tmp_path / "w.json"
     assert main(["surrogate", "fit", "--target", "both", "-n", "1", "--held-out", "1", "--tokens", "400", "500",
-                 "--quiet", "--out", str(out)]) == 0
+                 "--question-weight", "4", "--quiet", "--out", str(out)]) == 0
     fit = json.loads(out.read_text())["fit"]
-    assert (fit["contexts"], fit["held_out_contexts"], fit["target"]) == (1, 1, "both")
+    assert (fit["contexts"], fit["held_out_contexts"], fit["target"], fit["question_weight"]) == (1, 1, "both", 4.0)
     assert load_weights(str(out))["num_layers"] == 30
     capsys.readouterr()
     assert main(["surrogate", "fit", "--tokens", "1000", "10"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --tokens must be at least 64, got 10"]
+    assert main(["surrogate", "fit", "--target", "both", "--question-weight", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --question-weight must be positive, got 0.0"]
