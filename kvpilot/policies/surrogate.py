@@ -13,9 +13,9 @@ predicts the log of a pair's reconstruction score from features the cache alread
 One weight vector per (layer, KV head); scoring costs one small matrix product per layer, so the prefill
 costs what a plain prefill costs. The weights file records the model shape it was fitted on and is
 refused on another. ``weights="bundled"`` is the file fitted for the bundled SmolLM2-135M on both reconstruction's
-scores and the attention calibration questions give each pair (what later questions read, which
-reconstruction alone under-weights: issue 11's measurements); ``"bundled-reconstruction"`` the earlier fit on
-reconstruction's scores alone.
+scores and ten times the attention calibration questions give each pair (what later questions read, which
+reconstruction alone under-weights: issue 11's measurements); ``"bundled-both-w1"`` the same fit with the two
+weighted equally, ``"bundled-reconstruction"`` the first fit, on reconstruction's scores alone.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ if TYPE_CHECKING:
 FORMAT = 1
 _SHIPPED = Path(__file__).with_name("surrogates")
 BUNDLED = {
-    # `kvpilot surrogate fit --target both -n 6 --held-out 3 --tokens 1000 2000 4000 --seed 101`
+    # `kvpilot surrogate fit --target both --question-weight 10 -n 6 --held-out 3 --tokens 1000 2000 4000 --seed 101`
     "bundled": _SHIPPED / "smollm2-135m-instruct.json",
+    "bundled-both-w1": _SHIPPED / "smollm2-135m-instruct-both-w1.json",  # the same fit, --question-weight 1
     "bundled-reconstruction": _SHIPPED / "smollm2-135m-instruct-reconstruction.json",  # the first fit, -n 6
 }
 
@@ -129,9 +130,10 @@ class SurrogatePolicy(Policy):
                    "pair's key and value; no second pass")
     needs_profile = True
 
-    weights: str = param("bundled", search=("bundled", "bundled-reconstruction"), description="weights file written by `kvpilot surrogate fit`, or 'bundled' "
-                         "(fitted for the bundled SmolLM2-135M on reconstruction and question scores) or "
-                         "'bundled-reconstruction' (the same model, reconstruction scores alone)")
+    weights: str = param("bundled", search=tuple(BUNDLED), description="weights file written by `kvpilot surrogate fit`, or 'bundled' "
+                         "(fitted for the bundled SmolLM2-135M on reconstruction scores plus 10 x question scores), "
+                         "'bundled-both-w1' (the two weighted equally) or 'bundled-reconstruction' (reconstruction "
+                         "scores alone)")
 
     def score(self, inp: ScoringInputs) -> torch.Tensor:
         import torch

@@ -86,7 +86,8 @@ def test_surrogate_weights_file_errors_are_one_line(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("weights", "target"), [("bundled", "both"), ("bundled-reconstruction", "reconstruction")])
+@pytest.mark.parametrize(("weights", "target"), [("bundled", "both"), ("bundled-both-w1", "both"),
+                                                 ("bundled-reconstruction", "reconstruction")])
 def test_bundled_weights_rank_the_scores_they_were_fitted_on(bundled_engine, weights, target):
     """The shipped weights, on a conversation the fit never saw, order the bundled model's pairs like the
     scores they predict (mean Spearman over layers and heads)."""
@@ -101,7 +102,8 @@ def test_bundled_weights_rank_the_scores_they_were_fitted_on(bundled_engine, wei
     w = data["weights"]
     rhos = []
     layers = scored_layers(bundled_engine.model, ctx, bundled_engine.reconstruction_queries, target=target,
-                           question_ids=calibration_questions(tok, sample))
+                           question_ids=calibration_questions(tok, sample),
+                           question_weight=data["fit"].get("question_weight") or 1.0)
     for li, (feats, log_scores) in enumerate(layers):
         pred = (feats @ torch.tensor(w[li])[:, :, None]).squeeze(-1)
         rhos += [spearman(pred[h], log_scores[h]) for h in range(log_scores.shape[0])]
