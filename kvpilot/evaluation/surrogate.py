@@ -58,10 +58,11 @@ def scored_layers(model: Any, context_ids: Sequence[int], reconstruction: Recons
         raise ValueError(f"target {target!r} needs the calibration questions' token ids")
     feats_by_layer: list[torch.Tensor] = []
     logs: list[torch.Tensor] | None = None
-    passes: list[tuple[KVConfig, Sequence[int] | None]] = [(CALIBRATION, None)] if target != "questions" else []
-    passes += [(QUESTIONS, question_ids)] if target != "reconstruction" else []
-    for config, scoring_ids in passes:
-        shift = math.log(question_weight) if target == "both" and config is QUESTIONS else 0.0
+    # (config, its scoring queries, the log of its weight in the sum)
+    passes: list[tuple[KVConfig, Sequence[int] | None, float]] = [(CALIBRATION, None, 0.0)] if target != "questions" else []
+    passes += [(QUESTIONS, question_ids, math.log(question_weight) if target == "both" else 0.0)] \
+        if target != "reconstruction" else []
+    for config, scoring_ids, shift in passes:
         cache = ManagedCache.for_model(model, config)
         with torch.inference_mode():
             prefill(model, cache, context_ids, reconstruction=reconstruction, scoring_ids=scoring_ids, evict=False)
