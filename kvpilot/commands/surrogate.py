@@ -36,7 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--question-weight", type=float, default=1.0, help="with --target both: weight of the "
                      "questions' scores in the sum (reconstruction reads every token about once, so at 1 it "
                      "dominates most pairs; default 1)")
-    fit.add_argument("--ridge", type=float, default=1e-3, help="ridge strength, relative (default 1e-3)")
+    fit.add_argument("--hidden", type=int, default=0, help="width of a ReLU hidden layer per (layer, KV head) "
+                     "beside the linear part, trained by Adam (0: linear ridge regression, the default; the "
+                     "bundled weights use 32)")
+    fit.add_argument("--steps", type=int, default=2000, help="Adam steps of 2,048 pairs for --hidden (default 2000)")
+    fit.add_argument("--ridge", type=float, default=1e-3, help="ridge strength, relative, for the linear fit "
+                     "(default 1e-3)")
     fit.add_argument("--out", default=None, help="weights file (default: $KVPILOT_HOME/surrogates/<model>.json)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(func=run_fit)
@@ -51,6 +56,9 @@ def run_fit(args: argparse.Namespace) -> int:
         return 2
     if args.question_weight <= 0:
         print(f"error: --question-weight must be positive, got {args.question_weight}", file=sys.stderr)
+        return 2
+    if args.hidden < 0 or args.steps < 1:
+        print(f"error: --hidden must be >= 0 and --steps >= 1, got {args.hidden} and {args.steps}", file=sys.stderr)
         return 2
     if min(args.tokens) < 64:
         print(f"error: --tokens must be at least 64, got {min(args.tokens)}", file=sys.stderr)
@@ -80,7 +88,8 @@ def run_fit(args: argparse.Namespace) -> int:
     progress = (lambda it: it) if args.quiet else None
     data = fit_surrogate(engine.model, contexts, engine.reconstruction_queries, held_out=args.held_out,
                          ridge=args.ridge, name=model_dir.name, progress=progress, questions=questions,
-                         target=args.target, question_weight=args.question_weight)
+                         target=args.target, question_weight=args.question_weight, hidden=args.hidden,
+                         steps=args.steps, seed=args.seed)
     out = save_weights(data, args.out or kvpilot_home() / "surrogates" / f"{model_dir.name}.json")
     fit = data["fit"]
     print(f"fitted on {fit['contexts']} contexts ({fit['pairs']} pairs); held-out Spearman "

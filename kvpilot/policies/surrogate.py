@@ -11,11 +11,14 @@ predicts the log of a pair's reconstruction score from features the cache alread
 - the key before its rotation and the pair's place in the context (position / tokens seen).
 
 One weight vector per (layer, KV head); scoring costs one small matrix product per layer, so the prefill
-costs what a plain prefill costs. The weights file records the model shape it was fitted on and is
+costs what a plain prefill costs. A file may add one hidden layer per (layer, KV head) (``hidden``: the
+score becomes ``x @ w + relu(x @ W_in) @ w_out``, a few more small products): the features interact (a
+name's key matters where its value is a fact), which a linear model cannot express. The weights file records the model shape it was fitted on and is
 refused on another. ``weights="bundled"`` is the file fitted for the bundled SmolLM2-135M on both reconstruction's
 scores and ten times the attention calibration questions give each pair (what later questions read, which
-reconstruction alone under-weights: issue 11's measurements); ``"bundled-both-w1"`` the same fit with the two
-weighted equally, ``"bundled-reconstruction"`` the first fit, on reconstruction's scores alone.
+reconstruction alone under-weights: issue 11's measurements), with a hidden layer of 32 per head;
+``"bundled-linear"`` the same target fitted linearly, ``"bundled-both-w1"`` linear with the two weighted
+equally, ``"bundled-reconstruction"`` the first fit, linear on reconstruction's scores alone.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ if TYPE_CHECKING:
 FORMAT = 1
 _SHIPPED = Path(__file__).with_name("surrogates")
 BUNDLED = {
-    # `kvpilot surrogate fit --target both --question-weight 10 -n 6 --held-out 3 --tokens 1000 2000 4000 --seed 101`
+    # `kvpilot surrogate fit --target both --question-weight 10 -n 6 --held-out 3 --tokens 1000 2000 4000
+    #  --seed 101 --hidden 32`
     "bundled": _SHIPPED / "smollm2-135m-instruct.json",
+    "bundled-linear": _SHIPPED / "smollm2-135m-instruct-linear.json",  # the same without --hidden
     "bundled-both-w1": _SHIPPED / "smollm2-135m-instruct-both-w1.json",  # the same fit, --question-weight 1
     "bundled-reconstruction": _SHIPPED / "smollm2-135m-instruct-reconstruction.json",  # the first fit, -n 6
 }
@@ -115,29 +120,69 @@ def load_weights(path: str) -> dict[str, Any]:
     w = data.get("weights")
     layers, heads, dim = data.get("num_layers"), data.get("num_kv_heads"), data.get("head_dim")
     if not (isinstance(w, list) and isinstance(dim, int) and len(w) == layers and all(len(h) == heads for h in w)
-            and all(len(f) == feature_count(dim, data["features"]) for h in w for f in h)):
+            and all(len(f) == feature_count(dim, data["features"]) for h in w for f in h)
+            and _hidden_matches(data.get("hidden"), w)):
         raise SurrogateError(f"{file}: weights do not match the declared shape ({layers} layers, {heads} KV heads)")
     return data
+
+
+def _hidden_matches(hidden: Any, weights: list) -> bool:
+    """An absent hidden layer, or one [features x width] input and [width] output matrix per (layer, head)."""
+    if hidden is None:
+        return True
+    if not isinstance(hidden, dict) or not isinstance(hidden.get("in"), list) or not isinstance(hidden.get("out"), list):
+        return False
+    w_in, w_out = hidden["in"], hidden["out"]
+    return (len(w_in) == len(w_out) == len(weights)
+            and all(len(a) == len(b) == len(lw) for a, b, lw in zip(w_in, w_out, weights, strict=True))
+            and all(len(m) == len(v) and all(len(row) == len(o) for row in m)
+                    for a, b, lw in zip(w_in, w_out, weights, strict=True)
+                    for m, o, v in zip(a, b, lw, strict=True)))
+
+
+@lru_cache(maxsize=64)
+def layer_weights(path: str, layer: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """One layer's weights as tensors, built once: linear [H, F] and, if the file has them, hidden [H, F, W]
+    and [H, W]."""
+    import torch
+
+    data = load_weights(path)
+    linear = torch.tensor(data["weights"][layer], dtype=torch.float32)
+    hidden = data.get("hidden")
+    if hidden is None:
+        return linear, None, None
+    return (linear, torch.tensor(hidden["in"][layer], dtype=torch.float32),
+            torch.tensor(hidden["out"][layer], dtype=torch.float32))
+
+
+def predict(feats: torch.Tensor, linear: torch.Tensor, w_in: torch.Tensor | None = None,
+            w_out: torch.Tensor | None = None) -> torch.Tensor:
+    """[H, n] scores of features [H, n, F]: the linear part plus, if given, one ReLU hidden layer."""
+    import torch
+
+    score = (feats @ linear.to(feats.device)[:, :, None]).squeeze(-1)
+    if w_in is not None and w_out is not None:
+        score = score + (torch.relu(feats @ w_in.to(feats.device)) @ w_out.to(feats.device)[:, :, None]).squeeze(-1)
+    return score
 
 
 @POLICY_REGISTRY.register
 @dataclass(frozen=True)
 class SurrogatePolicy(Policy):
-    """Score = the fitted linear model's predicted log reconstruction score of each pair."""
+    """Score = the fitted model's prediction of each pair's log score (reconstruction, plus what questions read)."""
 
     name = "surrogate"
-    description = ("KVzap-style: a per-model linear model predicts KVzip's reconstruction score from each "
-                   "pair's key and value; no second pass")
+    description = ("KVzap-style: a small per-model model predicts KVzip's reconstruction score (and what "
+                   "questions read) from each pair's key and value; no second pass")
     needs_profile = True
 
     weights: str = param("bundled", search=tuple(BUNDLED), description="weights file written by `kvpilot surrogate fit`, or 'bundled' "
-                         "(fitted for the bundled SmolLM2-135M on reconstruction scores plus 10 x question scores), "
-                         "'bundled-both-w1' (the two weighted equally) or 'bundled-reconstruction' (reconstruction "
-                         "scores alone)")
+                         "(fitted for the bundled SmolLM2-135M on reconstruction scores plus 10 x question scores, "
+                         "a hidden layer of 32 per head), 'bundled-linear' (the same target, linear), "
+                         "'bundled-both-w1' (linear, the two weighted equally) or 'bundled-reconstruction' "
+                         "(linear, reconstruction scores alone)")
 
     def score(self, inp: ScoringInputs) -> torch.Tensor:
-        import torch
-
         data = load_weights(self.weights)
         h_kv, _, d = inp.keys.shape
         if (data["num_kv_heads"], data["head_dim"]) != (h_kv, d) or inp.layer_idx >= data["num_layers"]:
@@ -146,7 +191,6 @@ class SurrogatePolicy(Policy):
                 f"{data['num_kv_heads']} KV heads x head dim {data['head_dim']}; this model has {h_kv} KV heads "
                 f"x head dim {d} (fit one for it with `kvpilot surrogate fit`)"
             )
-        w = torch.tensor(data["weights"][inp.layer_idx], dtype=torch.float32, device=inp.keys.device)  # [H, F]
         feats = pair_features(inp.keys, inp.values, features=data["features"], positions=inp.positions,
                               seen=inp.seen, rope=inp.rope)
-        return (feats @ w[:, :, None]).squeeze(-1)
+        return predict(feats, *layer_weights(self.weights, inp.layer_idx))
