@@ -45,6 +45,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--out", default=None, help="weights file (default: $KVPILOT_HOME/surrogates/<model>.json)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(func=run_fit)
+    blend = verbs.add_parser("blend", help="one weights file scoring the mean of several (an ensemble)",
+                             description="Write one weights file whose score is the weighted mean of the given "
+                             "files' scores: exact, not refitted (a linear and a hidden-layer fit err on "
+                             "different pairs, and their mean ranks better than either on issue 11's development "
+                             "set). Files are paths or the bundled names (bundled, bundled-linear, ...).")
+    blend.add_argument("files", nargs="+", metavar="WEIGHTS", help="two or more weights files or bundled names")
+    blend.add_argument("--shares", type=float, nargs="+", default=None, help="one positive share per file "
+                       "(default: equal)")
+    blend.add_argument("--out", required=True, help="weights file to write")
+    blend.set_defaults(func=run_blend)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
@@ -95,5 +105,20 @@ def run_fit(args: argparse.Namespace) -> int:
     print(f"fitted on {fit['contexts']} contexts ({fit['pairs']} pairs); held-out Spearman "
           f"{fit['held_out_spearman_mean']:.3f} over {fit['held_out_contexts']} contexts")
     print(f"wrote {out}")
+    print(json.dumps({"policy": "surrogate", "policy_params": {"weights": str(out)}}))
+    return 0
+
+
+def run_blend(args: argparse.Namespace) -> int:
+    from kvpilot.evaluation.surrogate import blend_weights, save_weights
+    from kvpilot.policies.surrogate import SurrogateError, load_weights
+
+    try:
+        data = blend_weights([load_weights(f) for f in args.files], args.shares)
+    except (SurrogateError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = save_weights(data, args.out)
+    print(f"wrote {out} (the mean of {len(args.files)} files' scores)")
     print(json.dumps({"policy": "surrogate", "policy_params": {"weights": str(out)}}))
     return 0

@@ -257,6 +257,32 @@ def _train_hidden(rows: list[list[tuple[torch.Tensor, torch.Tensor]]], width: in
                 list(w_out.squeeze(-1).reshape(-1, heads, width)))
 
 
+def blend_weights(files: Sequence[dict[str, Any]], shares: Sequence[float] | None = None) -> dict[str, Any]:
+    """One weights file whose score is the weighted mean of the given files' scores (an ensemble of, say, a
+    linear and a hidden-layer fit, which err on different pairs). Exact, not refitted: the linear parts add
+    up and the hidden layers sit side by side, each output scaled by its share, so serving it costs one
+    hidden layer as wide as theirs together. Shares default to equal and must be positive."""
+    if len(files) < 2:
+        raise ValueError("blending needs at least two weights files")
+    shares = list(shares) if shares is not None else [1.0 / len(files)] * len(files)
+    if len(shares) != len(files) or any(s <= 0 for s in shares):
+        raise ValueError(f"need one positive share per file, got {shares} for {len(files)} files")
+    shape = [(f["features"], f["num_layers"], f["num_kv_heads"], f["head_dim"]) for f in files]
+    if len(set(shape)) != 1:
+        raise ValueError(f"the files were fitted for different shapes or feature sets: {sorted(set(shape))}")
+    linear = sum(torch.tensor(f["weights"], dtype=torch.float64) * s for f, s in zip(files, shares, strict=True))
+    assert isinstance(linear, torch.Tensor)
+    hidden = [(torch.tensor(f["hidden"]["in"], dtype=torch.float64), torch.tensor(f["hidden"]["out"]) * s)
+              for f, s in zip(files, shares, strict=True) if f.get("hidden")]
+    out = {k: files[0][k] for k in ("format", "features", "model", "num_layers", "num_kv_heads", "head_dim")}
+    out["weights"] = [_rounded(w) for w in linear]
+    if hidden:
+        out["hidden"] = {"in": [_rounded(m) for m in torch.cat([h for h, _ in hidden], -1)],
+                         "out": [_rounded(m) for m in torch.cat([o for _, o in hidden], -1)]}
+    out["fit"] = {"blend": [{"share": s, **f["fit"]} for f, s in zip(files, shares, strict=True)]}
+    return out
+
+
 def save_weights(data: dict[str, Any], path: str | Path) -> Path:
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -264,4 +290,4 @@ def save_weights(data: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-__all__ = ["TARGETS", "calibration_questions", "fit_surrogate", "save_weights", "scored_layers", "spearman"]
+__all__ = ["TARGETS", "blend_weights", "calibration_questions", "fit_surrogate", "save_weights", "scored_layers", "spearman"]

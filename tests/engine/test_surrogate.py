@@ -84,9 +84,14 @@ def test_hidden_layer_learns_what_a_linear_fit_cannot():
     assert hidden_mse < 0.05 * y.var() < linear_mse, (hidden_mse, linear_mse, y.var())
 
 
-def test_fit_with_a_hidden_layer_writes_a_file_the_policy_serves(tiny_model, tmp_path):
-    data = fit_surrogate(tiny_model, _contexts(4), toy_reconstruction, held_out=1, name="tiny", hidden=8, steps=200,
+@pytest.fixture(scope="module")
+def tiny_hidden(tiny_model) -> dict:
+    return fit_surrogate(tiny_model, _contexts(4), toy_reconstruction, held_out=1, name="tiny", hidden=8, steps=200,
                          progress=lambda it: it)
+
+
+def test_fit_with_a_hidden_layer_writes_a_file_the_policy_serves(tiny_model, tiny_hidden, tmp_path):
+    data = tiny_hidden
     assert (data["fit"]["hidden"], data["fit"]["steps"], data["fit"]["ridge"]) == (8, 200, None)
     assert len(data["hidden"]["in"][0][0]) == len(data["weights"][0][0]) and len(data["hidden"]["in"][0][0][0]) == 8
     # (how well it ranks is checked on the bundled weights and on a synthetic target above: the tiny random
@@ -100,6 +105,28 @@ def test_fit_with_a_hidden_layer_writes_a_file_the_policy_serves(tiny_model, tmp
         load_weights(str(tmp_path / "broken.json"))
     with pytest.raises(ValueError, match="hidden must be >= 0"):
         fit_surrogate(tiny_model, _contexts(2), toy_reconstruction, hidden=-1)
+
+
+def test_blend_scores_the_weighted_mean_of_its_files(tiny_weights, tiny_hidden, tmp_path, capsys):
+    from kvpilot.cli import main
+
+    hidden = str(save_weights(tiny_hidden, tmp_path / "hidden.json"))
+    out = tmp_path / "blend.json"
+    assert main(["surrogate", "blend", tiny_weights, hidden, "--shares", "0.25", "0.75", "--out", str(out)]) == 0
+    assert [b["share"] for b in load_weights(str(out))["fit"]["blend"]] == [0.25, 0.75]
+    feats = torch.randn(2, 50, len(tiny_hidden["weights"][0][0]), generator=torch.Generator().manual_seed(3))
+    for layer in range(4):
+        expected = (0.25 * predict(feats, *layer_weights(tiny_weights, layer))
+                    + 0.75 * predict(feats, *layer_weights(hidden, layer)))
+        assert torch.allclose(predict(feats, *layer_weights(str(out), layer)), expected, rtol=1e-4, atol=1e-3)
+    capsys.readouterr()
+    assert main(["surrogate", "blend", tiny_weights, str(tmp_path / "missing.json"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: surrogate weights not found")
+    assert main(["surrogate", "blend", tiny_weights, hidden, "--shares", "1", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: need one positive share per file, got [1.0] "
+                                                            "for 2 files"]
+    assert main(["surrogate", "blend", tiny_weights, "bundled-linear", "--out", str(out)]) == 2
+    assert "different shapes" in capsys.readouterr().err
 
 
 def test_surrogate_refuses_weights_of_another_model(tiny_model):
