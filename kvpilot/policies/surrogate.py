@@ -17,7 +17,8 @@ name's key matters where its value is a fact), which a linear model cannot expre
 refused on another. ``weights="bundled"`` is the file fitted for the bundled SmolLM2-135M on both reconstruction's
 scores and ten times the attention calibration questions give each pair (what later questions read, which
 reconstruction alone under-weights: issue 11's measurements), with a hidden layer of 32 per head;
-``"bundled-linear"`` the same target fitted linearly, ``"bundled-both-w1"`` linear with the two weighted
+``"bundled-linear"`` the same target fitted linearly, ``"bundled-blend"`` the mean of those two's scores,
+``"bundled-both-w1"`` linear with the two weighted
 equally, ``"bundled-reconstruction"`` the first fit, linear on reconstruction's scores alone.
 """
 
@@ -43,6 +44,7 @@ BUNDLED = {
     #  --seed 101 --hidden 32`
     "bundled": _SHIPPED / "smollm2-135m-instruct.json",
     "bundled-linear": _SHIPPED / "smollm2-135m-instruct-linear.json",  # the same without --hidden
+    "bundled-blend": _SHIPPED / "smollm2-135m-instruct-blend.json",  # `kvpilot surrogate blend bundled bundled-linear`
     "bundled-both-w1": _SHIPPED / "smollm2-135m-instruct-both-w1.json",  # the same fit, --question-weight 1
     "bundled-reconstruction": _SHIPPED / "smollm2-135m-instruct-reconstruction.json",  # the first fit, -n 6
 }
@@ -178,7 +180,8 @@ class SurrogatePolicy(Policy):
 
     weights: str = param("bundled", search=tuple(BUNDLED), description="weights file written by `kvpilot surrogate fit`, or 'bundled' "
                          "(fitted for the bundled SmolLM2-135M on reconstruction scores plus 10 x question scores, "
-                         "a hidden layer of 32 per head), 'bundled-linear' (the same target, linear), "
+                         "a hidden layer of 32 per head), 'bundled-linear' (the same target, linear), 'bundled-blend' (the "
+                         "mean of those two), "
                          "'bundled-both-w1' (linear, the two weighted equally) or 'bundled-reconstruction' "
                          "(linear, reconstruction scores alone)")
 
