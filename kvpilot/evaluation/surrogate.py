@@ -228,7 +228,7 @@ def _train_hidden(rows: list[list[tuple[torch.Tensor, torch.Tensor]]], width: in
     mu, sd = x.mean(1, keepdim=True), x.std(1, keepdim=True).clamp_min(1e-4)
     mu[..., -1], sd[..., -1] = 1.0, 1.0  # the constant feature standardises to 0: the biases below replace it
     order = torch.randperm(n, generator=gen)
-    z, y = ((x[:, order] - mu[:, :, :]) / sd), y[:, order]
+    z, y = (x[:, order] - mu) / sd, y[:, order]
     del x
     w_in = (torch.randn(groups, feats, width, generator=gen) / math.sqrt(feats)).requires_grad_()
     b_in = torch.zeros(groups, 1, width, requires_grad=True)
@@ -246,8 +246,8 @@ def _train_hidden(rows: list[list[tuple[torch.Tensor, torch.Tensor]]], width: in
         loss.backward()
         opt.step()
     with torch.no_grad():
-        scale = (mu / sd).squeeze(1)  # [G, F]; last entry 1 for the constant feature
-        scale[:, -1] = 0.0
+        scale = (mu / sd).squeeze(1)  # [G, F]
+        scale[:, -1] = 0.0  # the constant feature's row is replaced by the folded biases
         fold_in = w_in / sd.transpose(1, 2)  # rows of the raw features
         fold_in[:, -1] = b_in.squeeze(1) - torch.einsum("gf,gfw->gw", scale, w_in)
         fold_lin = (w_lin / sd.transpose(1, 2)).squeeze(-1)

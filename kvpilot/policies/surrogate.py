@@ -13,13 +13,13 @@ predicts the log of a pair's reconstruction score from features the cache alread
 One weight vector per (layer, KV head); scoring costs one small matrix product per layer, so the prefill
 costs what a plain prefill costs. A file may add one hidden layer per (layer, KV head) (``hidden``: the
 score becomes ``x @ w + relu(x @ W_in) @ w_out``, a few more small products): the features interact (a
-name's key matters where its value is a fact), which a linear model cannot express. The weights file records the model shape it was fitted on and is
-refused on another. ``weights="bundled"`` is the file fitted for the bundled SmolLM2-135M on both reconstruction's
+name's key matters where its value is a fact), which a linear model cannot express. The weights file
+records the model shape it was fitted on and is refused on another. ``weights="bundled"`` is the file fitted for the bundled SmolLM2-135M on both reconstruction's
 scores and ten times the attention calibration questions give each pair (what later questions read, which
 reconstruction alone under-weights: issue 11's measurements), with a hidden layer of 32 per head;
 ``"bundled-linear"`` the same target fitted linearly, ``"bundled-blend"`` the mean of those two's scores,
-``"bundled-both-w1"`` linear with the two weighted
-equally, ``"bundled-reconstruction"`` the first fit, linear on reconstruction's scores alone.
+``"bundled-both-w1"`` linear with the two weighted equally, ``"bundled-reconstruction"`` the first fit,
+linear on reconstruction's scores alone.
 """
 
 from __future__ import annotations
