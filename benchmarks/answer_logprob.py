@@ -9,6 +9,8 @@ uses; 7 by default.
 
     OMP_NUM_THREADS=1 python benchmarks/answer_logprob.py --sizes 1000 --ratios 0.875 0.9375 \\
         --families "surrogate + global heads" "surrogate (linear, question weight 10) + global heads"
+    OMP_NUM_THREADS=1 python benchmarks/answer_logprob.py --question-aware answer --no-full --config \
+        '{"policy": "kvzip", "scoring": "prompt", "compression_ratio": 0.875}'
     OMP_NUM_THREADS=1 python benchmarks/answer_logprob.py --config '{"policy": "keydiff", "compression_ratio": 0.875}'
 
 Writes benchmarks/results/answer_logprob.json (or --out NAME), rewritten after every config.
@@ -37,8 +39,18 @@ from kvpilot.workloads import metric_for  # noqa: E402
 from kvpilot.workloads.registry import generate  # noqa: E402
 
 
-def measure(engine: Engine, samples: list, config: KVConfig) -> dict:
-    """Accuracy and the mean log-prob per gold-answer token over every question of `samples`."""
+def scoring_prompt(qa, question_aware: str) -> str:
+    """The question (and with "answer" its gold answer) as the scoring prompt of a question-aware bound."""
+    return "\n\n" + qa.question + (" " + qa.answer_prefix + " " + qa.answers[0] if question_aware == "answer" else "")
+
+
+def measure(engine: Engine, samples: list, config: KVConfig, question_aware: str = "") -> dict:
+    """Accuracy and the mean log-prob per gold-answer token over every question of `samples`.
+
+    question_aware: "question" compresses once per question with the question itself as the scoring prompt
+        (configs with scoring="prompt"), "answer" with the question and its gold answer: no question-agnostic
+        score knows more about which pairs the answer needs.
+    """
     import torch
 
     tok = engine.tokenizer
@@ -46,9 +58,16 @@ def measure(engine: Engine, samples: list, config: KVConfig) -> dict:
     for sample in samples:
         parts = [chat_parts(tok, sample.context, qa.question, qa.answer_prefix) for qa in sample.qa]
         gold = [list(tok(" " + qa.answers[0], add_special_tokens=False)["input_ids"]) for qa in sample.qa]
-        response = engine.serve(Request(parts[0].context_ids, [p.question_ids for p in parts],
-                                        sample.max_new_tokens, config=config, teacher_tokens=gold))
-        for qa, answer, ids in zip(sample.qa, response.answers, gold, strict=True):
+        if question_aware:
+            answers = [engine.serve(Request(p.context_ids, [p.question_ids], sample.max_new_tokens,
+                                            config=KVConfig.parse({**config.to_dict(),
+                                                                   "scoring_prompt": scoring_prompt(qa, question_aware)}),
+                                            teacher_tokens=[ids])).answers[0]
+                       for qa, p, ids in zip(sample.qa, parts, gold, strict=True)]
+        else:
+            answers = engine.serve(Request(parts[0].context_ids, [p.question_ids for p in parts],
+                                           sample.max_new_tokens, config=config, teacher_tokens=gold)).answers
+        for qa, answer, ids in zip(sample.qa, answers, gold, strict=True):
             hits += float(metric_for(sample.task)(answer.text, list(qa.answers)))
             questions += 1
             assert answer.teacher_logits is not None
@@ -69,6 +88,10 @@ def main() -> int:
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.875, 0.9375], help="ratios for --families")
     ap.add_argument("--families", nargs="*", default=[], choices=list(FAMILIES), metavar="FAMILY",
                     help="config families of conversation_compression.py, at every --ratios")
+    ap.add_argument("--question-aware", choices=["question", "answer"], default="",
+                    help='configs with scoring="prompt" compress once per question, scored by the question itself '
+                         '("question") or by the question and its gold answer ("answer"): bounds for question-agnostic '
+                         "scores, not usable configs")
     ap.add_argument("--config", nargs="*", default=[], help="configs as JSON objects, measured as given")
     ap.add_argument("--full", action=argparse.BooleanOptionalAction, default=True, help="measure the full cache too")
     ap.add_argument("--out", default="answer_logprob")
@@ -93,7 +116,9 @@ def main() -> int:
         samples = generate("convqa", args.samples, tokens, seed=args.seed, tokenizer=engine.tokenizer,
                            n_facts=args.facts, n_questions=args.questions)
         for name, config in configs:
-            row = {"tokens": tokens, "family": name, "config": config.to_dict(), **measure(engine, samples, config)}
+            question_aware = args.question_aware if config.scoring == "prompt" else ""
+            row = {"tokens": tokens, "family": name + (f" (scored by the {question_aware})" if question_aware else ""),
+                   "config": config.to_dict(), **measure(engine, samples, config, question_aware)}
             rows.append(row)
             print(f"{tokens:>5} {name[:55]:<55} ratio {config.compression_ratio or 0:<6} accuracy {row['accuracy']:.3f}  "
                   f"answer log-prob/token {row['answer_logprob_per_token']:+.3f}", flush=True)
