@@ -76,7 +76,7 @@ def test_hidden_layer_learns_what_a_linear_fit_cannot():
             x[..., -1] = 1.0  # the constant feature, last as in pair_features
             contexts.append((x, (x[..., 0] - x[..., 1]).abs() + 0.5 * x[..., 2]))
         rows.append(contexts)
-    linear, w_in, w_out = _train_hidden(rows, 16, 1500, seed=0)
+    linear, w_in, w_out = _train_hidden([list(layer) for layer in rows], 16, 1500, seed=0)  # it empties its input
     x, y = rows[1][0]
     hidden_mse = ((predict(x, linear[1], w_in[1], w_out[1]) - y) ** 2).mean()
     lstsq = torch.linalg.lstsq(x, y[..., None]).solution
