@@ -14,13 +14,15 @@ One weight vector per (layer, KV head); scoring costs one small matrix product p
 costs what a plain prefill costs. A file may add one hidden layer per (layer, KV head) (``hidden``: the
 score becomes ``x @ w + relu(x @ W_in) @ w_out``, a few more small products): the features interact (a
 name's key matters where its value is a fact), which a linear model cannot express. The weights file
-records the model shape it was fitted on and is refused on another. ``weights="bundled"`` is the file fitted for the bundled SmolLM2-135M on both reconstruction's
-scores and ten times the attention calibration questions give each pair (what later questions read, which
+records the model shape it was fitted on and is refused on another.
+
+``weights="bundled"`` is the file fitted for the bundled SmolLM2-135M on both reconstruction's scores and
+ten times the attention calibration questions give each pair (what later questions read, which
 reconstruction alone under-weights: issue 11's measurements), with a hidden layer of 32 per head, on 12
 calibration conversations at each of 1k, 2k and 4k tokens; ``"bundled-linear"`` the same target fitted
-linearly on 6 per size, ``"bundled-blend"`` the mean of those two's scores,
-``"bundled-both-w1"`` linear with the two weighted equally, ``"bundled-reconstruction"`` the first fit,
-linear on reconstruction's scores alone.
+linearly on 6 per size, ``"bundled-blend"`` the mean of those two's scores, ``"bundled-both-w1"`` linear
+with the two weighted equally, ``"bundled-reconstruction"`` the first fit, linear on reconstruction's
+scores alone.
 """
 
 from __future__ import annotations
@@ -179,11 +181,10 @@ class SurrogatePolicy(Policy):
                    "questions read) from each pair's key and value; no second pass")
     needs_profile = True
 
-    weights: str = param("bundled", search=tuple(BUNDLED), description="weights file written by `kvpilot surrogate fit`, or 'bundled' "
-                         "(fitted for the bundled SmolLM2-135M on reconstruction scores plus 10 x question scores, "
-                         "a hidden layer of 32 per head, 36 calibration conversations), 'bundled-linear' (the same target, "
-                         "linear, 18 conversations), 'bundled-blend' (the "
-                         "mean of those two), "
+    weights: str = param("bundled", search=tuple(BUNDLED), description="weights file written by `kvpilot surrogate fit`, "
+                         "or 'bundled' (fitted for the bundled SmolLM2-135M on reconstruction scores plus 10 x question "
+                         "scores, a hidden layer of 32 per head, 36 calibration conversations), 'bundled-linear' (the "
+                         "same target, linear, 18 conversations), 'bundled-blend' (the mean of those two), "
                          "'bundled-both-w1' (linear, the two weighted equally) or 'bundled-reconstruction' "
                          "(linear, reconstruction scores alone)")
 
