@@ -36,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--question-weight", type=float, default=1.0, help="with --target both: weight of the "
                      "questions' scores in the sum (reconstruction reads every token about once, so at 1 it "
                      "dominates most pairs; default 1)")
+    fit.add_argument("--answer-weight", type=float, default=0.0, help="with --target questions or both: add, "
+                     "inside the log, this weight times the attention the queries producing each calibration "
+                     "answer give each pair (what the answer reads, not the names its question mentions; "
+                     "default 0: off)")
     fit.add_argument("--hidden", type=int, default=0, help="width of a ReLU hidden layer per (layer, KV head) "
                      "beside the linear part, trained by Adam (0: linear ridge regression, the default; the "
                      "bundled weights use 32)")
@@ -67,6 +71,10 @@ def run_fit(args: argparse.Namespace) -> int:
     if args.question_weight <= 0:
         print(f"error: --question-weight must be positive, got {args.question_weight}", file=sys.stderr)
         return 2
+    if args.answer_weight < 0 or (args.answer_weight and args.target == "reconstruction"):
+        print(f"error: --answer-weight must be >= 0 and needs --target questions or both, got {args.answer_weight} "
+              f"with --target {args.target}", file=sys.stderr)
+        return 2
     if args.hidden < 0 or args.steps < 1:
         print(f"error: --hidden must be >= 0 and --steps >= 1, got {args.hidden} and {args.steps}", file=sys.stderr)
         return 2
@@ -76,7 +84,12 @@ def run_fit(args: argparse.Namespace) -> int:
     from kvpilot.engine import Engine
     from kvpilot.engine.model import resolve_model_dir
     from kvpilot.engine.prompts import chat_parts
-    from kvpilot.evaluation.surrogate import calibration_questions, fit_surrogate, save_weights
+    from kvpilot.evaluation.surrogate import (
+        calibration_answers,
+        calibration_questions,
+        fit_surrogate,
+        save_weights,
+    )
     from kvpilot.paths import kvpilot_home
     from kvpilot.workloads.registry import generate
 
@@ -88,18 +101,19 @@ def run_fit(args: argparse.Namespace) -> int:
     samples = [s for group in zip(*by_size, strict=True) for s in group]  # interleaved: held-out ones of each size
     contexts = [chat_parts(engine.tokenizer, s.context, s.qa[0].question if s.qa else "").context_ids
                 for s in samples]
-    questions = None
+    questions = answers = None
     if args.target != "reconstruction":
         if not all(s.qa for s in samples):
             print(f"error: --target {args.target} needs a workload with questions; {args.workload} has none",
                   file=sys.stderr)
             return 2
         questions = [calibration_questions(engine.tokenizer, s) for s in samples]
+        answers = [calibration_answers(engine.tokenizer, s) for s in samples] if args.answer_weight else None
     progress = (lambda it: it) if args.quiet else None
     data = fit_surrogate(engine.model, contexts, engine.reconstruction_queries, held_out=args.held_out,
                          ridge=args.ridge, name=model_dir.name, progress=progress, questions=questions,
                          target=args.target, question_weight=args.question_weight, hidden=args.hidden,
-                         steps=args.steps, seed=args.seed)
+                         steps=args.steps, seed=args.seed, answers=answers, answer_weight=args.answer_weight)
     out = save_weights(data, args.out or kvpilot_home() / "surrogates" / f"{model_dir.name}.json")
     fit = data["fit"]
     print(f"fitted on {fit['contexts']} contexts ({fit['pairs']} pairs); held-out Spearman "

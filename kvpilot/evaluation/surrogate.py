@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from kvpilot.cache.managed import ManagedCache
 from kvpilot.config import KVConfig
-from kvpilot.engine.generation import Reconstruction, prefill
+from kvpilot.engine.generation import Reconstruction, extend, forward, prefill
 from kvpilot.engine.prompts import chat_parts
 from kvpilot.policies.surrogate import FEATURES, FORMAT, feature_count, pair_features, predict
 from kvpilot.workloads.sample import Sample
@@ -31,18 +31,21 @@ from kvpilot.workloads.sample import Sample
 SCORE_FLOOR = 1e-6  # scores are attention probabilities; the log needs a floor for pairs nobody read
 CALIBRATION = KVConfig(policy="kvzip", scoring="reconstruct", compression_ratio=0.5)
 QUESTIONS = KVConfig(policy="kvzip", scoring="prompt", compression_ratio=0.5)
-# what the fit predicts: reconstruction's scores, the questions', or log(reconstruction + questions)
+# what the fit predicts: reconstruction's scores, the questions', or log(reconstruction + questions); an
+# answer weight adds "+ {answer_weight} x max(answer score, floor)" inside the log
 TARGET_FORMULAS = {
     "reconstruction": "log(max(reconstruction score, {floor}))",
     "questions": "log(max(question score, {floor}))",
     "both": "log(max(reconstruction score, {floor}) + {weight} x max(question score, {floor}))",
 }
+AnswerReading = tuple[list[int], list[int]]  # (the question's tokens after the context, its answer's tokens)
 TARGETS = tuple(TARGET_FORMULAS)
 
 
 def scored_layers(model: Any, context_ids: Sequence[int], reconstruction: Reconstruction,
                   features: str = FEATURES, *, question_ids: Sequence[int] | None = None,
                   target: str = "reconstruction", question_weight: float = 1.0,
+                  answers: Sequence[AnswerReading] | None = None, answer_weight: float = 0.0,
                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer: features [H_kv, n, F] and log scores [H_kv, n] of the context's pairs (the attention sinks
     left out: they are always kept).
@@ -51,13 +54,20 @@ def scored_layers(model: Any, context_ids: Sequence[int], reconstruction: Recons
     attention that `question_ids` (questions about the context with their answers, as the model will later
     read them) give each pair, i.e. what a question-agnostic score should have foreseen; "both": the log of
     their sum, so a pair either pass needs ranks high; `question_weight` scales the questions' part (reconstruction
-    reads every token about once, so at weight 1 its scores dominate the sum for most pairs)."""
+    reads every token about once, so at weight 1 its scores dominate the sum for most pairs).
+
+    `answer_weight` > 0 adds, inside the log, that weight times the largest attention the queries that
+    produce each answer give a pair (`answers`: each question read after the context, stored, then its
+    answer's predicting positions as scoring queries): what the answer itself reads, not the names the
+    question mentions, which also appear around look-alike distractors."""
     if target not in TARGETS:
         raise ValueError(f"unknown surrogate target {target!r}; targets: {', '.join(TARGETS)}")
     if question_weight <= 0:
         raise ValueError(f"question_weight must be positive, got {question_weight}")
     if target != "reconstruction" and not question_ids:
         raise ValueError(f"target {target!r} needs the calibration questions' token ids")
+    if answer_weight < 0 or (answer_weight and not answers):
+        raise ValueError(f"answer_weight must be >= 0 and needs the calibration answers, got {answer_weight}")
     feats_by_layer: list[torch.Tensor] = []
     logs: list[torch.Tensor] | None = None
     # (config, its scoring queries, the log of its weight in the sum)
@@ -82,7 +92,43 @@ def scored_layers(model: Any, context_ids: Sequence[int], reconstruction: Recons
             layer_logs.append(scores[:, : keep.numel()][:, keep].float().clamp_min(SCORE_FLOOR).log().cpu() + shift)
         logs = layer_logs if logs is None else [torch.logaddexp(a, b) for a, b in zip(logs, layer_logs, strict=True)]
     assert logs is not None
+    if answer_weight:
+        assert answers is not None
+        read = answer_scores(model, context_ids, answers)
+        logs = [torch.logaddexp(a, b.clamp_min(SCORE_FLOOR).log() + math.log(answer_weight))
+                for a, b in zip(logs, read, strict=True)]
     return list(zip(feats_by_layer, logs, strict=True))
+
+
+def answer_scores(model: Any, context_ids: Sequence[int], answers: Sequence[AnswerReading]) -> list[torch.Tensor]:
+    """Per layer [H_kv, n]: the largest attention any answer-producing query gives each context pair (the
+    sinks left out, like `scored_layers`). Each question is read after the context on its own copy of the
+    cache (its tokens stored, so they compete as keys), then the positions that predict its answer's tokens
+    (the question's last token and the answer's tokens but the last) run as scoring queries only."""
+    cache = ManagedCache.for_model(model, QUESTIONS)
+    n = len(context_ids)
+    best: list[torch.Tensor | None] = [None] * len(cache.layers)
+    with torch.inference_mode():
+        extend(model, cache, context_ids)
+        saved = cache.snapshot()
+        for prompt, answer in answers:
+            cache.restore(saved)
+            extend(model, cache, prompt[:-1])
+            with cache.scoring_pass():
+                forward(model, cache, prompt[-1:] + answer[:-1])
+            for li, layer in enumerate(cache.layers):
+                mass = layer.stats.scoring_mass
+                if mass is None:
+                    raise RuntimeError(f"layer {li} recorded no scoring attention")
+                mass = mass[:, :n].float()
+                prev = best[li]
+                best[li] = mass if prev is None else torch.maximum(prev, mass)
+    out = []
+    for layer, mass in zip(cache.layers, best, strict=True):
+        assert mass is not None and layer.positions is not None
+        keep = layer.positions[0, :n] >= QUESTIONS.sink_tokens
+        out.append(mass[:, keep].cpu())
+    return out
 
 
 def calibration_questions(tokenizer: Any, sample: Sample) -> list[int]:
@@ -93,6 +139,13 @@ def calibration_questions(tokenizer: Any, sample: Sample) -> list[int]:
         parts = chat_parts(tokenizer, sample.context, qa.question, qa.answer_prefix)
         ids += parts.question_ids + list(tokenizer(" " + qa.answers[0], add_special_tokens=False)["input_ids"])
     return ids
+
+
+def calibration_answers(tokenizer: Any, sample: Sample) -> list[AnswerReading]:
+    """Every question of `sample` as the model reads it after the context, with its answer's tokens: the
+    answer-producing queries of `answer_weight`."""
+    return [(chat_parts(tokenizer, sample.context, qa.question, qa.answer_prefix).question_ids,
+             list(tokenizer(" " + qa.answers[0], add_special_tokens=False)["input_ids"])) for qa in sample.qa]
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -119,6 +172,8 @@ def fit_surrogate(
     hidden: int = 0,
     steps: int = 2000,
     seed: int = 0,
+    answers: Sequence[Sequence[AnswerReading]] | None = None,
+    answer_weight: float = 0.0,
 ) -> dict[str, Any]:
     """Weights for the `surrogate` policy, fitted on ``contexts[held_out:]`` and checked on the first ones.
 
@@ -138,9 +193,12 @@ def fit_surrogate(
     pairs = 0
     if questions is not None and len(questions) != len(contexts):
         raise ValueError(f"{len(questions)} question sets for {len(contexts)} contexts")
+    if answers is not None and len(answers) != len(contexts):
+        raise ValueError(f"{len(answers)} answer sets for {len(contexts)} contexts")
     for i, ctx in enumerate(wrap(list(contexts))):
         layers = scored_layers(model, ctx, reconstruction, question_ids=None if questions is None else questions[i],
-                               target=target, question_weight=question_weight)
+                               target=target, question_weight=question_weight,
+                               answers=None if answers is None else answers[i], answer_weight=answer_weight)
         if i < held_out:
             tests.append(layers)
             continue
@@ -200,7 +258,9 @@ def fit_surrogate(
             "steps": steps if hidden else None,
             "target": target,
             "question_weight": question_weight if target == "both" else None,
-            "target_formula": TARGET_FORMULAS[target].format(floor=SCORE_FLOOR, weight=f"{question_weight:g}"),
+            "answer_weight": answer_weight or None,
+            "target_formula": TARGET_FORMULAS[target].format(floor=SCORE_FLOOR, weight=f"{question_weight:g}")
+            + (f" (+ {answer_weight:g} x max(answer score, {SCORE_FLOOR}) inside the log)" if answer_weight else ""),
             "held_out_spearman_mean": sum(by_layer) / len(by_layer),
             "held_out_spearman_by_layer": [round(r, 4) for r in by_layer],
         },
@@ -301,4 +361,4 @@ def save_weights(data: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-__all__ = ["TARGETS", "blend_weights", "calibration_questions", "fit_surrogate", "save_weights", "scored_layers", "spearman"]
+__all__ = ["TARGETS", "answer_scores", "blend_weights", "calibration_answers", "calibration_questions", "fit_surrogate", "save_weights", "scored_layers", "spearman"]

@@ -11,6 +11,8 @@ import torch
 from kvpilot.config import KVConfig
 from kvpilot.engine.generation import prefill
 from kvpilot.evaluation.surrogate import (
+    answer_scores,
+    calibration_answers,
     calibration_questions,
     fit_surrogate,
     save_weights,
@@ -204,6 +206,31 @@ def test_both_target_is_the_log_of_the_summed_scores(tiny_model):
         scored_layers(tiny_model, ctx, toy_reconstruction, target="questions")
 
 
+def test_answer_weight_adds_what_each_answer_reads(tiny_model):
+    """`answer_weight` adds, inside the log, the largest attention each answer's producing queries give a
+    pair; each question is read on its own copy of the context, so two readings score the maximum of each
+    alone (the first question's tokens never reach the second's), and a fit records the weight."""
+    ctx = _contexts(1, seed=11)[0]
+    questions = _contexts(1, n=30, seed=12)[0]
+    first, second = (_contexts(1, n=12, seed=13)[0], [7, 9, 11]), (_contexts(1, n=9, seed=14)[0], [5, 6])
+    alone = [answer_scores(tiny_model, ctx, [reading]) for reading in (first, second)]
+    together = answer_scores(tiny_model, ctx, [first, second])
+    for a, b, both in zip(*alone, together, strict=True):
+        assert both.shape == (2, 120 - 4) and not torch.allclose(a, b)
+        torch.testing.assert_close(both, torch.maximum(a, b))
+    base = scored_layers(tiny_model, ctx, toy_reconstruction, question_ids=questions, target="both")
+    plus = scored_layers(tiny_model, ctx, toy_reconstruction, question_ids=questions, target="both",
+                         answers=[first, second], answer_weight=5.0)
+    for (fb, b), (fp, p), read in zip(base, plus, together, strict=True):
+        assert torch.equal(fb, fp)
+        torch.testing.assert_close(p, torch.logaddexp(b, read.clamp_min(1e-6).log() + math.log(5.0)))
+    data = fit_surrogate(tiny_model, _contexts(3), toy_reconstruction, held_out=1, progress=lambda it: it,
+                         questions=[questions] * 3, target="both", answers=[[first]] * 3, answer_weight=5.0)
+    assert data["fit"]["answer_weight"] == 5.0 and "5 x max(answer score" in data["fit"]["target_formula"]
+    with pytest.raises(ValueError, match="answer_weight must be >= 0 and needs the calibration answers"):
+        scored_layers(tiny_model, ctx, toy_reconstruction, question_ids=questions, target="both", answer_weight=1.0)
+
+
 def _answer_slots(tok, context: str, head_ids: list[int], span: tuple[int, int], sinks: int) -> list[int]:
     """Indices (after the sinks) of the context tokens that overlap the character span `span`."""
     full = tok.decode(head_ids)
@@ -214,11 +241,24 @@ def _answer_slots(tok, context: str, head_ids: list[int], span: tuple[int, int],
     return [i - sinks for i, (s, e) in enumerate(enc["offset_mapping"]) if s < b and e > a and i >= sinks]
 
 
+def kept_share_of(layers: list, slots: list[list[int]]) -> float:
+    """Share of (layer, KV head, answer) where some token of the answer is in the head's top eighth."""
+    hits, total = 0, 0
+    for _, scores in layers:
+        top = scores.topk(max(1, scores.shape[1] // 8), dim=1).indices
+        for h in range(scores.shape[0]):
+            kept = set(top[h].tolist())
+            hits += sum(any(i in kept for i in answer) for answer in slots)
+            total += len(slots)
+    return hits / total
+
+
 @pytest.mark.slow
 def test_question_target_puts_the_answers_asked_in_the_kept_share(bundled_engine):
     """On a conversation, the questions' attention (with their answers) ranks an answer's tokens within the
     top eighth of the context (what 8x keeps) in more (layer, KV head) slots than reconstruction does:
-    it is the signal a question-agnostic score should learn to foresee."""
+    it is the signal a question-agnostic score should learn to foresee; what the answers alone read does
+    so in more slots still (the question's own tokens also read the names around look-alike distractors)."""
     from kvpilot.engine.prompts import chat_parts
     from kvpilot.workloads.registry import generate
 
@@ -229,19 +269,14 @@ def test_question_target_puts_the_answers_asked_in_the_kept_share(bundled_engine
     assert all(slots)
 
     def kept_share(target: str) -> float:
-        layers = scored_layers(bundled_engine.model, ctx, bundled_engine.reconstruction_queries, target=target,
-                               question_ids=calibration_questions(tok, sample))
-        hits, total = 0, 0
-        for _, log_scores in layers:
-            top = log_scores.topk(max(1, log_scores.shape[1] // 8), dim=1).indices
-            for h in range(log_scores.shape[0]):
-                kept = set(top[h].tolist())
-                hits += sum(any(i in kept for i in answer) for answer in slots)
-                total += len(slots)
-        return hits / total
+        return kept_share_of(scored_layers(bundled_engine.model, ctx, bundled_engine.reconstruction_queries,
+                                           target=target, question_ids=calibration_questions(tok, sample)), slots)
 
     questions, reconstruction = kept_share("questions"), kept_share("reconstruction")
     assert questions > reconstruction + 0.1, (questions, reconstruction)
+    read = answer_scores(bundled_engine.model, ctx, calibration_answers(tok, sample))
+    answers = kept_share_of([(None, r) for r in read], slots)
+    assert answers > questions, (answers, questions)
 
 
 @pytest.mark.slow
@@ -252,9 +287,10 @@ def test_fit_command_mixes_sizes_and_targets(tmp_path, capsys):
 
     out = tmp_path / "w.json"
     assert main(["surrogate", "fit", "--target", "both", "-n", "1", "--held-out", "1", "--tokens", "400", "500",
-                 "--question-weight", "4", "--quiet", "--out", str(out)]) == 0
+                 "--question-weight", "4", "--answer-weight", "2", "--quiet", "--out", str(out)]) == 0
     fit = json.loads(out.read_text())["fit"]
     assert (fit["contexts"], fit["held_out_contexts"], fit["target"], fit["question_weight"]) == (1, 1, "both", 4.0)
+    assert fit["answer_weight"] == 2.0
     assert load_weights(str(out))["num_layers"] == 30
     capsys.readouterr()
     assert main(["surrogate", "fit", "--tokens", "1000", "10"]) == 2
@@ -262,6 +298,9 @@ def test_fit_command_mixes_sizes_and_targets(tmp_path, capsys):
     assert err == ["error: --tokens must be at least 64, got 10"]
     assert main(["surrogate", "fit", "--target", "both", "--question-weight", "0"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == ["error: --question-weight must be positive, got 0.0"]
+    assert main(["surrogate", "fit", "--answer-weight", "3"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --answer-weight must be >= 0 and needs --target questions or both, got 3.0 with --target reconstruction"]
     assert main(["surrogate", "fit", "--hidden", "-1"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: --hidden must be >= 0 and --steps >= 1, got -1 and 2000"]
