@@ -16,11 +16,12 @@ score becomes ``x @ w + relu(x @ W_in) @ w_out``, a few more small products): th
 name's key matters where its value is a fact), which a linear model cannot express. The weights file
 records the model shape it was fitted on and is refused on another.
 
-``weights="bundled"`` is the file fitted for the bundled SmolLM2-135M on both reconstruction's scores and
-ten times the attention calibration questions give each pair (what later questions read, which
-reconstruction alone under-weights: issue 11's measurements), with a hidden layer of 32 per head, on 12
-calibration conversations at each of 1k, 2k and 4k tokens; ``"bundled-linear"`` the same target fitted
-linearly on 6 per size, ``"bundled-blend"`` the mean of those two's scores, ``"bundled-both-w1"`` linear
+``weights="bundled"`` is the file fitted for the bundled SmolLM2-135M on reconstruction's scores plus ten
+times the attention calibration questions give each pair plus ten times what their answers' producing
+queries read (what later questions need, which reconstruction alone under-weights: issue 11's
+measurements), with a hidden layer of 32 per head, on 12 calibration conversations at each of 1k, 2k and
+4k tokens; ``"bundled-without-answers"`` the same without the answers' term; ``"bundled-linear"`` that
+target fitted linearly on 6 per size, ``"bundled-blend"`` the mean of those two's scores, ``"bundled-both-w1"`` linear
 with the two weighted equally, ``"bundled-reconstruction"`` the first fit, linear on reconstruction's
 scores alone.
 """
@@ -43,11 +44,12 @@ if TYPE_CHECKING:
 FORMAT = 1
 _SHIPPED = Path(__file__).with_name("surrogates")
 BUNDLED = {
-    # `kvpilot surrogate fit --target both --question-weight 10 -n 12 --held-out 3 --tokens 1000 2000 4000
-    #  --seed 101 --hidden 32 --steps 4000`
+    # `kvpilot surrogate fit --target both --question-weight 10 --answer-weight 10 -n 12 --held-out 3
+    #  --tokens 1000 2000 4000 --seed 101 --hidden 32 --steps 4000`
     "bundled": _SHIPPED / "smollm2-135m-instruct.json",
+    "bundled-without-answers": _SHIPPED / "smollm2-135m-instruct-without-answers.json",  # the same, no --answer-weight
     "bundled-linear": _SHIPPED / "smollm2-135m-instruct-linear.json",  # -n 6, without --hidden and --steps
-    "bundled-blend": _SHIPPED / "smollm2-135m-instruct-blend.json",  # `kvpilot surrogate blend bundled bundled-linear`
+    "bundled-blend": _SHIPPED / "smollm2-135m-instruct-blend.json",  # `... blend bundled-without-answers bundled-linear`
     "bundled-both-w1": _SHIPPED / "smollm2-135m-instruct-both-w1.json",  # the same fit, --question-weight 1
     "bundled-reconstruction": _SHIPPED / "smollm2-135m-instruct-reconstruction.json",  # the first fit, -n 6
 }
@@ -183,8 +185,9 @@ class SurrogatePolicy(Policy):
 
     weights: str = param("bundled", search=tuple(BUNDLED), description="weights file written by `kvpilot surrogate fit`, "
                          "or 'bundled' (fitted for the bundled SmolLM2-135M on reconstruction scores plus 10 x question "
-                         "scores, a hidden layer of 32 per head, 36 calibration conversations), 'bundled-linear' (the "
-                         "same target, linear, 18 conversations), 'bundled-blend' (the mean of those two), "
+                         "scores plus 10 x what the answers read, a hidden layer of 32 per head, 36 calibration "
+                         "conversations), 'bundled-without-answers' (the same without the answers' term), "
+                         "'bundled-linear' (that, linear, 18 conversations), 'bundled-blend' (the mean of those two), "
                          "'bundled-both-w1' (linear, the two weighted equally) or 'bundled-reconstruction' "
                          "(linear, reconstruction scores alone)")
 

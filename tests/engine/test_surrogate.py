@@ -156,7 +156,8 @@ def test_surrogate_weights_file_errors_are_one_line(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("weights", "target"), [("bundled", "both"), ("bundled-linear", "both"),
+@pytest.mark.parametrize(("weights", "target"), [("bundled", "both"), ("bundled-without-answers", "both"),
+                                                 ("bundled-linear", "both"),
                                                  ("bundled-both-w1", "both"),
                                                  ("bundled-reconstruction", "reconstruction")])
 def test_bundled_weights_rank_the_scores_they_were_fitted_on(bundled_engine, weights, target):
@@ -173,7 +174,8 @@ def test_bundled_weights_rank_the_scores_they_were_fitted_on(bundled_engine, wei
     rhos = []
     layers = scored_layers(bundled_engine.model, ctx, bundled_engine.reconstruction_queries, target=target,
                            question_ids=calibration_questions(tok, sample),
-                           question_weight=data["fit"].get("question_weight") or 1.0)
+                           question_weight=data["fit"].get("question_weight") or 1.0,
+                           answers=calibration_answers(tok, sample), answer_weight=data["fit"].get("answer_weight") or 0.0)
     for li, (feats, log_scores) in enumerate(layers):
         pred = predict(feats, *layer_weights(weights, li))
         rhos += [spearman(pred[h], log_scores[h]) for h in range(log_scores.shape[0])]
