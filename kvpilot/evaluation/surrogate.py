@@ -134,11 +134,7 @@ def answer_scores(model: Any, context_ids: Sequence[int], answers: Sequence[Answ
 def calibration_questions(tokenizer: Any, sample: Sample) -> list[int]:
     """Every question of `sample` with its answer, as the model reads them after the context (the chat
     template's turn, the answer prefix, the answer), one after another: the queries of target "questions"."""
-    ids: list[int] = []
-    for qa in sample.qa:
-        parts = chat_parts(tokenizer, sample.context, qa.question, qa.answer_prefix)
-        ids += parts.question_ids + list(tokenizer(" " + qa.answers[0], add_special_tokens=False)["input_ids"])
-    return ids
+    return [token for prompt, answer in calibration_answers(tokenizer, sample) for token in prompt + answer]
 
 
 def calibration_answers(tokenizer: Any, sample: Sample) -> list[AnswerReading]:
