@@ -166,3 +166,27 @@ def scoring_mass_or_raise(inp: ScoringInputs) -> torch.Tensor:
             "was the model loaded with kvpilot's attention (kvpilot.load_model / kvpilot.attach)?"
         )
     return mass
+
+
+def odd_kernel(k: int) -> str | None:
+    """Parameter check of a pooling width: centred windows need an odd one."""
+    return None if k % 2 else "must be odd (1, 3, 5, ...)"
+
+
+def pool_over_neighbours(scores: torch.Tensor, valid: torch.Tensor, pooling: str, kernel: int) -> torch.Tensor:
+    """[H, n] scores smoothed over ``kernel`` neighbouring slots (SnapKV's clustering), padding left out.
+
+    "max" lifts a slot to its best neighbour's score, so a span whose one token scores high is kept whole
+    (works on log scores too); "avg" is SnapKV's mean (for non-negative masses); "none" returns the scores.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if pooling == "none" or kernel <= 1:
+        return scores
+    if pooling == "max":
+        x = scores.masked_fill(~valid, float("-inf"))[None]
+        pooled = F.max_pool1d(x, kernel_size=kernel, stride=1, padding=kernel // 2)[0]
+        return torch.where(valid, pooled, scores)
+    x = scores.masked_fill(~valid, 0.0)[None]
+    return F.avg_pool1d(x, kernel_size=kernel, stride=1, padding=kernel // 2, count_include_pad=False)[0]

@@ -6,14 +6,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from kvpilot.plugins import param
-from kvpilot.policies.base import POLICY_REGISTRY, Policy, ScoringInputs, scoring_mass_or_raise
+from kvpilot.policies.base import (
+    POLICY_REGISTRY,
+    Policy,
+    ScoringInputs,
+    odd_kernel,
+    pool_over_neighbours,
+    scoring_mass_or_raise,
+)
 
 if TYPE_CHECKING:
     import torch
-
-
-def _odd(k: int) -> str | None:
-    return None if k % 2 else "must be odd (1, 3, 5, ...)"
 
 
 @POLICY_REGISTRY.register
@@ -33,22 +36,12 @@ class SnapKVPolicy(Policy):
                                     description="queries whose attention scores the cache")
     pooling: Literal["avg", "max", "none"] = param("avg", legacy="pooling",
                                                    description="smoothing of scores over neighbouring keys")
-    pooling_kernel: int = param(5, low=1, high=63, check=_odd, legacy="pooling_kernel",
+    pooling_kernel: int = param(5, low=1, high=63, check=odd_kernel, legacy="pooling_kernel",
                                 description="width of the pooling window (odd)")
     reduce: Literal["sum", "mean", "max"] = param(
         "sum", description="how a key's weights from the scoring queries combine: the mass (the paper), the "
         "mean, or the largest weight any one query gave it")
 
     def score(self, inp: ScoringInputs) -> torch.Tensor:
-        import torch.nn.functional as F
-
         mass = scoring_mass_or_raise(inp).masked_fill(~inp.valid, 0.0)
-        k = self.pooling_kernel
-        if self.pooling == "none" or k <= 1:
-            return mass
-        x = mass[None]
-        if self.pooling == "max":
-            pooled = F.max_pool1d(x, kernel_size=k, stride=1, padding=k // 2)
-        else:
-            pooled = F.avg_pool1d(x, kernel_size=k, stride=1, padding=k // 2, count_include_pad=False)
-        return pooled[0]
+        return pool_over_neighbours(mass, inp.valid, self.pooling, self.pooling_kernel)

@@ -32,11 +32,18 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from kvpilot.errors import KVPilotError
 from kvpilot.plugins import param
-from kvpilot.policies.base import POLICY_REGISTRY, Policy, RopeInfo, ScoringInputs
+from kvpilot.policies.base import (
+    POLICY_REGISTRY,
+    Policy,
+    RopeInfo,
+    ScoringInputs,
+    odd_kernel,
+    pool_over_neighbours,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -190,6 +197,10 @@ class SurrogatePolicy(Policy):
                          "'bundled-linear' (that, linear, 18 conversations), 'bundled-blend' (the mean of those two), "
                          "'bundled-both-w1' (linear, the two weighted equally) or 'bundled-reconstruction' "
                          "(linear, reconstruction scores alone)")
+    pooling: Literal["none", "max"] = param("none", description="'max' lifts each pair to the best predicted "
+                                            "score among its neighbours in the same head, so that a span one of "
+                                            "whose tokens matters is kept whole (SnapKV's clustering)")
+    pooling_kernel: int = param(3, low=1, high=15, check=odd_kernel, description="width of the pooling window (odd)")
 
     def score(self, inp: ScoringInputs) -> torch.Tensor:
         data = load_weights(self.weights)
@@ -202,4 +213,5 @@ class SurrogatePolicy(Policy):
             )
         feats = pair_features(inp.keys, inp.values, features=data["features"], positions=inp.positions,
                               seen=inp.seen, rope=inp.rope)
-        return predict(feats, *layer_weights(self.weights, inp.layer_idx))
+        scores = predict(feats, *layer_weights(self.weights, inp.layer_idx))
+        return pool_over_neighbours(scores, inp.valid, self.pooling, self.pooling_kernel)

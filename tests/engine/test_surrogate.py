@@ -43,6 +43,27 @@ def test_fitted_surrogate_passes_the_budget_matrix(tiny_model, tiny_weights):
                                                                       {"weights": tiny_weights})
 
 
+def test_max_pooled_surrogate_passes_the_budget_matrix(tiny_model, tiny_weights):
+    budget_matrix.test_uniform_budget_exact_with_sinks_window_and_order(
+        tiny_model, "surrogate", {"weights": tiny_weights, "pooling": "max", "pooling_kernel": 3})
+
+
+def test_max_pooling_lifts_neighbours_and_ignores_padding():
+    """A slot takes its best neighbour's score (log scores, so negatives too); padding neither gives nor
+    takes a score; "none" and a width of 1 leave the scores alone."""
+    from kvpilot.policies.base import pool_over_neighbours
+
+    scores = torch.tensor([[-5.0, -1.0, -4.0, -6.0, 9.0, -3.0]])
+    valid = torch.tensor([[True, True, True, True, False, True]])
+    pooled = pool_over_neighbours(scores, valid, "max", 3)
+    assert pooled.tolist() == [[-1.0, -1.0, -1.0, -4.0, 9.0, -3.0]]
+    assert torch.equal(pool_over_neighbours(scores, valid, "none", 3), scores)
+    assert torch.equal(pool_over_neighbours(scores, valid, "max", 1), scores)
+    mass = torch.tensor([[0.0, 3.0, 0.0, 6.0]])
+    avg = pool_over_neighbours(mass, torch.ones(1, 4, dtype=torch.bool), "avg", 3)
+    assert avg.tolist() == [[1.5, 1.0, 3.0, 3.0]]
+
+
 def test_fitted_surrogate_ranks_unseen_contexts_like_reconstruction(tiny_model, tiny_weights):
     """On a context outside the fit, the prediction orders the pairs closer to reconstruction's order than
     chance (the random-weight model's scores still depend on keys and values)."""
