@@ -12,9 +12,11 @@ head, averaged), which is what selection uses.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +44,100 @@ AnswerReading = tuple[list[int], list[int]]  # (the question's tokens after the 
 TARGETS = tuple(TARGET_FORMULAS)
 
 
+PASSES = ("reconstruction", "questions", "answers")
+
+
+@dataclass
+class Reading:
+    """One calibration context as the fit needs it: per layer the pairs' features [H_kv, n, F] and the raw
+    scores [H_kv, n] of each pass that ran ("reconstruction", "questions", "answers"; the attention sinks
+    left out: they are always kept). The target is built from the scores afterwards (`target_logs`), so one
+    reading serves fits of any target and weight (`ReadingStore` keeps them on disk)."""
+
+    features: list[torch.Tensor]
+    scores: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+
+def read_context(model: Any, context_ids: Sequence[int], reconstruction: Reconstruction, features: str = FEATURES,
+                 *, passes: Sequence[str] = ("reconstruction",), question_ids: Sequence[int] | None = None,
+                 answers: Sequence[AnswerReading] | None = None, reading: Reading | None = None) -> Reading:
+    """The context prefilled once per pass (nothing evicted), its features and each pass's scores; passes
+    already in `reading` are not run again."""
+    unknown = set(passes) - set(PASSES)
+    if unknown:
+        raise ValueError(f"unknown calibration passes {sorted(unknown)}; passes: {', '.join(PASSES)}")
+    if "questions" in passes and not question_ids:
+        raise ValueError("the questions' pass needs the calibration questions' token ids")
+    if "answers" in passes and not answers:
+        raise ValueError("the answers' pass needs the calibration answers")
+    out = reading or Reading(features=[])
+    for name in passes:
+        if name in out.scores:
+            continue
+        if name == "answers":
+            assert answers is not None
+            out.scores[name] = answer_scores(model, context_ids, answers)
+            continue
+        config, scoring_ids = (CALIBRATION, None) if name == "reconstruction" else (QUESTIONS, question_ids)
+        cache = ManagedCache.for_model(model, config)
+        with torch.inference_mode():
+            prefill(model, cache, context_ids, reconstruction=reconstruction, scoring_ids=scoring_ids, evict=False)
+        layer_scores = []
+        for layer in cache.layers:
+            assert layer.keys is not None and layer.values is not None and layer.positions is not None
+            scores = layer.stats.scoring_mass
+            if scores is None:
+                raise RuntimeError(f"layer {layer.layer_idx} recorded no scoring attention")
+            keep = layer.positions[0] >= config.sink_tokens
+            if len(out.features) < len(cache.layers):  # the same in every pass (same context, nothing evicted)
+                out.features.append(pair_features(layer.keys[0], layer.values[0], features=features,
+                                                  positions=layer.positions, seen=layer.seen,
+                                                  rope=cache.rope)[:, keep].cpu())
+            layer_scores.append(scores[:, : keep.numel()][:, keep].float().cpu())
+        out.scores[name] = layer_scores
+    return out
+
+
+def passes_for(target: str, answer_weight: float = 0.0) -> tuple[str, ...]:
+    """The passes a target needs."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown surrogate target {target!r}; targets: {', '.join(TARGETS)}")
+    need = {"reconstruction": ("reconstruction",), "questions": ("questions",),
+            "both": ("reconstruction", "questions")}[target]
+    return need + (("answers",) if answer_weight else ())
+
+
+def target_logs(reading: Reading, target: str = "reconstruction", question_weight: float = 1.0,
+                answer_weight: float = 0.0) -> list[torch.Tensor]:
+    """Per layer [H_kv, n]: the log target of `TARGET_FORMULAS` (floored scores, weighted, summed inside the
+    log), plus ``answer_weight`` x the answers' scores inside the log when it is positive."""
+    if question_weight <= 0:
+        raise ValueError(f"question_weight must be positive, got {question_weight}")
+    if answer_weight < 0:
+        raise ValueError(f"answer_weight must be >= 0, got {answer_weight}")
+    passes_for(target)  # checks the target's name
+    parts = {"reconstruction": [("reconstruction", 0.0)], "questions": [("questions", 0.0)],
+             "both": [("reconstruction", 0.0), ("questions", math.log(question_weight))]}[target]
+    if answer_weight:
+        parts.append(("answers", math.log(answer_weight)))
+    missing = [name for name, _ in parts if name not in reading.scores]
+    if missing:
+        raise ValueError(f"this reading lacks the {', '.join(missing)} pass(es) target {target!r} needs")
+    logs: list[torch.Tensor] | None = None
+    for name, shift in parts:
+        layer_logs = [s.clamp_min(SCORE_FLOOR).log() + shift for s in reading.scores[name]]
+        logs = layer_logs if logs is None else [torch.logaddexp(a, b) for a, b in zip(logs, layer_logs, strict=True)]
+    assert logs is not None
+    return logs
+
+
 def scored_layers(model: Any, context_ids: Sequence[int], reconstruction: Reconstruction,
                   features: str = FEATURES, *, question_ids: Sequence[int] | None = None,
                   target: str = "reconstruction", question_weight: float = 1.0,
                   answers: Sequence[AnswerReading] | None = None, answer_weight: float = 0.0,
                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer: features [H_kv, n, F] and log scores [H_kv, n] of the context's pairs (the attention sinks
-    left out: they are always kept).
+    """Per layer: features [H_kv, n, F] and log target scores [H_kv, n] of the context's pairs (the attention
+    sinks left out: they are always kept).
 
     `target` "reconstruction": KVzip's scores (the context reproduced as queries); "questions": the largest
     attention that `question_ids` (questions about the context with their answers, as the model will later
@@ -60,44 +149,54 @@ def scored_layers(model: Any, context_ids: Sequence[int], reconstruction: Recons
     produce each answer give a pair (`answers`: each question read after the context, stored, then its
     answer's predicting positions as scoring queries): what the answer itself reads, not the names the
     question mentions, which also appear around look-alike distractors."""
-    if target not in TARGETS:
-        raise ValueError(f"unknown surrogate target {target!r}; targets: {', '.join(TARGETS)}")
+    passes = passes_for(target, answer_weight)
     if question_weight <= 0:
         raise ValueError(f"question_weight must be positive, got {question_weight}")
     if target != "reconstruction" and not question_ids:
         raise ValueError(f"target {target!r} needs the calibration questions' token ids")
     if answer_weight < 0 or (answer_weight and not answers):
         raise ValueError(f"answer_weight must be >= 0 and needs the calibration answers, got {answer_weight}")
-    feats_by_layer: list[torch.Tensor] = []
-    logs: list[torch.Tensor] | None = None
-    # (config, its scoring queries, the log of its weight in the sum)
-    passes: list[tuple[KVConfig, Sequence[int] | None, float]] = [(CALIBRATION, None, 0.0)] if target != "questions" else []
-    passes += [(QUESTIONS, question_ids, math.log(question_weight) if target == "both" else 0.0)] \
-        if target != "reconstruction" else []
-    for config, scoring_ids, shift in passes:
-        cache = ManagedCache.for_model(model, config)
-        with torch.inference_mode():
-            prefill(model, cache, context_ids, reconstruction=reconstruction, scoring_ids=scoring_ids, evict=False)
-        layer_logs = []
-        for layer in cache.layers:
-            assert layer.keys is not None and layer.values is not None and layer.positions is not None
-            scores = layer.stats.scoring_mass
-            if scores is None:
-                raise RuntimeError(f"layer {layer.layer_idx} recorded no scoring attention")
-            keep = layer.positions[0] >= config.sink_tokens
-            if logs is None:  # the features are the same in every pass (same context, nothing evicted)
-                feats_by_layer.append(pair_features(layer.keys[0], layer.values[0], features=features,
-                                                    positions=layer.positions, seen=layer.seen,
-                                                    rope=cache.rope)[:, keep].cpu())
-            layer_logs.append(scores[:, : keep.numel()][:, keep].float().clamp_min(SCORE_FLOOR).log().cpu() + shift)
-        logs = layer_logs if logs is None else [torch.logaddexp(a, b) for a, b in zip(logs, layer_logs, strict=True)]
-    assert logs is not None
-    if answer_weight:
-        assert answers is not None
-        read = answer_scores(model, context_ids, answers)
-        logs = [torch.logaddexp(a, b.clamp_min(SCORE_FLOOR).log() + math.log(answer_weight))
-                for a, b in zip(logs, read, strict=True)]
-    return list(zip(feats_by_layer, logs, strict=True))
+    reading = read_context(model, context_ids, reconstruction, features, passes=passes,
+                           question_ids=question_ids, answers=answers)
+    return list(zip(reading.features, target_logs(reading, target, question_weight, answer_weight), strict=True))
+
+
+class ReadingStore:
+    """Calibration readings kept in a directory, one file per context, so that refitting with another target,
+    weight, width or step count skips the model passes (the expensive part of a fit). A file is named by the
+    model's shape and weights, the feature set and the context's tokens; it records the questions and answers
+    its passes read, and a pass read with other ones is run again."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, model: Any, context_ids: Sequence[int], features: str) -> Path:
+        probe = next(p for p in model.parameters())
+        fingerprint = [getattr(model.config, "_name_or_path", ""), model.config.num_hidden_layers,
+                       float(probe.detach().float().sum()), features, list(context_ids)]
+        return self.directory / (hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()[:24] + ".pt")
+
+    def read(self, model: Any, context_ids: Sequence[int], reconstruction: Reconstruction, features: str = FEATURES,
+             *, passes: Sequence[str], question_ids: Sequence[int] | None = None,
+             answers: Sequence[AnswerReading] | None = None) -> Reading:
+        """The stored reading with every pass in `passes`, the missing ones run (and stored) first."""
+        file = self.path(model, context_ids, features)
+        stored: dict[str, Any] = torch.load(file, weights_only=True) if file.exists() else {}
+        inputs = {"questions": list(question_ids or []), "answers": [list(map(list, a)) for a in answers or []]}
+        reading = Reading(features=stored.get("features", []))
+        for name, scores in stored.get("scores", {}).items():
+            if name not in inputs or stored.get("inputs", {}).get(name) == inputs[name]:
+                reading.scores[name] = scores
+        if all(name in reading.scores for name in passes):
+            return reading
+        read_context(model, context_ids, reconstruction, features, passes=passes, question_ids=question_ids,
+                     answers=answers, reading=reading)
+        kept_inputs = {name: inputs[name] for name in reading.scores if name in inputs}
+        tmp = file.with_suffix(".tmp")
+        torch.save({"features": reading.features, "scores": reading.scores, "inputs": kept_inputs}, tmp)
+        tmp.replace(file)
+        return reading
 
 
 def answer_scores(model: Any, context_ids: Sequence[int], answers: Sequence[AnswerReading]) -> list[torch.Tensor]:
@@ -170,12 +269,14 @@ def fit_surrogate(
     seed: int = 0,
     answers: Sequence[Sequence[AnswerReading]] | None = None,
     answer_weight: float = 0.0,
+    store: ReadingStore | None = None,
 ) -> dict[str, Any]:
     """Weights for the `surrogate` policy, fitted on ``contexts[held_out:]`` and checked on the first ones.
 
     Returns the JSON-ready weights file (`save_weights` writes it): format, feature set, the model shape it
     fits, the weights [layers][KV heads][features] and the fit's figures; with ``hidden`` > 0 also the
     hidden layer (``steps`` Adam steps of 2,048 pairs, ``seed`` for its initialisation and order).
+    ``store`` keeps each context's reading on disk and reuses it (refits skip the model passes).
     """
     if hidden < 0 or (hidden and steps < 1):
         raise ValueError(f"hidden must be >= 0 and steps >= 1, got hidden={hidden}, steps={steps}")
@@ -192,9 +293,17 @@ def fit_surrogate(
     if answers is not None and len(answers) != len(contexts):
         raise ValueError(f"{len(answers)} answer sets for {len(contexts)} contexts")
     for i, ctx in enumerate(wrap(list(contexts))):
-        layers = scored_layers(model, ctx, reconstruction, question_ids=None if questions is None else questions[i],
-                               target=target, question_weight=question_weight,
-                               answers=None if answers is None else answers[i], answer_weight=answer_weight)
+        question_ids = None if questions is None else questions[i]
+        answers_i = None if answers is None else answers[i]
+        if store is None:
+            layers = scored_layers(model, ctx, reconstruction, question_ids=question_ids, target=target,
+                                   question_weight=question_weight, answers=answers_i, answer_weight=answer_weight)
+        else:
+            reading = store.read(model, ctx, reconstruction, passes=passes_for(target, answer_weight),
+                                 question_ids=question_ids, answers=answers_i)
+            layers = list(zip(reading.features, target_logs(reading, target, question_weight, answer_weight),
+                              strict=True))
+            del reading
         if i < held_out:
             tests.append(layers)
             continue
@@ -357,4 +466,4 @@ def save_weights(data: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-__all__ = ["TARGETS", "answer_scores", "blend_weights", "calibration_answers", "calibration_questions", "fit_surrogate", "save_weights", "scored_layers", "spearman"]
+__all__ = ["PASSES", "TARGETS", "Reading", "ReadingStore", "answer_scores", "blend_weights", "calibration_answers", "calibration_questions", "fit_surrogate", "passes_for", "read_context", "save_weights", "scored_layers", "spearman", "target_logs"]

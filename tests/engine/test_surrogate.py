@@ -254,6 +254,41 @@ def test_answer_weight_adds_what_each_answer_reads(tiny_model):
         scored_layers(tiny_model, ctx, toy_reconstruction, question_ids=questions, target="both", answer_weight=1.0)
 
 
+def test_reading_store_refits_without_the_model_passes(tiny_model, tmp_path, monkeypatch):
+    """A fit through a ReadingStore equals the fit without it; a refit with another target runs only the
+    pass the first lacked, and one with another weight runs none (the stored scores are raw, the target is
+    built afterwards); a pass stored for other questions is read again."""
+    from kvpilot.evaluation import surrogate as fitting
+
+    contexts, questions = _contexts(3), [_contexts(1, n=30, seed=12)[0]] * 3
+    answers = [[(_contexts(1, n=12, seed=13)[0], [7, 9, 11])]] * 3
+    store = fitting.ReadingStore(tmp_path / "readings")
+    kwargs = {"held_out": 1, "progress": lambda it: it, "questions": questions, "target": "both",
+              "question_weight": 10.0, "answers": answers, "answer_weight": 5.0}
+    plain = fit_surrogate(tiny_model, contexts, toy_reconstruction, **kwargs)
+    runs: list[str] = []
+    real = fitting.read_context
+
+    def counted(*args, **kw):
+        runs.extend(p for p in kw["passes"] if p not in (kw.get("reading") or fitting.Reading([])).scores)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(fitting, "read_context", counted)
+    rec = fit_surrogate(tiny_model, contexts, toy_reconstruction, held_out=1, progress=lambda it: it, store=store)
+    assert runs == ["reconstruction"] * 3 and len(list(store.directory.glob("*.pt"))) == 3
+    stored = fit_surrogate(tiny_model, contexts, toy_reconstruction, store=store, **kwargs)
+    assert runs == ["reconstruction"] * 3 + ["questions", "answers"] * 3
+    assert stored["weights"] == plain["weights"] and stored["fit"] == plain["fit"]
+    assert rec["weights"] == fit_surrogate(tiny_model, contexts, toy_reconstruction, held_out=1,
+                                           progress=lambda it: it)["weights"]
+    runs.clear()
+    again = fit_surrogate(tiny_model, contexts, toy_reconstruction, store=store, **{**kwargs, "answer_weight": 30.0})
+    assert runs == [] and again["fit"]["answer_weight"] == 30.0 and again["weights"] != plain["weights"]
+    fit_surrogate(tiny_model, contexts, toy_reconstruction, store=store,
+                  **{**kwargs, "questions": [_contexts(1, n=20, seed=15)[0]] * 3})
+    assert runs == ["questions"] * 3
+
+
 def _answer_slots(tok, context: str, head_ids: list[int], span: tuple[int, int], sinks: int) -> list[int]:
     """Indices (after the sinks) of the context tokens that overlap the character span `span`."""
     full = tok.decode(head_ids)
