@@ -20,7 +20,8 @@ records the model shape it was fitted on and is refused on another.
 times the attention calibration questions give each pair plus ten times what their answers' producing
 queries read (what later questions need, which reconstruction alone under-weights: issue 11's
 measurements), with a hidden layer of 32 per head, on 12 calibration conversations at each of 1k, 2k and
-4k tokens; ``"bundled-without-answers"`` the same without the answers' term; ``"bundled-linear"`` that
+4k tokens; ``"bundled-without-answers"`` the same without the answers' term; ``"bundled-answers30"`` with the
+answers' weight 30 (better at 16x, worse at 8x on the development seed); ``"bundled-linear"`` that
 target fitted linearly on 6 per size, ``"bundled-blend"`` the mean of those two's scores, ``"bundled-both-w1"`` linear
 with the two weighted equally, ``"bundled-reconstruction"`` the first fit, linear on reconstruction's
 scores alone.
@@ -55,6 +56,7 @@ BUNDLED = {
     #  --tokens 1000 2000 4000 --seed 101 --hidden 32 --steps 4000`
     "bundled": _SHIPPED / "smollm2-135m-instruct.json",
     "bundled-without-answers": _SHIPPED / "smollm2-135m-instruct-without-answers.json",  # the same, no --answer-weight
+    "bundled-answers30": _SHIPPED / "smollm2-135m-instruct-answers30.json",  # the same, --answer-weight 30
     "bundled-linear": _SHIPPED / "smollm2-135m-instruct-linear.json",  # -n 6, without --hidden and --steps
     "bundled-blend": _SHIPPED / "smollm2-135m-instruct-blend.json",  # `... blend bundled-without-answers bundled-linear`
     "bundled-both-w1": _SHIPPED / "smollm2-135m-instruct-both-w1.json",  # the same fit, --question-weight 1
@@ -193,7 +195,8 @@ class SurrogatePolicy(Policy):
     weights: str = param("bundled", search=tuple(BUNDLED), description="weights file written by `kvpilot surrogate fit`, "
                          "or 'bundled' (fitted for the bundled SmolLM2-135M on reconstruction scores plus 10 x question "
                          "scores plus 10 x what the answers read, a hidden layer of 32 per head, 36 calibration "
-                         "conversations), 'bundled-without-answers' (the same without the answers' term), "
+                         "conversations), 'bundled-without-answers' (the same without the answers' term), 'bundled-answers30' "
+                         "(answer weight 30: more at 16x, less at 8x on the development seed), "
                          "'bundled-linear' (that, linear, 18 conversations), 'bundled-blend' (the mean of those two), "
                          "'bundled-both-w1' (linear, the two weighted equally) or 'bundled-reconstruction' "
                          "(linear, reconstruction scores alone)")

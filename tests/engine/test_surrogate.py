@@ -178,6 +178,7 @@ def test_surrogate_weights_file_errors_are_one_line(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("weights", "target"), [("bundled", "both"), ("bundled-without-answers", "both"),
+                                                 ("bundled-answers30", "both"),
                                                  ("bundled-linear", "both"),
                                                  ("bundled-both-w1", "both"),
                                                  ("bundled-reconstruction", "reconstruction")])
