@@ -98,28 +98,29 @@ def read_context(model: Any, context_ids: Sequence[int], reconstruction: Reconst
     return out
 
 
-def passes_for(target: str, answer_weight: float = 0.0) -> tuple[str, ...]:
-    """The passes a target needs."""
+def _target_parts(target: str, question_weight: float = 1.0, answer_weight: float = 0.0) -> list[tuple[str, float]]:
+    """The passes a target sums inside its log, each with the log of its weight (checked here, once)."""
     if target not in TARGETS:
         raise ValueError(f"unknown surrogate target {target!r}; targets: {', '.join(TARGETS)}")
-    need = {"reconstruction": ("reconstruction",), "questions": ("questions",),
-            "both": ("reconstruction", "questions")}[target]
-    return need + (("answers",) if answer_weight else ())
+    if question_weight <= 0:
+        raise ValueError(f"question_weight must be positive, got {question_weight}")
+    if answer_weight < 0:
+        raise ValueError(f"answer_weight must be >= 0, got {answer_weight}")
+    parts = {"reconstruction": [("reconstruction", 0.0)], "questions": [("questions", 0.0)],
+             "both": [("reconstruction", 0.0), ("questions", math.log(question_weight))]}[target]
+    return parts + ([("answers", math.log(answer_weight))] if answer_weight else [])
+
+
+def passes_for(target: str, answer_weight: float = 0.0) -> tuple[str, ...]:
+    """The passes a target needs."""
+    return tuple(name for name, _ in _target_parts(target, answer_weight=answer_weight))
 
 
 def target_logs(reading: Reading, target: str = "reconstruction", question_weight: float = 1.0,
                 answer_weight: float = 0.0) -> list[torch.Tensor]:
     """Per layer [H_kv, n]: the log target of `TARGET_FORMULAS` (floored scores, weighted, summed inside the
     log), plus ``answer_weight`` x the answers' scores inside the log when it is positive."""
-    if question_weight <= 0:
-        raise ValueError(f"question_weight must be positive, got {question_weight}")
-    if answer_weight < 0:
-        raise ValueError(f"answer_weight must be >= 0, got {answer_weight}")
-    passes_for(target)  # checks the target's name
-    parts = {"reconstruction": [("reconstruction", 0.0)], "questions": [("questions", 0.0)],
-             "both": [("reconstruction", 0.0), ("questions", math.log(question_weight))]}[target]
-    if answer_weight:
-        parts.append(("answers", math.log(answer_weight)))
+    parts = _target_parts(target, question_weight, answer_weight)
     missing = [name for name, _ in parts if name not in reading.scores]
     if missing:
         raise ValueError(f"this reading lacks the {', '.join(missing)} pass(es) target {target!r} needs")
@@ -149,9 +150,7 @@ def scored_layers(model: Any, context_ids: Sequence[int], reconstruction: Recons
     produce each answer give a pair (`answers`: each question read after the context, stored, then its
     answer's predicting positions as scoring queries): what the answer itself reads, not the names the
     question mentions, which also appear around look-alike distractors."""
-    passes = passes_for(target, answer_weight)
-    if question_weight <= 0:
-        raise ValueError(f"question_weight must be positive, got {question_weight}")
+    passes = [name for name, _ in _target_parts(target, question_weight, answer_weight)]  # fails before any pass
     if target != "reconstruction" and not question_ids:
         raise ValueError(f"target {target!r} needs the calibration questions' token ids")
     if answer_weight < 0 or (answer_weight and not answers):
@@ -184,15 +183,18 @@ class ReadingStore:
         file = self.path(model, context_ids, features)
         stored: dict[str, Any] = torch.load(file, weights_only=True) if file.exists() else {}
         inputs = {"questions": list(question_ids or []), "answers": [list(map(list, a)) for a in answers or []]}
+        stored_inputs: dict[str, Any] = stored.get("inputs", {})
         reading = Reading(features=stored.get("features", []))
         for name, scores in stored.get("scores", {}).items():
-            if name not in inputs or stored.get("inputs", {}).get(name) == inputs[name]:
-                reading.scores[name] = scores
+            if name in passes and name in inputs and stored_inputs.get(name) != inputs[name]:
+                continue  # read with other questions or answers: read again below
+            reading.scores[name] = scores  # a pass not asked for now is kept as stored
         if all(name in reading.scores for name in passes):
             return reading
         read_context(model, context_ids, reconstruction, features, passes=passes, question_ids=question_ids,
                      answers=answers, reading=reading)
-        kept_inputs = {name: inputs[name] for name in reading.scores if name in inputs}
+        kept_inputs = {name: inputs[name] if name in passes else stored_inputs.get(name)
+                       for name in reading.scores if name in inputs}
         tmp = file.with_suffix(".tmp")
         torch.save({"features": reading.features, "scores": reading.scores, "inputs": kept_inputs}, tmp)
         tmp.replace(file)
@@ -282,6 +284,7 @@ def fit_surrogate(
         raise ValueError(f"hidden must be >= 0 and steps >= 1, got hidden={hidden}, steps={steps}")
     if len(contexts) <= held_out:
         raise ValueError(f"need more than {held_out} calibration contexts (held_out={held_out}), got {len(contexts)}")
+    _target_parts(target, question_weight, answer_weight)  # a bad target or weight fails before any pass
     wrap = progress or (lambda it: tqdm(it, desc="calibration contexts", unit="ctx"))
     xtx: list[torch.Tensor] = []
     xty: list[torch.Tensor] = []

@@ -288,6 +288,12 @@ def test_reading_store_refits_without_the_model_passes(tiny_model, tmp_path, mon
     fit_surrogate(tiny_model, contexts, toy_reconstruction, store=store,
                   **{**kwargs, "questions": [_contexts(1, n=20, seed=15)[0]] * 3})
     assert runs == ["questions"] * 3
+    runs.clear()  # a refit that reads new questions but no answers keeps the stored answers' pass
+    other = [_contexts(1, n=25, seed=16)[0]] * 3
+    fit_surrogate(tiny_model, contexts, toy_reconstruction, store=store,
+                  **{**kwargs, "questions": other, "answers": None, "answer_weight": 0.0})
+    fit_surrogate(tiny_model, contexts, toy_reconstruction, store=store, **{**kwargs, "questions": other})
+    assert runs == ["questions"] * 3
 
 
 def _answer_slots(tok, context: str, head_ids: list[int], span: tuple[int, int], sinks: int) -> list[int]:
