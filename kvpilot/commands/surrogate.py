@@ -44,6 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "beside the linear part, trained by Adam (0: linear ridge regression, the default; the "
                      "bundled weights use 32)")
     fit.add_argument("--steps", type=int, default=2000, help="Adam steps of 2,048 pairs for --hidden (default 2000)")
+    fit.add_argument("--floor-quantile", type=float, default=0.0, metavar="Q",
+                     help="raise every target below each context's Q-quantile (all layers and heads) to it, so "
+                     "the fit ranks the top pairs selection keeps rather than the ones it drops (e.g. 0.75; "
+                     "default 0: off)")
     fit.add_argument("--ridge", type=float, default=1e-3, help="ridge strength, relative, for the linear fit "
                      "(default 1e-3)")
     fit.add_argument("--data-dir", default=None, help="keep each calibration context's features and scores in this "
@@ -80,6 +84,9 @@ def run_fit(args: argparse.Namespace) -> int:
         return 2
     if args.hidden < 0 or args.steps < 1:
         print(f"error: --hidden must be >= 0 and --steps >= 1, got {args.hidden} and {args.steps}", file=sys.stderr)
+        return 2
+    if not 0.0 <= args.floor_quantile < 1.0:
+        print(f"error: --floor-quantile must be in [0, 1), got {args.floor_quantile}", file=sys.stderr)
         return 2
     if min(args.tokens) < 64:
         print(f"error: --tokens must be at least 64, got {min(args.tokens)}", file=sys.stderr)
@@ -118,7 +125,8 @@ def run_fit(args: argparse.Namespace) -> int:
                          ridge=args.ridge, name=model_dir.name, progress=progress, questions=questions,
                          target=args.target, question_weight=args.question_weight, hidden=args.hidden,
                          steps=args.steps, seed=args.seed, answers=answers, answer_weight=args.answer_weight,
-                         store=ReadingStore(args.data_dir) if args.data_dir else None)
+                         store=ReadingStore(args.data_dir) if args.data_dir else None,
+                         floor_quantile=args.floor_quantile)
     out = save_weights(data, args.out or kvpilot_home() / "surrogates" / f"{model_dir.name}.json")
     fit = data["fit"]
     print(f"fitted on {fit['contexts']} contexts ({fit['pairs']} pairs); held-out Spearman "

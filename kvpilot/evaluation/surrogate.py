@@ -98,8 +98,11 @@ def read_context(model: Any, context_ids: Sequence[int], reconstruction: Reconst
     return out
 
 
-def _target_parts(target: str, question_weight: float = 1.0, answer_weight: float = 0.0) -> list[tuple[str, float]]:
+def _target_parts(target: str, question_weight: float = 1.0, answer_weight: float = 0.0,
+                  floor_quantile: float = 0.0) -> list[tuple[str, float]]:
     """The passes a target sums inside its log, each with the log of its weight (checked here, once)."""
+    if not 0.0 <= floor_quantile < 1.0:
+        raise ValueError(f"floor_quantile must be in [0, 1), got {floor_quantile}")
     if target not in TARGETS:
         raise ValueError(f"unknown surrogate target {target!r}; targets: {', '.join(TARGETS)}")
     if question_weight <= 0:
@@ -117,10 +120,14 @@ def passes_for(target: str, answer_weight: float = 0.0) -> tuple[str, ...]:
 
 
 def target_logs(reading: Reading, target: str = "reconstruction", question_weight: float = 1.0,
-                answer_weight: float = 0.0) -> list[torch.Tensor]:
+                answer_weight: float = 0.0, floor_quantile: float = 0.0) -> list[torch.Tensor]:
     """Per layer [H_kv, n]: the log target of `TARGET_FORMULAS` (floored scores, weighted, summed inside the
-    log), plus ``answer_weight`` x the answers' scores inside the log when it is positive."""
-    parts = _target_parts(target, question_weight, answer_weight)
+    log), plus ``answer_weight`` x the answers' scores inside the log when it is positive.
+
+    ``floor_quantile`` q > 0 raises every target below the context's q-quantile (over all layers and heads,
+    the pool global selection draws from) to it: selection keeps only the top few percent, so the fit need
+    not rank the pairs it will drop among themselves, and spends its capacity on the top."""
+    parts = _target_parts(target, question_weight, answer_weight, floor_quantile)
     missing = [name for name, _ in parts if name not in reading.scores]
     if missing:
         raise ValueError(f"this reading lacks the {', '.join(missing)} pass(es) target {target!r} needs")
@@ -129,6 +136,10 @@ def target_logs(reading: Reading, target: str = "reconstruction", question_weigh
         layer_logs = [s.clamp_min(SCORE_FLOOR).log() + shift for s in reading.scores[name]]
         logs = layer_logs if logs is None else [torch.logaddexp(a, b) for a, b in zip(logs, layer_logs, strict=True)]
     assert logs is not None
+    if floor_quantile:
+        flat = torch.cat([t.flatten() for t in logs])
+        floor = flat.kthvalue(max(1, math.ceil(floor_quantile * flat.numel()))).values
+        logs = [t.clamp_min(floor) for t in logs]
     return logs
 
 
@@ -136,7 +147,7 @@ def scored_layers(model: Any, context_ids: Sequence[int], reconstruction: Recons
                   features: str = FEATURES, *, question_ids: Sequence[int] | None = None,
                   target: str = "reconstruction", question_weight: float = 1.0,
                   answers: Sequence[AnswerReading] | None = None, answer_weight: float = 0.0,
-                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                  floor_quantile: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer: features [H_kv, n, F] and log target scores [H_kv, n] of the context's pairs (the attention
     sinks left out: they are always kept).
 
@@ -149,15 +160,16 @@ def scored_layers(model: Any, context_ids: Sequence[int], reconstruction: Recons
     `answer_weight` > 0 adds, inside the log, that weight times the largest attention the queries that
     produce each answer give a pair (`answers`: each question read after the context, stored, then its
     answer's predicting positions as scoring queries): what the answer itself reads, not the names the
-    question mentions, which also appear around look-alike distractors."""
-    passes = [name for name, _ in _target_parts(target, question_weight, answer_weight)]  # fails before any pass
+    question mentions, which also appear around look-alike distractors. ``floor_quantile``: see `target_logs`."""
+    passes = [name for name, _ in _target_parts(target, question_weight, answer_weight, floor_quantile)]
     if target != "reconstruction" and not question_ids:
         raise ValueError(f"target {target!r} needs the calibration questions' token ids")
     if answer_weight < 0 or (answer_weight and not answers):
         raise ValueError(f"answer_weight must be >= 0 and needs the calibration answers, got {answer_weight}")
     reading = read_context(model, context_ids, reconstruction, features, passes=passes,
                            question_ids=question_ids, answers=answers)
-    return list(zip(reading.features, target_logs(reading, target, question_weight, answer_weight), strict=True))
+    return list(zip(reading.features, target_logs(reading, target, question_weight, answer_weight, floor_quantile),
+                    strict=True))
 
 
 class ReadingStore:
@@ -272,6 +284,7 @@ def fit_surrogate(
     answers: Sequence[Sequence[AnswerReading]] | None = None,
     answer_weight: float = 0.0,
     store: ReadingStore | None = None,
+    floor_quantile: float = 0.0,
 ) -> dict[str, Any]:
     """Weights for the `surrogate` policy, fitted on ``contexts[held_out:]`` and checked on the first ones.
 
@@ -279,12 +292,14 @@ def fit_surrogate(
     fits, the weights [layers][KV heads][features] and the fit's figures; with ``hidden`` > 0 also the
     hidden layer (``steps`` Adam steps of 2,048 pairs, ``seed`` for its initialisation and order).
     ``store`` keeps each context's reading on disk and reuses it (refits skip the model passes).
+    ``floor_quantile`` flattens the target below that quantile of each context (`target_logs`); the held-out
+    Spearman is then measured on the flattened target too.
     """
     if hidden < 0 or (hidden and steps < 1):
         raise ValueError(f"hidden must be >= 0 and steps >= 1, got hidden={hidden}, steps={steps}")
     if len(contexts) <= held_out:
         raise ValueError(f"need more than {held_out} calibration contexts (held_out={held_out}), got {len(contexts)}")
-    _target_parts(target, question_weight, answer_weight)  # a bad target or weight fails before any pass
+    _target_parts(target, question_weight, answer_weight, floor_quantile)  # bad input fails before any pass
     wrap = progress or (lambda it: tqdm(it, desc="calibration contexts", unit="ctx"))
     xtx: list[torch.Tensor] = []
     xty: list[torch.Tensor] = []
@@ -300,12 +315,13 @@ def fit_surrogate(
         answers_i = None if answers is None else answers[i]
         if store is None:
             layers = scored_layers(model, ctx, reconstruction, question_ids=question_ids, target=target,
-                                   question_weight=question_weight, answers=answers_i, answer_weight=answer_weight)
+                                   question_weight=question_weight, answers=answers_i, answer_weight=answer_weight,
+                                   floor_quantile=floor_quantile)
         else:
             reading = store.read(model, ctx, reconstruction, passes=passes_for(target, answer_weight),
                                  question_ids=question_ids, answers=answers_i)
-            layers = list(zip(reading.features, target_logs(reading, target, question_weight, answer_weight),
-                              strict=True))
+            layers = list(zip(reading.features,
+                              target_logs(reading, target, question_weight, answer_weight, floor_quantile), strict=True))
             del reading
         if i < held_out:
             tests.append(layers)
@@ -367,6 +383,7 @@ def fit_surrogate(
             "target": target,
             "question_weight": question_weight if target == "both" else None,
             "answer_weight": answer_weight or None,
+            "floor_quantile": floor_quantile or None,
             "target_formula": TARGET_FORMULAS[target].format(floor=SCORE_FLOOR, weight=f"{question_weight:g}")
             + (f" (+ {answer_weight:g} x max(answer score, {SCORE_FLOOR}) inside the log)" if answer_weight else ""),
             "held_out_spearman_mean": sum(by_layer) / len(by_layer),

@@ -255,6 +255,25 @@ def test_answer_weight_adds_what_each_answer_reads(tiny_model):
         scored_layers(tiny_model, ctx, toy_reconstruction, question_ids=questions, target="both", answer_weight=1.0)
 
 
+def test_floor_quantile_flattens_the_bottom_of_the_context_only(tiny_model):
+    """`floor_quantile` raises every target under the context's quantile (all layers and heads pooled, as
+    global selection pools them) to that quantile and leaves the top untouched; a fit records it."""
+    ctx = _contexts(1, seed=11)[0]
+    plain = [t for _, t in scored_layers(tiny_model, ctx, toy_reconstruction)]
+    floored = [t for _, t in scored_layers(tiny_model, ctx, toy_reconstruction, floor_quantile=0.75)]
+    flat = torch.cat([t.flatten() for t in plain])
+    floor = flat.sort().values[math.ceil(0.75 * flat.numel()) - 1]
+    for p, f in zip(plain, floored, strict=True):
+        torch.testing.assert_close(f, p.clamp_min(floor))
+    flat_floored = torch.cat([t.flatten() for t in floored])
+    assert (flat_floored == floor).float().mean() >= 0.75 and (flat_floored > floor).any()
+    data = fit_surrogate(tiny_model, _contexts(3), toy_reconstruction, held_out=1, progress=lambda it: it,
+                         floor_quantile=0.5)
+    assert data["fit"]["floor_quantile"] == 0.5
+    with pytest.raises(ValueError, match="floor_quantile must be in"):
+        scored_layers(tiny_model, ctx, toy_reconstruction, floor_quantile=1.0)
+
+
 def test_reading_store_refits_without_the_model_passes(tiny_model, tmp_path, monkeypatch):
     """A fit through a ReadingStore equals the fit without it; a refit with another target runs only the
     pass the first lacked, and one with another weight runs none (the stored scores are raw, the target is
@@ -369,3 +388,5 @@ def test_fit_command_mixes_sizes_and_targets(tmp_path, capsys):
     assert main(["surrogate", "fit", "--hidden", "-1"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: --hidden must be >= 0 and --steps >= 1, got -1 and 2000"]
+    assert main(["surrogate", "fit", "--floor-quantile", "1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --floor-quantile must be in [0, 1), got 1.0"]
