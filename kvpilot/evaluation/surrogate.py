@@ -26,6 +26,7 @@ from tqdm import tqdm
 from kvpilot.cache.managed import ManagedCache
 from kvpilot.config import KVConfig
 from kvpilot.engine.generation import Reconstruction, extend, forward, prefill
+from kvpilot.engine.model import model_fingerprint
 from kvpilot.engine.prompts import chat_parts
 from kvpilot.policies.surrogate import FEATURES, FORMAT, feature_count, pair_features, predict
 from kvpilot.workloads.sample import Sample
@@ -183,9 +184,9 @@ class ReadingStore:
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def path(self, model: Any, context_ids: Sequence[int], features: str) -> Path:
-        probe = next(p for p in model.parameters())
-        fingerprint = [getattr(model.config, "_name_or_path", ""), model.config.num_hidden_layers,
-                       float(probe.detach().float().sum()), features, list(context_ids)]
+        """Named by the model's contents (`model_fingerprint`: its files, not a float sum of a weight, which
+        changed with the thread count and so missed every stored reading in a process with other threads)."""
+        fingerprint = [model_fingerprint(model), features, list(context_ids)]
         return self.directory / (hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()[:24] + ".pt")
 
     def read(self, model: Any, context_ids: Sequence[int], reconstruction: Reconstruction, features: str = FEATURES,

@@ -274,6 +274,26 @@ def test_floor_quantile_flattens_the_bottom_of_the_context_only(tiny_model):
         scored_layers(tiny_model, ctx, toy_reconstruction, floor_quantile=1.0)
 
 
+def test_reading_store_names_a_reading_alike_in_every_process(bundled_model, tiny_model, tmp_path):
+    """A reading's file name depends on the model's contents and the context, not on the thread count (a float
+    sum of the bundled model's embedding did, so a refit with another OMP_NUM_THREADS missed every stored
+    reading)."""
+    from kvpilot.evaluation.surrogate import ReadingStore
+
+    store, ctx = ReadingStore(tmp_path), _contexts(1)[0]
+    threads = torch.get_num_threads()
+    try:
+        names = set()
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            names.add(store.path(bundled_model, ctx, "f"))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(names) == 1
+    assert store.path(bundled_model, ctx[:-1], "f") not in names and store.path(bundled_model, ctx, "g") not in names
+    assert store.path(tiny_model, ctx, "f") not in names
+
+
 def test_reading_store_refits_without_the_model_passes(tiny_model, tmp_path, monkeypatch):
     """A fit through a ReadingStore equals the fit without it; a refit with another target runs only the
     pass the first lacked, and one with another weight runs none (the stored scores are raw, the target is
