@@ -6,7 +6,11 @@ is asked on its own copy of the compressed cache. For every config family in FAM
 (2x/4x/8x/16x = 0.5/0.75/0.875/0.9375) the script reports accuracy with a Wilson 95 % interval, the KV
 bytes held after compression, the peak KV bytes, and the prefill time (scoring included) as a ratio of
 a plain prefill of the same context, measured in alternating pairs in this run (median over
---timing-samples conversations).
+--timing-samples conversations). Every row keeps its per-question scores, and each compressed row its
+difference from the full cache on the same questions with a paired 95 % interval (Newcombe's method 10):
+two configs answering the same questions mostly agree, so the difference is far better known than the
+two accuracies' own intervals suggest. --full-from takes the full cache's rows from an earlier run of the
+same samples instead of answering again.
 
 kvpress 0.5.5 (KVzipPress, SnapKVPress, KeyDiffPress) runs on the same samples and the same model in its
 own virtual environment, benchmarks/.venv-kvpress, which this script creates on first use (torch from the
@@ -41,6 +45,7 @@ from kvpilot.engine import Engine  # noqa: E402
 from kvpilot.engine.model import resolve_model_dir  # noqa: E402
 from kvpilot.engine.prompts import chat_parts  # noqa: E402
 from kvpilot.evaluation import Evaluator  # noqa: E402
+from kvpilot.evaluation.intervals import paired_difference_interval  # noqa: E402
 from kvpilot.workloads.scoring import metric_for  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -187,7 +192,9 @@ def kvpress_rows(samples, lines: list[dict], tokens: int) -> list[dict]:
         if d["kind"] == "answer":
             groups.setdefault((d["press"], d["ratio"]), []).append(d)
     rows = []
+    order = {s.id: i for i, s in enumerate(samples)}
     for (press, ratio), answers in groups.items():
+        answers = sorted(answers, key=lambda a: (order[a["sample_id"]], a["question_index"]))
         scores = []
         for a in answers:
             sample = by_id[a["sample_id"]]
@@ -198,7 +205,7 @@ def kvpress_rows(samples, lines: list[dict], tokens: int) -> list[dict]:
         rows.append({
             "side": "kvpress", "tokens": tokens, "family": "full cache (kvpress pipeline)" if press == "full"
             else f"kvpress {press}", "ratio": ratio, "accuracy": sum(scores) / n, "accuracy_95": wilson(sum(scores), n),
-            "n_questions": n,
+            "n_questions": n, "scores": scores,
             "kv_bytes": statistics.mean(a["kv_bytes"] for a in per_sample),
             "logical_kv_bytes": statistics.mean(a["logical_kv_bytes"] for a in per_sample),
             "peak_kv_bytes": max(a["peak_kv_bytes"] for a in per_sample),
@@ -208,12 +215,35 @@ def kvpress_rows(samples, lines: list[dict], tokens: int) -> list[dict]:
     return rows
 
 
+def compare_with_full(row: dict, full: dict | None) -> None:
+    """Add the row's paired difference from the full cache's accuracy on the same questions (in place)."""
+    if full is None or row is full or len(full.get("scores", [])) != len(row["scores"]):
+        return
+    diff, low, high = paired_difference_interval(row["scores"], full["scores"])
+    row["vs_full"] = {"difference": diff, "difference_95": [low, high], "share_of_full":
+                      row["accuracy"] / full["accuracy"] if full["accuracy"] else None}
+
+
+def full_rows_from(name: str, seed: int, samples: int, questions: int) -> dict[int, dict]:
+    """The kvpilot full-cache rows (with per-question scores) of an earlier run of the same samples, by size."""
+    path = HERE / "results" / f"{name}.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if (data.get("seed"), data.get("samples"), data.get("questions_per_sample")) != (seed, samples, questions):
+        raise ValueError(f"{path.name} was run with seed {data.get('seed')}, {data.get('samples')} samples, "
+                         f"{data.get('questions_per_sample')} questions; this run uses {seed}, {samples}, {questions}")
+    return {r["tokens"]: r for r in data["rows"] if r["side"] == "kvpilot" and r["ratio"] == 0.0 and "scores" in r}
+
+
 def show(row: dict) -> None:
     low, high = row["accuracy_95"]
     time_ratio = f"x{row['time_ratio']:.2f}" if row.get("time_ratio") is not None else "  -  "
+    paired = ""
+    if "vs_full" in row:
+        d, (dl, dh) = row["vs_full"]["difference"], row["vs_full"]["difference_95"]
+        paired = f"  vs full {d:+.3f} [{dl:+.3f}, {dh:+.3f}]"
     print(f"{row['tokens']:5d} {row['family']:46s} {row['ratio']:>6.4g}  acc {row['accuracy']:.3f} "
           f"[{low:.3f}, {high:.3f}] of {row['n_questions']}  KV {row['kv_bytes'] / 2**20:6.1f} MiB  "
-          f"peak {row['peak_kv_bytes'] / 2**20:6.1f} MiB  prefill {time_ratio}", flush=True)
+          f"peak {row['peak_kv_bytes'] / 2**20:6.1f} MiB  prefill {time_ratio}{paired}", flush=True)
 
 
 def main() -> int:
@@ -232,6 +262,9 @@ def main() -> int:
                     help="evaluate kvpilot's full cache (--no-full when another run of the same samples has it)")
     ap.add_argument("--kvpress-full", action=argparse.BooleanOptionalAction, default=True,
                     help="also answer through kvpress's pipeline with no press (checks that the prompts match)")
+    ap.add_argument("--full-from", default=None, metavar="NAME",
+                    help="take the full cache's rows (per-question scores) from benchmarks/results/NAME.json, an "
+                    "earlier run of the same seed and samples, for the paired differences; implies --no-full")
     ap.add_argument("--timing-samples", type=int, default=2, help="conversations timed in alternating pairs")
     ap.add_argument("--deadline-min", type=float, default=None,
                     help="stop starting configs after this many minutes and stop kvpress there (partial rows say n)")
@@ -241,6 +274,14 @@ def main() -> int:
         print("error: need 1 <= --questions <= --facts", file=sys.stderr)
         return 2
 
+    earlier_full: dict[int, dict] = {}
+    if args.full_from:
+        try:
+            earlier_full = full_rows_from(args.full_from, args.seed, args.samples, args.questions)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"error: --full-from {args.full_from}: {exc}", file=sys.stderr)
+            return 2
+        args.full = False
     load_before = os.getloadavg()
     started = time.perf_counter()
     engine = Engine.load()
@@ -262,29 +303,35 @@ def main() -> int:
         timed_ids = [chat_parts(engine.tokenizer, s.context, s.qa[0].question).context_ids
                      for s in ev.samples[: args.timing_samples]]
 
-        def record(family: str, ratio: float, config: KVConfig, tokens: int = tokens, ev: Evaluator = ev,
-                   timed_ids: list[list[int]] = timed_ids) -> None:
-            m = ev.run(config).metrics
+        full_row = earlier_full.get(tokens)
+
+        def record(family: str, ratio: float, config: KVConfig, full: dict | None, tokens: int = tokens,
+                   ev: Evaluator = ev, timed_ids: list[list[int]] = timed_ids) -> dict:
+            run = ev.run(config)
+            m = run.metrics
             n = m["n_questions"]
             pairs = paired_time_ratio(engine, timed_ids, config) if ratio > 0 else []
             row = {"side": "kvpilot", "tokens": tokens, "family": family, "ratio": ratio,
                    "config": config.to_dict(), "accuracy": m["accuracy"], "accuracy_95": wilson(m["accuracy"] * n, n),
-                   "n_questions": n, "kv_bytes": m["kv_bytes"], "logical_kv_bytes": m["kv_bytes"],
+                   "n_questions": n, "scores": [p["score"] for p in run.predictions],
+                   "kv_bytes": m["kv_bytes"], "logical_kv_bytes": m["kv_bytes"],
                    "peak_kv_bytes": m["peak_kv_bytes"],
                    "time_ratio": statistics.median(pairs) if pairs else 1.0, "time_pairs": pairs}
+            compare_with_full(row, full)
             rows.append(row)
             show(row)
+            return row
 
         side = (KvpressRun(ev.samples, args.ratios, args.kvpress, args.timing_samples, args.kvpress_full)
                 if args.kvpress else None)
         if args.full:
-            record("full cache", 0.0, KVConfig())
+            full_row = record("full cache", 0.0, KVConfig(), None)
         for family in args.families:
             for ratio in args.ratios:
                 if deadline is not None and time.perf_counter() > deadline:
                     errors.append(f"{tokens} tokens: deadline reached before {family} at {ratio}")
                     continue
-                record(family, ratio, KVConfig.parse({**FAMILIES[family], "compression_ratio": ratio}))
+                record(family, ratio, KVConfig.parse({**FAMILIES[family], "compression_ratio": ratio}), full_row)
                 checkpoint()
         if side is not None:
             try:
@@ -294,6 +341,7 @@ def main() -> int:
                 print(errors[-1], file=sys.stderr, flush=True)
                 lines = []
             for row in kvpress_rows(ev.samples, lines, tokens):
+                compare_with_full(row, full_row)
                 rows.append(row)
                 show(row)
         checkpoint()
