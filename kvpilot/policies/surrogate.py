@@ -39,12 +39,14 @@ from kvpilot.errors import KVPilotError
 from kvpilot.plugins import param
 from kvpilot.policies.base import (
     POLICY_REGISTRY,
+    ConfigView,
     Policy,
     RopeInfo,
     ScoringInputs,
     odd_kernel,
     pool_over_neighbours,
 )
+from kvpilot.policies.layers import average_budget
 
 if TYPE_CHECKING:
     import torch
@@ -62,6 +64,18 @@ BUNDLED = {
     "bundled-both-w1": _SHIPPED / "smollm2-135m-instruct-both-w1.json",  # the same fit, --question-weight 1
     "bundled-reconstruction": _SHIPPED / "smollm2-135m-instruct-reconstruction.json",  # the first fit, -n 6
 }
+# "by-budget": the bundled fit that kept more at the budget the cache is compressed to (issue 11's development
+# and evaluation seeds): answer weight 10 down to 1/12 of the context kept (8x), answer weight 30 below (16x)
+BY_BUDGET = "by-budget"
+TIGHT_SHARE = 1 / 12
+
+
+def weights_for(name: str, config: ConfigView, seen: int) -> str:
+    """The weights file a `weights` value names for this cache: itself, or for "by-budget" the bundled fit
+    suited to the share of the context the config keeps."""
+    if name != BY_BUDGET:
+        return name
+    return "bundled-answers30" if average_budget(config, seen) < TIGHT_SHARE * seen else "bundled"
 
 
 class SurrogateError(KVPilotError, ValueError):
@@ -192,7 +206,9 @@ class SurrogatePolicy(Policy):
                    "questions read) from each pair's key and value; no second pass")
     needs_profile = True
 
-    weights: str = param("bundled", search=tuple(BUNDLED), description="weights file written by `kvpilot surrogate fit`, "
+    weights: str = param("bundled", search=(*BUNDLED, BY_BUDGET), description="weights file written by `kvpilot surrogate fit`, "
+                         "'by-budget' (the bundled fit that kept more at the config's budget: 'bundled' when "
+                         "1/12 of the context or more is kept, 'bundled-answers30' below, i.e. at 16x), "
                          "or 'bundled' (fitted for the bundled SmolLM2-135M on reconstruction scores plus 10 x question "
                          "scores plus 10 x what the answers read, a hidden layer of 32 per head, 36 calibration "
                          "conversations), 'bundled-without-answers' (the same without the answers' term), 'bundled-answers30' "
@@ -206,15 +222,16 @@ class SurrogatePolicy(Policy):
     pooling_kernel: int = param(3, low=1, high=15, check=odd_kernel, description="width of the pooling window (odd)")
 
     def score(self, inp: ScoringInputs) -> torch.Tensor:
-        data = load_weights(self.weights)
+        weights = weights_for(self.weights, inp.config, inp.seen)
+        data = load_weights(weights)
         h_kv, _, d = inp.keys.shape
         if (data["num_kv_heads"], data["head_dim"]) != (h_kv, d) or inp.layer_idx >= data["num_layers"]:
             raise SurrogateError(
-                f"surrogate weights {self.weights!r} were fitted for {data['num_layers']} layers x "
+                f"surrogate weights {weights!r} were fitted for {data['num_layers']} layers x "
                 f"{data['num_kv_heads']} KV heads x head dim {data['head_dim']}; this model has {h_kv} KV heads "
                 f"x head dim {d} (fit one for it with `kvpilot surrogate fit`)"
             )
         feats = pair_features(inp.keys, inp.values, features=data["features"], positions=inp.positions,
                               seen=inp.seen, rope=inp.rope)
-        scores = predict(feats, *layer_weights(self.weights, inp.layer_idx))
+        scores = predict(feats, *layer_weights(weights, inp.layer_idx))
         return pool_over_neighbours(scores, inp.valid, self.pooling, self.pooling_kernel)

@@ -162,6 +162,42 @@ def test_surrogate_refuses_weights_of_another_model(tiny_model):
             prefill(tiny_model, cache, _contexts(1)[0])
 
 
+def test_by_budget_picks_the_fit_for_the_share_kept():
+    """`weights="by-budget"`: answer weight 10 where 1/12 of the context or more is kept (8x, a budget of 100
+    of 1,000 tokens), answer weight 30 below (16x, 60 of 1,000); any other name is itself."""
+    from kvpilot.policies.surrogate import weights_for
+
+    picks = {(ratio, budget): weights_for("by-budget", KVConfig(policy="surrogate", compression_ratio=ratio,
+                                                              budget=budget), 1000)
+             for ratio, budget in ((0.875, None), (0.9375, None), (None, 100), (None, 60))}
+    assert picks == {(0.875, None): "bundled", (0.9375, None): "bundled-answers30",
+                     (None, 100): "bundled", (None, 60): "bundled-answers30"}
+    assert weights_for("bundled-linear", KVConfig(policy="surrogate", compression_ratio=0.9375), 1000) == "bundled-linear"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ratio", [0.875, 0.9375])
+def test_by_budget_keeps_what_its_pick_keeps(bundled_engine, ratio):
+    """On the bundled model, "by-budget" keeps exactly the pairs its pick keeps, and the picks differ."""
+    from kvpilot.cache.managed import ManagedCache
+    from kvpilot.engine.prompts import chat_parts
+    from kvpilot.workloads.registry import generate
+
+    tok = bundled_engine.tokenizer
+    (sample,) = generate("convqa", 1, 600, seed=7, tokenizer=tok)
+    ctx = chat_parts(tok, sample.context, sample.qa[0].question).context_ids
+    kept = {}
+    for weights in ("by-budget", "bundled", "bundled-answers30"):
+        cfg = KVConfig(policy="surrogate", policy_params={"weights": weights}, compression_ratio=ratio,
+                       layer_allocation="global", layer_allocation_params={"heads": True})
+        cache = ManagedCache.for_model(bundled_engine.model, cfg)
+        with torch.inference_mode():
+            prefill(bundled_engine.model, cache, ctx)
+        kept[weights] = [layer.positions[layer.valid_mask()].tolist() for layer in cache.layers]
+    pick = "bundled" if ratio == 0.875 else "bundled-answers30"
+    assert kept["by-budget"] == kept[pick] and kept["bundled"] != kept["bundled-answers30"]
+
+
 def test_surrogate_weights_file_errors_are_one_line(tmp_path):
     with pytest.raises(SurrogateError, match="not found"):
         load_weights(str(tmp_path / "missing.json"))
