@@ -16,7 +16,9 @@ score becomes ``x @ w + relu(x @ W_in) @ w_out``, a few more small products): th
 name's key matters where its value is a fact), which a linear model cannot express. The weights file
 records the model shape it was fitted on and is refused on another.
 
-``weights="bundled"`` is the file fitted for the bundled SmolLM2-135M on reconstruction's scores plus ten
+``weights="by-budget"`` (the default) picks, by the share of the context the config keeps, the bundled fit that
+kept more there on issue 11's development and evaluation seeds: ``"bundled"`` down to 1/12 (8x),
+``"bundled-answers30"`` below (16x). ``weights="bundled"`` is the file fitted for the bundled SmolLM2-135M on reconstruction's scores plus ten
 times the attention calibration questions give each pair plus ten times what their answers' producing
 queries read (what later questions need, which reconstruction alone under-weights: issue 11's
 measurements), with a hidden layer of 32 per head, on 12 calibration conversations at each of 1k, 2k and
@@ -206,9 +208,9 @@ class SurrogatePolicy(Policy):
                    "questions read) from each pair's key and value; no second pass")
     needs_profile = True
 
-    weights: str = param("bundled", search=(*BUNDLED, BY_BUDGET), description="weights file written by `kvpilot surrogate fit`, "
-                         "'by-budget' (the bundled fit that kept more at the config's budget: 'bundled' when "
-                         "1/12 of the context or more is kept, 'bundled-answers30' below, i.e. at 16x), "
+    weights: str = param(BY_BUDGET, search=(*BUNDLED, BY_BUDGET), description="weights file written by `kvpilot surrogate fit`, "
+                         "'by-budget' (the default: the bundled fit that kept more at the config's budget, "
+                         "'bundled' when 1/12 of the context or more is kept, 'bundled-answers30' below, i.e. at 16x), "
                          "or 'bundled' (fitted for the bundled SmolLM2-135M on reconstruction scores plus 10 x question "
                          "scores plus 10 x what the answers read, a hidden layer of 32 per head, 36 calibration "
                          "conversations), 'bundled-without-answers' (the same without the answers' term), 'bundled-answers30' "
