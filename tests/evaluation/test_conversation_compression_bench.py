@@ -57,3 +57,38 @@ def test_rows_keep_scores_and_pair_with_the_full_cache(bench, monkeypatch, tmp_p
     assert _run(bench, monkeypatch, "--seed", "5", "--families", "--full-from", "first", "--out", "third") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --full-from first: ") and "seed 1" in err[0]
+
+
+def test_paired_summary_pools_sizes_and_refuses_other_samples(tmp_path, monkeypatch, capsys):
+    """benchmarks/paired_summary.py pairs each compressed row with the full cache at its size and pools the
+    sizes; files of other samples are one error line."""
+    spec = importlib.util.spec_from_file_location("paired_summary_bench", BENCH.with_name("paired_summary.py"))
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "RESULTS", tmp_path)
+    import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    head = {"seed": 1, "samples": 2, "questions_per_sample": 2}
+    full = [{"side": "kvpilot", "tokens": t, "family": "full cache", "ratio": 0.0, "accuracy": 0.75,
+             "scores": [1.0, 1.0, 1.0, 0.0]} for t in (300, 600)]
+    press = [{"side": "kvpilot", "tokens": t, "family": "f", "ratio": 0.875, "config": {"policy_params": {}},
+              "accuracy": a, "scores": s} for t, a, s in ((300, 0.5, [1.0, 0.0, 1.0, 0.0]),
+                                                           (600, 0.75, [1.0, 1.0, 0.0, 1.0]))]
+    (tmp_path / "full.json").write_text(json.dumps({**head, "rows": full}))
+    (tmp_path / "runs.json").write_text(json.dumps({**head, "rows": press}))
+    (tmp_path / "other.json").write_text(json.dumps({**head, "seed": 5, "rows": press}))
+    monkeypatch.setattr(sys, "argv", ["paired_summary.py", "--full", "full", "--runs", "runs", "--out", "s"])
+    assert module.main() == 0
+    (item,) = json.loads((tmp_path / "s.json").read_text())["summary"]
+    assert [s["difference"] for s in item["sizes"]] == [-0.25, 0.0]
+    pooled = item["pooled"]
+    assert pooled["n_questions"] == 8 and pooled["difference"] == pytest.approx(-0.125)
+    assert pooled["share_of_full"] == pytest.approx(0.625 / 0.75)
+    low, high = pooled["difference_95"]
+    assert low < -0.125 < high
+    monkeypatch.setattr(sys, "argv", ["paired_summary.py", "--full", "full", "--runs", "other"])
+    assert module.main() == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: other ran other samples than full (seed, samples, questions)"]

@@ -1,0 +1,102 @@
+"""Compressed configs against the full cache on the same questions, per size and pooled over sizes.
+
+`conversation_compression.py` keeps each row's per-question scores; this reads its result files (one run or
+several, one size and ratio each) and the full cache's rows, pairs every compressed row with the full cache
+at its size, and reports the difference in accuracy with Newcombe's paired 95 % interval, per size and pooled
+over the sizes a config was run at (all its questions together, each still paired with its own full-cache
+answer). Pooling 360 questions narrows the interval enough to say whether a ratio keeps what the full cache
+answers, which 120 questions at one size cannot.
+
+    python benchmarks/paired_summary.py --full convqa_full_cache_120q_scores \\
+        --runs cc120_a10_1000_8x cc120_a10_2000_8x cc120_a10_4000_8x --out paired_summary
+
+Writes benchmarks/results/NAME.json (default paired_summary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, save  # noqa: E402
+
+from kvpilot.evaluation.intervals import paired_difference_interval  # noqa: E402
+
+
+def load_rows(name: str) -> tuple[dict, list[dict]]:
+    data = json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+    return data, [r for r in data["rows"] if "scores" in r]
+
+
+def config_key(row: dict) -> str:
+    """What identifies a compressed config across sizes: its side, family and weights, and its ratio."""
+    weights = (row.get("config") or {}).get("policy_params", {}).get("weights")
+    return f"{row['side']} | {row['family']}" + (f" | weights {weights}" if weights else "") + f" | ratio {row['ratio']}"
+
+
+def summarise(full_rows: dict[int, dict], rows: list[dict]) -> list[dict]:
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["tokens"] in full_rows and row["ratio"] > 0:
+            groups.setdefault(config_key(row), []).append(row)
+    out = []
+    for key, members in groups.items():
+        members.sort(key=lambda r: r["tokens"])
+        mine: list[float] = []
+        theirs: list[float] = []
+        sizes = []
+        for row in members:
+            full = full_rows[row["tokens"]]
+            if len(full["scores"]) != len(row["scores"]):
+                raise ValueError(f"{key} at {row['tokens']} tokens: {len(row['scores'])} questions, the full "
+                                 f"cache {len(full['scores'])}: not the same samples")
+            diff, low, high = paired_difference_interval(row["scores"], full["scores"])
+            sizes.append({"tokens": row["tokens"], "accuracy": row["accuracy"], "full_accuracy": full["accuracy"],
+                          "difference": diff, "difference_95": [low, high], "n_questions": len(row["scores"])})
+            mine += row["scores"]
+            theirs += full["scores"]
+        diff, low, high = paired_difference_interval(mine, theirs)
+        full_acc = sum(theirs) / len(theirs)
+        out.append({"config": key, "sizes": sizes, "pooled": {
+            "tokens": [s["tokens"] for s in sizes], "n_questions": len(mine), "accuracy": sum(mine) / len(mine),
+            "full_accuracy": full_acc, "share_of_full": (sum(mine) / len(mine)) / full_acc if full_acc else None,
+            "difference": diff, "difference_95": [low, high]}})
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", required=True, metavar="NAME", help="result file with the full cache's rows")
+    ap.add_argument("--runs", nargs="+", required=True, metavar="NAME", help="result files with compressed rows")
+    ap.add_argument("--out", default="paired_summary")
+    args = ap.parse_args()
+    try:
+        full_data, full = load_rows(args.full)
+        full_rows = {r["tokens"]: r for r in full if r["side"] == "kvpilot" and r["ratio"] == 0.0}
+        rows = []
+        for name in args.runs:
+            data, found = load_rows(name)
+            if (data["seed"], data["samples"], data["questions_per_sample"]) != (
+                    full_data["seed"], full_data["samples"], full_data["questions_per_sample"]):
+                raise ValueError(f"{name} ran other samples than {args.full} (seed, samples, questions)")
+            rows += found
+        summary = summarise(full_rows, rows)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for item in summary:
+        p = item["pooled"]
+        low, high = p["difference_95"]
+        print(f"{item['config']}: {p['accuracy']:.3f} vs full {p['full_accuracy']:.3f} over {p['n_questions']} "
+              f"questions ({p['share_of_full']:.0%}), difference {p['difference']:+.3f} [{low:+.3f}, {high:+.3f}]")
+    save(args.out, {"full": args.full, "runs": args.runs, "seed": full_data["seed"], "summary": summary})
+    print(f"wrote benchmarks/results/{args.out}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
