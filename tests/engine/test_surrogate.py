@@ -310,24 +310,27 @@ def test_floor_quantile_flattens_the_bottom_of_the_context_only(tiny_model):
         scored_layers(tiny_model, ctx, toy_reconstruction, floor_quantile=1.0)
 
 
-def test_reading_store_names_a_reading_alike_in_every_process(bundled_model, tiny_model, tmp_path):
+@pytest.mark.slow
+def test_reading_store_names_a_reading_alike_in_every_process(tiny_model, tmp_path):
     """A reading's file name depends on the model's contents and the context, not on the thread count (a float
     sum of the bundled model's embedding did, so a refit with another OMP_NUM_THREADS missed every stored
-    reading)."""
+    reading). Checked in two processes (changing the thread count inside one can hang a later LAPACK call)."""
+    import os
+    import subprocess
+    import sys
+
     from kvpilot.evaluation.surrogate import ReadingStore
 
-    store, ctx = ReadingStore(tmp_path), _contexts(1)[0]
-    threads = torch.get_num_threads()
-    try:
-        names = set()
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            names.add(store.path(bundled_model, ctx, "f"))
-    finally:
-        torch.set_num_threads(threads)
+    script = ("from kvpilot.engine import Engine; from kvpilot.evaluation.surrogate import ReadingStore; "
+              f"print(ReadingStore({str(tmp_path)!r}).path(Engine.load().model, list(range(3, 60)), 'f'))")
+    names = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": threads}).stdout.strip().splitlines()[-1]
+             for threads in ("1", "2")}
     assert len(names) == 1
-    assert store.path(bundled_model, ctx[:-1], "f") not in names and store.path(bundled_model, ctx, "g") not in names
-    assert store.path(tiny_model, ctx, "f") not in names
+    store = ReadingStore(tmp_path)
+    assert store.path(tiny_model, list(range(3, 60)), "f") != store.path(tiny_model, list(range(3, 61)), "f")
+    assert store.path(tiny_model, list(range(3, 60)), "f") != store.path(tiny_model, list(range(3, 60)), "g")
+    assert str(store.path(tiny_model, list(range(3, 60)), "f")) not in names
 
 
 def test_reading_store_refits_without_the_model_passes(tiny_model, tmp_path, monkeypatch):
