@@ -39,13 +39,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import save  # noqa: E402
+from paired_rows import full_cache_rows, paired_with_full, samples_of  # noqa: E402
 
 from kvpilot.config import KVConfig  # noqa: E402
 from kvpilot.engine import Engine  # noqa: E402
 from kvpilot.engine.model import resolve_model_dir  # noqa: E402
 from kvpilot.engine.prompts import chat_parts  # noqa: E402
 from kvpilot.evaluation import Evaluator  # noqa: E402
-from kvpilot.evaluation.intervals import paired_difference_interval  # noqa: E402
 from kvpilot.workloads.scoring import metric_for  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -222,19 +222,18 @@ def compare_with_full(row: dict, full: dict | None) -> None:
     """Add the row's paired difference from the full cache's accuracy on the same questions (in place)."""
     if full is None or row is full or len(full.get("scores", [])) != len(row["scores"]):
         return
-    diff, low, high = paired_difference_interval(row["scores"], full["scores"])
-    row["vs_full"] = {"difference": diff, "difference_95": [low, high], "share_of_full":
-                      row["accuracy"] / full["accuracy"] if full["accuracy"] else None}
+    row["vs_full"] = {**paired_with_full(row["scores"], full["scores"]),
+                      "share_of_full": row["accuracy"] / full["accuracy"] if full["accuracy"] else None}
 
 
 def full_rows_from(name: str, seed: int, samples: int, questions: int) -> dict[int, dict]:
     """The kvpilot full-cache rows (with per-question scores) of an earlier run of the same samples, by size."""
     path = HERE / "results" / f"{name}.json"
     data = json.loads(path.read_text(encoding="utf-8"))
-    if (data.get("seed"), data.get("samples"), data.get("questions_per_sample")) != (seed, samples, questions):
+    if samples_of(data) != (seed, samples, questions):
         raise ValueError(f"{path.name} was run with seed {data.get('seed')}, {data.get('samples')} samples, "
                          f"{data.get('questions_per_sample')} questions; this run uses {seed}, {samples}, {questions}")
-    return {r["tokens"]: r for r in data["rows"] if r["side"] == "kvpilot" and r["ratio"] == 0.0 and "scores" in r}
+    return full_cache_rows(data)
 
 
 def show(row: dict) -> None:

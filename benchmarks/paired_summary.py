@@ -23,13 +23,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, save  # noqa: E402
+from paired_rows import full_cache_rows, paired_with_full, samples_of  # noqa: E402
 
-from kvpilot.evaluation.intervals import paired_difference_interval  # noqa: E402
 
-
-def load_rows(name: str) -> tuple[dict, list[dict]]:
-    data = json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
-    return data, [r for r in data["rows"] if "scores" in r]
+def load(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
 
 
 def config_key(row: dict) -> str:
@@ -54,17 +52,15 @@ def summarise(full_rows: dict[int, dict], rows: list[dict]) -> list[dict]:
             if len(full["scores"]) != len(row["scores"]):
                 raise ValueError(f"{key} at {row['tokens']} tokens: {len(row['scores'])} questions, the full "
                                  f"cache {len(full['scores'])}: not the same samples")
-            diff, low, high = paired_difference_interval(row["scores"], full["scores"])
             sizes.append({"tokens": row["tokens"], "accuracy": row["accuracy"], "full_accuracy": full["accuracy"],
-                          "difference": diff, "difference_95": [low, high], "n_questions": len(row["scores"])})
+                          **paired_with_full(row["scores"], full["scores"]), "n_questions": len(row["scores"])})
             mine += row["scores"]
             theirs += full["scores"]
-        diff, low, high = paired_difference_interval(mine, theirs)
         full_acc = sum(theirs) / len(theirs)
         out.append({"config": key, "sizes": sizes, "pooled": {
             "tokens": [s["tokens"] for s in sizes], "n_questions": len(mine), "accuracy": sum(mine) / len(mine),
             "full_accuracy": full_acc, "share_of_full": (sum(mine) / len(mine)) / full_acc if full_acc else None,
-            "difference": diff, "difference_95": [low, high]}})
+            **paired_with_full(mine, theirs)}})
     return out
 
 
@@ -75,15 +71,14 @@ def main() -> int:
     ap.add_argument("--out", default="paired_summary")
     args = ap.parse_args()
     try:
-        full_data, full = load_rows(args.full)
-        full_rows = {r["tokens"]: r for r in full if r["side"] == "kvpilot" and r["ratio"] == 0.0}
+        full_data = load(args.full)
+        full_rows = full_cache_rows(full_data)
         rows = []
         for name in args.runs:
-            data, found = load_rows(name)
-            if (data["seed"], data["samples"], data["questions_per_sample"]) != (
-                    full_data["seed"], full_data["samples"], full_data["questions_per_sample"]):
+            data = load(name)
+            if samples_of(data) != samples_of(full_data):
                 raise ValueError(f"{name} ran other samples than {args.full} (seed, samples, questions)")
-            rows += found
+            rows += [r for r in data["rows"] if "scores" in r]
         summary = summarise(full_rows, rows)
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
