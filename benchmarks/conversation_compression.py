@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import save  # noqa: E402
-from paired_rows import full_cache_rows, paired_with_full, samples_of  # noqa: E402
+from paired_rows import full_cache_rows, paired_difference, samples_of  # noqa: E402
 
 from kvpilot.config import KVConfig  # noqa: E402
 from kvpilot.engine import Engine  # noqa: E402
@@ -222,7 +222,7 @@ def compare_with_full(row: dict, full: dict | None) -> None:
     """Add the row's paired difference from the full cache's accuracy on the same questions (in place)."""
     if full is None or row is full or len(full.get("scores", [])) != len(row["scores"]):
         return
-    row["vs_full"] = {**paired_with_full(row["scores"], full["scores"]),
+    row["vs_full"] = {**paired_difference(row["scores"], full["scores"]),
                       "share_of_full": row["accuracy"] / full["accuracy"] if full["accuracy"] else None}
 
 

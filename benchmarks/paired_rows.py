@@ -19,7 +19,8 @@ def full_cache_rows(data: dict) -> dict[int, dict]:
     return {r["tokens"]: r for r in data["rows"] if r["side"] == "kvpilot" and r["ratio"] == 0.0 and "scores" in r}
 
 
-def paired_with_full(scores: list[float], full_scores: list[float]) -> dict:
-    """The difference in accuracy from the full cache on the same questions, with its paired 95 % interval."""
-    diff, low, high = paired_difference_interval(scores, full_scores)
+def paired_difference(scores: list[float], other_scores: list[float]) -> dict:
+    """The difference in accuracy from another config (the full cache, say) on the same questions, with its
+    paired 95 % interval."""
+    diff, low, high = paired_difference_interval(scores, other_scores)
     return {"difference": diff, "difference_95": [low, high]}

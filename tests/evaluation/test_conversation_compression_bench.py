@@ -76,12 +76,20 @@ def test_paired_summary_pools_sizes_and_refuses_other_samples(tmp_path, monkeypa
     press = [{"side": "kvpilot", "tokens": t, "family": "f", "ratio": 0.875, "config": {"policy_params": {}},
               "accuracy": a, "scores": s} for t, a, s in ((300, 0.5, [1.0, 0.0, 1.0, 0.0]),
                                                            (600, 0.75, [1.0, 1.0, 0.0, 1.0]))]
+    other = [{**r, "family": "g", "accuracy": 0.5, "scores": [0.0, 1.0, 1.0, 0.0]} for r in press]
     (tmp_path / "full.json").write_text(json.dumps({**head, "rows": full}))
+    (tmp_path / "other_config.json").write_text(json.dumps({**head, "rows": other}))
     (tmp_path / "runs.json").write_text(json.dumps({**head, "rows": press}))
     (tmp_path / "other.json").write_text(json.dumps({**head, "seed": 5, "rows": press}))
-    monkeypatch.setattr(sys, "argv", ["paired_summary.py", "--full", "full", "--runs", "runs", "--out", "s"])
+    monkeypatch.setattr(sys, "argv", ["paired_summary.py", "--full", "full", "--runs", "runs", "other_config",
+                                      "--out", "s"])
     assert module.main() == 0
-    (item,) = json.loads((tmp_path / "s.json").read_text())["summary"]
+    written = json.loads((tmp_path / "s.json").read_text())
+    item, _ = written["summary"]
+    (between,) = written["between_configs"]  # g against f, later minus earlier, on the same questions
+    assert (between["config"].split(" | ")[1], between["against"].split(" | ")[1]) == ("g", "f")
+    assert [s["difference"] for s in between["sizes"]] == [0.0, -0.25]
+    assert between["pooled"]["difference"] == pytest.approx(-0.125)
     assert [s["difference"] for s in item["sizes"]] == [-0.25, 0.0]
     pooled = item["pooled"]
     assert pooled["n_questions"] == 8 and pooled["difference"] == pytest.approx(-0.125)
