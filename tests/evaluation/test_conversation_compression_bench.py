@@ -60,8 +60,8 @@ def test_rows_keep_scores_and_pair_with_the_full_cache(bench, monkeypatch, tmp_p
 
 
 def test_paired_summary_pools_sizes_and_refuses_other_samples(tmp_path, monkeypatch, capsys):
-    """benchmarks/paired_summary.py pairs each compressed row with the full cache at its size and pools the
-    sizes; files of other samples are one error line."""
+    """benchmarks/paired_summary.py pairs each compressed row with the full cache at its seed and size and pools
+    the sizes and seeds; files of other samples are one error line."""
     spec = importlib.util.spec_from_file_location("paired_summary_bench", BENCH.with_name("paired_summary.py"))
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -73,10 +73,11 @@ def test_paired_summary_pools_sizes_and_refuses_other_samples(tmp_path, monkeypa
     head = {"seed": 1, "samples": 2, "questions_per_sample": 2}
     full = [{"side": "kvpilot", "tokens": t, "family": "full cache", "ratio": 0.0, "accuracy": 0.75,
              "scores": [1.0, 1.0, 1.0, 0.0]} for t in (300, 600)]
-    press = [{"side": "kvpilot", "tokens": t, "family": "f", "ratio": 0.875, "config": {"policy_params": {}},
+    press = [{"side": "kvpilot", "tokens": t, "family": "f", "ratio": 0.875, "config": {"policy": "keydiff"},
               "accuracy": a, "scores": s} for t, a, s in ((300, 0.5, [1.0, 0.0, 1.0, 0.0]),
                                                            (600, 0.75, [1.0, 1.0, 0.0, 1.0]))]
-    other = [{**r, "family": "g", "accuracy": 0.5, "scores": [0.0, 1.0, 1.0, 0.0]} for r in press]
+    other = [{**r, "family": "g", "config": {"policy": "snapkv"}, "accuracy": 0.5, "scores": [0.0, 1.0, 1.0, 0.0]}
+             for r in press]
     (tmp_path / "full.json").write_text(json.dumps({**head, "rows": full}))
     (tmp_path / "other_config.json").write_text(json.dumps({**head, "rows": other}))
     (tmp_path / "runs.json").write_text(json.dumps({**head, "rows": press}))
@@ -96,7 +97,45 @@ def test_paired_summary_pools_sizes_and_refuses_other_samples(tmp_path, monkeypa
     assert pooled["share_of_full"] == pytest.approx(0.625 / 0.75)
     low, high = pooled["difference_95"]
     assert low < -0.125 < high
+    assert [(s["seed"], s["tokens"]) for s in item["sizes"]] == [(1, 300), (1, 600)]
     monkeypatch.setattr(sys, "argv", ["paired_summary.py", "--full", "full", "--runs", "other"])
     assert module.main() == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: other ran other samples than full (seed, samples, questions)"]
+
+    # a second seed: its own full-cache file; each run pairs with the full cache of its seed, pooled over both
+    full5 = [{**r, "accuracy": 0.25, "scores": [0.0, 0.0, 1.0, 0.0]} for r in full]
+    (tmp_path / "full5.json").write_text(json.dumps({**head, "seed": 5, "rows": full5}))
+    monkeypatch.setattr(sys, "argv", ["paired_summary.py", "--full", "full", "full5", "--runs", "runs", "other",
+                                      "--out", "two"])
+    assert module.main() == 0
+    (both,) = json.loads((tmp_path / "two.json").read_text())["summary"]
+    assert [(s["seed"], s["tokens"], s["difference"]) for s in both["sizes"]] == [
+        (1, 300, -0.25), (1, 600, 0.0), (5, 300, 0.25), (5, 600, 0.5)]
+    assert both["pooled"]["n_questions"] == 16 and both["pooled"]["seeds"] == [1, 5]
+    assert both["pooled"]["difference"] == pytest.approx(0.125)
+    assert both["pooled"]["full_accuracy"] == pytest.approx(0.5)
+    monkeypatch.setattr(sys, "argv", ["paired_summary.py", "--full", "full", "full", "--runs", "runs"])
+    assert module.main() == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: full and full ran the same samples: give one"
+
+
+def test_paired_summary_counts_by_budget_as_the_weights_it_chose():
+    """A `weights="by-budget"` row is the config that names the weights it picked at its budget, whatever the
+    family was called when it ran, so seeds run under either name pool together; other weights stay apart."""
+    spec = importlib.util.spec_from_file_location("paired_summary_keys", BENCH.with_name("paired_summary.py"))
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def row(family: str, weights: str, ratio: float) -> dict:
+        config = {"policy": "surrogate", "policy_params": {"weights": weights}, "compression_ratio": ratio,
+                  "layer_allocation": "global", "layer_allocation_params": {"heads": True}}
+        return {"side": "kvpilot", "tokens": 1000, "seed": 1, "family": family, "ratio": ratio, "config": config}
+
+    tight = [row("surrogate + global heads", "by-budget", 0.9375), row("a30", "bundled-answers30", 0.9375)]
+    assert module.config_key(tight[0]) == module.config_key(tight[1])
+    assert module.label(tight) == ("kvpilot | surrogate + global heads / a30 | weights bundled-answers30 "
+                                   "| ratio 0.9375")
+    assert module.config_key(row("s", "by-budget", 0.875)) == module.config_key(row("a10", "bundled", 0.875))
+    assert module.config_key(row("s", "by-budget", 0.9375)) != module.config_key(row("a10", "bundled", 0.9375))
