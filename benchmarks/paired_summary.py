@@ -79,9 +79,14 @@ def group_by_config(full_rows: dict[Cell, dict], rows: list[dict]) -> dict[str, 
     for row in rows:
         if cell(row) in full_rows and row["ratio"] > 0:
             groups.setdefault(config_key(row), []).append(row)
+    named: dict[str, list[dict]] = {}
     for members in groups.values():
         members.sort(key=cell)
-    return {label(members): members for members in groups.values()}
+        name, n = label(members), 2
+        while name in named:  # same family and weights, other settings (another version's defaults, say)
+            name, n = f"{label(members)} | variant {n}", n + 1
+        named[name] = members
+    return named
 
 
 def between_configs(groups: dict[str, list[dict]]) -> list[dict]:

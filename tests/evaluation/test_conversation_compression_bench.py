@@ -139,3 +139,9 @@ def test_paired_summary_counts_by_budget_as_the_weights_it_chose():
                                    "| ratio 0.9375")
     assert module.config_key(row("s", "by-budget", 0.875)) == module.config_key(row("a10", "bundled", 0.875))
     assert module.config_key(row("s", "by-budget", 0.9375)) != module.config_key(row("a10", "bundled", 0.9375))
+    # same name and weights but another setting: two configs, neither dropped
+    other = row("a30", "bundled-answers30", 0.9375)
+    other["config"]["window"] = 0
+    groups = module.group_by_config({(1, 1000): {}}, [tight[1], other])
+    assert list(groups) == ["kvpilot | a30 | weights bundled-answers30 | ratio 0.9375",
+                            "kvpilot | a30 | weights bundled-answers30 | ratio 0.9375 | variant 2"]
