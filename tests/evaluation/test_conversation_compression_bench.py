@@ -13,12 +13,18 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "conversation_compression.py"
 
 
-@pytest.fixture()
-def bench(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("conversation_compression_bench", BENCH)
+def _load(path: Path, name: str):
+    """A benchmark script as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture()
+def bench(tmp_path, monkeypatch):
+    module = _load(BENCH, "conversation_compression_bench")
     import common  # the benchmark put benchmarks/ on sys.path
 
     monkeypatch.setattr(common, "RESULTS", tmp_path)
@@ -26,6 +32,11 @@ def bench(tmp_path, monkeypatch):
     (tmp_path.parent / "bench").mkdir()
     (tmp_path.parent / "bench" / "results").symlink_to(tmp_path)
     return module
+
+
+@pytest.fixture()
+def summary():
+    return _load(BENCH.with_name("paired_summary.py"), "paired_summary_bench")
 
 
 def _run(bench, monkeypatch, *args: str) -> int:
@@ -59,13 +70,10 @@ def test_rows_keep_scores_and_pair_with_the_full_cache(bench, monkeypatch, tmp_p
     assert len(err) == 1 and err[0].startswith("error: --full-from first: ") and "seed 1" in err[0]
 
 
-def test_paired_summary_pools_sizes_and_refuses_other_samples(tmp_path, monkeypatch, capsys):
+def test_paired_summary_pools_sizes_and_refuses_other_samples(summary, tmp_path, monkeypatch, capsys):
     """benchmarks/paired_summary.py pairs each compressed row with the full cache at its seed and size and pools
     the sizes and seeds; files of other samples are one error line."""
-    spec = importlib.util.spec_from_file_location("paired_summary_bench", BENCH.with_name("paired_summary.py"))
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = summary
     monkeypatch.setattr(module, "RESULTS", tmp_path)
     import common
 
@@ -120,13 +128,10 @@ def test_paired_summary_pools_sizes_and_refuses_other_samples(tmp_path, monkeypa
     assert capsys.readouterr().err.strip().splitlines()[-1] == "error: full and full ran the same samples: give one"
 
 
-def test_paired_summary_counts_by_budget_as_the_weights_it_chose():
+def test_paired_summary_counts_by_budget_as_the_weights_it_chose(summary):
     """A `weights="by-budget"` row is the config that names the weights it picked at its budget, whatever the
     family was called when it ran, so seeds run under either name pool together; other weights stay apart."""
-    spec = importlib.util.spec_from_file_location("paired_summary_keys", BENCH.with_name("paired_summary.py"))
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = summary
 
     def row(family: str, weights: str, ratio: float) -> dict:
         config = {"policy": "surrogate", "policy_params": {"weights": weights}, "compression_ratio": ratio,
