@@ -43,6 +43,7 @@ from paired_rows import full_cache_rows, paired_difference, samples_of  # noqa: 
 
 from kvpilot.config import KVConfig  # noqa: E402
 from kvpilot.engine import Engine  # noqa: E402
+from kvpilot.engine.episodes import build as build_episodes  # noqa: E402
 from kvpilot.engine.model import resolve_model_dir  # noqa: E402
 from kvpilot.engine.prompts import chat_parts  # noqa: E402
 from kvpilot.evaluation import Evaluator  # noqa: E402
@@ -116,13 +117,17 @@ def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def paired_time_ratio(engine: Engine, context_ids: list[list[int]], config: KVConfig) -> list[float]:
-    """Prefill under `config` (its scoring included) / plain prefill, per context, in alternating order."""
+    """Prefill under `config` (its scoring included; with episodes, building every episode's cache) / plain
+    prefill, per context, in alternating order."""
     plain_config = KVConfig()
     ratios = []
     for k, ids in enumerate(context_ids):
         def timed(cfg: KVConfig, ids: list[int] = ids) -> float:
             t0 = time.perf_counter()
-            engine.compress(engine.new_cache(cfg), ids)
+            if cfg.episodes > 1:  # EpiCache: embedding, clustering and one scored compression per episode
+                build_episodes(engine, cfg, ids)
+            else:
+                engine.compress(engine.new_cache(cfg), ids)
             return time.perf_counter() - t0
 
         if k % 2 == 0:

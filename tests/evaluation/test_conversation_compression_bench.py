@@ -150,3 +150,26 @@ def test_paired_summary_counts_by_budget_as_the_weights_it_chose(summary):
     groups = module.group_by_config({(1, 1000): {}}, [tight[1], other])
     assert list(groups) == ["kvpilot | a30 | weights bundled-answers30 | ratio 0.9375",
                             "kvpilot | a30 | weights bundled-answers30 | ratio 0.9375 | variant 2"]
+
+
+@pytest.mark.slow
+def test_time_ratio_of_episodes_times_building_every_episode(bench, bundled_engine, monkeypatch):
+    """An episodes config is timed on what it costs at serving (clustering and one compression per episode),
+    not on a single cache's compression, which would leave the episodes out."""
+    from kvpilot.config import KVConfig
+    from kvpilot.workloads import generate
+
+    built: list[int] = []
+    real_build = bench.build_episodes
+
+    def counting_build(engine, config, ids):
+        built.append(config.episodes)
+        return real_build(engine, config, ids)
+
+    monkeypatch.setattr(bench, "build_episodes", counting_build)
+    sample = generate("convqa", 1, 300, 1, bundled_engine.tokenizer, n_facts=3, n_questions=1)[0]
+    ids = bundled_engine.encode(sample.context)
+    config = KVConfig.parse({"policy": "kvzip", "scoring": "prompt", "episodes": 2, "compression_ratio": 0.75})
+    ratios = bench.paired_time_ratio(bundled_engine, [ids], config)
+    assert built == [2] and len(ratios) == 1 and ratios[0] > 0
+    assert bench.paired_time_ratio(bundled_engine, [ids], KVConfig.parse({"compression_ratio": 0.75})) and built == [2]
