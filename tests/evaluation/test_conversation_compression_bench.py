@@ -153,11 +153,13 @@ def test_paired_summary_counts_by_budget_as_the_weights_it_chose(summary):
 
 
 @pytest.mark.slow
-def test_time_ratio_of_episodes_times_building_every_episode(bench, bundled_engine, monkeypatch):
+def test_time_ratio_of_episodes_times_building_every_episode(bundled_engine, monkeypatch):
     """An episodes config is timed on what it costs at serving (clustering and one compression per episode),
     not on a single cache's compression, which would leave the episodes out."""
     from kvpilot.config import KVConfig
     from kvpilot.workloads import generate
+
+    bench = _load(BENCH, "conversation_compression_timing")  # no results folder needed
 
     built: list[int] = []
     real_build = bench.build_episodes
