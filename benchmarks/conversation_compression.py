@@ -42,8 +42,7 @@ from common import save  # noqa: E402
 from paired_rows import full_cache_rows, paired_difference, samples_of  # noqa: E402
 
 from kvpilot.config import KVConfig  # noqa: E402
-from kvpilot.engine import Engine  # noqa: E402
-from kvpilot.engine.episodes import build as build_episodes  # noqa: E402
+from kvpilot.engine import Engine, Request  # noqa: E402
 from kvpilot.engine.model import resolve_model_dir  # noqa: E402
 from kvpilot.engine.prompts import chat_parts  # noqa: E402
 from kvpilot.evaluation import Evaluator  # noqa: E402
@@ -117,18 +116,13 @@ def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def paired_time_ratio(engine: Engine, context_ids: list[list[int]], config: KVConfig) -> list[float]:
-    """Prefill under `config` (its scoring included; with episodes, building every episode's cache) / plain
-    prefill, per context, in alternating order."""
+    """Prefill under `config` (its scoring included; with episodes, building every episode's cache, as
+    `Engine.serve` does) / plain prefill, per context, in alternating order."""
     plain_config = KVConfig()
     ratios = []
     for k, ids in enumerate(context_ids):
-        def timed(cfg: KVConfig, ids: list[int] = ids) -> float:
-            t0 = time.perf_counter()
-            if cfg.episodes > 1:  # EpiCache: embedding, clustering and one scored compression per episode
-                build_episodes(engine, cfg, ids)
-            else:
-                engine.compress(engine.new_cache(cfg), ids)
-            return time.perf_counter() - t0
+        def timed(cfg: KVConfig, ids: list[int] = ids) -> float:  # the serving path's own prefill time
+            return engine.serve(Request(ids, max_new_tokens=0, config=cfg)).compression.prefill_s
 
         if k % 2 == 0:
             plain = timed(plain_config)

@@ -157,18 +157,19 @@ def test_time_ratio_of_episodes_times_building_every_episode(bundled_engine, mon
     """An episodes config is timed on what it costs at serving (clustering and one compression per episode),
     not on a single cache's compression, which would leave the episodes out."""
     from kvpilot.config import KVConfig
+    from kvpilot.engine import engine as engine_module
     from kvpilot.workloads import generate
 
     bench = _load(BENCH, "conversation_compression_timing")  # no results folder needed
 
     built: list[int] = []
-    real_build = bench.build_episodes
+    real_build = engine_module.build_episodes
 
     def counting_build(engine, config, ids):
         built.append(config.episodes)
         return real_build(engine, config, ids)
 
-    monkeypatch.setattr(bench, "build_episodes", counting_build)
+    monkeypatch.setattr(engine_module, "build_episodes", counting_build)
     sample = generate("convqa", 1, 300, 1, bundled_engine.tokenizer, n_facts=3, n_questions=1)[0]
     ids = bundled_engine.encode(sample.context)
     config = KVConfig.parse({"policy": "kvzip", "scoring": "prompt", "episodes": 2, "compression_ratio": 0.75})
