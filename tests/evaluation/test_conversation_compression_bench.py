@@ -28,9 +28,10 @@ def bench(tmp_path, monkeypatch):
     import common  # the benchmark put benchmarks/ on sys.path
 
     monkeypatch.setattr(common, "RESULTS", tmp_path)
-    monkeypatch.setattr(module, "HERE", tmp_path.parent / "bench")
-    (tmp_path.parent / "bench").mkdir()
-    (tmp_path.parent / "bench" / "results").symlink_to(tmp_path)
+    here = tmp_path.parent / f"{tmp_path.name}-bench"  # this test's own: tmp_path.parent is shared by all tests
+    monkeypatch.setattr(module, "HERE", here)
+    here.mkdir()
+    (here / "results").symlink_to(tmp_path)
     return module
 
 
