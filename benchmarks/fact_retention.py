@@ -9,6 +9,7 @@ compression, gained by it, wrong in both. If lost answers hold their facts as we
 the compressed context's reading of the fact, not the selection.
 
     OMP_NUM_THREADS=1 python benchmarks/fact_retention.py --sizes 1000 2000 --seed 4 --ratio 0.875
+    OMP_NUM_THREADS=1 python benchmarks/fact_retention.py --sizes 2000 --seed 4 --oracle line
 
 Writes benchmarks/results/fact_retention.json (or --out NAME), per question and per group, with the load.
 """
@@ -56,24 +57,47 @@ def context_offsets(tokenizer, context: str, context_ids: list[int]) -> tuple[li
     return [tuple(o) for o in enc["offset_mapping"]], head.index(context)
 
 
-def fact_measures(sample, qa, kept, offsets: list[tuple[int, int]], base: int) -> dict[str, float]:
-    """Shares of slots holding the answer, its line's speaker name, the whole line (one question)."""
+def fact_ranges(sample, qa) -> dict[str, tuple[int, int]]:
+    """Character ranges in the context of the question's answer, its line's speaker name and the whole line."""
     text = sample.context
     start, end = qa.spans[0]
     line_start = text.rfind("\n", 0, start) + 1
     line_end = text.find("\n", end)
-    line_end = len(text) if line_end < 0 else line_end
-    name_end = text.index(":", line_start)
-    answer = kept[token_span(offsets, base + start, base + end)]
-    return {"answer_mean": float(answer.mean()), "answer_min": float(answer.min()),
-            "speaker": float(kept[token_span(offsets, base + line_start, base + name_end)].mean()),
-            "line": float(kept[token_span(offsets, base + line_start, base + line_end)].mean()),
+    return {"answer": (start, end), "speaker": (line_start, text.index(":", line_start)),
+            "line": (line_start, len(text) if line_end < 0 else line_end)}
+
+
+def fact_measures(sample, qa, kept, offsets: list[tuple[int, int]], base: int) -> dict[str, float]:
+    """Shares of slots holding the answer, its line's speaker name, the whole line (one question)."""
+    share = {name: kept[token_span(offsets, base + a, base + b)] for name, (a, b) in fact_ranges(sample, qa).items()}
+    return {"answer_mean": float(share["answer"].mean()), "answer_min": float(share["answer"].min()),
+            "speaker": float(share["speaker"].mean()), "line": float(share["line"].mean()),
             "context": float(kept.mean())}
 
 
-def answer(engine: Engine, sample, config: KVConfig) -> tuple[list[float], torch.Tensor]:
+class KeepMarked:
+    """The config's policy, except that marked context positions outscore every other slot: an oracle that
+    keeps them in every layer and KV head, the rest of the budget chosen as the config would."""
+
+    def __init__(self, policy, marked: torch.Tensor) -> None:
+        self.policy, self.marked = policy, marked
+
+    def __getattr__(self, name: str):
+        return getattr(self.policy, name)
+
+    def score(self, inputs) -> torch.Tensor:
+        scores = self.policy.score(inputs).float()
+        n = self.marked.numel()
+        hit = self.marked[inputs.positions.clamp(max=n - 1)] & (inputs.positions < n) & inputs.valid
+        top = scores.nan_to_num(neginf=0.0, posinf=0.0).max()
+        return torch.where(hit, top + 1.0, scores)
+
+
+def answer(engine: Engine, sample, config: KVConfig, marked: torch.Tensor | None = None
+           ) -> tuple[list[float], torch.Tensor]:
     """Scores of the sample's questions, each on its own copy of the context compressed under `config`, and
-    the share of slots holding each context token once compressed (before any question)."""
+    the share of slots holding each context token once compressed (before any question). `marked`: context
+    positions the oracle keeps everywhere."""
     parts = [chat_parts(engine.tokenizer, sample.context, q.question, q.answer_prefix) for q in sample.qa]
     n = len(parts[0].context_ids)
     held: list[torch.Tensor] = []
@@ -81,8 +105,11 @@ def answer(engine: Engine, sample, config: KVConfig) -> tuple[list[float], torch
     def hold(cache, _prefill_s: float) -> None:
         held.append(kept_per_token(cache, 0, n))
 
+    cache = engine.new_cache(config)
+    if marked is not None:
+        cache.policy = KeepMarked(cache.policy, marked)
     response = engine.serve(Request(parts[0].context_ids, [p.question_ids for p in parts], sample.max_new_tokens,
-                                    config=config, on_prefilled=hold))
+                                    config=config, cache=cache, on_prefilled=hold))
     metric = metric_for(sample.task)
     return [float(metric(a.text, list(q.answers))) for a, q in zip(response.answers, sample.qa, strict=True)], held[0]
 
@@ -91,12 +118,23 @@ def group_of(full: float, compressed: float) -> str:
     return {(1, 1): "kept", (1, 0): "lost", (0, 1): "gained", (0, 0): "neither"}[(round(full), round(compressed))]
 
 
+def marked_positions(sample, n: int, offsets: list[tuple[int, int]], base: int, what: str) -> torch.Tensor:
+    """Context token positions of every asked fact's answer (`what="answer"`) or whole line (`"line"`)."""
+    marked = torch.zeros(n, dtype=torch.bool)
+    for qa in sample.qa:
+        a, b = fact_ranges(sample, qa)[what]
+        marked[token_span(offsets, base + a, base + b)] = True
+    return marked
+
+
 def summarise(rows: list[dict]) -> dict[str, dict]:
     out = {}
     for g in GROUPS:
         members = [r for r in rows if r["group"] == g]
         out[g] = {"n": len(members), **{m: statistics.mean(r[m] for r in members) if members else None
                                        for m in MEASURES}}
+        if members and "oracle" in members[0]:
+            out[g]["oracle_right"] = sum(r["oracle"] for r in members)
     return out
 
 
@@ -110,6 +148,8 @@ def main() -> int:
     ap.add_argument("--ratio", type=float, default=0.875, help="compression ratio (0.875: 8x)")
     ap.add_argument("--family", default="surrogate + global heads", choices=list(FAMILIES),
                     help="the config family compressed (conversation_compression.py's names)")
+    ap.add_argument("--oracle", choices=["answer", "line"], default=None,
+                    help="also answer with every asked fact's answer tokens (or whole line) kept in every slot")
     ap.add_argument("--out", default="fact_retention")
     args = ap.parse_args()
     if not 1 <= args.questions <= args.facts or not 0 < args.ratio < 1:
@@ -129,18 +169,23 @@ def main() -> int:
             compressed, kept = answer(engine, sample, config)
             ids = chat_parts(engine.tokenizer, sample.context, "").context_ids
             offsets, base = context_offsets(engine.tokenizer, sample.context, ids)
+            oracle = (answer(engine, sample, config, marked_positions(sample, len(ids), offsets, base, args.oracle))[0]
+                      if args.oracle else None)
             for qi, qa in enumerate(sample.qa):
                 size_rows.append({"tokens": tokens, "sample_id": sample.id, "question_index": qi,
                                   "answer": qa.answers[0], "full": full[qi], "compressed": compressed[qi],
                                   "group": group_of(full[qi], compressed[qi]),
+                                  **({"oracle": oracle[qi]} if oracle is not None else {}),
                                   **fact_measures(sample, qa, kept, offsets, base)})
         by_size[tokens] = summarise(size_rows)
         rows += size_rows
         for g, s in by_size[tokens].items():
             if s["n"]:
-                print(f"{tokens:5d} {g:8s} n {s['n']:3d}  " + "  ".join(f"{m} {s[m]:.3f}" for m in MEASURES))
+                print(f"{tokens:5d} {g:8s} n {s['n']:3d}  " + "  ".join(f"{m} {s[m]:.3f}" for m in MEASURES)
+                      + (f"  oracle right {s['oracle_right']:.0f}" if "oracle_right" in s else ""))
     save(args.out, {"workload": "convqa", "seed": args.seed, "samples": args.samples, "questions_per_sample":
                     args.questions, "facts_per_sample": args.facts, "ratio": args.ratio, "family": args.family,
+                    "oracle": args.oracle,
                     "config": config.to_dict(), "question_agnostic": True, "load_average_before": load_before,
                     "load_average_after": os.getloadavg(), "wall_s": time.perf_counter() - started,
                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "by_size": by_size,

@@ -68,3 +68,19 @@ def test_a_run_measures_every_question_against_the_full_cache(bench, monkeypatch
         assert 0.0 <= r["answer_min"] <= r["answer_mean"] <= 1.0
         assert 0.15 < r["context"] < 0.35  # a quarter of each head kept (budgets round per head)
     assert sum(g["n"] for g in data["pooled"].values()) == 2
+
+
+def test_the_oracle_keeps_the_marked_facts_in_every_slot(bench, bundled_engine):
+    from kvpilot.config import KVConfig
+
+    tok = bundled_engine.tokenizer
+    sample = load_samples(tok, "convqa", 1, 400, 5, n_facts=3, n_questions=2)[0]
+    ids = chat_parts(tok, sample.context, "").context_ids
+    offsets, base = bench.context_offsets(tok, sample.context, ids)
+    marked = bench.marked_positions(sample, len(ids), offsets, base, "line")
+    config = KVConfig.parse({"policy": "keydiff", "compression_ratio": 0.75})
+    _, plain = bench.answer(bundled_engine, sample, config)
+    scores, kept = bench.answer(bundled_engine, sample, config, marked)
+    assert len(scores) == 2 and 0 < int(marked.sum()) < len(ids) // 4
+    assert bool((kept[marked] == 1.0).all()) and not bool((plain[marked] == 1.0).all())
+    assert float(kept.mean()) == pytest.approx(float(plain.mean()), abs=0.01)  # the same budget, spent otherwise
