@@ -268,7 +268,8 @@ def main() -> int:
                     "earlier run of the same seed and samples, for the paired differences; implies --no-full")
     ap.add_argument("--timing-samples", type=int, default=2, help="conversations timed in alternating pairs")
     ap.add_argument("--deadline-min", type=float, default=None,
-                    help="stop starting configs after this many minutes and stop kvpress there (partial rows say n)")
+                    help="stop starting configs after this many minutes (nor start one that the family's previous "
+                    "ratio took too long to finish by then) and stop kvpress there (partial rows say n)")
     ap.add_argument("--out", default="conversation_compression")
     args = ap.parse_args()
     if not 1 <= args.questions <= args.facts:
@@ -328,11 +329,14 @@ def main() -> int:
         if args.full:
             full_row = record("full cache", 0.0, KVConfig(), None)
         for family in args.families:
+            took = 0.0  # the family's previous ratio's seconds: a config that cannot finish in time is not started
             for ratio in args.ratios:
-                if deadline is not None and time.perf_counter() > deadline:
+                if deadline is not None and time.perf_counter() + took > deadline:
                     errors.append(f"{tokens} tokens: deadline reached before {family} at {ratio}")
                     continue
+                began = time.perf_counter()
                 record(family, ratio, KVConfig.parse({**FAMILIES[family], "compression_ratio": ratio}), full_row)
+                took = time.perf_counter() - began
                 checkpoint()
         if side is not None:
             try:
