@@ -6,10 +6,17 @@ question, right after compression: the share of (layer, KV head) slots still hol
 the fact to the person the question names), the whole fact line, and the context as a whole. Each question is
 answered by the full cache and by the config, and grouped by the outcome: right in both, lost by
 compression, gained by it, wrong in both. If lost answers hold their facts as well as kept ones, the loss is
-the compressed context's reading of the fact, not the selection.
+the compressed context's reading of the fact, not the selection. The share of slots holding the filler's
+distractor values (names, places, numbers said about others, `meta["distractors"]`) is recorded beside them.
+
+Oracles (`--oracle`), answered once more beside the config: `answer` / `line` keep every asked fact's answer
+tokens / whole line in every slot; `drop-distractors` evicts every distractor value's tokens from every slot
+(knowing which values are chit-chat is what no question-agnostic score knows: a bound, not a config). The rest
+of the budget is chosen by the config either way.
 
     OMP_NUM_THREADS=1 python benchmarks/fact_retention.py --sizes 1000 2000 --seed 4 --ratio 0.875
     OMP_NUM_THREADS=1 python benchmarks/fact_retention.py --sizes 2000 --seed 4 --oracle line
+    OMP_NUM_THREADS=1 python benchmarks/fact_retention.py --sizes 1000 2000 --seed 4 --oracle drop-distractors
 
 Writes benchmarks/results/fact_retention.json (or --out NAME), per question and per group, with the load.
 """
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import time
@@ -37,7 +45,8 @@ from kvpilot.engine.prompts import chat_parts  # noqa: E402
 from kvpilot.evaluation.evaluator import load_samples  # noqa: E402
 from kvpilot.workloads.scoring import metric_for  # noqa: E402
 
-MEASURES = ("answer_mean", "answer_min", "speaker", "line", "context")
+MEASURES = ("answer_mean", "answer_min", "speaker", "line", "distractors", "context")
+ORACLES = ("answer", "line", "drop-distractors")
 GROUPS = ("kept", "lost", "gained", "neither")
 
 
@@ -67,37 +76,53 @@ def fact_ranges(sample, qa) -> dict[str, tuple[int, int]]:
             "line": (line_start, len(text) if line_end < 0 else line_end)}
 
 
-def fact_measures(sample, qa, kept, offsets: list[tuple[int, int]], base: int) -> dict[str, float]:
-    """Shares of slots holding the answer, its line's speaker name, the whole line (one question)."""
+def distractor_positions(sample, n: int, offsets: list[tuple[int, int]], base: int) -> torch.Tensor:
+    """Context token positions of every word-bounded occurrence of the filler's distractor values."""
+    marked = torch.zeros(n, dtype=torch.bool)
+    for value in sample.meta.get("distractors", []):
+        for m in re.finditer(r"(?<!\w)" + re.escape(str(value)) + r"(?!\w)", sample.context):
+            marked[token_span(offsets, base + m.start(), base + m.end())] = True
+    return marked
+
+
+def fact_measures(sample, qa, kept, offsets: list[tuple[int, int]], base: int,
+                  distractors: torch.Tensor | None = None) -> dict[str, float | None]:
+    """Shares of slots holding the answer, its line's speaker name, the whole line (one question), and the
+    conversation's distractor values (`distractors`: their token positions; None: not measured)."""
     share = {name: kept[token_span(offsets, base + a, base + b)] for name, (a, b) in fact_ranges(sample, qa).items()}
+    held = kept[distractors] if distractors is not None and bool(distractors.any()) else None
     return {"answer_mean": float(share["answer"].mean()), "answer_min": float(share["answer"].min()),
             "speaker": float(share["speaker"].mean()), "line": float(share["line"].mean()),
-            "context": float(kept.mean())}
+            "distractors": float(held.mean()) if held is not None else None, "context": float(kept.mean())}
 
 
-class KeepMarked:
-    """The config's policy, except that marked context positions outscore every other slot: an oracle that
-    keeps them in every layer and KV head, the rest of the budget chosen as the config would."""
+class Oracle:
+    """The config's policy, except that `keep` context positions outscore every other slot and `drop` ones
+    score below every other: kept in (or evicted from) every layer and KV head, the rest of the budget chosen
+    as the config would."""
 
-    def __init__(self, policy, marked: torch.Tensor) -> None:
-        self.policy, self.marked = policy, marked
+    def __init__(self, policy, keep: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> None:
+        self.policy, self.keep, self.drop = policy, keep, drop
 
     def __getattr__(self, name: str):
         return getattr(self.policy, name)
 
     def score(self, inputs) -> torch.Tensor:
         scores = self.policy.score(inputs).float()
-        n = self.marked.numel()
-        hit = self.marked[inputs.positions.clamp(max=n - 1)] & (inputs.positions < n) & inputs.valid
-        top = scores.nan_to_num(neginf=0.0, posinf=0.0).max()
-        return torch.where(hit, top + 1.0, scores)
+        finite = scores.nan_to_num(neginf=0.0, posinf=0.0)
+        for marked, value in ((self.keep, finite.max() + 1.0), (self.drop, finite.min() - 1.0)):
+            if marked is not None:
+                n = marked.numel()
+                hit = marked[inputs.positions.clamp(max=n - 1)] & (inputs.positions < n) & inputs.valid
+                scores = torch.where(hit, value, scores)
+        return scores
 
 
-def answer(engine: Engine, sample, config: KVConfig, marked: torch.Tensor | None = None
-           ) -> tuple[list[float], torch.Tensor]:
+def answer(engine: Engine, sample, config: KVConfig, keep: torch.Tensor | None = None,
+           drop: torch.Tensor | None = None) -> tuple[list[float], torch.Tensor]:
     """Scores of the sample's questions, each on its own copy of the context compressed under `config`, and
-    the share of slots holding each context token once compressed (before any question). `marked`: context
-    positions the oracle keeps everywhere."""
+    the share of slots holding each context token once compressed (before any question). `keep` / `drop`:
+    context positions the oracle keeps in / evicts from every slot."""
     parts = [chat_parts(engine.tokenizer, sample.context, q.question, q.answer_prefix) for q in sample.qa]
     n = len(parts[0].context_ids)
     held: list[torch.Tensor] = []
@@ -106,8 +131,8 @@ def answer(engine: Engine, sample, config: KVConfig, marked: torch.Tensor | None
         held.append(kept_per_token(cache, 0, n))
 
     cache = engine.new_cache(config)
-    if marked is not None:
-        cache.policy = KeepMarked(cache.policy, marked)
+    if keep is not None or drop is not None:
+        cache.policy = Oracle(cache.policy, keep, drop)
     response = engine.serve(Request(parts[0].context_ids, [p.question_ids for p in parts], sample.max_new_tokens,
                                     config=config, cache=cache, on_prefilled=hold))
     metric = metric_for(sample.task)
@@ -127,12 +152,21 @@ def marked_positions(sample, n: int, offsets: list[tuple[int, int]], base: int, 
     return marked
 
 
+def _mean(values: list[float]) -> float | None:
+    return statistics.mean(values) if values else None
+
+
+def right(rows: list[dict]) -> dict[str, float]:
+    """Questions answered right by the full cache, the config and (where run) the oracle."""
+    keys = ["full", "compressed"] + (["oracle"] if rows and "oracle" in rows[0] else [])
+    return {k: sum(r[k] for r in rows) for k in keys} | {"questions": len(rows)}
+
+
 def summarise(rows: list[dict]) -> dict[str, dict]:
     out = {}
     for g in GROUPS:
         members = [r for r in rows if r["group"] == g]
-        out[g] = {"n": len(members), **{m: statistics.mean(r[m] for r in members) if members else None
-                                       for m in MEASURES}}
+        out[g] = {"n": len(members), **{m: _mean([r[m] for r in members if r[m] is not None]) for m in MEASURES}}
         if members and "oracle" in members[0]:
             out[g]["oracle_right"] = sum(r["oracle"] for r in members)
     return out
@@ -148,8 +182,9 @@ def main() -> int:
     ap.add_argument("--ratio", type=float, default=0.875, help="compression ratio (0.875: 8x)")
     ap.add_argument("--family", default="surrogate + global heads", choices=list(FAMILIES),
                     help="the config family compressed (conversation_compression.py's names)")
-    ap.add_argument("--oracle", choices=["answer", "line"], default=None,
-                    help="also answer with every asked fact's answer tokens (or whole line) kept in every slot")
+    ap.add_argument("--oracle", choices=ORACLES, default=None,
+                    help="also answer with every asked fact's answer tokens (answer) or whole line (line) kept in "
+                    "every slot, or every distractor value evicted from every slot (drop-distractors)")
     ap.add_argument("--out", default="fact_retention")
     args = ap.parse_args()
     if not 1 <= args.questions <= args.facts or not 0 < args.ratio < 1:
@@ -159,7 +194,7 @@ def main() -> int:
     engine = Engine.load()
     config = KVConfig.parse({**FAMILIES[args.family], "compression_ratio": args.ratio})
     rows: list[dict] = []
-    by_size = {}
+    by_size, right_by_size = {}, {}
     for tokens in args.sizes:
         samples = load_samples(engine.tokenizer, "convqa", args.samples, tokens, args.seed,
                                n_facts=args.facts, n_questions=args.questions)
@@ -169,19 +204,28 @@ def main() -> int:
             compressed, kept = answer(engine, sample, config)
             ids = chat_parts(engine.tokenizer, sample.context, "").context_ids
             offsets, base = context_offsets(engine.tokenizer, sample.context, ids)
-            oracle = (answer(engine, sample, config, marked_positions(sample, len(ids), offsets, base, args.oracle))[0]
-                      if args.oracle else None)
+            distractors = distractor_positions(sample, len(ids), offsets, base)
+            oracle = None
+            if args.oracle == "drop-distractors":
+                oracle = answer(engine, sample, config, drop=distractors)[0]
+            elif args.oracle:
+                oracle = answer(engine, sample, config, keep=marked_positions(sample, len(ids), offsets, base,
+                                                                             args.oracle))[0]
             for qi, qa in enumerate(sample.qa):
                 size_rows.append({"tokens": tokens, "sample_id": sample.id, "question_index": qi,
                                   "answer": qa.answers[0], "full": full[qi], "compressed": compressed[qi],
                                   "group": group_of(full[qi], compressed[qi]),
                                   **({"oracle": oracle[qi]} if oracle is not None else {}),
-                                  **fact_measures(sample, qa, kept, offsets, base)})
+                                  **fact_measures(sample, qa, kept, offsets, base, distractors)})
         by_size[tokens] = summarise(size_rows)
+        right_by_size[tokens] = right(size_rows)
         rows += size_rows
+        print(f"{tokens:5d} right of {len(size_rows)}: " + ", ".join(f"{k} {v:.0f}" for k, v in right(size_rows).items()
+                                                                    if k != "questions"))
         for g, s in by_size[tokens].items():
             if s["n"]:
-                print(f"{tokens:5d} {g:8s} n {s['n']:3d}  " + "  ".join(f"{m} {s[m]:.3f}" for m in MEASURES)
+                print(f"{tokens:5d} {g:8s} n {s['n']:3d}  " + "  ".join(
+                    f"{m} {s[m]:.3f}" if s[m] is not None else f"{m} -" for m in MEASURES)
                       + (f"  oracle right {s['oracle_right']:.0f}" if "oracle_right" in s else ""))
     save(args.out, {"workload": "convqa", "seed": args.seed, "samples": args.samples, "questions_per_sample":
                     args.questions, "facts_per_sample": args.facts, "ratio": args.ratio, "family": args.family,
@@ -189,7 +233,7 @@ def main() -> int:
                     "config": config.to_dict(), "question_agnostic": True, "load_average_before": load_before,
                     "load_average_after": os.getloadavg(), "wall_s": time.perf_counter() - started,
                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "by_size": by_size,
-                    "pooled": summarise(rows), "rows": rows})
+                    "right_by_size": right_by_size, "pooled": summarise(rows), "right": right(rows), "rows": rows})
     print(f"wrote benchmarks/results/{args.out}.json")
     return 0
 

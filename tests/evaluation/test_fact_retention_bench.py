@@ -84,3 +84,36 @@ def test_the_oracle_keeps_the_marked_facts_in_every_slot(bench, bundled_engine):
     assert len(scores) == 2 and 0 < int(marked.sum()) < len(ids) // 4
     assert bool((kept[marked] == 1.0).all()) and not bool((plain[marked] == 1.0).all())
     assert float(kept.mean()) == pytest.approx(float(plain.mean()), abs=0.01)  # the same budget, spent otherwise
+
+
+def test_distractor_values_are_found_and_never_in_a_fact_line(bench, bundled_engine):
+    tok = bundled_engine.tokenizer
+    for sample in load_samples(tok, "convqa", 2, 1000, 4, n_facts=6, n_questions=4):
+        ids = chat_parts(tok, sample.context, "").context_ids
+        offsets, base = bench.context_offsets(tok, sample.context, ids)
+        marked = bench.distractor_positions(sample, len(ids), offsets, base)
+        assert 0 < int(marked.sum()) < len(ids) // 10
+        text = tok.decode([ids[i] for i in marked.nonzero().flatten().tolist()])
+        assert any(str(v) in text for v in sample.meta["distractors"])
+        for qa in sample.qa:  # the facts asked are never evicted with the distractors
+            start, end = bench.fact_ranges(sample, qa)["line"]
+            assert not bool(marked[bench.token_span(offsets, base + start, base + end)].any())
+
+
+def test_the_drop_oracle_evicts_every_distractor_from_every_slot(bench, bundled_engine):
+    from kvpilot.config import KVConfig
+
+    tok = bundled_engine.tokenizer
+    sample = load_samples(tok, "convqa", 1, 600, 4, n_facts=3, n_questions=2)[0]
+    ids = chat_parts(tok, sample.context, "").context_ids
+    offsets, base = bench.context_offsets(tok, sample.context, ids)
+    drop = bench.distractor_positions(sample, len(ids), offsets, base)
+    config = KVConfig.parse({"policy": "keydiff", "compression_ratio": 0.5})
+    _, plain = bench.answer(bundled_engine, sample, config)
+    _, kept = bench.answer(bundled_engine, sample, config, drop=drop)
+    assert bool(drop.any()) and float(plain[drop].max()) > 0.0
+    assert float(kept[drop].max()) == 0.0
+    assert float(kept.mean()) == pytest.approx(float(plain.mean()), abs=0.01)
+    m = bench.fact_measures(sample, sample.qa[0], plain, offsets, base, drop)
+    assert m["distractors"] == pytest.approx(float(plain[drop].mean()))
+    assert bench.fact_measures(sample, sample.qa[0], plain, offsets, base)["distractors"] is None
