@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from common import save  # noqa: E402
 from conversation_compression import FAMILIES  # noqa: E402
+from paired_rows import paired_difference  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from kvpilot.config import KVConfig  # noqa: E402
@@ -156,10 +157,13 @@ def _mean(values: list[float]) -> float | None:
     return statistics.mean(values) if values else None
 
 
-def right(rows: list[dict]) -> dict[str, float]:
-    """Questions answered right by the full cache, the config and (where run) the oracle."""
+def right(rows: list[dict]) -> dict:
+    """Questions answered right by the full cache, the config and (where run) the oracle, and the latter two's
+    paired differences from the full cache."""
     keys = ["full", "compressed"] + (["oracle"] if rows and "oracle" in rows[0] else [])
-    return {k: sum(r[k] for r in rows) for k in keys} | {"questions": len(rows)}
+    full = [r["full"] for r in rows]
+    return ({k: sum(r[k] for r in rows) for k in keys} | {"questions": len(rows)}
+            | {f"{k}_vs_full": paired_difference([r[k] for r in rows], full) for k in keys[1:] if rows})
 
 
 def summarise(rows: list[dict]) -> dict[str, dict]:
@@ -218,10 +222,10 @@ def main() -> int:
                                   **({"oracle": oracle[qi]} if oracle is not None else {}),
                                   **fact_measures(sample, qa, kept, offsets, base, distractors)})
         by_size[tokens] = summarise(size_rows)
-        right_by_size[tokens] = right(size_rows)
+        tally = right_by_size[tokens] = right(size_rows)
         rows += size_rows
-        print(f"{tokens:5d} right of {len(size_rows)}: " + ", ".join(f"{k} {v:.0f}" for k, v in right(size_rows).items()
-                                                                    if k != "questions"))
+        print(f"{tokens:5d} right of {len(size_rows)}: "
+              + ", ".join(f"{k} {tally[k]:.0f}" for k in ("full", "compressed", "oracle") if k in tally))
         for g, s in by_size[tokens].items():
             if s["n"]:
                 print(f"{tokens:5d} {g:8s} n {s['n']:3d}  " + "  ".join(

@@ -58,7 +58,8 @@ def test_groups_follow_both_outcomes(bench):
 @pytest.mark.slow
 def test_a_run_measures_every_question_against_the_full_cache(bench, monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["fact_retention.py", "--sizes", "300", "--samples", "1", "--questions", "2",
-                                      "--facts", "3", "--ratio", "0.75", "--family", "keydiff", "--out", "run"])
+                                      "--facts", "3", "--ratio", "0.75", "--family", "keydiff", "--oracle", "drop-distractors",
+                                      "--out", "run"])
     assert bench.main() == 0
     data = json.loads((tmp_path / "run.json").read_text())
     rows = data["rows"]
@@ -68,6 +69,11 @@ def test_a_run_measures_every_question_against_the_full_cache(bench, monkeypatch
         assert 0.0 <= r["answer_min"] <= r["answer_mean"] <= 1.0
         assert 0.15 < r["context"] < 0.35  # a quarter of each head kept (budgets round per head)
     assert sum(g["n"] for g in data["pooled"].values()) == 2
+    tally = data["right"]
+    assert tally["questions"] == 2 and tally["full"] == sum(r["full"] for r in rows)
+    assert tally["oracle"] == sum(r["oracle"] for r in rows)
+    assert tally["oracle_vs_full"]["difference"] == pytest.approx((tally["oracle"] - tally["full"]) / 2)
+    assert data["right_by_size"]["300"] == tally
 
 
 def test_the_oracle_keeps_the_marked_facts_in_every_slot(bench, bundled_engine):
