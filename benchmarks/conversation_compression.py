@@ -268,8 +268,9 @@ def main() -> int:
                     "earlier run of the same seed and samples, for the paired differences; implies --no-full")
     ap.add_argument("--timing-samples", type=int, default=2, help="conversations timed in alternating pairs")
     ap.add_argument("--deadline-min", type=float, default=None,
-                    help="stop starting configs after this many minutes (nor start one that the family's previous "
-                    "ratio took too long to finish by then) and stop kvpress there (partial rows say n)")
+                    help="stop starting configs after this many minutes (nor start one that would not finish by then, "
+                    "judged by the family's previous ratio, or the slowest config so far) and stop kvpress there "
+                    "(partial rows say n)")
     ap.add_argument("--out", default="conversation_compression")
     args = ap.parse_args()
     if not 1 <= args.questions <= args.facts:
@@ -290,6 +291,7 @@ def main() -> int:
     rows: list[dict] = []
     errors: list[str] = []
     deadline = started + 60 * args.deadline_min if args.deadline_min is not None else None
+    longest = 0.0  # seconds of the slowest config so far
 
     def checkpoint() -> None:  # rewritten after every config, so a stopped run keeps what it measured
         save(args.out, {"workload": "convqa", "samples": args.samples, "questions_per_sample": args.questions,
@@ -329,7 +331,9 @@ def main() -> int:
         if args.full:
             full_row = record("full cache", 0.0, KVConfig(), None)
         for family in args.families:
-            took = 0.0  # the family's previous ratio's seconds: a config that cannot finish in time is not started
+            # a config that cannot finish in time is not started: the family's previous ratio's seconds say how
+            # long it takes, or for its first ratio the longest config this run has timed
+            took = longest
             for ratio in args.ratios:
                 if deadline is not None and time.perf_counter() + took > deadline:
                     errors.append(f"{tokens} tokens: deadline reached before {family} at {ratio}")
@@ -337,6 +341,7 @@ def main() -> int:
                 began = time.perf_counter()
                 record(family, ratio, KVConfig.parse({**FAMILIES[family], "compression_ratio": ratio}), full_row)
                 took = time.perf_counter() - began
+                longest = max(longest, took)
                 checkpoint()
         if side is not None:
             try:
