@@ -77,13 +77,19 @@ def fact_ranges(sample, qa) -> dict[str, tuple[int, int]]:
             "line": (line_start, len(text) if line_end < 0 else line_end)}
 
 
+def positions_of(ranges, n: int, offsets: list[tuple[int, int]], base: int) -> torch.Tensor:
+    """[n] bool: the context tokens overlapping any of the character ranges (of the context, starting at `base`)."""
+    marked = torch.zeros(n, dtype=torch.bool)
+    for a, b in ranges:
+        marked[token_span(offsets, base + a, base + b)] = True
+    return marked
+
+
 def distractor_positions(sample, n: int, offsets: list[tuple[int, int]], base: int) -> torch.Tensor:
     """Context token positions of every word-bounded occurrence of the filler's distractor values."""
-    marked = torch.zeros(n, dtype=torch.bool)
-    for value in sample.meta.get("distractors", []):
-        for m in re.finditer(r"(?<!\w)" + re.escape(str(value)) + r"(?!\w)", sample.context):
-            marked[token_span(offsets, base + m.start(), base + m.end())] = True
-    return marked
+    return positions_of((m.span() for value in sample.meta.get("distractors", [])
+                         for m in re.finditer(r"(?<!\w)" + re.escape(str(value)) + r"(?!\w)", sample.context)),
+                        n, offsets, base)
 
 
 def fact_measures(sample, qa, kept, offsets: list[tuple[int, int]], base: int,
@@ -146,11 +152,7 @@ def group_of(full: float, compressed: float) -> str:
 
 def marked_positions(sample, n: int, offsets: list[tuple[int, int]], base: int, what: str) -> torch.Tensor:
     """Context token positions of every asked fact's answer (`what="answer"`) or whole line (`"line"`)."""
-    marked = torch.zeros(n, dtype=torch.bool)
-    for qa in sample.qa:
-        a, b = fact_ranges(sample, qa)[what]
-        marked[token_span(offsets, base + a, base + b)] = True
-    return marked
+    return positions_of((fact_ranges(sample, qa)[what] for qa in sample.qa), n, offsets, base)
 
 
 def _mean(values: list[float]) -> float | None:
