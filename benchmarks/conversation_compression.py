@@ -12,6 +12,12 @@ two configs answering the same questions mostly agree, so the difference is far 
 two accuracies' own intervals suggest. --full-from takes the full cache's rows from an earlier run of the
 same samples instead of answering again.
 
+A ratio is memory saved against a cache of the same pairs in 16-bit floats: the evicted fraction for the
+families that hold the model's floats, and for the `int8`/`int4` storage families (`kv_storage`) a smaller
+eviction whose kept pairs, held as integers with their scales, take the same bytes (`family_config`; each
+row's `config` says the eviction it ran). This CPU build computes in 32-bit floats, so the bytes it holds
+are twice a 16-bit cache's at the same ratio.
+
 kvpress 0.5.5 (KVzipPress, SnapKVPress, KeyDiffPress) runs on the same samples and the same model in its
 own virtual environment, benchmarks/.venv-kvpress, which this script creates on first use (torch from the
 local CPU build first, then kvpress, which pins transformers < 5.3); `kvpress_side.py` runs there and
@@ -41,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save  # noqa: E402
 from paired_rows import full_cache_rows, paired_difference, samples_of  # noqa: E402
 
+from kvpilot.cache.precision import stored_slot_bytes  # noqa: E402
 from kvpilot.config import KVConfig  # noqa: E402
 from kvpilot.engine import Engine, Request  # noqa: E402
 from kvpilot.engine.model import resolve_model_dir  # noqa: E402
@@ -98,11 +105,31 @@ FAMILIES: dict[str, dict] = {
                                                                "policy_params": {"weights": "bundled-both-w1"},
                                                                "layer_allocation": "global",
                                                                "layer_allocation_params": {"heads": True}},
+    "surrogate + global heads, int8 storage": {"policy": "surrogate", "layer_allocation": "global",
+                                               "layer_allocation_params": {"heads": True}, "kv_storage": "int8"},
+    "surrogate + global heads, int4 storage": {"policy": "surrogate", "layer_allocation": "global",
+                                               "layer_allocation_params": {"heads": True}, "kv_storage": "int4"},
     "keydiff": {"policy": "keydiff"},
     "snapkv (window)": {"policy": "snapkv"},
     "episodes (EpiCache)": {"policy": "kvzip", "scoring": "prompt", "episodes": 4},
 }
 KVPRESS_PRESSES = ["kvzip", "snapkv", "keydiff"]
+
+
+def family_config(family: str, ratio: float, head_dim: int) -> KVConfig | None:
+    """The family's config at memory ratio ``ratio``: the fraction of a 16-bit cache's bytes it saves.
+
+    A family that holds the model's floats saves what it evicts. One with integer ``kv_storage`` evicts less,
+    so that the pairs it keeps, held as integers, take the same bytes: (1 - eviction) x the stored pair's
+    share of a 16-bit pair = 1 - ratio. None when the storage alone already saves more than ``ratio``."""
+    fields = FAMILIES[family]
+    storage = fields.get("kv_storage", "model")
+    if storage != "model":
+        share = stored_slot_bytes(storage, head_dim, 2) / stored_slot_bytes("model", head_dim, 2)
+        ratio = round(1 - (1 - ratio) / share, 6)
+        if ratio < 0:
+            return None
+    return KVConfig.parse({**fields, "compression_ratio": ratio})
 
 
 def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -338,8 +365,12 @@ def main() -> int:
                 if deadline is not None and time.perf_counter() + took > deadline:
                     errors.append(f"{tokens} tokens: deadline reached before {family} at {ratio}")
                     continue
+                config = family_config(family, ratio, engine.shape.head_dim)
+                if config is None:
+                    errors.append(f"{tokens} tokens: {family} saves more than {ratio} by its storage alone")
+                    continue
                 began = time.perf_counter()
-                record(family, ratio, KVConfig.parse({**FAMILIES[family], "compression_ratio": ratio}), full_row)
+                record(family, ratio, config, full_row)
                 took = time.perf_counter() - began
                 longest = max(longest, took)
                 checkpoint()

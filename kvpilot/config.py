@@ -104,6 +104,9 @@ class EpisodeParams(Plugin):
     seed: int = param(42, low=0, description="k-means seed")
 
 
+KV_STORAGE_GROUP = 32  # values per float16 scale when kv_storage holds integers (a narrower head: its whole row)
+
+
 class KVConfigError(KVPilotError, ValueError):
     """A KVConfig was rejected. The message names each bad field, its value and what is allowed."""
 
@@ -167,6 +170,10 @@ class KVConfig(BaseModel):
 
     prefill_block_size: int | None = Field(default=None, ge=16, le=MAX_TOKENS, description="block-wise prefill size C")
     decode_interval: int | None = Field(default=None, ge=1, le=MAX_TOKENS, description="evict every N decode steps")
+    kv_storage: Literal["model", "int8", "int4"] = Field(
+        default="model", description='how kept keys and values are held between forwards: "model" (as computed) or '
+        '"int8" / "int4" (symmetric integers with a float16 scale per 32 values, dequantised for each forward); '
+        "multiplies with eviction: a kept pair costs 0.53 (int8) or 0.28 (int4) of its 16-bit bytes (head_dim 64)")
 
     session_ttl: str = Field(
         default="none", description="keep a session's cache while its agent runs a tool (a TTL rule)"
@@ -351,7 +358,8 @@ class KVConfig(BaseModel):
         lists = self.per_layer_values()
         return len(next(iter(lists.values()))) if lists else None
 
-    def validate_for_model(self, num_layers: int, num_kv_heads: int, num_heads: int | None = None) -> None:
+    def validate_for_model(self, num_layers: int, num_kv_heads: int, num_heads: int | None = None,
+                           head_dim: int | None = None) -> None:
         """Check the fields that depend on the model's shape; raise KVConfigError if any is wrong."""
         problems = [
             f"{name} has {len(values)} entries; the model has {num_layers} layers"
@@ -360,6 +368,9 @@ class KVConfig(BaseModel):
         ]
         if num_kv_heads < 1 or (num_heads is not None and num_heads % num_kv_heads):
             problems.append(f"model has {num_heads} query heads and {num_kv_heads} KV heads: unsupported")
+        if head_dim is not None and self.kv_storage != "model" and head_dim % min(KV_STORAGE_GROUP, head_dim):
+            problems.append(f'kv_storage="{self.kv_storage}" quantises groups of {KV_STORAGE_GROUP} values; the '
+                            f"model's head_dim {head_dim} is not a multiple of it")
         if problems:
             raise KVConfigError(problems)
 

@@ -4,9 +4,11 @@ Keys and values are stored per KV head ([1, H_kv, n, d], never repeated for GQA)
 different numbers of tokens (Ada-KV, KVzip's pair-level selection): in a forward the shorter heads are
 padded, the padding marked invalid and masked in attention; at rest (between forwards) such a layer is
 *packed*: only its valid slots are held, flattened head after head, so the memory a ragged selection saves
-is really freed. Positions and the validity mask keep the padded layout (a few bytes per slot), and the
-padded tensors are rebuilt from the packed ones when a forward, a scoring pass or an eviction needs them.
-The byte figures count what is held: the packed slots at rest, the padded tensors while they exist. The
+is really freed. A config with ``kv_storage="int8"`` or ``"int4"`` packs every layer at rest, its slots held
+as integers with a scale per group (kvpilot.cache.precision). Positions and the validity mask keep the
+padded layout (a few bytes per slot), and the padded tensors are rebuilt from the packed ones when a
+forward, a scoring pass or an eviction needs them. The byte figures count what is held: the packed slots
+at rest, the padded tensors while they exist. The
 layer owns its state and evicts itself down to the budget the cache hands it (cross-layer decisions stay
 in the cache).
 """
@@ -20,6 +22,7 @@ import torch
 from transformers.cache_utils import CacheLayerMixin
 
 from kvpilot.cache.exchange import StatsRequest
+from kvpilot.cache.precision import StoredRows, store_rows
 from kvpilot.cache.selection import keep_indices, protected_slots
 from kvpilot.config import KVConfig
 from kvpilot.policies.base import LayerStats, RopeInfo, ScoringInputs
@@ -37,7 +40,7 @@ class ManagedLayer(CacheLayerMixin):
     def __init__(self, layer_idx: int = 0, **kwargs: Any) -> None:
         self._k: torch.Tensor | None = None  # padded [1, H_kv, n, d] while a forward or an eviction needs it
         self._v: torch.Tensor | None = None
-        self._packed: tuple[torch.Tensor, torch.Tensor] | None = None  # valid slots only, [T, d] each, at rest
+        self._packed: tuple[StoredRows, StoredRows] | None = None  # valid slots only, [T, d] each, at rest
         self.slot_bytes = 0  # bytes of one slot of one KV head (its key and value)
         super().__init__()
         self.layer_idx = layer_idx
@@ -51,6 +54,7 @@ class ManagedLayer(CacheLayerMixin):
         self.nbytes = 0
         self.peak_nbytes = 0
         self._buffers: dict[str, torch.Tensor] = {}  # spare capacity behind keys/values/positions/valid
+        self.on_resize: Callable[[int], None] | None = None  # told every change of nbytes (the cache's total)
 
     # ----- storage: padded in use, packed at rest when the heads are ragged ------------------------
 
@@ -78,28 +82,38 @@ class ManagedLayer(CacheLayerMixin):
 
     @property
     def packed(self) -> bool:
-        """True while the layer holds only its valid slots (ragged heads, between forwards)."""
+        """True while the layer holds only its valid slots (between forwards: ragged heads or integer storage)."""
         return self._packed is not None and self._k is None
 
     def _unpack(self) -> None:
         """Rebuild the padded tensors from the packed slots (the validity mask says where each goes)."""
-        assert self._packed is not None and self.valid is not None
-        pk, pv = self._packed
-        h_kv, width = self.valid.shape
-        k = pk.new_zeros(1, h_kv, width, pk.shape[-1])
-        v = pv.new_zeros(1, h_kv, width, pv.shape[-1])
-        k[0][self.valid] = pk
-        v[0][self.valid] = pv
+        assert self._packed is not None and self.positions is not None
+        pk, pv = (stored.rows() for stored in self._packed)
+        h_kv, width = self.positions.shape
+        if self.valid is None:  # every slot valid: the rows are the heads one after another
+            k, v = pk.reshape(1, h_kv, width, -1), pv.reshape(1, h_kv, width, -1)
+        else:
+            k = pk.new_zeros(1, h_kv, width, pk.shape[-1])
+            v = pv.new_zeros(1, h_kv, width, pv.shape[-1])
+            k[0][self.valid] = pk
+            v[0][self.valid] = pv
         self._k, self._v, self._packed = k, v, None
         self._account()
 
-    def settle(self) -> None:
-        """Between forwards: a layer whose heads hold different numbers of tokens keeps only its valid slots.
+    def settle(self, storage: str = "model") -> None:
+        """Between forwards: a layer whose heads hold different numbers of tokens keeps only its valid slots,
+        and with integer ``storage`` every layer holds its slots quantised.
 
         Called by the cache once a layer's forward (and any eviction it triggers) is over."""
-        if self._k is None or self._v is None or self.valid is None or self.scoring_past >= 0:
+        if self._k is None or self._v is None or self.scoring_past >= 0:
             return
-        self._packed = (self._k[0][self.valid], self._v[0][self.valid])
+        if self.valid is None and storage == "model":
+            return
+        if self.valid is None:
+            rows_k, rows_v = self._k[0].flatten(0, 1), self._v[0].flatten(0, 1)
+        else:
+            rows_k, rows_v = self._k[0][self.valid], self._v[0][self.valid]
+        self._packed = (store_rows(rows_k, storage), store_rows(rows_v, storage))
         self._k = self._v = None
         self._buffers.clear()
         self._account()
@@ -173,7 +187,9 @@ class ManagedLayer(CacheLayerMixin):
         return -1
 
     def reset(self) -> None:
+        on_resize = self.on_resize
         self.__init__(self.layer_idx)  # type: ignore[misc]
+        self.on_resize = on_resize
 
     # ----- what the attention function sees --------------------------------------------------------
 
@@ -350,10 +366,13 @@ class ManagedLayer(CacheLayerMixin):
 
     def _account(self) -> None:
         """Bytes of the slots held now (the padded tensors while they exist, padding included, else the packed
-        slots; not the spare capacity behind them), and the peak."""
+        slots; not the spare capacity behind them), and the peak; the cache hears the change, whatever caused
+        it (an append, an eviction, a forward or a scoring pass unpacking the layer)."""
         held = sum(t.nbytes for t in (self._k, self._v) if t is not None)
         if self._packed is not None:
-            held += sum(t.nbytes for t in self._packed)
-        self.nbytes = held
+            held += sum(stored.nbytes for stored in self._packed)
+        delta, self.nbytes = held - self.nbytes, held
         if self.nbytes > self.peak_nbytes:
             self.peak_nbytes = self.nbytes
+        if delta and self.on_resize is not None:
+            self.on_resize(delta)

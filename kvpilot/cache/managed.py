@@ -50,8 +50,11 @@ class ManagedCache(Cache):
     layers: list[ManagedLayer]  # type: ignore[assignment]
 
     def __init__(self, config: KVConfig, shape: ModelShape, rope: RopeInfo | None = None):
-        config.validate_for_model(shape.num_layers, shape.num_kv_heads, shape.num_heads)
+        config.validate_for_model(shape.num_layers, shape.num_kv_heads, shape.num_heads,
+                                   shape.head_dim)
         super().__init__(layers=[ManagedLayer(i) for i in range(shape.num_layers)])
+        for layer in self.layers:
+            layer.on_resize = self._add_bytes
         self.shape = shape
         self.group_size = shape.num_heads // shape.num_kv_heads
         self.rope = rope
@@ -86,7 +89,8 @@ class ManagedCache(Cache):
 
     def set_config(self, config: KVConfig) -> None:
         """Apply a new config; a config that does not fit the model raises and changes nothing."""
-        config.validate_for_model(self.shape.num_layers, self.shape.num_kv_heads, self.shape.num_heads)
+        config.validate_for_model(self.shape.num_layers, self.shape.num_kv_heads, self.shape.num_heads,
+                                   self.shape.head_dim)
         policy = make_policy(config)
         self._config, self.policy, self._compresses = config, policy, config.compresses
 
@@ -100,9 +104,7 @@ class ManagedCache(Cache):
         dict into the attention function, which is how the exchange reaches it.
         """
         layer = self.layers[layer_idx]
-        before = layer.nbytes
         keys, values = layer.update(key_states, value_states)
-        self._add_bytes(layer.nbytes - before)
         forward_kwargs = kwargs.get("kwargs")
         if isinstance(forward_kwargs, dict):
             forward_kwargs[EXCHANGE_KWARG] = ForwardExchange(self, layer, key_states.shape[-2], keys.shape[-2])
@@ -234,10 +236,7 @@ class ManagedCache(Cache):
             self._settle_layer(layer)
 
     def _settle_layer(self, layer: ManagedLayer) -> None:
-        before = layer.nbytes
-        layer.settle()
-        if layer.nbytes != before:
-            self._add_bytes(layer.nbytes - before)
+        layer.settle(self._config.kv_storage)
 
     def _evict_after_attention(self, layer: ManagedLayer, q_len: int) -> None:
         if layer.scoring_past >= 0 or not self._auto_evict or not self._compresses:
@@ -309,12 +308,10 @@ class ManagedCache(Cache):
         t0 = time.perf_counter()
         if budget is None:
             budget = layer_budgets(self._config, self.shape.num_layers, layer.seen)[layer_idx]
-        before = layer.nbytes
         evicted = layer.evict(budget, self._config, self.policy, num_heads=self.shape.num_heads,
                               rope=self.rope, units_of=self.units_of, per_head=per_head)
         if evicted:
             self.eviction_count += 1
-            self._add_bytes(layer.nbytes - before)
             if self.observer is not None:
                 self.observer.on_evict(self, layer_idx, evicted, time.perf_counter() - t0)
         return evicted
@@ -327,7 +324,9 @@ class ManagedCache(Cache):
 
     def restore(self, state: list[dict[str, Any]]) -> None:
         for layer, saved in zip(self.layers, state, strict=True):
+            layer.on_resize = None  # the layers change one by one: the total is taken once they all have
             layer.restore(saved)
+            layer.on_resize = self._add_bytes
         self._bytes = sum(layer.nbytes for layer in self.layers)
         self.peak_bytes = max(self.peak_bytes, self._bytes)
 

@@ -109,7 +109,8 @@ class Engine:
         self.tokenizer = tokenizer
         self.shape = ModelShape.of(model)
         self._config = config or KVConfig()
-        self._config.validate_for_model(self.shape.num_layers, self.shape.num_kv_heads, self.shape.num_heads)
+        self._config.validate_for_model(self.shape.num_layers, self.shape.num_kv_heads, self.shape.num_heads,
+                                   self.shape.head_dim)
         self._pending: KVConfig | None = None
         self._lock = threading.Lock()
         self.observer: Any = None  # a probe attached by kvpilot.attach (on_attention, on_evict)
@@ -128,7 +129,8 @@ class Engine:
         return self._config
 
     def validate(self, config: KVConfig) -> None:
-        config.validate_for_model(self.shape.num_layers, self.shape.num_kv_heads, self.shape.num_heads)
+        config.validate_for_model(self.shape.num_layers, self.shape.num_kv_heads, self.shape.num_heads,
+                                   self.shape.head_dim)
 
     def apply_config(self, config: KVConfig) -> None:
         """Validate now, apply at the next request boundary. Raises KVConfigError if it does not fit."""

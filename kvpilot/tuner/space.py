@@ -1,6 +1,6 @@
 """The search space: which KVConfig fields and plug-in parameters the tuner varies, over which values.
 
-The shared fields (compression ratio, window, sink tokens, scoring, granularity) and the plug-in choices
+The shared fields (compression ratio, window, sink tokens, scoring, granularity, KV storage) and the plug-in choices
 (policy, layer and head allocation, session TTL) are listed here by KVConfig name. Each chosen plug-in's
 own parameters are then searched over the range its declaration gives (`kvpilot.plugins.Param.search`) or
 the one this space sets in `params`, keyed "<field>.<plug-in>.<param>" (e.g. "layer_allocation.pyramid.beta"):
@@ -50,6 +50,7 @@ SHARED: tuple[tuple[str, Callable[[type[Policy]], bool]], ...] = (
     ("sink_tokens", _evicts),
     ("scoring", lambda p: p.evicts and p.stats == "scoring"),
     ("granularity", _evicts),
+    ("kv_storage", _evicts),
 )
 SLOTS_FIELDS = {s.field for s in SLOTS}  # fixed may pin a plug-in choice, not its params dict (use dotted keys)
 MAX_EPISODES = next(m.le for m in KVConfig.model_fields["episodes"].metadata if hasattr(m, "le"))
@@ -78,6 +79,7 @@ class SearchSpace:
     sink_tokens: tuple[int, ...] = (4,)
     scoring: tuple[str, ...] = ("window", "prompt", "reconstruct")
     granularity: tuple[str, ...] = ("token", "sentence")
+    kv_storage: tuple[str, ...] = ("model",)  # ("model", "int8", "int4") multiplies eviction's saving
     session_ttl: tuple[str, ...] = ("none",)
     episodes: tuple[int, ...] = (1,)  # EpiCache episode counts, searched when scoring="prompt" is drawn
     params: dict[str, tuple[Any, ...]] = field(default_factory=dict)
@@ -317,7 +319,7 @@ class SearchSpace:
     def _choice_fields(self) -> dict[str, tuple[Any, ...]]:
         return {"policy": self.policy, "layer_allocation": self.layer_allocation,
                 "head_allocation": self.head_allocation, "scoring": self.scoring,
-                "granularity": self.granularity, "session_ttl": self.session_ttl}
+                "granularity": self.granularity, "kv_storage": self.kv_storage, "session_ttl": self.session_ttl}
 
     def _shared_fixed_problems(self, fixed: dict[str, Any]) -> list[str]:
         shared = {k: v for k, v in fixed.items() if "." not in k}

@@ -266,7 +266,7 @@ def test_packing_ragged_heads_changes_no_logit(tiny_model, monkeypatch):
 
     packed_logits, packed = serve()
     assert any(layer.packed for layer in packed.layers)
-    monkeypatch.setattr(ManagedLayer, "settle", lambda self: None)
+    monkeypatch.setattr(ManagedLayer, "settle", lambda self, storage="model": None)
     padded_logits, padded = serve()
     assert not any(layer.packed for layer in padded.layers)
     assert torch.equal(packed_logits, padded_logits)

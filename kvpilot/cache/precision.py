@@ -1,0 +1,75 @@
+"""How a layer's kept keys and values are held between forwards: as computed, or as small integers.
+
+Eviction decides *which* pairs stay; storage precision decides how many bytes each one costs, and the two
+multiply. ``"int8"`` and ``"int4"`` hold each row (one slot's key or value for one KV head) as symmetric
+absmax-quantised integers with one float16 scale per group of ``GROUP`` values (the whole row when a head
+is narrower), so an outlier channel costs precision only in its own group. A forward gets the rows back in the compute dtype; quantising rows
+that were dequantised from the same format gives back the same integers, so a cache re-stored after every
+decode step does not drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kvpilot.config import KV_STORAGE_GROUP as GROUP
+
+STORAGE_BITS = {"model": 0, "int8": 8, "int4": 4}
+
+
+@dataclass(frozen=True)
+class StoredRows:
+    """Rows [T, d] as held at rest: the original tensor, or integer codes plus one scale per group."""
+
+    data: torch.Tensor  # the rows themselves; int8 codes [T, d]; or uint8 [T, d / 2], two int4 codes per byte
+    scale: torch.Tensor | None  # [T, d / GROUP] float16
+    width: int
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes + (0 if self.scale is None else self.scale.nbytes)
+
+    def rows(self) -> torch.Tensor:
+        """The rows in their compute dtype (dequantised when stored as integers)."""
+        if self.scale is None:
+            return self.data
+        codes = self.data
+        if codes.dtype == torch.uint8:  # int4: low nibble first, stored offset by 8
+            codes = torch.stack((codes & 0xF, codes >> 4), dim=-1).reshape(codes.shape[0], -1).to(torch.int8) - 8
+        g = group_size(self.width)
+        grouped = codes.reshape(codes.shape[0], self.width // g, g).float() * self.scale.float().unsqueeze(-1)
+        return grouped.reshape(codes.shape[0], self.width).to(self.dtype)
+
+
+def group_size(head_dim: int) -> int:
+    """Values per scale: ``GROUP``, or the whole row of a narrower head."""
+    return min(GROUP, head_dim)
+
+
+def store_rows(rows: torch.Tensor, storage: str) -> StoredRows:
+    """Hold ``rows`` [T, d] as ``storage`` says ("model": as they are)."""
+    bits = STORAGE_BITS[storage]
+    if not bits:
+        return StoredRows(rows, None, rows.shape[-1], rows.dtype)
+    n, d = rows.shape
+    qmax = (1 << (bits - 1)) - 1  # 127 or 7: symmetric, so zero stays exact
+    g = group_size(d)
+    grouped = rows.detach().float().reshape(n, d // g, g)
+    scale = (grouped.abs().amax(dim=-1) / qmax).to(torch.float16)
+    safe = scale.float().clamp_min(torch.finfo(torch.float16).tiny).unsqueeze(-1)
+    codes = torch.round(grouped / safe).clamp_(-qmax, qmax).to(torch.int8).reshape(n, d)
+    if bits == 4:
+        nibbles = (codes + 8).to(torch.uint8).reshape(n, d // 2, 2)
+        codes = nibbles[..., 0] | (nibbles[..., 1] << 4)
+    return StoredRows(codes, scale, d, rows.dtype)
+
+
+def stored_slot_bytes(storage: str, head_dim: int, element_size: int) -> int:
+    """Bytes one slot (its key and value row) costs when held as ``storage``."""
+    bits = STORAGE_BITS[storage]
+    if not bits:
+        return 2 * head_dim * element_size
+    return 2 * (head_dim * bits // 8 + 2 * (head_dim // group_size(head_dim)))
