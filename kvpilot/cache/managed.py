@@ -50,8 +50,7 @@ class ManagedCache(Cache):
     layers: list[ManagedLayer]  # type: ignore[assignment]
 
     def __init__(self, config: KVConfig, shape: ModelShape, rope: RopeInfo | None = None):
-        config.validate_for_model(shape.num_layers, shape.num_kv_heads, shape.num_heads,
-                                   shape.head_dim)
+        config.validate_for_model(shape.num_layers, shape.num_kv_heads, shape.num_heads, shape.head_dim)
         super().__init__(layers=[ManagedLayer(i) for i in range(shape.num_layers)])
         for layer in self.layers:
             layer.on_resize = self._add_bytes
@@ -90,7 +89,7 @@ class ManagedCache(Cache):
     def set_config(self, config: KVConfig) -> None:
         """Apply a new config; a config that does not fit the model raises and changes nothing."""
         config.validate_for_model(self.shape.num_layers, self.shape.num_kv_heads, self.shape.num_heads,
-                                   self.shape.head_dim)
+                                  self.shape.head_dim)
         policy = make_policy(config)
         self._config, self.policy, self._compresses = config, policy, config.compresses
 
@@ -227,16 +226,13 @@ class ManagedCache(Cache):
         """Called once the layer's attention output exists: evict now if this forward calls for it, then let
         a layer with ragged heads go back to holding only its valid slots."""
         self._evict_after_attention(layer, q_len)
-        self._settle_layer(layer)
+        layer.settle(self._config.kv_storage)
 
     def settle(self) -> None:
         """Every layer with ragged heads back to holding only its valid slots (after a pass that unpacked
         them all: a cross-layer eviction, a scoring pass)."""
         for layer in self.layers:
-            self._settle_layer(layer)
-
-    def _settle_layer(self, layer: ManagedLayer) -> None:
-        layer.settle(self._config.kv_storage)
+            layer.settle(self._config.kv_storage)
 
     def _evict_after_attention(self, layer: ManagedLayer, q_len: int) -> None:
         if layer.scoring_past >= 0 or not self._auto_evict or not self._compresses:

@@ -3,9 +3,11 @@
 Eviction decides *which* pairs stay; storage precision decides how many bytes each one costs, and the two
 multiply. ``"int8"`` and ``"int4"`` hold each row (one slot's key or value for one KV head) as symmetric
 absmax-quantised integers with one float16 scale per group of ``GROUP`` values (the whole row when a head
-is narrower), so an outlier channel costs precision only in its own group. A forward gets the rows back in the compute dtype; quantising rows
-that were dequantised from the same format gives back the same integers, so a cache re-stored after every
-decode step does not drift.
+is narrower), so an outlier channel costs precision only in its own group. A forward gets the rows back in
+the compute dtype; quantising rows that were dequantised from the same format gives back the same
+integers, so a cache re-stored after every decode step does not drift. The cost: a layer held as integers
+is dequantised before and quantised again after every forward, decode steps included (a float tail for
+the newest tokens, as KIVI keeps, would avoid it; not done).
 """
 
 from __future__ import annotations

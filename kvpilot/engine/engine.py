@@ -109,8 +109,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.shape = ModelShape.of(model)
         self._config = config or KVConfig()
-        self._config.validate_for_model(self.shape.num_layers, self.shape.num_kv_heads, self.shape.num_heads,
-                                   self.shape.head_dim)
+        self.validate(self._config)
         self._pending: KVConfig | None = None
         self._lock = threading.Lock()
         self.observer: Any = None  # a probe attached by kvpilot.attach (on_attention, on_evict)
@@ -130,7 +129,7 @@ class Engine:
 
     def validate(self, config: KVConfig) -> None:
         config.validate_for_model(self.shape.num_layers, self.shape.num_kv_heads, self.shape.num_heads,
-                                   self.shape.head_dim)
+                                  self.shape.head_dim)
 
     def apply_config(self, config: KVConfig) -> None:
         """Validate now, apply at the next request boundary. Raises KVConfigError if it does not fit."""
