@@ -10,6 +10,10 @@ for the time per decoded token after the first. Target (issue 10): at most 1.03 
 
     python benchmarks/engine_overhead.py                       # 1,000-token prompts, 12 pairs
     python benchmarks/engine_overhead.py --pairs 20 --new-tokens 48
+    python benchmarks/engine_overhead.py --config 'int8-8x={"policy": "surrogate", "compression_ratio": 0.7647,
+        "layer_allocation": "global", "layer_allocation_params": {"heads": true}, "kv_storage": "int8"}'
+
+``--config NAME=JSON`` (repeatable) times other configs against the same baseline instead of the two defaults.
 
 Writes benchmarks/results/engine_overhead.json.
 """
@@ -31,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from common import save  # noqa: E402
 
-from kvpilot.config import KVConfig  # noqa: E402
+from kvpilot.config import KVConfig, KVConfigError  # noqa: E402
 from kvpilot.engine import Engine, Request  # noqa: E402
 from kvpilot.engine.model import resolve_model_dir  # noqa: E402
 
@@ -65,13 +69,31 @@ def managed(engine: Engine, config: KVConfig, ids: list[int], new_tokens: int) -
     return response.compression.prefill_s, answer.tpot_s
 
 
+def parse_named_config(text: str) -> tuple[str, KVConfig]:
+    """``NAME=JSON`` -> (NAME, the config); ValueError with one line saying what is wrong."""
+    name, sep, body = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"expected NAME=JSON, got {text!r}")
+    try:
+        return name, KVConfig.parse(body)
+    except KVConfigError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=12, help="alternating pairs per config (default 12)")
     ap.add_argument("--prompt-tokens", type=int, default=1000)
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--config", action="append", default=[], metavar="NAME=JSON",
+                    help="a config to time (repeatable; default: the full config and snapkv at 0.75)")
     ap.add_argument("--out", default="engine_overhead")
     args = ap.parse_args()
+    try:
+        configs = dict(parse_named_config(text) for text in args.config) or {
+            "full": KVConfig(), "snapkv-0.75": KVConfig(policy="snapkv", compression_ratio=0.75)}
+    except ValueError as exc:
+        sys.exit(f"error: --config: {exc}")
 
     from transformers import AutoModelForCausalLM
 
@@ -81,11 +103,10 @@ def main() -> None:
     vocab = int(sdpa.config.vocab_size)
     rng = random.Random(0)
     prompts = [[rng.randrange(1000, min(20000, vocab)) for _ in range(args.prompt_tokens)] for _ in range(4)]
-    configs = {"full": KVConfig(), "snapkv-0.75": KVConfig(policy="snapkv", compression_ratio=0.75)}
-
     for ids in prompts[:1]:  # warm both paths up
         baseline(sdpa, ids, 4)
-        managed(engine, configs["full"], ids, 4)
+        for config in configs.values():
+            managed(engine, config, ids, 4)
 
     results = {}
     for name, config in configs.items():

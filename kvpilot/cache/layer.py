@@ -3,12 +3,13 @@
 Keys and values are stored per KV head ([1, H_kv, n, d], never repeated for GQA). Heads may keep
 different numbers of tokens (Ada-KV, KVzip's pair-level selection): in a forward the shorter heads are
 padded, the padding marked invalid and masked in attention; at rest (between forwards) such a layer is
-*packed*: only its valid slots are held, flattened head after head, so the memory a ragged selection saves
-is really freed. A config with ``kv_storage="int8"`` or ``"int4"`` packs every layer at rest, its slots held
+*packed*: only its valid slots are held, slot by slot (each slot's heads together), so the memory a ragged
+selection saves is really freed. A config with ``kv_storage="int8"`` or ``"int4"`` packs every layer at rest, its slots held
 as integers with a scale per group (kvpilot.cache.precision). Positions and the validity mask keep the
 padded layout (a few bytes per slot), and the padded tensors are rebuilt from the packed ones when a
-forward, a scoring pass or an eviction needs them. The byte figures count what is held: the packed slots
-at rest, the padded tensors while they exist. The
+forward, a scoring pass or an eviction needs them; after a forward that only appended slots, an integer
+layer quantises just those. The byte figures count what is held: the packed slots at rest, the padded
+tensors (and an integer layer's codes) while they exist. The
 layer owns its state and evicts itself down to the budget the cache hands it (cross-layer decisions stay
 in the cache).
 """
@@ -22,7 +23,7 @@ import torch
 from transformers.cache_utils import CacheLayerMixin
 
 from kvpilot.cache.exchange import StatsRequest
-from kvpilot.cache.precision import StoredRows, store_rows
+from kvpilot.cache.precision import StoredRows, append_rows, store_rows
 from kvpilot.cache.selection import keep_indices, protected_slots
 from kvpilot.config import KVConfig
 from kvpilot.policies.base import LayerStats, RopeInfo, ScoringInputs
@@ -41,6 +42,9 @@ class ManagedLayer(CacheLayerMixin):
         self._k: torch.Tensor | None = None  # padded [1, H_kv, n, d] while a forward or an eviction needs it
         self._v: torch.Tensor | None = None
         self._packed: tuple[StoredRows, StoredRows] | None = None  # valid slots only, [T, d] each, at rest
+        # while an integer-stored layer is unpacked: its codes and its width then, so that settling after a
+        # forward that only appended slots quantises just the new ones (dropped by anything that moves slots)
+        self._unpacked_from: tuple[tuple[StoredRows, StoredRows], int] | None = None
         self.slot_bytes = 0  # bytes of one slot of one KV head (its key and value)
         super().__init__()
         self.layer_idx = layer_idx
@@ -86,19 +90,34 @@ class ManagedLayer(CacheLayerMixin):
         return self._packed is not None and self._k is None
 
     def _unpack(self) -> None:
-        """Rebuild the padded tensors from the packed slots (the validity mask says where each goes)."""
+        """Rebuild the padded tensors from the packed slots (the validity mask says where each goes).
+
+        Packed rows go slot by slot, each slot's heads together, so slots appended later are rows appended."""
         assert self._packed is not None and self.positions is not None
         pk, pv = (stored.rows() for stored in self._packed)
         h_kv, width = self.positions.shape
-        if self.valid is None:  # every slot valid: the rows are the heads one after another
-            k, v = pk.reshape(1, h_kv, width, -1), pv.reshape(1, h_kv, width, -1)
+        k = pk.new_zeros(1, h_kv, width, pk.shape[-1])
+        v = pv.new_zeros(1, h_kv, width, pv.shape[-1])
+        if self.valid is None:  # every slot valid
+            k[0].transpose(0, 1).copy_(pk.view(width, h_kv, -1))
+            v[0].transpose(0, 1).copy_(pv.view(width, h_kv, -1))
         else:
-            k = pk.new_zeros(1, h_kv, width, pk.shape[-1])
-            v = pv.new_zeros(1, h_kv, width, pv.shape[-1])
-            k[0][self.valid] = pk
-            v[0][self.valid] = pv
+            mask = self.valid.T
+            k[0].transpose(0, 1)[mask] = pk
+            v[0].transpose(0, 1)[mask] = pv
+        if self._packed[0].scale is not None:  # integer codes: kept (and counted) until the layer settles
+            self._unpacked_from = (self._packed, width)
         self._k, self._v, self._packed = k, v, None
         self._account()
+
+    def _slot_rows(self, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The valid slots from slot ``start`` on as rows [T, d], slot by slot (each slot's heads together)."""
+        assert self._k is not None and self._v is not None
+        k, v = self._k[0, :, start:].transpose(0, 1), self._v[0, :, start:].transpose(0, 1)  # [n, H_kv, d]
+        if self.valid is None:
+            return k.reshape(-1, k.shape[-1]), v.reshape(-1, v.shape[-1])
+        mask = self.valid[:, start:].T
+        return k[mask], v[mask]
 
     def settle(self, storage: str = "model") -> None:
         """Between forwards: a layer whose heads hold different numbers of tokens keeps only its valid slots,
@@ -107,13 +126,20 @@ class ManagedLayer(CacheLayerMixin):
         Called by the cache once a layer's forward (and any eviction it triggers) is over."""
         if self._k is None or self._v is None or self.scoring_past >= 0:
             return
+        before, self._unpacked_from = self._unpacked_from, None
         if self.valid is None and storage == "model":
+            self._account()
             return
-        if self.valid is None:
-            rows_k, rows_v = self._k[0].flatten(0, 1), self._v[0].flatten(0, 1)
+        if before is not None and before[0][0].storage == storage:  # only slots appended since: store those
+            width = self._k.shape[-2]
+            if width == before[1]:
+                self._packed = before[0]
+            else:
+                rows_k, rows_v = self._slot_rows(start=before[1])
+                self._packed = (append_rows(before[0][0], rows_k), append_rows(before[0][1], rows_v))
         else:
-            rows_k, rows_v = self._k[0][self.valid], self._v[0][self.valid]
-        self._packed = (store_rows(rows_k, storage), store_rows(rows_v, storage))
+            rows_k, rows_v = self._slot_rows()
+            self._packed = (store_rows(rows_k, storage), store_rows(rows_v, storage))
         self._k = self._v = None
         self._buffers.clear()
         self._account()
@@ -340,6 +366,7 @@ class ManagedLayer(CacheLayerMixin):
             lens = torch.tensor(lengths, device=self.device)[:, None]
             self.valid = torch.arange(width, device=self.device)[None, :] < lens
         self._buffers.clear()
+        self._unpacked_from = None  # the slots moved: the codes no longer describe a prefix of them
         self.stats.gather(index)
         if not keep_scores:
             self.stats.scoring_mass = None
@@ -361,6 +388,7 @@ class ManagedLayer(CacheLayerMixin):
         for k, v in saved.items():
             setattr(self, k, LayerStats(**vars(v)) if k == "stats" else v)
         self._buffers.clear()  # the restored tensors may be views another snapshot still holds
+        self._unpacked_from = None
         self.is_initialized = self._k is not None or self._packed is not None
         self._account()
 
@@ -369,8 +397,9 @@ class ManagedLayer(CacheLayerMixin):
         slots; not the spare capacity behind them), and the peak; the cache hears the change, whatever caused
         it (an append, an eviction, a forward or a scoring pass unpacking the layer)."""
         held = sum(t.nbytes for t in (self._k, self._v) if t is not None)
-        if self._packed is not None:
-            held += sum(stored.nbytes for stored in self._packed)
+        for packed in (self._packed, self._unpacked_from[0] if self._unpacked_from else None):
+            if packed is not None:
+                held += sum(stored.nbytes for stored in packed)
         delta, self.nbytes = held - self.nbytes, held
         if self.nbytes > self.peak_nbytes:
             self.peak_nbytes = self.nbytes

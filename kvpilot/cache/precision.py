@@ -5,9 +5,9 @@ multiply. ``"int8"`` and ``"int4"`` hold each row (one slot's key or value for o
 absmax-quantised integers with one float16 scale per group of ``GROUP`` values (the whole row when a head
 is narrower), so an outlier channel costs precision only in its own group. A forward gets the rows back in
 the compute dtype; quantising rows that were dequantised from the same format gives back the same
-integers, so a cache re-stored after every decode step does not drift. The cost: a layer held as integers
-is dequantised before and quantised again after every forward, decode steps included (a float tail for
-the newest tokens, as KIVI keeps, would avoid it; not done).
+integers, so a layer re-stored after a forward does not drift. The cost: a layer held as integers is
+dequantised before every forward, decode steps included; after a forward that only appended slots, only
+the new rows are quantised and joined to the codes already held (`append_rows`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class StoredRows:
     scale: torch.Tensor | None  # [T, d / GROUP] float16
     width: int
     dtype: torch.dtype
+    storage: str = "model"
 
     @property
     def nbytes(self) -> int:
@@ -44,6 +45,14 @@ class StoredRows:
         g = group_size(self.width)
         grouped = codes.reshape(codes.shape[0], self.width // g, g).float() * self.scale.float().unsqueeze(-1)
         return grouped.reshape(codes.shape[0], self.width).to(self.dtype)
+
+
+def append_rows(stored: StoredRows, rows: torch.Tensor) -> StoredRows:
+    """``stored`` followed by ``rows`` [T, d] in the same format: only the new rows are quantised, which
+    gives the same integers as storing them all again (see the module docstring)."""
+    new = store_rows(rows, stored.storage)
+    scale = None if stored.scale is None or new.scale is None else torch.cat((stored.scale, new.scale))
+    return StoredRows(torch.cat((stored.data, new.data)), scale, stored.width, stored.dtype, stored.storage)
 
 
 def group_size(head_dim: int) -> int:
@@ -66,7 +75,7 @@ def store_rows(rows: torch.Tensor, storage: str) -> StoredRows:
     if bits == 4:
         nibbles = (codes + 8).to(torch.uint8).reshape(n, d // 2, 2)
         codes = nibbles[..., 0] | (nibbles[..., 1] << 4)
-    return StoredRows(codes, scale, d, rows.dtype)
+    return StoredRows(codes, scale, d, rows.dtype, storage)
 
 
 def stored_slot_bytes(storage: str, head_dim: int, element_size: int) -> int:

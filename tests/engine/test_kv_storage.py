@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from kvpilot.cache import precision
 from kvpilot.cache.managed import ManagedCache
 from kvpilot.cache.precision import store_rows, stored_slot_bytes
 from kvpilot.config import KVConfig, KVConfigError
@@ -54,6 +55,50 @@ def test_integer_storage_counts_exactly_what_it_holds(tiny_model, storage):
     evicted, _ = run(tiny_model, decode_steps=6, kv_storage=storage, **cfg)
     kept = sum(map(sum, evicted.kept_tokens()))
     assert evicted.physical_bytes == sum(layer.nbytes for layer in evicted.layers) == kept * slot
+
+
+@pytest.mark.parametrize("storage", ["int8", "int4"])
+def test_a_decode_step_quantises_only_its_new_slots_and_changes_nothing(tiny_model, storage, monkeypatch):
+    """After the prefill's eviction (ragged heads), each decode step quantises one new slot per KV head and
+    layer; the codes and logits are exactly those of quantising every slot again after each step."""
+    import kvpilot.cache.layer as layer_module
+
+    cfg = {"policy": "snapkv", "budget": 40, "layer_allocation": "global", "layer_allocation_params": {"heads": True},
+           "kv_storage": storage}
+    quantised: list[int] = []
+    real_store = precision.store_rows
+
+    def counting_store(rows, kind):
+        quantised.append(rows.shape[0])
+        return real_store(rows, kind)
+
+    monkeypatch.setattr(precision, "store_rows", counting_store)
+    monkeypatch.setattr(layer_module, "store_rows", counting_store)
+    cache = ManagedCache.for_model(tiny_model, KVConfig(**cfg))
+    ids = torch.randint(3, 128, (N,), generator=torch.Generator().manual_seed(5)).tolist()
+    with torch.inference_mode():
+        first = prefill(tiny_model, cache, ids)
+        assert any(layer.valid is not None for layer in cache.layers)  # ragged heads: the masked path
+        quantised.clear()
+        dec = greedy_decode(tiny_model, cache, first, 6, keep_logits=True)
+    h_kv = cache.shape.num_kv_heads
+    assert quantised and set(quantised) == {h_kv}  # keys and values of one new slot per head, every layer
+    incremental = (torch.stack(dec.step_logits), [layer._packed for layer in cache.layers])
+
+    unpack = layer_module.ManagedLayer._unpack
+
+    def unpack_and_forget(self):  # the old way: every slot quantised again when the layer settles
+        unpack(self)
+        self._unpacked_from = None
+
+    monkeypatch.setattr(layer_module.ManagedLayer, "_unpack", unpack_and_forget)
+    again = ManagedCache.for_model(tiny_model, KVConfig(**cfg))
+    with torch.inference_mode():
+        dec_again = greedy_decode(tiny_model, again, prefill(tiny_model, again, ids), 6, keep_logits=True)
+    assert torch.equal(torch.stack(dec_again.step_logits), incremental[0])
+    for mine, theirs in zip(incremental[1], (layer._packed for layer in again.layers), strict=True):
+        assert torch.equal(mine[0].data, theirs[0].data) and torch.equal(mine[1].scale, theirs[1].scale)
+    assert cache.physical_bytes == again.physical_bytes == sum(layer.nbytes for layer in cache.layers)
 
 
 def test_int8_storage_barely_moves_the_logits(tiny_model):
