@@ -23,13 +23,18 @@ import torch
 from transformers.cache_utils import CacheLayerMixin
 
 from kvpilot.cache.exchange import StatsRequest
-from kvpilot.cache.precision import StoredRows, append_rows, store_rows
+from kvpilot.cache.precision import StoredRows, append_rows, store_rows, write_rows
 from kvpilot.cache.selection import keep_indices, protected_slots
 from kvpilot.config import KVConfig
 from kvpilot.policies.base import LayerStats, RopeInfo, ScoringInputs
 from kvpilot.policies.heads import head_budgets, within_budget
 
 SNAPSHOT_FIELDS = ("positions", "valid", "seen", "decode_steps")
+
+
+def spare_slots(slots: int) -> int:
+    """Room left behind a layer's slots for appends: a quarter more, at least 64."""
+    return max(64, slots // 4)
 
 
 class ManagedLayer(CacheLayerMixin):
@@ -94,20 +99,23 @@ class ManagedLayer(CacheLayerMixin):
 
         Packed rows go slot by slot, each slot's heads together, so slots appended later are rows appended."""
         assert self._packed is not None and self.positions is not None
-        pk, pv = (stored.rows() for stored in self._packed)
         h_kv, width = self.positions.shape
-        k = pk.new_zeros(1, h_kv, width, pk.shape[-1])
-        v = pv.new_zeros(1, h_kv, width, pv.shape[-1])
-        if self.valid is None:  # every slot valid
-            k[0].transpose(0, 1).copy_(pk.view(width, h_kv, -1))
-            v[0].transpose(0, 1).copy_(pv.view(width, h_kv, -1))
-        else:
-            mask = self.valid.T
-            k[0].transpose(0, 1)[mask] = pk
-            v[0].transpose(0, 1)[mask] = pv
+        padded = []
+        for name, stored in zip(("keys", "values"), self._packed, strict=True):
+            # written into a buffer with the spare room an append wants, so the forward's new slots cost no copy
+            shape = (1, h_kv, width + spare_slots(width), stored.width)
+            empty = torch.empty if self.valid is None else torch.zeros
+            buffer = empty(shape, dtype=stored.dtype, device=stored.data.device)
+            view = buffer.narrow(2, 0, width)
+            if self.valid is None:  # every slot valid
+                write_rows(stored, view[0].transpose(0, 1))
+            else:
+                view[0].transpose(0, 1)[self.valid.T] = stored.rows()
+            self._buffers[name] = buffer
+            padded.append(view)
         if self._packed[0].scale is not None:  # integer codes: kept (and counted) until the layer settles
             self._unpacked_from = (self._packed, width)
-        self._k, self._v, self._packed = k, v, None
+        (self._k, self._v), self._packed = padded, None
         self._account()
 
     def _slot_rows(self, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,7 +203,7 @@ class ManagedLayer(CacheLayerMixin):
         buffer = self._buffers.get(name)
         if buffer is None or buffer.shape[dim] < n + q:
             shape = list(current.shape)
-            shape[dim] = n + q + (max(64, (n + q) // 4) if n else 0)  # a first prefill gets no spare room
+            shape[dim] = n + q + (spare_slots(n + q) if n else 0)  # a first prefill gets no spare room
             buffer = current.new_empty(shape)
             buffer.narrow(dim, 0, n).copy_(current)
             self._buffers[name] = buffer

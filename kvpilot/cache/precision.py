@@ -47,6 +47,18 @@ class StoredRows:
         return grouped.reshape(codes.shape[0], self.width).to(self.dtype)
 
 
+def write_rows(stored: StoredRows, out: torch.Tensor) -> None:
+    """Write the rows into ``out`` [..., d] (the same number of rows, any strides), int8 codes dequantised in
+    place, without the temporaries of `StoredRows.rows`: unpacking a layer before each forward does this."""
+    if stored.scale is None or stored.data.dtype != torch.int8:
+        out.copy_(stored.rows().view(out.shape))
+        return
+    g = group_size(stored.width)
+    grouped = out.unflatten(-1, (stored.width // g, g))
+    grouped.copy_(stored.data.view(grouped.shape))
+    grouped.mul_(stored.scale.view(*grouped.shape[:-1], 1))
+
+
 def append_rows(stored: StoredRows, rows: torch.Tensor) -> StoredRows:
     """``stored`` followed by ``rows`` [T, d] in the same format: only the new rows are quantised, which
     gives the same integers as storing them all again (see the module docstring)."""

@@ -5,7 +5,7 @@ import torch
 
 from kvpilot.cache import precision
 from kvpilot.cache.managed import ManagedCache
-from kvpilot.cache.precision import store_rows, stored_slot_bytes
+from kvpilot.cache.precision import store_rows, stored_slot_bytes, write_rows
 from kvpilot.config import KVConfig, KVConfigError
 from kvpilot.engine.generation import greedy_decode, prefill
 
@@ -22,6 +22,9 @@ def test_rows_come_back_within_half_a_step_and_restoring_them_does_not_drift(sto
     step = rows.reshape(50, 2, 32).abs().amax(-1, keepdim=True) / qmax  # one scale per 32 values
     assert ((back - rows).reshape(50, 2, 32).abs() <= step * 0.51 + 1e-6).all()
     assert torch.equal(back[3], torch.zeros(64))
+    strided = torch.full((64, 50), float("nan")).T  # unpacking writes rows into a transposed layout
+    write_rows(stored, strided)
+    assert torch.equal(strided, back)
     again = store_rows(back, storage)  # a layer re-stored after every decode step keeps the same integers
     assert torch.equal(again.data, stored.data) and torch.equal(again.rows(), back)
     assert stored.nbytes == 50 * stored_slot_bytes(storage, 64, 4) // 2
