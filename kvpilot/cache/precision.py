@@ -39,23 +39,27 @@ class StoredRows:
         """The rows in their compute dtype (dequantised when stored as integers)."""
         if self.scale is None:
             return self.data
-        codes = self.data
-        if codes.dtype == torch.uint8:  # int4: low nibble first, stored offset by 8
-            codes = torch.stack((codes & 0xF, codes >> 4), dim=-1).reshape(codes.shape[0], -1).to(torch.int8) - 8
-        g = group_size(self.width)
-        grouped = codes.reshape(codes.shape[0], self.width // g, g).float() * self.scale.float().unsqueeze(-1)
-        return grouped.reshape(codes.shape[0], self.width).to(self.dtype)
+        out = torch.empty(self.data.shape[0], self.width, dtype=self.dtype, device=self.data.device)
+        write_rows(self, out)
+        return out
+
+    def codes(self) -> torch.Tensor:
+        """The integer codes [T, d] as int8 (int4's two codes per byte unpacked)."""
+        if self.data.dtype != torch.uint8:
+            return self.data
+        # int4: low nibble first, stored offset by 8
+        return torch.stack((self.data & 0xF, self.data >> 4), dim=-1).reshape(self.data.shape[0], -1).to(torch.int8) - 8
 
 
 def write_rows(stored: StoredRows, out: torch.Tensor) -> None:
-    """Write the rows into ``out`` [..., d] (the same number of rows, any strides), int8 codes dequantised in
-    place, without the temporaries of `StoredRows.rows`: unpacking a layer before each forward does this."""
-    if stored.scale is None or stored.data.dtype != torch.int8:
-        out.copy_(stored.rows().view(out.shape))
+    """Write the rows into ``out`` [..., d] (the same number of rows, any strides), integer codes dequantised
+    in place: unpacking a layer before each forward writes straight into its padded buffer."""
+    if stored.scale is None:
+        out.copy_(stored.data.view(out.shape))
         return
     g = group_size(stored.width)
     grouped = out.unflatten(-1, (stored.width // g, g))
-    grouped.copy_(stored.data.view(grouped.shape))
+    grouped.copy_(stored.codes().view(grouped.shape))
     grouped.mul_(stored.scale.view(*grouped.shape[:-1], 1))
 
 
