@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save  # noqa: E402
 from paired_rows import full_cache_rows, paired_difference, samples_of  # noqa: E402
 
-from kvpilot.cache.precision import stored_slot_bytes  # noqa: E402
+from kvpilot.cache.precision import eviction_for_memory  # noqa: E402
 from kvpilot.config import KVConfig  # noqa: E402
 from kvpilot.engine import Engine, Request  # noqa: E402
 from kvpilot.engine.model import resolve_model_dir  # noqa: E402
@@ -125,9 +125,9 @@ def family_config(family: str, ratio: float, head_dim: int) -> KVConfig | None:
     fields = FAMILIES[family]
     storage = fields.get("kv_storage", "model")
     if storage != "model":
-        share = stored_slot_bytes(storage, head_dim, 2) / stored_slot_bytes("model", head_dim, 2)
-        ratio = round(1 - (1 - ratio) / share, 6)
-        if ratio < 0:
+        try:
+            ratio = eviction_for_memory(ratio, storage, head_dim)
+        except ValueError:
             return None
     return KVConfig.parse({**fields, "compression_ratio": ratio})
 

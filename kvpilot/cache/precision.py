@@ -100,3 +100,18 @@ def stored_slot_bytes(storage: str, head_dim: int, element_size: int) -> int:
     if not bits:
         return 2 * head_dim * element_size
     return 2 * (head_dim * bits // 8 + 2 * (head_dim // group_size(head_dim)))
+
+
+def eviction_for_memory(memory_ratio: float, storage: str, head_dim: int) -> float:
+    """The eviction ratio that, with kept pairs held as ``storage``, saves ``memory_ratio`` of a 16-bit cache.
+
+    Eviction and storage multiply: (1 - eviction) x (a stored pair's share of a 16-bit pair) = 1 - memory_ratio,
+    so 8x less memory (0.875) in int8 is eviction 0.7647 at head_dim 64, twice the pairs eviction alone keeps.
+    Raises ValueError when the storage alone already saves more than ``memory_ratio``."""
+    if not 0.0 <= memory_ratio < 1.0:
+        raise ValueError(f"memory_ratio must be in [0, 1), got {memory_ratio}")
+    share = stored_slot_bytes(storage, head_dim, 2) / stored_slot_bytes("model", head_dim, 2)
+    eviction = round(1 - (1 - memory_ratio) / share, 6)
+    if eviction < 0:
+        raise ValueError(f"{storage} storage alone saves {1 - share:.3f} of a 16-bit cache, more than {memory_ratio}")
+    return eviction

@@ -5,7 +5,7 @@ import torch
 
 from kvpilot.cache import precision
 from kvpilot.cache.managed import ManagedCache
-from kvpilot.cache.precision import store_rows, stored_slot_bytes, write_rows
+from kvpilot.cache.precision import eviction_for_memory, store_rows, stored_slot_bytes, write_rows
 from kvpilot.config import KVConfig, KVConfigError
 from kvpilot.engine.generation import greedy_decode, prefill
 
@@ -34,6 +34,24 @@ def test_model_storage_holds_the_rows_themselves():
     rows = torch.randn(7, 16)
     stored = store_rows(rows, "model")
     assert stored.rows() is rows and stored.nbytes == rows.nbytes
+
+
+@pytest.mark.parametrize("storage", ["model", "int8", "int4"])
+@pytest.mark.parametrize("memory_ratio", [0.875, 0.9375])
+def test_eviction_for_memory_keeps_the_bytes_of_a_16_bit_cache_times_one_minus_the_ratio(storage, memory_ratio):
+    eviction = eviction_for_memory(memory_ratio, storage, 64)
+    kept_pairs = 1000 * (1 - eviction)
+    held = kept_pairs * stored_slot_bytes(storage, 64, 2)
+    assert held == pytest.approx(1000 * stored_slot_bytes("model", 64, 2) * (1 - memory_ratio), rel=1e-5)
+    assert eviction == pytest.approx(memory_ratio) if storage == "model" else eviction < memory_ratio
+
+
+def test_eviction_for_memory_refuses_a_ratio_the_storage_alone_exceeds():
+    assert eviction_for_memory(0.875, "int8", 64) == pytest.approx(0.7647, abs=1e-4)  # the README's 8x figure
+    with pytest.raises(ValueError, match="int4 storage alone saves"):
+        eviction_for_memory(0.5, "int4", 64)
+    with pytest.raises(ValueError, match="memory_ratio"):
+        eviction_for_memory(1.0, "int8", 64)
 
 
 def run(model, decode_steps: int = 0, **cfg):
