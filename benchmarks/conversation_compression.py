@@ -123,13 +123,11 @@ def family_config(family: str, ratio: float, head_dim: int) -> KVConfig | None:
     so that the pairs it keeps, held as integers, take the same bytes: (1 - eviction) x the stored pair's
     share of a 16-bit pair = 1 - ratio. None when the storage alone already saves more than ``ratio``."""
     fields = FAMILIES[family]
-    storage = fields.get("kv_storage", "model")
-    if storage != "model":
-        try:
-            ratio = eviction_for_memory(ratio, storage, head_dim)
-        except ValueError:
-            return None
-    return KVConfig.parse({**fields, "compression_ratio": ratio})
+    try:
+        eviction = eviction_for_memory(ratio, fields.get("kv_storage", "model"), head_dim)
+    except ValueError:
+        return None
+    return KVConfig.parse({**fields, "compression_ratio": eviction})
 
 
 def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
